@@ -1,0 +1,57 @@
+//! pushscope: the `pushscope` command. `Opts` and `run` live here (not in
+//! main.rs) so tests can parse arguments and run subcommands in-process.
+
+pub mod abi;
+pub mod observe;
+pub mod probes;
+
+use clap::{Parser, Subcommand};
+use loadgen::outcome::{exit_code_for, Outcome};
+
+#[derive(Debug, Parser)]
+#[command(name = "pushscope", version, about = "Admission tests for WebSocket push servers: staged load, eBPF observation by PID, and a gate")]
+pub struct Opts {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load + observe + gate: the whole admission run against a server PID.
+    Run(RunArgs),
+    /// Staged WebSocket load with per-message accounting (no root needed).
+    Load(loadgen::LoadArgs),
+    /// Attach eBPF probes to a running server by PID and attribute every connection's life.
+    Observe(observe::ObserveArgs),
+    /// Compare publish and receive logs of a load run: lost, duplicated, unexpected msg_ids.
+    Verify(loadgen::VerifyArgs),
+}
+
+/// Arguments of `pushscope run` (grows with the gate issue).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// PID of the server under test.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// WebSocket URL of the server under test.
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+/// Runs one subcommand and maps its outcome to the process exit code:
+/// 0 admitted/completed, 1 rejected, 2 bad usage or config, 3 runtime failure.
+pub fn main_with(opts: Opts) -> std::process::ExitCode {
+    let result = match opts.command {
+        Command::Run(_) => Err(loadgen::outcome::usage("`pushscope run` is not implemented yet")),
+        Command::Load(args) => loadgen::run_load(args),
+        Command::Observe(args) => observe::run(args),
+        Command::Verify(args) => loadgen::run_verify(args),
+    };
+    if let Err(e) = &result {
+        eprintln!("pushscope: {e:#}");
+    }
+    std::process::ExitCode::from(exit_code_for(&result))
+}
+
+/// The outcome type every subcommand returns.
+pub type CmdResult = anyhow::Result<Outcome>;

@@ -1,0 +1,123 @@
+//! Shared helpers for the integration tests: find the workspace binaries,
+//! run real processes under guards that kill and reap them, know whether
+//! we are root.
+//!
+//! The binaries are built by `cargo xtask test` (`cargo build --workspace`)
+//! before the tests run; a missing binary says so.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+/// Path of a workspace binary next to the running test executable
+/// (`target/<profile>/deps/test-xxx` → `target/<profile>/<name>`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first (`cargo xtask test` does it)",
+        path.display()
+    );
+    path
+}
+
+/// True when the tests run as root (CI does): probe tests need it.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips a test that needs root with a message saying so; returns true
+/// when the caller should return early.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("skipped {test}: needs root (CAP_BPF + CAP_PERFMON); CI runs it as root");
+    true
+}
+
+/// Serialises heavy tests inside one test binary: 2 cores cannot run two
+/// load tests at once and keep their figures meaningful.
+pub fn heavy_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub name: String,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. libc::SIGSTOP).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Kills with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for exit at most `timeout`; None if still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Spawns `cmd` with piped stdout and returns the guard and the first line
+/// it prints (servers print their bound address first), waiting at most
+/// `timeout`. The rest of stdout is drained in a background thread.
+pub fn spawn_first_line(mut cmd: Command, timeout: Duration) -> anyhow::Result<(ChildGuard, String)> {
+    let name = format!("{:?}", cmd.get_program());
+    let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| anyhow::anyhow!("spawning {name}: {e}"))?;
+    let stdout: ChildStdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the child never blocks on a full pipe.
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let guard = ChildGuard { child, name: name.clone() };
+    match rx.recv_timeout(timeout) {
+        Ok(line) if !line.trim().is_empty() => Ok((guard, line.trim().to_string())),
+        _ => anyhow::bail!("{name} printed no first line within {timeout:?}"),
+    }
+}
