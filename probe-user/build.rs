@@ -25,7 +25,10 @@ fn main() {
         .collect();
     sources.sort();
     for header in std::fs::read_dir(&include).unwrap() {
-        println!("cargo:rerun-if-changed={}", header.unwrap().path().display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            header.unwrap().path().display()
+        );
     }
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
@@ -38,7 +41,11 @@ fn find_clang() -> String {
         return c;
     }
     for c in CLANG_CANDIDATES {
-        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return (*c).to_string();
         }
     }
@@ -49,10 +56,22 @@ fn find_clang() -> String {
 }
 
 fn compile(clang: &str, src: &Path, include: &Path, out: &Path) {
-    let name = src.file_name().unwrap().to_string_lossy().replace(".bpf.c", ".bpf.o");
+    let name = src
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .replace(".bpf.c", ".bpf.o");
     let obj = out.join(name);
     let status = Command::new(clang)
-        .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+        .args([
+            "-g",
+            "-O2",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+            "-Wall",
+            "-Werror",
+        ])
         .arg("-I")
         .arg(include)
         .arg("-c")

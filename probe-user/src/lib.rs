@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use loadgen::outcome::{exit_code_for, Outcome};
 
 #[derive(Debug, Parser)]
-#[command(name = "pushscope", version, about = "Admission tests for WebSocket push servers: staged load, eBPF observation by PID, and a gate")]
+#[command(
+    name = "pushscope",
+    version,
+    about = "Admission tests for WebSocket push servers: staged load, eBPF observation by PID, and a gate"
+)]
 pub struct Opts {
     #[command(subcommand)]
     pub command: Command,
@@ -42,7 +46,9 @@ pub struct RunArgs {
 /// 0 admitted/completed, 1 rejected, 2 bad usage or config, 3 runtime failure.
 pub fn main_with(opts: Opts) -> std::process::ExitCode {
     let result = match opts.command {
-        Command::Run(_) => Err(loadgen::outcome::usage("`pushscope run` is not implemented yet")),
+        Command::Run(_) => Err(loadgen::outcome::usage(
+            "`pushscope run` is not implemented yet",
+        )),
         Command::Load(args) => loadgen::run_load(args),
         Command::Observe(args) => observe::run(args),
         Command::Verify(args) => loadgen::run_verify(args),

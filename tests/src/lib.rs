@@ -17,7 +17,10 @@ use std::{
 /// (`target/<profile>/deps/test-xxx` → `target/<profile>/<name>`).
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -99,9 +102,15 @@ impl Drop for ChildGuard {
 /// Spawns `cmd` with piped stdout and returns the guard and the first line
 /// it prints (servers print their bound address first), waiting at most
 /// `timeout`. The rest of stdout is drained in a background thread.
-pub fn spawn_first_line(mut cmd: Command, timeout: Duration) -> anyhow::Result<(ChildGuard, String)> {
+pub fn spawn_first_line(
+    mut cmd: Command,
+    timeout: Duration,
+) -> anyhow::Result<(ChildGuard, String)> {
     let name = format!("{:?}", cmd.get_program());
-    let mut child = cmd.stdout(Stdio::piped()).spawn().map_err(|e| anyhow::anyhow!("spawning {name}: {e}"))?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("spawning {name}: {e}"))?;
     let stdout: ChildStdout = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -115,7 +124,10 @@ pub fn spawn_first_line(mut cmd: Command, timeout: Duration) -> anyhow::Result<(
             sink.clear();
         }
     });
-    let guard = ChildGuard { child, name: name.clone() };
+    let guard = ChildGuard {
+        child,
+        name: name.clone(),
+    };
     match rx.recv_timeout(timeout) {
         Ok(line) if !line.trim().is_empty() => Ok((guard, line.trim().to_string())),
         _ => anyhow::bail!("{name} printed no first line within {timeout:?}"),

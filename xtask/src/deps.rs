@@ -8,7 +8,10 @@ use std::process::Command;
 pub type Pkg = (&'static str, &'static str);
 
 /// Needed to build the eBPF probes.
-pub const BUILD: &[Pkg] = &[("clang-19", "/usr/bin/clang-19"), ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h")];
+pub const BUILD: &[Pkg] = &[
+    ("clang-19", "/usr/bin/clang-19"),
+    ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
+];
 
 /// Needed by the whole test suite (third-party servers, report rendering).
 pub const ALL: &[Pkg] = &[
@@ -16,7 +19,10 @@ pub const ALL: &[Pkg] = &[
     ("libbpf-dev", "/usr/include/bpf/bpf_helpers.h"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("nginx", "/usr/sbin/nginx"),
-    ("libnginx-mod-nchan", "/usr/lib/nginx/modules/ngx_nchan_module.so"),
+    (
+        "libnginx-mod-nchan",
+        "/usr/lib/nginx/modules/ngx_nchan_module.so",
+    ),
     ("openssl", "/usr/bin/openssl"),
     ("util-linux", "/usr/bin/prlimit"),
     ("procps", "/usr/bin/pgrep"),
@@ -35,7 +41,9 @@ pub fn ensure(pkgs: &[Pkg]) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc_geteuid() } == 0;
     if !root {
-        bail!("missing system packages: run `sudo apt-get update && sudo apt-get install -y {list}`");
+        bail!(
+            "missing system packages: run `sudo apt-get update && sudo apt-get install -y {list}`"
+        );
     }
     eprintln!("xtask: installing missing system packages: {list}");
     let ok = Command::new("apt-get").arg("update").status()?.success()

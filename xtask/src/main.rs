@@ -62,7 +62,14 @@ fn run(rest: &[String]) -> Result<()> {
 fn test(rest: &[String]) -> Result<()> {
     deps::ensure(deps::ALL)?;
     util::cargo(&["fmt", "--all", "--check"])?;
-    util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     util::cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     args.extend(rest.iter().map(String::as_str));

@@ -4,7 +4,10 @@ use anyhow::{bail, Context, Result};
 use std::{path::PathBuf, process::Command};
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {
@@ -22,7 +25,9 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 }
 
 pub fn release_bin(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
     target.join("release").join(name)
 }
 
