@@ -5,6 +5,8 @@
 //! The binaries are built by `cargo xtask test` (`cargo build --workspace`)
 //! before the tests run; a missing binary says so.
 
+pub mod pusher;
+
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
