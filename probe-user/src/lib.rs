@@ -2,6 +2,7 @@
 //! main.rs) so tests can parse arguments and run subcommands in-process.
 
 pub mod abi;
+pub mod gate;
 pub mod observe;
 pub mod probes;
 
