@@ -373,21 +373,17 @@ mod tests {
     fn financial_passes_good_figures_and_fails_each_bad_one() {
         let t = Thresholds::financial();
         assert!(evaluate(&t, &good()).iter().all(|c| c.pass));
-        let cases: Vec<(&str, Box<dyn Fn(&mut StageFigures)>)> = vec![
-            ("e2e_p99", Box::new(|f| f.e2e_p99_ms = Some(150.1))),
-            ("loss", Box::new(|f| f.lost = Some(1))),
-            (
-                "duplicate_rate",
-                Box::new(|f| f.duplicate_rate_pct = Some(0.0011)),
-            ),
-            ("stability", Box::new(|f| f.stability_pct = Some(99.998))),
-            ("cpu_peak", Box::new(|f| f.cpu_peak_pct = Some(65.5))),
-            (
-                "rss_growth_per_10k",
-                Box::new(|f| f.rss_growth_per_10k_pct = Some(16.0)),
-            ),
-            ("fd_headroom", Box::new(|f| f.fd_headroom_pct = Some(14.0))),
-            ("probe_drops", Box::new(|f| f.probe_drops = Some(3))),
+        let cases: Vec<(&str, fn(&mut StageFigures))> = vec![
+            ("e2e_p99", |f| f.e2e_p99_ms = Some(150.1)),
+            ("loss", |f| f.lost = Some(1)),
+            ("duplicate_rate", |f| f.duplicate_rate_pct = Some(0.0011)),
+            ("stability", |f| f.stability_pct = Some(99.998)),
+            ("cpu_peak", |f| f.cpu_peak_pct = Some(65.5)),
+            ("rss_growth_per_10k", |f| {
+                f.rss_growth_per_10k_pct = Some(16.0)
+            }),
+            ("fd_headroom", |f| f.fd_headroom_pct = Some(14.0)),
+            ("probe_drops", |f| f.probe_drops = Some(3)),
         ];
         for (name, spoil) in cases {
             let mut f = good();
