@@ -373,7 +373,8 @@ mod tests {
     fn financial_passes_good_figures_and_fails_each_bad_one() {
         let t = Thresholds::financial();
         assert!(evaluate(&t, &good()).iter().all(|c| c.pass));
-        let cases: Vec<(&str, fn(&mut StageFigures))> = vec![
+        type Spoil = fn(&mut StageFigures);
+        let cases: Vec<(&str, Spoil)> = vec![
             ("e2e_p99", |f| f.e2e_p99_ms = Some(150.1)),
             ("loss", |f| f.lost = Some(1)),
             ("duplicate_rate", |f| f.duplicate_rate_pct = Some(0.0011)),
