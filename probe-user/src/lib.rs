@@ -5,6 +5,7 @@ pub mod abi;
 pub mod gate;
 pub mod observe;
 pub mod probes;
+pub mod report;
 
 use clap::{Parser, Subcommand};
 use loadgen::outcome::{exit_code_for, Outcome};

@@ -1,0 +1,402 @@
+//! report.html: one self-contained page (inline CSS and SVG, no scripts,
+//! no network) a person reads to learn the verdict and where time goes.
+
+use super::{
+    svg::{bars, esc, line_chart, short, Series},
+    RunSummary, Verdict,
+};
+use crate::gate::fmt_value;
+use serde_json::Value;
+use std::fmt::Write;
+
+const CSS: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d232b;max-width:1200px}\
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}\
+.banner{padding:14px 18px;border-radius:6px;color:#fff;font-size:20px;font-weight:600;margin:14px 0}\
+.admitted{background:#1f8a4c}.rejected{background:#c0392b}.incomplete{background:#d9822b}\
+table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #d6dbe1;padding:4px 8px;text-align:left;vertical-align:top}\
+th{background:#f2f4f7}td.pass{background:#e3f5e9}td.fail{background:#fbe3e0}.muted{color:#68707a}\
+.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #e3e6ea;border-radius:4px;background:#fff}\
+.chart.empty{width:560px;padding:8px}.ct{font-size:12px;font-weight:600}.ax{font-size:10px;fill:#555}\
+.grid{stroke:#eceef1}.stage{stroke:#999;stroke-dasharray:4 3}.flame svg{max-width:100%;height:auto}\
+code{background:#f2f4f7;padding:1px 4px;border-radius:3px}";
+
+/// Renders the report; `flame_svg` is the observer's lifecycle.svg, if any.
+pub fn render(s: &RunSummary, flame_svg: Option<&str>) -> String {
+    let mut h = String::with_capacity(64 * 1024);
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>pushscope report: {v}</title><style>{CSS}</style></head><body>",
+        v = verdict_word(s.verdict)
+    );
+    header(&mut h, s);
+    banner(&mut h, s);
+    criteria_table(&mut h, s);
+    charts(&mut h, s);
+    phases(&mut h, s);
+    flame(&mut h, flame_svg);
+    slowest(&mut h, s);
+    ids(&mut h, s);
+    load_details(&mut h, s);
+    not_measured(&mut h, s);
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn verdict_word(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Admitted => "ADMITTED",
+        Verdict::Rejected => "REJECTED",
+        Verdict::Incomplete => "INCOMPLETE",
+    }
+}
+
+fn header(h: &mut String, s: &RunSummary) {
+    let t = &s.target;
+    let _ = write!(
+        h,
+        "<h1>pushscope admission report</h1><div class=\"muted\">{tool} · profile <code>{p}</code> · {d:.0} s · target {pid} <code>{url}</code> ({proto}){cmd}</div>",
+        tool = esc(&s.tool),
+        p = esc(&s.profile),
+        d = s.duration_s,
+        pid = t.pid.map(|p| format!("PID {p}")).unwrap_or_else(|| "(no PID: load only)".into()),
+        url = esc(&t.url),
+        proto = esc(&t.protocol),
+        cmd = t.command.as_deref().map(|c| format!(" · <code>{}</code>", esc(c))).unwrap_or_default()
+    );
+}
+
+fn banner(h: &mut String, s: &RunSummary) {
+    let (class, text) = match s.verdict {
+        Verdict::Admitted => (
+            "admitted",
+            "ADMITTED — every criterion of every stage passed".to_string(),
+        ),
+        Verdict::Rejected => (
+            "rejected",
+            format!("REJECTED — {} criterion(s) failed", s.failures().len()),
+        ),
+        Verdict::Incomplete => (
+            "incomplete",
+            format!(
+                "INCOMPLETE — {}",
+                s.incomplete_reason
+                    .as_deref()
+                    .unwrap_or("the run did not finish")
+            ),
+        ),
+    };
+    let _ = write!(
+        h,
+        "<div id=\"verdict\" class=\"banner {class}\">{}</div>",
+        esc(&text)
+    );
+    let failures = s.failures();
+    if !failures.is_empty() {
+        h.push_str("<ul id=\"failures\">");
+        for f in failures {
+            let _ = write!(h, "<li>{}</li>", esc(&f));
+        }
+        h.push_str("</ul>");
+    }
+}
+
+fn criteria_table(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Criteria per stage</h2>");
+    if s.stages.is_empty() {
+        h.push_str("<p>No stage was measured.</p>");
+        return;
+    }
+    h.push_str("<table id=\"criteria\"><tr><th>criterion</th><th>threshold</th>");
+    for st in &s.stages {
+        let mark = if st.complete { "" } else { " (cut short)" };
+        let _ = write!(h, "<th>{}{mark}</th>", esc(&st.name));
+    }
+    h.push_str("</tr>");
+    let mut names: Vec<(&str, &str)> = Vec::new();
+    for st in &s.stages {
+        for c in &st.criteria {
+            if !names.iter().any(|(n, _)| *n == c.name) {
+                names.push((&c.name, &c.threshold));
+            }
+        }
+    }
+    for (name, threshold) in names {
+        let _ = write!(h, "<tr><td>{}</td><td>{}</td>", esc(name), esc(threshold));
+        for st in &s.stages {
+            match st.criteria.iter().find(|c| c.name == name) {
+                Some(c) => {
+                    let (class, word) = if c.pass {
+                        ("pass", "pass")
+                    } else {
+                        ("fail", "FAIL")
+                    };
+                    let value = c
+                        .value
+                        .map(|v| format!("{} {}", fmt_value(v), c.unit))
+                        .unwrap_or_else(|| "not measured".into());
+                    let _ = write!(h, "<td class=\"{class}\">{} · {word}</td>", esc(&value));
+                }
+                None => h.push_str("<td class=\"muted\">—</td>"),
+            }
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+}
+
+fn charts(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Over time</h2><div class=\"charts\">");
+    let marks: Vec<f64> = s.stages.iter().skip(1).map(|st| st.start_s).collect();
+    let pts = |f: fn(&super::TimelinePoint) -> Option<f64>| {
+        s.timeline.iter().map(|p| (p.t_s, f(p))).collect::<Vec<_>>()
+    };
+    let one = |title: &str,
+               unit: &str,
+               label: &str,
+               color: &str,
+               f: fn(&super::TimelinePoint) -> Option<f64>| {
+        line_chart(
+            title,
+            unit,
+            &[Series {
+                label,
+                color,
+                points: pts(f),
+            }],
+            &marks,
+        )
+    };
+    h.push_str(&one("Connections", "open", "connections", "#4a7bd0", |p| {
+        p.connections
+    }));
+    h.push_str(&one(
+        "Messages received",
+        "msgs/s",
+        "msgs/s",
+        "#7a4ad0",
+        |p| p.msgs_per_s,
+    ));
+    h.push_str(&line_chart(
+        "End-to-end latency",
+        "ms",
+        &[
+            Series {
+                label: "p50",
+                color: "#1f8a4c",
+                points: pts(|p| p.e2e_p50_ms),
+            },
+            Series {
+                label: "p99",
+                color: "#c0392b",
+                points: pts(|p| p.e2e_p99_ms),
+            },
+        ],
+        &marks,
+    ));
+    h.push_str(&one("Target CPU", "% of machine", "cpu", "#d9822b", |p| {
+        p.cpu_pct
+    }));
+    h.push_str(&one("Target RSS", "bytes", "rss", "#2b8fa3", |p| {
+        p.rss_bytes
+    }));
+    h.push_str(&line_chart(
+        "Target fds",
+        "count",
+        &[
+            Series {
+                label: "open",
+                color: "#4a7bd0",
+                points: pts(|p| p.fds_open),
+            },
+            Series {
+                label: "limit",
+                color: "#c0392b",
+                points: pts(|p| p.fd_limit),
+            },
+        ],
+        &marks,
+    ));
+    h.push_str("</div>");
+}
+
+const PHASE_ORDER: &[&str] = &[
+    "accept_wait",
+    "tls_handshake",
+    "ws_upgrade",
+    "first_push",
+    "lifetime",
+];
+
+fn phases(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Where connection time goes (server side, per phase)</h2>");
+    let mut any = false;
+    for st in &s.stages {
+        let Some(ph) = st.observer.get("phases_ms").and_then(Value::as_object) else {
+            continue;
+        };
+        any = true;
+        let _ = write!(h, "<h3>{}</h3><table><tr><th>phase</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th></tr>", esc(&st.name));
+        let mut rows = Vec::new();
+        for name in PHASE_ORDER {
+            let Some(p) = ph.get(*name) else { continue };
+            let g = |k: &str| p.get(k).and_then(Value::as_f64);
+            let cell = |v: Option<f64>| v.map(short).unwrap_or_else(|| "—".into());
+            let _ = write!(
+                h,
+                "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                cell(g("count")),
+                cell(g("p50")),
+                cell(g("p90")),
+                cell(g("p99")),
+                cell(g("max"))
+            );
+            if *name != "lifetime" {
+                if let Some(v) = g("p99") {
+                    rows.push((name.to_string(), v));
+                }
+            }
+        }
+        h.push_str("</table>");
+        h.push_str(&bars("p99 by phase (lifetime excluded)", "ms", &rows));
+    }
+    if !any {
+        h.push_str("<p>The observer did not run (no PID) or measured no connection.</p>");
+    }
+}
+
+fn flame(h: &mut String, svg: Option<&str>) {
+    h.push_str("<h2>Lifecycle flame graph</h2>");
+    match svg {
+        Some(svg) => {
+            // Strip the XML prolog/doctype so the SVG embeds inline.
+            let start = svg.find("<svg").unwrap_or(0);
+            let _ = write!(h, "<div class=\"flame\">{}</div>", &svg[start..]);
+        }
+        None => h.push_str(
+            "<p>No lifecycle.svg: the observer did not run or measured no connection.</p>",
+        ),
+    }
+}
+
+fn slowest(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Slowest connections</h2>");
+    let Some(rows) = s.slowest_connections.as_array().filter(|a| !a.is_empty()) else {
+        h.push_str("<p>None recorded.</p>");
+        return;
+    };
+    h.push_str(&json_rows_table(rows));
+}
+
+fn ids(h: &mut String, s: &RunSummary) {
+    if s.lost_ids.is_empty() && s.duplicate_ids.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Messages that failed delivery</h2><table id=\"lost\">");
+    for (kind, list) in [("lost", &s.lost_ids), ("duplicated", &s.duplicate_ids)] {
+        if !list.is_empty() {
+            let shown: Vec<String> = list.iter().take(50).map(|i| esc(i)).collect();
+            let more = if list.len() > 50 {
+                format!(" … and {} more", list.len() - 50)
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                h,
+                "<tr><th>{kind}</th><td><code>{}</code>{more}</td></tr>",
+                shown.join("</code> <code>")
+            );
+        }
+    }
+    h.push_str("</table>");
+}
+
+fn load_details(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Load figures per stage</h2>");
+    for st in &s.stages {
+        let Some(obj) = st.load.as_object().filter(|o| !o.is_empty()) else {
+            continue;
+        };
+        let _ = write!(h, "<h3>{}</h3><table>", esc(&st.name));
+        for (section, v) in obj {
+            let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(section), flat(v));
+        }
+        h.push_str("</table>");
+    }
+}
+
+fn not_measured(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>What this run could not measure</h2>");
+    if s.not_measured.is_empty() {
+        h.push_str("<p>Everything the profile asks for was measured.</p>");
+        return;
+    }
+    h.push_str("<ul id=\"not-measured\">");
+    for n in &s.not_measured {
+        let _ = write!(h, "<li>{}</li>", esc(n));
+    }
+    h.push_str("</ul>");
+}
+
+/// A JSON value as compact "k: v" text, nested objects in braces.
+fn flat(v: &Value) -> String {
+    match v {
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| format!("{}: {}", esc(k), flat(v)))
+            .collect::<Vec<_>>()
+            .join(" · "),
+        Value::Number(n) => n.as_f64().map(short).unwrap_or_else(|| n.to_string()),
+        Value::String(s) => esc(s),
+        other => esc(&other.to_string()),
+    }
+}
+
+fn json_rows_table(rows: &[Value]) -> String {
+    let mut keys: Vec<&str> = Vec::new();
+    for r in rows {
+        if let Some(o) = r.as_object() {
+            for k in o.keys() {
+                if !keys.contains(&k.as_str()) {
+                    keys.push(k);
+                }
+            }
+        }
+    }
+    let mut t = String::from("<table><tr>");
+    for k in &keys {
+        let _ = write!(t, "<th>{}</th>", esc(k));
+    }
+    t.push_str("</tr>");
+    for r in rows.iter().take(20) {
+        t.push_str("<tr>");
+        for k in &keys {
+            let _ = write!(t, "<td>{}</td>", r.get(*k).map(flat).unwrap_or_default());
+        }
+        t.push_str("</tr>");
+    }
+    t.push_str("</table>");
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::report::fixtures::summary;
+
+    #[test]
+    fn report_shows_verdict_criteria_and_lost_ids() {
+        let html = super::render(
+            &summary(),
+            Some("<?xml version=\"1.0\"?><svg id=\"flame\"></svg>"),
+        );
+        assert!(html.contains("id=\"verdict\" class=\"banner rejected\""));
+        assert!(html.contains("REJECTED — 1 criterion(s) failed"));
+        assert_eq!(html.matches("<td class=\"fail\">").count(), 1);
+        assert_eq!(html.matches("<td class=\"pass\">").count(), 15);
+        assert!(html.contains("<code>m-17</code>"));
+        assert!(html.contains("<svg id=\"flame\">") && !html.contains("<?xml"));
+        assert!(
+            !html.contains("http://")
+                || html.matches("http://").count() == html.matches("xmlns").count()
+        );
+    }
+}
