@@ -49,7 +49,15 @@ fn real_main() -> Result<()> {
 /// The main job: build, start the reference pusher, run `pushscope run`.
 fn run(rest: &[String]) -> Result<()> {
     deps::ensure(deps::BUILD)?;
-    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "probe-user",
+        "-p",
+        "pusher",
+        "--bins",
+    ])?;
     let pass: Vec<String> = match rest.iter().position(|a| a == "--") {
         Some(i) => rest[i + 1..].to_vec(),
         None => rest.to_vec(),
