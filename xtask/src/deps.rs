@@ -26,6 +26,7 @@ pub const ALL: &[Pkg] = &[
     ("openssl", "/usr/bin/openssl"),
     ("util-linux", "/usr/bin/prlimit"),
     ("procps", "/usr/bin/pgrep"),
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 pub fn ensure(pkgs: &[Pkg]) -> Result<()> {
