@@ -6,6 +6,7 @@ pub mod gate;
 pub mod observe;
 pub mod probes;
 pub mod report;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 use loadgen::outcome::{exit_code_for, Outcome};

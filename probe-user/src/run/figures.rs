@@ -1,0 +1,210 @@
+//! Turns one stage's load report and observer report (their summary.json
+//! shapes) into the figures the gate judges. Works on the JSON shapes, not
+//! on the producers' Rust types, so the gate reads exactly what the user
+//! reads in summary.json.
+
+use crate::gate::{StageFigures, PHASES};
+use crate::report::TimelinePoint;
+use serde_json::Value;
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for key in path {
+        cur = cur.get(*key)?;
+    }
+    cur.as_f64()
+}
+
+/// What the target's memory did while a stage held its connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RssWindow {
+    pub at_hold_start: f64,
+    pub at_hold_end: f64,
+}
+
+impl RssWindow {
+    /// RSS samples of the stage's hold period (timeline points of `stage`
+    /// taken at or after `hold_start_s`).
+    pub fn from_timeline(
+        points: &[TimelinePoint],
+        stage: usize,
+        hold_start_s: f64,
+    ) -> Option<RssWindow> {
+        let mut hold = points
+            .iter()
+            .filter(|p| p.stage == stage && p.t_s >= hold_start_s)
+            .filter_map(|p| p.rss_bytes);
+        let first = hold.next()?;
+        let last = hold.last()?;
+        Some(RssWindow {
+            at_hold_start: first,
+            at_hold_end: last,
+        })
+    }
+
+    /// Growth while holding, in percent of the RSS at hold start, scaled to
+    /// 10k connections: a leak of 3 % over a 20k stage is 1.5 % per 10k.
+    pub fn growth_per_10k_pct(&self, connections: u64) -> Option<f64> {
+        if self.at_hold_start <= 0.0 {
+            return None;
+        }
+        let growth = (self.at_hold_end - self.at_hold_start).max(0.0) / self.at_hold_start * 100.0;
+        let per_10k = (connections as f64 / 10_000.0).max(1.0);
+        Some(growth / per_10k)
+    }
+}
+
+/// Builds the gate's figures for one stage.
+///
+/// * `load`: the load generator's stage report (`connections`, `messages`,
+///   `latency_ms`, …).
+/// * `observer`: the observer's report for the stage window, `None` when no
+///   PID was observed.
+/// * `cores`: CPU count, to express the target's CPU as a share of the machine.
+pub fn stage_figures(
+    load: &Value,
+    observer: Option<&Value>,
+    rss: Option<RssWindow>,
+    connections: u64,
+    cores: usize,
+) -> StageFigures {
+    let received = num(load, &["messages", "received"]).unwrap_or(0.0);
+    let expected = num(load, &["messages", "expected"]);
+    let duplicates = num(load, &["messages", "duplicates"]);
+    let mut f = StageFigures {
+        // A latency quantile of zero received messages means nothing.
+        e2e_p99_ms: if received > 0.0 {
+            num(load, &["latency_ms", "p99"])
+        } else {
+            None
+        },
+        lost: num(load, &["messages", "lost"]).map(|v| v as u64),
+        duplicate_rate_pct: match (duplicates, expected) {
+            (Some(d), Some(e)) if e > 0.0 => Some(d / e * 100.0),
+            _ => None,
+        },
+        stability_pct: stability_pct(load),
+        ..StageFigures::default()
+    };
+    if let Some(obs) = observer {
+        f.cpu_peak_pct =
+            num(obs, &["target", "cpu_peak_pct"]).map(|per_core| per_core / cores.max(1) as f64);
+        let open = num(obs, &["fd", "open_peak"]);
+        let limit = num(obs, &["fd", "limit"]);
+        f.fd_headroom_pct = match (open, limit) {
+            (Some(o), Some(l)) if l > 0.0 => Some((1.0 - o / l) * 100.0),
+            _ => None,
+        };
+        f.probe_drops = drops(obs);
+        f.rss_growth_per_10k_pct = rss.and_then(|w| w.growth_per_10k_pct(connections));
+        for phase in PHASES {
+            let count = num(obs, &["phases_ms", phase, "count"]).unwrap_or(0.0);
+            if count > 0.0 {
+                if let Some(p99) = num(obs, &["phases_ms", phase, "p99"]) {
+                    f.phase_p99_ms.insert(phase.to_string(), p99);
+                }
+            }
+        }
+    }
+    f
+}
+
+/// Stability in percent: 1 − unexpected disconnects / connections opened.
+/// Recomputed from the counts (not from the producer's `stability`) so the
+/// unit is never in doubt.
+fn stability_pct(load: &Value) -> Option<f64> {
+    let opened = num(load, &["connections", "opened"])?;
+    let unexpected = num(load, &["connections", "unexpected_disconnects"])?;
+    if opened <= 0.0 {
+        return None;
+    }
+    Some((1.0 - unexpected / opened).max(0.0) * 100.0)
+}
+
+/// Ring-buffer drops: a plain number, or an object whose numbers add up.
+fn drops(obs: &Value) -> Option<u64> {
+    match obs.get("drops")? {
+        Value::Number(n) => n.as_u64(),
+        Value::Object(o) => Some(o.values().filter_map(Value::as_u64).sum()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load() -> Value {
+        json!({
+            "connections": {"target": 1000, "opened": 1000, "failed": 0, "unexpected_disconnects": 0, "reconnects": 0, "stability": 1.0},
+            "messages": {"published": 100, "expected": 5000, "received": 5000, "lost": 0, "duplicates": 1, "out_of_order": 0, "duplicate_rate": 0.0002},
+            "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.5, "p999": 9.0, "max": 12.0}
+        })
+    }
+
+    fn observer() -> Value {
+        json!({
+            "phases_ms": {"accept_wait": {"count": 1000, "p50": 0.01, "p90": 0.02, "p99": 0.2, "max": 1.0},
+                          "tls_handshake": {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}},
+            "fd": {"open_peak": 1500, "limit": 20000, "emfile": 0, "enfile": 0},
+            "target": {"cpu_peak_pct": 90.0, "rss_start_bytes": 1, "rss_peak_bytes": 2, "threads_peak": 3},
+            "drops": 0
+        })
+    }
+
+    #[test]
+    fn figures_from_both_reports() {
+        let rss = RssWindow {
+            at_hold_start: 100.0,
+            at_hold_end: 103.0,
+        };
+        let f = stage_figures(&load(), Some(&observer()), Some(rss), 20_000, 2);
+        assert_eq!(f.e2e_p99_ms, Some(3.5));
+        assert_eq!(f.lost, Some(0));
+        assert!((f.duplicate_rate_pct.unwrap() - 0.02).abs() < 1e-9);
+        assert_eq!(f.stability_pct, Some(100.0));
+        assert_eq!(f.cpu_peak_pct, Some(45.0));
+        assert_eq!(f.fd_headroom_pct, Some(92.5));
+        assert_eq!(f.probe_drops, Some(0));
+        assert!((f.rss_growth_per_10k_pct.unwrap() - 1.5).abs() < 1e-9);
+        assert_eq!(
+            f.phase_p99_ms.len(),
+            1,
+            "a phase with no sample is not a figure"
+        );
+    }
+
+    #[test]
+    fn without_observer_or_messages_figures_are_unmeasured() {
+        let mut l = load();
+        l["messages"]["received"] = json!(0);
+        let f = stage_figures(&l, None, None, 1000, 2);
+        assert_eq!(f.e2e_p99_ms, None);
+        assert_eq!(f.cpu_peak_pct, None);
+        assert_eq!(f.fd_headroom_pct, None);
+        assert_eq!(f.probe_drops, None);
+        assert_eq!(f.rss_growth_per_10k_pct, None);
+    }
+
+    #[test]
+    fn rss_window_from_timeline_uses_hold_samples_of_the_stage() {
+        let pts: Vec<TimelinePoint> = (0..10)
+            .map(|i| TimelinePoint {
+                t_s: i as f64,
+                stage: i / 5,
+                rss_bytes: Some(100.0 + i as f64),
+                ..Default::default()
+            })
+            .collect();
+        let w = RssWindow::from_timeline(&pts, 0, 2.0).unwrap();
+        assert_eq!(
+            w,
+            RssWindow {
+                at_hold_start: 102.0,
+                at_hold_end: 104.0
+            }
+        );
+        assert!(RssWindow::from_timeline(&pts, 3, 0.0).is_none());
+    }
+}

@@ -1,0 +1,3 @@
+//! `pushscope run`: load + observe + gate + report in one command.
+
+pub mod figures;
