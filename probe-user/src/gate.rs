@@ -437,6 +437,14 @@ mod tests {
     }
 
     #[test]
+    fn documented_example_parses() {
+        let t = Thresholds::parse(include_str!("../../docs/thresholds.example.toml"), "example").unwrap();
+        assert_eq!(t.e2e_p99_ms, Some(100.0));
+        assert_eq!(t.probe_drops_max, Some(0));
+        assert_eq!(t.phases["accept_wait"].p99_ms, 5.0);
+    }
+
+    #[test]
     fn mistyped_key_is_an_error_naming_key_and_line() {
         let err = Thresholds::parse("e2e_p99_ms = 150\ne2e_p99_msec = 100\n", "t.toml")
             .unwrap_err()
