@@ -1,0 +1,381 @@
+//! Channels in memory: the retained replay window, the subscribers and the
+//! fan-out of durable messages into each subscriber's bounded send queue.
+//!
+//! Ordering: messages enter a channel only through [`Channel::commit`], in
+//! seq order, after the writer made them durable. Subscribing takes the
+//! replay snapshot and registers the live queue under the same lock as
+//! `commit`, so a resuming client sees every seq above `last_seq` exactly
+//! once: older ones from the snapshot, newer ones from its queue.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, RwLock,
+    },
+};
+
+use futures_util::task::AtomicWaker;
+use prometheus::IntGauge;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::metrics::Metrics;
+
+/// One durable message, shared by the retained window and every queue.
+#[derive(Debug)]
+pub struct Msg {
+    pub seq: u64,
+    pub id: Box<str>,
+    /// The complete text frame `{"channel":…,"seq":…,"id":…,"data":…}`,
+    /// encoded once for all subscribers.
+    pub frame: Utf8Bytes,
+    /// Bytes counted by retention and queue limits (id + body).
+    pub size: usize,
+}
+
+#[derive(serde::Serialize)]
+struct FrameJson<'a> {
+    channel: &'a str,
+    seq: u64,
+    id: &'a str,
+    data: &'a str,
+}
+
+impl Msg {
+    pub fn new(channel: &str, seq: u64, id: &str, data: &str) -> Msg {
+        let frame = serde_json::to_string(&FrameJson {
+            channel,
+            seq,
+            id,
+            data,
+        })
+        .expect("strings always serialize");
+        Msg {
+            seq,
+            id: id.into(),
+            frame: frame.into(),
+            size: id.len() + data.len(),
+        }
+    }
+}
+
+/// Limits shared by all channels.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub retain_messages: usize,
+    pub retain_bytes: usize,
+    pub send_queue: usize,
+    pub send_queue_bytes: usize,
+}
+
+/// A subscriber's bounded send queue, filled by `commit`, drained by its
+/// connection task.
+pub struct Subscriber {
+    pub id: u64,
+    queue: Mutex<SubQueue>,
+    /// Wakes the connection task: new messages or overflow.
+    pub waker: AtomicWaker,
+    overflowed: AtomicBool,
+    /// Messages the task took from the queue but has not written yet; they
+    /// count against the bound too.
+    pub unsent: AtomicUsize,
+}
+
+#[derive(Default)]
+struct SubQueue {
+    msgs: VecDeque<Arc<Msg>>,
+    bytes: usize,
+}
+
+impl Subscriber {
+    /// True once the queue overflowed: the connection must be closed.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Moves every queued message into `out` (which must be empty).
+    pub fn drain_into(&self, out: &mut VecDeque<Arc<Msg>>) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut q.msgs, out);
+        q.bytes = 0;
+    }
+
+    /// Pushes one message; `Err(n)` if the bound is exceeded: the queue is
+    /// then emptied (its `n` messages freed) and the subscriber marked overflowed.
+    fn push(&self, msg: &Arc<Msg>, limits: &Limits) -> Result<(), usize> {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let len = q.msgs.len() + self.unsent.load(Ordering::Relaxed);
+        if len >= limits.send_queue || q.bytes + msg.size > limits.send_queue_bytes {
+            let cleared = std::mem::take(&mut q.msgs).len();
+            q.bytes = 0;
+            drop(q);
+            self.overflowed.store(true, Ordering::Release);
+            self.waker.wake();
+            return Err(cleared);
+        }
+        let was_empty = q.msgs.is_empty();
+        q.msgs.push_back(msg.clone());
+        q.bytes += msg.size;
+        drop(q);
+        if was_empty {
+            self.waker.wake();
+        }
+        Ok(())
+    }
+
+    fn queued(&self) -> usize {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .msgs
+            .len()
+    }
+}
+
+struct ChanState {
+    retained: VecDeque<Arc<Msg>>,
+    retained_bytes: usize,
+    /// Highest committed seq (0: none yet).
+    last_seq: u64,
+    subs: HashMap<u64, Arc<Subscriber>>,
+}
+
+pub struct Channel {
+    pub name: Box<str>,
+    state: Mutex<ChanState>,
+    /// `pusher_push_queue_length{channel}`.
+    pub backlog: IntGauge,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+/// What a new subscriber starts with.
+pub struct Subscription {
+    pub sub: Arc<Subscriber>,
+    /// Retained messages with seq > last_seq, in order.
+    pub replay: VecDeque<Arc<Msg>>,
+}
+
+impl Channel {
+    fn new(name: &str, metrics: Arc<Metrics>, limits: Limits) -> Channel {
+        Channel {
+            name: name.into(),
+            state: Mutex::new(ChanState {
+                retained: VecDeque::new(),
+                retained_bytes: 0,
+                last_seq: 0,
+                subs: HashMap::new(),
+            }),
+            backlog: metrics.push_queue_length.with_label_values(&[name]),
+            metrics,
+            limits,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChanState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Highest committed seq.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().last_seq
+    }
+
+    /// Oldest retained seq (last_seq + 1 when nothing is retained).
+    pub fn first_retained_seq(&self) -> u64 {
+        let st = self.lock();
+        st.retained.front().map_or(st.last_seq + 1, |m| m.seq)
+    }
+
+    /// Adds durable messages (ascending seqs) to the window and every queue.
+    pub fn commit(&self, msgs: &[Arc<Msg>]) {
+        let mut st = self.lock();
+        let mut dropped: Vec<u64> = Vec::new();
+        let mut queued = 0i64;
+        for msg in msgs {
+            debug_assert!(msg.seq > st.last_seq);
+            st.last_seq = msg.seq;
+            st.retained_bytes += msg.size;
+            st.retained.push_back(msg.clone());
+            while st.retained.len() > self.limits.retain_messages
+                || (st.retained_bytes > self.limits.retain_bytes && st.retained.len() > 1)
+            {
+                let old = st.retained.pop_front().expect("non-empty");
+                st.retained_bytes -= old.size;
+            }
+            for (id, sub) in &st.subs {
+                if sub.overflowed() {
+                    continue;
+                }
+                match sub.push(msg, &self.limits) {
+                    Ok(()) => queued += 1,
+                    Err(cleared) => {
+                        queued -= cleared as i64;
+                        dropped.push(*id);
+                    }
+                }
+            }
+        }
+        for id in &dropped {
+            st.subs.remove(id);
+        }
+        drop(st);
+        self.backlog.add(queued);
+        if !dropped.is_empty() {
+            self.metrics
+                .slow_consumer_drops
+                .inc_by(dropped.len() as u64);
+        }
+    }
+
+    /// Registers a subscriber; with `last_seq`, snapshots the retained
+    /// messages above it for replay (atomically with the registration).
+    pub fn subscribe(&self, id: u64, last_seq: Option<u64>) -> Subscription {
+        let sub = Arc::new(Subscriber {
+            id,
+            queue: Mutex::new(SubQueue::default()),
+            waker: AtomicWaker::new(),
+            overflowed: AtomicBool::new(false),
+            unsent: AtomicUsize::new(0),
+        });
+        let mut st = self.lock();
+        let replay: VecDeque<Arc<Msg>> = match last_seq {
+            Some(n) => {
+                let from = st.retained.partition_point(|m| m.seq <= n);
+                st.retained.range(from..).cloned().collect()
+            }
+            None => VecDeque::new(),
+        };
+        st.subs.insert(id, sub.clone());
+        drop(st);
+        self.backlog.add(replay.len() as i64);
+        Subscription { sub, replay }
+    }
+
+    /// Removes a subscriber; `unsent` is what its task still held.
+    pub fn unsubscribe(&self, sub: &Subscriber, unsent: usize) {
+        self.lock().subs.remove(&sub.id);
+        let queued = if sub.overflowed() { 0 } else { sub.queued() };
+        self.backlog.sub((queued + unsent) as i64);
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subs.len()
+    }
+}
+
+/// All channels by name.
+pub struct Hub {
+    channels: RwLock<HashMap<Box<str>, Arc<Channel>>>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    next_sub: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>, limits: Limits) -> Hub {
+        Hub {
+            channels: RwLock::new(HashMap::new()),
+            metrics,
+            limits,
+            next_sub: AtomicU64::new(1),
+        }
+    }
+
+    /// The channel `name`, created empty on first use.
+    pub fn channel(&self, name: &str) -> Arc<Channel> {
+        if let Some(c) = self
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return c.clone();
+        }
+        let mut w = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        w.entry(name.into())
+            .or_insert_with(|| Arc::new(Channel::new(name, self.metrics.clone(), self.limits)))
+            .clone()
+    }
+
+    pub fn next_subscriber_id(&self) -> u64 {
+        self.next_sub.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Channel names: 1..=64 of `[A-Za-z0-9_.-]`, not starting with `.`
+/// (they name directories of the data dir).
+pub fn valid_channel_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(q: usize) -> Limits {
+        Limits {
+            retain_messages: 3,
+            retain_bytes: 1 << 20,
+            send_queue: q,
+            send_queue_bytes: 1 << 20,
+        }
+    }
+
+    fn msgs(ch: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Arc<Msg>> {
+        seqs.map(|s| Arc::new(Msg::new(ch, s, &format!("id{s}"), "x")))
+            .collect()
+    }
+
+    #[test]
+    fn frame_is_the_protocol_json() {
+        let m = Msg::new("c", 7, "m-1", "hé \"q\"");
+        assert_eq!(
+            m.frame.as_str(),
+            r#"{"channel":"c","seq":7,"id":"m-1","data":"hé \"q\""}"#
+        );
+    }
+
+    #[test]
+    fn resume_snapshot_and_live_queue_have_no_gap_and_no_dup() {
+        let hub = Hub::new(Arc::new(Metrics::new()), limits(100));
+        let ch = hub.channel("c");
+        ch.commit(&msgs("c", 1..=5));
+        let s = ch.subscribe(1, Some(3));
+        // Retention keeps 3 (3, 4, 5); replay is above last_seq = 3.
+        let replayed: Vec<u64> = s.replay.iter().map(|m| m.seq).collect();
+        assert_eq!(replayed, [4, 5]);
+        ch.commit(&msgs("c", 6..=7));
+        let mut live = VecDeque::new();
+        s.sub.drain_into(&mut live);
+        assert_eq!(live.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
+        assert_eq!(ch.first_retained_seq(), 5);
+        assert_eq!(ch.backlog.get(), 4);
+    }
+
+    #[test]
+    fn overflow_marks_and_removes_the_subscriber() {
+        let m = Arc::new(Metrics::new());
+        let hub = Hub::new(m.clone(), limits(2));
+        let ch = hub.channel("c");
+        let s = ch.subscribe(1, None);
+        ch.commit(&msgs("c", 1..=3));
+        assert!(s.sub.overflowed());
+        assert_eq!(ch.subscriber_count(), 0);
+        assert_eq!(m.slow_consumer_drops.get(), 1);
+        assert_eq!(ch.backlog.get(), 0);
+    }
+
+    #[test]
+    fn channel_names() {
+        assert!(valid_channel_name("prices.EUR-USD_1"));
+        for bad in ["", ".", "..", ".x", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_channel_name(bad), "{bad:?}");
+        }
+    }
+}

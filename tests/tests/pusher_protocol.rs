@@ -1,0 +1,342 @@
+//! Protocol v1 of the reference pusher, driven by an independent client
+//! (tokio-tungstenite + raw HTTP/1.1): ordered push, ACK, resume with
+//! `last_seq` (exactly the missing messages), the replay/live race, and bad
+//! input that must never crash the server.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use pushscope_tests::pusher::{http, metric, parse_pushed, publish, raw_upgrade, Pushed, Pusher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{protocol::frame::coding::CloseCode, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> Ws {
+    let (ws, resp) = connect_async(url).await.expect("ws connect");
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+/// Next message frame within 5 s (pings are answered by tungstenite).
+async fn next_pushed(ws: &mut Ws) -> Pushed {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("stream open")
+            .expect("frame ok");
+        match m {
+            Message::Text(t) => return parse_pushed(t.as_str()).expect("protocol frame"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Asserts that nothing but control frames arrives for `d`.
+async fn assert_quiet(ws: &mut Ws, d: Duration) {
+    let deadline = tokio::time::Instant::now() + d;
+    while let Ok(m) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match m {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected no message, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_receive_ack_disconnect_resume_exactly_missing() {
+    let p = Pusher::start(&[]).unwrap();
+    let mut ws = connect(&p.ws_url("orders")).await;
+    for i in 1..=20u64 {
+        let (seq, id) = publish(
+            p.addr,
+            "orders",
+            Some(&format!("m{i}")),
+            format!("body {i} \"é\"").as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((seq, id.as_str()), (i, format!("m{i}").as_str()));
+    }
+    for i in 1..=20u64 {
+        let m = next_pushed(&mut ws).await;
+        assert_eq!(
+            m,
+            Pushed {
+                channel: "orders".into(),
+                seq: i,
+                id: format!("m{i}"),
+                data: format!("body {i} \"é\""),
+            }
+        );
+    }
+    ws.send(Message::text(r#"{"ack":20}"#)).await.unwrap();
+    // Ask for a pong so we know the ACK was read before disconnecting.
+    ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Pong(p))) => {
+                assert_eq!(&p[..], b"p");
+                break;
+            }
+            Some(Ok(Message::Ping(_))) => continue,
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+    ws.close(None).await.unwrap();
+    drop(ws);
+
+    // Published while the client was away; a generated id when none is given.
+    for i in 21..=30u64 {
+        let id = (i % 2 == 0).then(|| format!("m{i}"));
+        let (seq, got_id) = publish(
+            p.addr,
+            "orders",
+            id.as_deref(),
+            format!("body {i}").as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(seq, i);
+        assert!(!got_id.is_empty());
+    }
+    let mut ws = connect(&p.ws_resume_url("orders", 20)).await;
+    for i in 21..=30u64 {
+        let m = next_pushed(&mut ws).await;
+        assert_eq!((m.seq, m.data.as_str()), (i, format!("body {i}").as_str()));
+    }
+    publish(p.addr, "orders", Some("live"), b"live one")
+        .await
+        .unwrap();
+    let m = next_pushed(&mut ws).await;
+    assert_eq!((m.seq, m.id.as_str()), (31, "live"));
+    assert_quiet(&mut ws, Duration::from_millis(300)).await;
+
+    assert_eq!(metric(p.addr, "pusher_acks_total").await.unwrap(), 1.0);
+    assert_eq!(metric(p.addr, "pusher_replays_total").await.unwrap(), 10.0);
+    assert_eq!(metric(p.addr, "pusher_resumes_total").await.unwrap(), 1.0);
+    assert_eq!(
+        metric(p.addr, "pusher_publishes_total").await.unwrap(),
+        31.0
+    );
+    assert_eq!(
+        metric(p.addr, "pusher_deliveries_total").await.unwrap(),
+        31.0
+    );
+    assert_eq!(
+        metric(p.addr, "pusher_push_queue_length{channel=\"orders\"}")
+            .await
+            .unwrap(),
+        0.0
+    );
+    // A subscriber without last_seq gets only new messages; channels are separate.
+    let mut fresh = connect(&p.ws_url("orders")).await;
+    let mut other = connect(&p.ws_url("other")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(p.addr, "other", None, b"x").await.unwrap();
+    publish(p.addr, "orders", None, b"y").await.unwrap();
+    assert_eq!(next_pushed(&mut fresh).await.seq, 32);
+    let o = next_pushed(&mut other).await;
+    assert_eq!((o.channel.as_str(), o.seq), ("other", 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_during_a_publish_stream_has_no_gap_and_no_duplicate() {
+    let p = Pusher::start(&["--fsync", "never"]).unwrap();
+    let addr = p.addr;
+    const N: u64 = 400;
+    let publisher = tokio::spawn(async move {
+        for i in 1..=N {
+            publish(addr, "race", None, format!("{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    // Join mid-stream at several resume points while messages keep coming.
+    let mut clients = Vec::new();
+    for k in 0..4 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let from = metric(addr, "pusher_publishes_total").await.unwrap() as u64;
+        let from = from.saturating_sub(k * 7);
+        clients.push((from, connect(&p.ws_resume_url("race", from)).await));
+    }
+    publisher.await.unwrap();
+    for (from, mut ws) in clients {
+        for expect in from + 1..=N {
+            let m = next_pushed(&mut ws).await;
+            assert_eq!(m.seq, expect, "client resuming after {from}");
+            assert_eq!(m.data, expect.to_string());
+        }
+        assert_quiet(&mut ws, Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_http_input_gets_the_right_status_and_never_crashes() {
+    let p = Pusher::start(&[]).unwrap();
+    let a = p.addr;
+    assert_eq!(http(a, "GET", "/nope", &[], b"").await.unwrap().status, 404);
+    assert_eq!(
+        http(a, "GET", "/publishx", &[], b"").await.unwrap().status,
+        404
+    );
+    assert_eq!(
+        http(a, "POST", "/publish/bad%2Fname", &[], b"x")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        http(a, "POST", "/publish/", &[], b"x")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        http(a, "POST", "/publish/..", &[], b"x")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        http(a, "GET", "/publish/c", &[], b"").await.unwrap().status,
+        405
+    );
+    let big = vec![b'a'; 64 * 1024 + 1];
+    assert_eq!(
+        http(a, "POST", "/publish/c", &[], &big)
+            .await
+            .unwrap()
+            .status,
+        413
+    );
+    let max = vec![b'a'; 64 * 1024];
+    assert_eq!(
+        http(a, "POST", "/publish/c", &[], &max)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let r = http(a, "POST", "/publish/c", &[], &[0xff, 0xfe])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("UTF-8"), "{}", r.body);
+    let r = http(a, "POST", "/publish/c", &[("X-Msg-Id", "has space")], b"x")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    // /ws without an upgrade, without or with a bad channel, bad last_seq.
+    assert_eq!(
+        http(a, "GET", "/ws?channel=c", &[], b"")
+            .await
+            .unwrap()
+            .status,
+        426
+    );
+    let up = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    assert_eq!(http(a, "GET", "/ws", &up, b"").await.unwrap().status, 400);
+    assert_eq!(
+        http(a, "GET", "/ws?channel=a/b", &up, b"")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        http(a, "GET", "/ws?channel=c&last_seq=x", &up, b"")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    // Raw garbage instead of HTTP.
+    let mut s = tokio::net::TcpStream::connect(a).await.unwrap();
+    s.write_all(b"\x16\x03\x01garbage\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400") || buf.is_empty());
+    // Still alive and serving.
+    assert_eq!(
+        http(a, "GET", "/healthz", &[], b"").await.unwrap().status,
+        200
+    );
+    assert_eq!(publish(a, "c", None, b"after").await.unwrap().0, 2);
+    assert_eq!(
+        metric(a, "pusher_http_responses_total{code=\"413\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+/// Sends one client frame and expects the server to close with `code`.
+async fn expect_close_after(p: &Pusher, frame: Message, code: CloseCode) {
+    let mut ws = connect(&p.ws_url("c")).await;
+    ws.send(frame).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(f.code, code, "reason {}", f.reason);
+                return;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected close {code:?}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_client_frames_close_with_a_code_and_are_counted() {
+    let p = Pusher::start(&[]).unwrap();
+    expect_close_after(&p, Message::binary(vec![1, 2, 3]), CloseCode::Unsupported).await;
+    expect_close_after(&p, Message::text("hello"), CloseCode::Invalid).await;
+    expect_close_after(&p, Message::text(r#"{"ack":"x"}"#), CloseCode::Invalid).await;
+    expect_close_after(&p, Message::text(r#"{"ack":5}"#), CloseCode::Policy).await;
+    expect_close_after(&p, Message::text("x".repeat(8000)), CloseCode::Size).await;
+    // Bytes that are not a WebSocket frame at all (reserved opcode 0x3).
+    let mut raw = raw_upgrade(p.addr, "/ws?channel=c").await.unwrap();
+    raw.write_all(&[0x83, 0x80, 0, 0, 0, 0]).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    // A close frame (0x88) with code 1002 (protocol error).
+    assert!(buf.len() >= 4 && buf[0] == 0x88, "{buf:?}");
+    assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), 1002);
+    assert_eq!(
+        metric(p.addr, "pusher_malformed_frames_total")
+            .await
+            .unwrap(),
+        6.0
+    );
+    // Valid ACKs are still fine afterwards, and the server is healthy.
+    let mut ws = connect(&p.ws_url("c")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publish(p.addr, "c", None, b"x").await.unwrap();
+    assert_eq!(next_pushed(&mut ws).await.seq, 1);
+    ws.send(Message::text(r#"{"ack":1}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"ack":0}"#)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metric(p.addr, "pusher_acks_total").await.unwrap(), 2.0);
+    assert_eq!(metric(p.addr, "pusher_connections").await.unwrap(), 1.0);
+}
