@@ -1,0 +1,392 @@
+//! Per-message accounting: one `SubAcct` per subscriber judges every
+//! received marker (fresh, duplicate, out of order, late) and, when a stage
+//! is closed (stage end + grace), turns still-open gaps into losses.
+//! `StageStats` holds one stage's counters and HDR histograms; it merges
+//! exactly across lanes and worker processes (histograms travel as V2
+//! serialized bytes).
+
+use crate::marker::Schedule;
+use hdrhistogram::{
+    serialization::{Deserializer, Serializer, V2Serializer},
+    Histogram,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Histogram bounds: 1 µs .. 60 s, 3 significant digits (values in µs).
+pub const HIST_MAX_US: u64 = 60_000_000;
+
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("static bounds")
+}
+
+/// Records a duration in µs, clamped to the histogram's range.
+pub fn record_us(h: &mut Histogram<u64>, us: u64) {
+    let _ = h.record(us.clamp(1, HIST_MAX_US));
+}
+
+/// What one received message was, for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Fresh {
+        out_of_order: bool,
+    },
+    Duplicate,
+    /// Arrived after its gap had already been declared lost.
+    Late,
+    /// Older than what this subscriber was ever expected to see.
+    PreBaseline,
+}
+
+/// One subscriber's view of its channel's per-channel publish seqs.
+#[derive(Debug, Clone)]
+pub struct SubAcct {
+    pub channel: u32,
+    /// First pseq this subscriber must see.
+    baseline: Option<u64>,
+    /// Every pseq in `[baseline, contig]` was received or declared lost.
+    contig: u64,
+    max_seen: u64,
+    /// Received pseqs above `contig + 1` (only while a gap is open).
+    ahead: BTreeSet<u64>,
+    /// Declared lost; a later arrival counts as late, not duplicate.
+    lost_set: BTreeSet<u64>,
+    /// Highest pseq already judged by a stage close.
+    closed_hi: u64,
+    /// Unix ns when the first WebSocket upgrade completed.
+    pub up_ns: Option<u64>,
+    /// Last server seq received (resume point for protocols that have one).
+    pub last_server_seq: Option<u64>,
+}
+
+impl SubAcct {
+    pub fn new(channel: u32) -> Self {
+        SubAcct {
+            channel,
+            baseline: None,
+            contig: 0,
+            max_seen: 0,
+            ahead: BTreeSet::new(),
+            lost_set: BTreeSet::new(),
+            closed_hi: 0,
+            up_ns: None,
+            last_server_seq: None,
+        }
+    }
+
+    pub fn baseline(&self) -> Option<u64> {
+        self.baseline
+    }
+
+    pub fn closed_hi(&self) -> u64 {
+        self.closed_hi
+    }
+
+    /// The subscriber must see every message scheduled at least `settle_ns`
+    /// after its first upgrade, and everything after the first one it got.
+    fn ensure_baseline(
+        &mut self,
+        first_seen: Option<u64>,
+        sched: &Schedule,
+        settle_ns: u64,
+    ) -> Option<u64> {
+        if self.baseline.is_none() {
+            let by_time = self
+                .up_ns
+                .map(|t| sched.first_pseq_at_or_after(self.channel, t + settle_ns));
+            let b = match (first_seen, by_time) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }?;
+            // Gaps already closed by earlier stages are not this subscriber's.
+            let b = b.max(self.closed_hi + 1);
+            self.baseline = Some(b);
+            self.contig = b - 1;
+        }
+        self.baseline
+    }
+
+    pub fn on_receive(&mut self, pseq: u64, sched: &Schedule, settle_ns: u64) -> Verdict {
+        let base = self
+            .ensure_baseline(Some(pseq), sched, settle_ns)
+            .unwrap_or(pseq);
+        if pseq < base {
+            return Verdict::PreBaseline;
+        }
+        if self.lost_set.remove(&pseq) {
+            return Verdict::Late;
+        }
+        if pseq <= self.contig || self.ahead.contains(&pseq) {
+            return Verdict::Duplicate;
+        }
+        let out_of_order = pseq < self.max_seen;
+        self.max_seen = self.max_seen.max(pseq);
+        if pseq == self.contig + 1 {
+            self.contig = pseq;
+            while self.ahead.remove(&(self.contig + 1)) {
+                self.contig += 1;
+            }
+        } else {
+            self.ahead.insert(pseq);
+        }
+        Verdict::Fresh { out_of_order }
+    }
+
+    /// Judges all pseqs up to `hi` (the stage's last published pseq on this
+    /// channel): returns (expected, lost). `failed` says which pseqs the
+    /// publisher never managed to publish.
+    pub fn close(
+        &mut self,
+        hi: u64,
+        failed: &dyn Fn(u64) -> bool,
+        sched: &Schedule,
+        settle_ns: u64,
+    ) -> (u64, u64) {
+        let Some(base) = self.ensure_baseline(None, sched, settle_ns) else {
+            return (0, 0);
+        };
+        let lo = self.closed_hi.max(base - 1);
+        if hi <= lo {
+            return (0, 0);
+        }
+        let mut expected = 0;
+        let mut lost = 0;
+        for p in lo + 1..=hi {
+            if failed(p) {
+                self.ahead.remove(&p);
+                continue;
+            }
+            expected += 1;
+            if p <= self.contig || self.ahead.remove(&p) {
+                continue;
+            }
+            lost += 1;
+            if self.lost_set.len() < 100_000 {
+                self.lost_set.insert(p);
+            }
+        }
+        self.contig = self.contig.max(hi);
+        while self.ahead.remove(&(self.contig + 1)) {
+            self.contig += 1;
+        }
+        self.closed_hi = hi;
+        (expected, lost)
+    }
+}
+
+/// One stage's figures from one lane, process or the whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageStats {
+    pub opened: u64,
+    pub failed: u64,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub unexpected_disconnects: u64,
+    pub disconnects_by_reason: BTreeMap<String, u64>,
+    pub intended_disconnects: u64,
+    pub reconnects: u64,
+    /// Sum over connections of the time they were up during the stage.
+    pub connection_ns: u64,
+    pub received: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub late: u64,
+    /// Frames without a marker (or not parseable).
+    pub unmarked: u64,
+    /// CPU used by each process during the stage, % of one core.
+    pub cpu_pct: Vec<f64>,
+    #[serde(with = "hist_b64")]
+    pub latency: Histogram<u64>,
+    #[serde(with = "hist_b64")]
+    pub connect: Histogram<u64>,
+    #[serde(with = "hist_b64")]
+    pub tls: Histogram<u64>,
+    #[serde(with = "hist_b64")]
+    pub upgrade: Histogram<u64>,
+    #[serde(with = "hist_b64")]
+    pub first_message: Histogram<u64>,
+}
+
+impl Default for StageStats {
+    fn default() -> Self {
+        StageStats {
+            opened: 0,
+            failed: 0,
+            failed_by_reason: BTreeMap::new(),
+            unexpected_disconnects: 0,
+            disconnects_by_reason: BTreeMap::new(),
+            intended_disconnects: 0,
+            reconnects: 0,
+            connection_ns: 0,
+            received: 0,
+            expected: 0,
+            lost: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            late: 0,
+            unmarked: 0,
+            cpu_pct: Vec::new(),
+            latency: new_hist(),
+            connect: new_hist(),
+            tls: new_hist(),
+            upgrade: new_hist(),
+            first_message: new_hist(),
+        }
+    }
+}
+
+impl StageStats {
+    /// Exact merge: counters add, histograms add bucket by bucket.
+    pub fn merge(&mut self, o: &StageStats) {
+        self.opened += o.opened;
+        self.failed += o.failed;
+        for (k, v) in &o.failed_by_reason {
+            *self.failed_by_reason.entry(k.clone()).or_default() += v;
+        }
+        self.unexpected_disconnects += o.unexpected_disconnects;
+        for (k, v) in &o.disconnects_by_reason {
+            *self.disconnects_by_reason.entry(k.clone()).or_default() += v;
+        }
+        self.intended_disconnects += o.intended_disconnects;
+        self.reconnects += o.reconnects;
+        self.connection_ns += o.connection_ns;
+        self.received += o.received;
+        self.expected += o.expected;
+        self.lost += o.lost;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.late += o.late;
+        self.unmarked += o.unmarked;
+        self.cpu_pct.extend_from_slice(&o.cpu_pct);
+        for (a, b) in [
+            (&mut self.latency, &o.latency),
+            (&mut self.connect, &o.connect),
+            (&mut self.tls, &o.tls),
+            (&mut self.upgrade, &o.upgrade),
+            (&mut self.first_message, &o.first_message),
+        ] {
+            a.add(b).expect("same bounds everywhere");
+        }
+    }
+
+    pub fn count_reason(map: &mut BTreeMap<String, u64>, reason: &str) {
+        *map.entry(reason.to_string()).or_default() += 1;
+    }
+}
+
+mod hist_b64 {
+    use super::*;
+    use base64::Engine;
+
+    pub fn serialize<S: serde::Serializer>(h: &Histogram<u64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = Vec::new();
+        V2Serializer::new()
+            .serialize(h, &mut buf)
+            .map_err(|e| serde::ser::Error::custom(format!("{e:?}")))?;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(buf))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Histogram<u64>, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|e| serde::de::Error::custom(format!("{e:?}")))?;
+        let mut out = new_hist();
+        out.add(&h)
+            .map_err(|e| serde::de::Error::custom(format!("{e:?}")))?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched() -> Schedule {
+        Schedule {
+            t0_ns: 0,
+            rate: 1000.0,
+            channels: 1,
+        }
+    }
+
+    #[test]
+    fn counts_gaps_duplicates_order_and_late() {
+        let s = sched();
+        let mut a = SubAcct::new(0);
+        a.up_ns = Some(0);
+        let no_fail = |_| false;
+        let v: Vec<_> = [1, 2, 4, 4, 3, 6, 2]
+            .iter()
+            .map(|&p| a.on_receive(p, &s, 0))
+            .collect();
+        assert_eq!(
+            v[2],
+            Verdict::Fresh {
+                out_of_order: false
+            }
+        );
+        assert_eq!(v[3], Verdict::Duplicate);
+        assert_eq!(v[4], Verdict::Fresh { out_of_order: true });
+        assert_eq!(v[6], Verdict::Duplicate);
+        // Stage closes at pseq 7: 5 and 7 are open gaps → lost.
+        assert_eq!(a.close(7, &no_fail, &s, 0), (7, 2));
+        assert_eq!(a.on_receive(5, &s, 0), Verdict::Late);
+        assert_eq!(
+            a.on_receive(8, &s, 0),
+            Verdict::Fresh {
+                out_of_order: false
+            }
+        );
+        assert_eq!(a.close(9, &no_fail, &s, 0), (2, 1));
+    }
+
+    #[test]
+    fn baseline_from_upgrade_time_catches_silent_subscribers() {
+        let s = sched();
+        let mut a = SubAcct::new(0);
+        a.up_ns = Some(10_000_000); // up at 10 ms; settle 5 ms → first due pseq is i=15 → 16
+        assert_eq!(a.close(20, &|_| false, &s, 5_000_000), (5, 5));
+        let mut b = SubAcct::new(0);
+        assert_eq!(
+            b.close(20, &|_| false, &s, 0),
+            (0, 0),
+            "never connected: nothing expected"
+        );
+        let mut c = SubAcct::new(0);
+        c.up_ns = Some(0);
+        assert_eq!(
+            c.on_receive(3, &s, 0),
+            Verdict::Fresh {
+                out_of_order: false
+            }
+        );
+        assert_eq!(
+            c.close(5, &|p| p == 4, &s, 0),
+            (4, 3),
+            "failed publishes are not expected"
+        );
+    }
+
+    #[test]
+    fn histograms_merge_exactly_through_serde() {
+        let mut a = StageStats::default();
+        let mut b = StageStats::default();
+        for v in 1..=1000 {
+            record_us(&mut a.latency, v);
+            record_us(&mut b.latency, v * 1000);
+        }
+        a.received = 3;
+        b.received = 4;
+        let b2: StageStats = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
+        a.merge(&b2);
+        assert_eq!(a.received, 7);
+        assert_eq!(a.latency.len(), 2000);
+        assert_eq!(a.latency.max(), b.latency.max());
+        assert_eq!(a.latency.value_at_quantile(0.5), 1000);
+    }
+}

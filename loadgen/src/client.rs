@@ -1,0 +1,298 @@
+//! One subscriber: connect (timing each phase), read pushed frames and
+//! account for them, ACK cumulatively, ping every heartbeat interval, and on
+//! an unexpected disconnect (server close, reset, EOF, missed pongs)
+//! reconnect with exponential backoff and jitter, resuming from the last
+//! server seq where the protocol allows. The same loop serves every
+//! protocol; `Protocol` supplies the differences.
+
+use crate::{
+    accounting::{record_us, StageStats, Verdict},
+    lane::{bump, Lane, SubCtl},
+    marker::{now_ns, Marker},
+    net::{open_ws, Endpoint, Ws},
+    protocol::Protocol,
+};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use std::{net::Ipv4Addr, rc::Rc, time::Duration};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// What every subscriber of a process shares.
+pub struct ClientCfg {
+    pub protocol: Protocol,
+    pub endpoint: Endpoint,
+    pub heartbeat: Duration,
+    pub max_missed: u32,
+    pub sources: Vec<Ipv4Addr>,
+    /// A subscriber must see every message scheduled this long after its upgrade.
+    pub settle_ns: u64,
+    pub connect_timeout: Duration,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// ACK after this many frames, or at the next heartbeat tick.
+const ACK_EVERY: u32 = 64;
+
+/// How a session ended.
+enum End {
+    Intended,
+    Unexpected(&'static str),
+}
+
+/// Exponential backoff with "equal jitter": half fixed, half random.
+pub fn backoff(attempt: u32) -> Duration {
+    let d = BACKOFF_BASE
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_MAX);
+    let half = d / 2;
+    half + Duration::from_nanos(rand::thread_rng().gen_range(0..=half.as_nanos() as u64))
+}
+
+pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u64, channel: u32) {
+    let cfg = lane.cfg.clone();
+    let ch_name = format!("ch{channel}");
+    let source = (!cfg.sources.is_empty()).then(|| cfg.sources[id as usize % cfg.sources.len()]);
+    let mut ever_connected = false;
+    let mut attempt: u32 = 0;
+    loop {
+        if ctl.stop.get() {
+            break;
+        }
+        let resume = if cfg.protocol.resumes() {
+            lane.state.borrow().subs[local].last_server_seq
+        } else {
+            None
+        };
+        let url = cfg.protocol.subscribe_url(&ch_name, resume);
+        let result = tokio::select! {
+            r = open_ws(&cfg.endpoint, &url, source, cfg.connect_timeout) => r,
+            _ = ctl.notify.notified() => break,
+        };
+        match result {
+            Err(e) => {
+                let mut st = lane.state.borrow_mut();
+                let k = st.stage;
+                let s = st.stage_stats(k);
+                s.failed += 1;
+                StageStats::count_reason(&mut s.failed_by_reason, &e.reason());
+                bump(&lane.gauges.errors);
+                if !ever_connected && attempt == 0 {
+                    bump(&lane.gauges.settled);
+                }
+                log::debug!("subscriber {id}: {e}");
+            }
+            Ok((ws, phases)) => {
+                {
+                    let mut st = lane.state.borrow_mut();
+                    st.connected_delta(true);
+                    if st.subs[local].up_ns.is_none() {
+                        st.subs[local].up_ns = Some(now_ns());
+                    }
+                    let k = st.stage;
+                    let s = st.stage_stats(k);
+                    if ever_connected {
+                        s.reconnects += 1;
+                    } else {
+                        s.opened += 1;
+                    }
+                    record_us(&mut s.connect, phases.connect.as_micros() as u64);
+                    if let Some(t) = phases.tls {
+                        record_us(&mut s.tls, t.as_micros() as u64);
+                    }
+                    record_us(&mut s.upgrade, phases.upgrade.as_micros() as u64);
+                }
+                lane.gauges
+                    .connected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !ever_connected && attempt == 0 {
+                    bump(&lane.gauges.settled);
+                }
+                ever_connected = true;
+                attempt = 0;
+                let end = session(&lane, &ctl, local, id, &ch_name, ws).await;
+                lane.gauges
+                    .connected
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                let mut st = lane.state.borrow_mut();
+                st.connected_delta(false);
+                let k = st.stage;
+                let s = st.stage_stats(k);
+                match end {
+                    End::Intended => {
+                        s.intended_disconnects += 1;
+                        break;
+                    }
+                    End::Unexpected(reason) => {
+                        s.unexpected_disconnects += 1;
+                        StageStats::count_reason(&mut s.disconnects_by_reason, reason);
+                        bump(&lane.gauges.errors);
+                        log::debug!("subscriber {id}: disconnected: {reason}");
+                    }
+                }
+            }
+        }
+        let wait = backoff(attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = ctl.notify.notified() => break,
+        }
+    }
+}
+
+fn classify(e: &tungstenite::Error) -> &'static str {
+    use tungstenite::Error as E;
+    match e {
+        E::ConnectionClosed | E::AlreadyClosed => "closed",
+        E::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset => "connection reset",
+        E::Io(_) => "io error",
+        E::Protocol(_) => "protocol error",
+        E::Capacity(_) => "frame too large",
+        _ => "websocket error",
+    }
+}
+
+async fn session(
+    lane: &Lane,
+    ctl: &SubCtl,
+    local: usize,
+    id: u64,
+    ch_name: &str,
+    mut ws: Ws,
+) -> End {
+    let cfg = &lane.cfg;
+    if let Some(f) = cfg.protocol.subscribe_frame(ch_name) {
+        if ws.send(Message::text(f)).await.is_err() {
+            return End::Unexpected("write error");
+        }
+    }
+    let up_at = Instant::now();
+    let mut first = true;
+    // Spread pings so 20k clients do not all ping in the same millisecond.
+    let offset = Duration::from_millis(
+        rand::thread_rng().gen_range(0..=cfg.heartbeat.as_millis() as u64 / 4),
+    );
+    let mut hb = tokio::time::interval_at(up_at + cfg.heartbeat + offset, cfg.heartbeat);
+    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outstanding: u32 = 0;
+    let mut unacked: u32 = 0;
+    let mut ack: Option<(String, u64)> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctl.notify.notified() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                return End::Intended;
+            }
+            msg = ws.next() => {
+                let text = match msg {
+                    None => return End::Unexpected("eof"),
+                    Some(Err(e)) => return End::Unexpected(classify(&e)),
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(b))) => match tungstenite::Utf8Bytes::try_from(b) {
+                        Ok(t) => t,
+                        Err(_) => { unmarked(lane); continue; }
+                    },
+                    Some(Ok(Message::Pong(_))) => { outstanding = 0; continue; }
+                    Some(Ok(Message::Close(_))) => return End::Unexpected("server close"),
+                    Some(Ok(_)) => continue,
+                };
+                if first {
+                    first = false;
+                    let mut st = lane.state.borrow_mut();
+                    let k = st.stage;
+                    record_us(&mut st.stage_stats(k).first_message, up_at.elapsed().as_micros() as u64);
+                }
+                if let Some(a) = on_frame(lane, local, id, ch_name, text.as_str()) {
+                    ack = Some(a);
+                    unacked += 1;
+                    if unacked >= ACK_EVERY {
+                        unacked = 0;
+                        if let Some((a, seq)) = ack.take() {
+                            log_ack(lane, id, seq);
+                            if ws.send(Message::text(a)).await.is_err() {
+                                return End::Unexpected("write error");
+                            }
+                        }
+                    }
+                }
+            }
+            _ = hb.tick() => {
+                if outstanding >= cfg.max_missed {
+                    return End::Unexpected("heartbeat lost");
+                }
+                outstanding += 1;
+                if let Some((a, seq)) = ack.take() {
+                    unacked = 0;
+                    log_ack(lane, id, seq);
+                    if ws.feed(Message::text(a)).await.is_err() {
+                        return End::Unexpected("write error");
+                    }
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return End::Unexpected("write error");
+                }
+            }
+        }
+    }
+}
+
+fn unmarked(lane: &Lane) {
+    let mut st = lane.state.borrow_mut();
+    let k = st.stage;
+    st.stage_stats(k).unmarked += 1;
+}
+
+/// Accounts for one pushed frame; returns the ACK frame to send, if any.
+/// Only numbers are kept from the frame (copied out), never its bytes.
+fn on_frame(
+    lane: &Lane,
+    local: usize,
+    id: u64,
+    ch_name: &str,
+    text: &str,
+) -> Option<(String, u64)> {
+    let cfg = &lane.cfg;
+    let now = now_ns();
+    let server_seq = cfg.protocol.server_seq(text);
+    let mut st = lane.state.borrow_mut();
+    let st = &mut *st;
+    if let Some(s) = server_seq {
+        let sub = &mut st.subs[local];
+        sub.last_server_seq = Some(sub.last_server_seq.map_or(s, |l| l.max(s)));
+    }
+    let channel = st.subs[local].channel;
+    let Some(m) = Marker::find(text).filter(|m| m.channel == channel) else {
+        let k = st.stage;
+        st.stage_stats(k).unmarked += 1;
+        return None;
+    };
+    let verdict = st.subs[local].on_receive(m.pseq, &st.schedule, cfg.settle_ns);
+    if let Some(log) = st.log.as_mut() {
+        log.received(id, m.msg_id);
+    }
+    let s = st.stage_stats(m.stage);
+    match verdict {
+        Verdict::Fresh { out_of_order } => {
+            s.received += 1;
+            s.out_of_order += u64::from(out_of_order);
+            record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000);
+        }
+        Verdict::Duplicate => s.duplicates += 1,
+        Verdict::Late => s.late += 1,
+        Verdict::PreBaseline => {}
+    }
+    bump(&lane.gauges.received);
+    let ack = cfg
+        .protocol
+        .ack_frame(ch_name, server_seq, m.pseq, m.msg_id)?;
+    Some((ack, server_seq.unwrap_or(m.pseq)))
+}
+
+fn log_ack(lane: &Lane, id: u64, seq: u64) {
+    if let Some(log) = lane.state.borrow_mut().log.as_mut() {
+        log.acked(id, seq);
+    }
+}

@@ -1,0 +1,260 @@
+//! A lane: one OS thread running a single-threaded tokio runtime that owns
+//! a share of the subscribers. Everything a subscriber touches per message
+//! (its accounting, the stage counters and histograms, the receive log)
+//! lives in the lane's `RefCell`, so the hot path takes no lock and no
+//! atomic. The pool talks to lanes through `LaneCmd`s.
+
+use crate::{
+    accounting::{StageStats, SubAcct},
+    client::{self, ClientCfg},
+    marker::Schedule,
+    oplog::LogWriter,
+};
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub enum LaneCmd {
+    Schedule(Schedule),
+    Open {
+        id: u64,
+        channel: u32,
+    },
+    /// Intended close of the newest `n` subscribers (a stage with fewer connections).
+    Shrink {
+        n: usize,
+    },
+    StageBegin(u32),
+    StageEnd(u32),
+    Close {
+        stage: u32,
+        his: Arc<Vec<u64>>,
+        failed: Arc<Vec<(u32, u64)>>,
+        reply: oneshot::Sender<StageStats>,
+    },
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Figures the live view reads without asking the lane thread.
+#[derive(Default)]
+pub struct LaneGauges {
+    pub connected: AtomicU64,
+    /// Subscribers whose first connection attempt has finished (either way).
+    pub settled: AtomicU64,
+    pub received: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Stop switch of one subscriber task.
+#[derive(Default)]
+pub struct SubCtl {
+    pub stop: Cell<bool>,
+    pub notify: Notify,
+}
+
+impl SubCtl {
+    pub fn request_stop(&self) {
+        self.stop.set(true);
+        self.notify.notify_one();
+    }
+}
+
+pub struct LaneState {
+    pub stage: u32,
+    /// Stages below this one are closed: late frames count in `stage`.
+    pub first_open: u32,
+    pub schedule: Schedule,
+    pub subs: Vec<SubAcct>,
+    pub ids: Vec<u64>,
+    pub stats: Vec<StageStats>,
+    connected: u64,
+    conn_acc_ns: u128,
+    conn_acc_at_begin: u128,
+    last_change: Instant,
+    pub log: Option<LogWriter>,
+}
+
+impl LaneState {
+    pub fn stage_stats(&mut self, k: u32) -> &mut StageStats {
+        let k = k.max(self.first_open) as usize;
+        if self.stats.len() <= k {
+            self.stats.resize_with(k + 1, StageStats::default);
+        }
+        &mut self.stats[k]
+    }
+
+    fn integrate(&mut self) {
+        let now = Instant::now();
+        self.conn_acc_ns += u128::from(self.connected) * (now - self.last_change).as_nanos();
+        self.last_change = now;
+    }
+
+    pub fn connected_delta(&mut self, up: bool) {
+        self.integrate();
+        if up {
+            self.connected += 1;
+        } else {
+            self.connected -= 1;
+        }
+    }
+}
+
+pub struct Lane {
+    pub cfg: Arc<ClientCfg>,
+    pub state: RefCell<LaneState>,
+    pub gauges: Arc<LaneGauges>,
+}
+
+/// Starts a lane thread; returns its command sender and the thread handle.
+pub fn spawn(
+    index: usize,
+    cfg: Arc<ClientCfg>,
+    gauges: Arc<LaneGauges>,
+    log: Option<LogWriter>,
+) -> std::io::Result<(mpsc::UnboundedSender<LaneCmd>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("loadgen-lane-{index}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("lane runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, lane_main(rx, cfg, gauges, log));
+        })?;
+    Ok((tx, handle))
+}
+
+async fn lane_main(
+    mut rx: mpsc::UnboundedReceiver<LaneCmd>,
+    cfg: Arc<ClientCfg>,
+    gauges: Arc<LaneGauges>,
+    log: Option<LogWriter>,
+) {
+    let lane = Rc::new(Lane {
+        cfg,
+        gauges,
+        state: RefCell::new(LaneState {
+            stage: 0,
+            first_open: 0,
+            schedule: Schedule {
+                t0_ns: 0,
+                rate: 0.0,
+                channels: 1,
+            },
+            subs: Vec::new(),
+            ids: Vec::new(),
+            stats: Vec::new(),
+            connected: 0,
+            conn_acc_ns: 0,
+            conn_acc_at_begin: 0,
+            last_change: Instant::now(),
+            log,
+        }),
+    });
+    let mut ctls: Vec<Rc<SubCtl>> = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            LaneCmd::Schedule(s) => lane.state.borrow_mut().schedule = s,
+            LaneCmd::Open { id, channel } => {
+                let local = {
+                    let mut st = lane.state.borrow_mut();
+                    st.subs.push(SubAcct::new(channel));
+                    st.ids.push(id);
+                    st.subs.len() - 1
+                };
+                let ctl = Rc::new(SubCtl::default());
+                ctls.push(ctl.clone());
+                tasks.spawn_local(client::run_subscriber(
+                    lane.clone(),
+                    ctl,
+                    local,
+                    id,
+                    channel,
+                ));
+            }
+            LaneCmd::Shrink { n } => {
+                for ctl in ctls.iter().rev().filter(|c| !c.stop.get()).take(n) {
+                    ctl.request_stop();
+                }
+            }
+            LaneCmd::StageBegin(k) => {
+                let mut st = lane.state.borrow_mut();
+                st.integrate();
+                st.conn_acc_at_begin = st.conn_acc_ns;
+                st.stage = k;
+                st.stage_stats(k);
+            }
+            LaneCmd::StageEnd(k) => {
+                let mut st = lane.state.borrow_mut();
+                st.integrate();
+                let ns = (st.conn_acc_ns - st.conn_acc_at_begin) as u64;
+                st.stage_stats(k).connection_ns = ns;
+            }
+            LaneCmd::Close {
+                stage,
+                his,
+                failed,
+                reply,
+            } => {
+                let mut st = lane.state.borrow_mut();
+                let sched = st.schedule;
+                let settle = lane.cfg.settle_ns;
+                let (mut expected, mut lost) = (0, 0);
+                for sub in st.subs.iter_mut() {
+                    let c = sub.channel;
+                    let hi = his.get(c as usize).copied().unwrap_or(0);
+                    let is_failed = |p: u64| failed.iter().any(|&(fc, fp)| fc == c && fp == p);
+                    let (e, l) = sub.close(hi, &is_failed, &sched, settle);
+                    expected += e;
+                    lost += l;
+                }
+                let s = st.stage_stats(stage);
+                s.expected += expected;
+                s.lost += lost;
+                let out = std::mem::take(s);
+                st.first_open = st.first_open.max(stage + 1);
+                let _ = reply.send(out);
+            }
+            LaneCmd::Stop { reply } => {
+                for ctl in &ctls {
+                    ctl.request_stop();
+                }
+                let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        r = tasks.join_next() => if r.is_none() { break },
+                        _ = &mut deadline => { tasks.abort_all(); break }
+                    }
+                }
+                let mut st = lane.state.borrow_mut();
+                let st = &mut *st;
+                if let Some(log) = st.log.as_mut() {
+                    for (sub, id) in st.subs.iter().zip(&st.ids) {
+                        log.subscriber(*id, sub);
+                    }
+                    log.flush();
+                }
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Takes a counter bump into the gauges (cheap, relaxed).
+pub fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}

@@ -1,0 +1,219 @@
+//! Opening one WebSocket connection and timing its client-side phases:
+//! TCP connect (optionally from a chosen source address with
+//! `IP_BIND_ADDRESS_NO_PORT`, so the kernel picks the port at connect time
+//! and each source address gets its own ~28k ephemeral ports), TLS handshake
+//! (rustls) and the WebSocket upgrade. Buffers are kept small so an idle
+//! connection costs a few KiB.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::AsRawFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::{tungstenite::protocol::WebSocketConfig, MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Linux `IP_BIND_ADDRESS_NO_PORT` (include/uapi/linux/in.h).
+const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+
+/// Where and how to connect, resolved once per process.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Client-side phase durations of one successful connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    pub connect: Duration,
+    pub tls: Option<Duration>,
+    pub upgrade: Duration,
+}
+
+/// Why a connection attempt failed; `reason()` is the key it is counted under.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("TCP connect to {addr} failed: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {host} failed: {source}")]
+    Tls {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("WebSocket upgrade failed: {0}")]
+    Upgrade(String),
+    #[error("connection attempt timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl ConnectError {
+    /// A short, stable label for counting failures by kind.
+    pub fn reason(&self) -> String {
+        match self {
+            ConnectError::Tcp { source, .. } => format!("tcp: {}", io_kind(source)),
+            ConnectError::Tls { source, .. } => {
+                let inner = source
+                    .get_ref()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| io_kind(source));
+                format!("tls: {}", inner.chars().take(80).collect::<String>())
+            }
+            ConnectError::Upgrade(m) => {
+                format!("upgrade: {}", m.chars().take(60).collect::<String>())
+            }
+            ConnectError::Timeout(_) => "timeout".into(),
+        }
+    }
+}
+
+fn io_kind(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "connection refused".into(),
+        Some(libc::ECONNRESET) => "connection reset".into(),
+        Some(libc::EADDRNOTAVAIL) => "no free source port".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors".into(),
+        Some(libc::ETIMEDOUT) => "timed out".into(),
+        _ => format!("{:?}", e.kind()).to_lowercase(),
+    }
+}
+
+/// tungstenite's default read buffer is 128 KiB per connection; push
+/// clients mostly idle, so keep it to a page and flush writes at once.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1 << 20)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+/// Opens a TCP stream, from `source` when given.
+pub async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a valid int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        sock.bind(SocketAddr::new(ip.into(), 0))?;
+    }
+    let stream = sock.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a plain or TLS stream (used by the publisher too).
+pub async fn open_stream(
+    ep: &Endpoint,
+    source: Option<Ipv4Addr>,
+    phases: &mut Phases,
+) -> Result<MaybeTlsStream<TcpStream>, ConnectError> {
+    let t = Instant::now();
+    let tcp = tcp_connect(ep.addr, source)
+        .await
+        .map_err(|source| ConnectError::Tcp {
+            addr: ep.addr,
+            source,
+        })?;
+    phases.connect = t.elapsed();
+    let Some(cfg) = &ep.tls else {
+        return Ok(MaybeTlsStream::Plain(tcp));
+    };
+    let t = Instant::now();
+    let name = rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| {
+        ConnectError::Tls {
+            host: ep.host.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+        }
+    })?;
+    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|source| ConnectError::Tls {
+            host: ep.host.clone(),
+            source,
+        })?;
+    phases.tls = Some(t.elapsed());
+    Ok(MaybeTlsStream::Rustls(tls))
+}
+
+/// Opens a WebSocket to `url`, timing every phase, within `timeout`.
+pub async fn open_ws(
+    ep: &Endpoint,
+    url: &str,
+    source: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> Result<(Ws, Phases), ConnectError> {
+    let fut = async {
+        let mut phases = Phases::default();
+        let stream = open_stream(ep, source, &mut phases).await?;
+        let t = Instant::now();
+        let (ws, _resp) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+                .await
+                .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+        phases.upgrade = t.elapsed();
+        Ok((ws, phases))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(ConnectError::Timeout(timeout)))
+}
+
+/// Resolves `ws(s)://host:port/…` or `http(s)://…` to an endpoint.
+pub fn endpoint(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> std::io::Result<Endpoint> {
+    use std::net::ToSocketAddrs;
+    let (scheme, rest) = url.split_once("://").unwrap_or(("ws", url));
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let secure = matches!(scheme, "wss" | "https");
+    let default_port = if secure { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+            h.trim_matches(['[', ']']).to_string(),
+            p.parse().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("bad port in {url}"),
+                )
+            })?,
+        ),
+        _ => (authority.trim_matches(['[', ']']).to_string(), default_port),
+    };
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{host} has no address"),
+            )
+        })?;
+    Ok(Endpoint {
+        addr,
+        host,
+        tls: if secure { tls } else { None },
+    })
+}

@@ -1,0 +1,325 @@
+//! A subscriber pool: the subscribers of one process, spread over lanes
+//! (one thread each). It answers `PoolCmd`s with `PoolReply`s; the same
+//! commands reach a worker process as JSON lines (see `shard`), so the run
+//! drives one local pool or many worker processes the same way.
+
+use crate::{
+    accounting::StageStats,
+    client::ClientCfg,
+    lane::{self, LaneCmd, LaneGauges},
+    marker::Schedule,
+    net,
+    oplog::LogWriter,
+    protocol::Protocol,
+    scenario::Scenario,
+    tls,
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PoolCmd {
+    Init {
+        scenario: Box<Scenario>,
+        schedule: Schedule,
+        shard: u32,
+        shards: u32,
+    },
+    /// Begin stage `stage`: ramp this pool to `target` subscribers at `rate`/s.
+    Ramp {
+        stage: u32,
+        target: usize,
+        rate: f64,
+    },
+    RampStatus,
+    StageEnd {
+        stage: u32,
+    },
+    Close {
+        stage: u32,
+        his: Vec<u64>,
+        failed: Vec<(u32, u64)>,
+    },
+    Live,
+    Stop,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub struct LiveSnap {
+    pub connected: u64,
+    pub received: u64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PoolReply {
+    Ok,
+    RampStatus { done: bool },
+    Stats(Box<StageStats>),
+    Live(LiveSnap),
+    Err(String),
+}
+
+/// Settle time of a new subscription (see `SubAcct` baseline).
+const SETTLE: Duration = Duration::from_secs(1);
+/// A ramp is done when every new subscriber's first attempt finished, or this long after the last was started.
+const RAMP_SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct LocalPool {
+    shard: u32,
+    shards: u32,
+    channels: u32,
+    lanes: Vec<mpsc::UnboundedSender<LaneCmd>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    gauges: Vec<Arc<LaneGauges>>,
+    /// Subscribers started so far (ids are `shard + shards * n`).
+    started: Arc<AtomicU64>,
+    active: usize,
+    pacing_done: Arc<AtomicBool>,
+    pacing_done_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    pacer: Option<tokio::task::JoinHandle<()>>,
+    cpu_at_begin: (Instant, f64),
+    cpu_pct: HashMap<u32, f64>,
+}
+
+/// CPU seconds used by this process so far (user + system).
+pub fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+impl LocalPool {
+    pub fn new(
+        sc: &Scenario,
+        schedule: Schedule,
+        shard: u32,
+        shards: u32,
+    ) -> anyhow::Result<LocalPool> {
+        let tls_cfg = if sc.url.starts_with("wss://") {
+            Some(tls::client_config(
+                sc.ca_cert.as_deref(),
+                sc.client_cert.as_deref(),
+                sc.client_key.as_deref(),
+            )?)
+        } else {
+            None
+        };
+        let endpoint = net::endpoint(&sc.url, tls_cfg)
+            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", sc.url))?;
+        let cfg = Arc::new(ClientCfg {
+            protocol: Protocol::new(sc),
+            endpoint,
+            heartbeat: sc.heartbeat,
+            max_missed: sc.max_missed,
+            sources: sc.source_addrs.clone(),
+            settle_ns: SETTLE.as_nanos() as u64,
+            connect_timeout: Duration::from_secs(10),
+        });
+        let n = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
+        let mut pool = LocalPool {
+            shard,
+            shards,
+            channels: sc.channels,
+            lanes: Vec::new(),
+            threads: Vec::new(),
+            gauges: Vec::new(),
+            started: Arc::new(AtomicU64::new(0)),
+            active: 0,
+            pacing_done: Arc::new(AtomicBool::new(true)),
+            pacing_done_at: Arc::new(std::sync::Mutex::new(None)),
+            pacer: None,
+            cpu_at_begin: (Instant::now(), process_cpu_s()),
+            cpu_pct: HashMap::new(),
+        };
+        for i in 0..n {
+            let log = match &sc.log_dir {
+                Some(d) => {
+                    std::fs::create_dir_all(d)?;
+                    Some(LogWriter::create(&d.join(format!("recv-{shard}-{i}.log")))?)
+                }
+                None => None,
+            };
+            let g = Arc::new(LaneGauges::default());
+            let (tx, th) = lane::spawn(i, cfg.clone(), g.clone(), log)?;
+            tx.send(LaneCmd::Schedule(schedule)).ok();
+            pool.lanes.push(tx);
+            pool.threads.push(th);
+            pool.gauges.push(g);
+        }
+        Ok(pool)
+    }
+
+    fn to_lanes(&self, f: impl Fn() -> LaneCmd) {
+        for l in &self.lanes {
+            let _ = l.send(f());
+        }
+    }
+
+    fn ramp(&mut self, stage: u32, target: usize, rate: f64) {
+        self.to_lanes(|| LaneCmd::StageBegin(stage));
+        self.cpu_at_begin = (Instant::now(), process_cpu_s());
+        if let Some(p) = self.pacer.take() {
+            p.abort();
+        }
+        if target < self.active {
+            let drop_n = self.active - target;
+            let per = drop_n.div_ceil(self.lanes.len());
+            let mut left = drop_n;
+            for l in &self.lanes {
+                let n = per.min(left);
+                left -= n;
+                let _ = l.send(LaneCmd::Shrink { n });
+            }
+            self.active = target;
+            return;
+        }
+        let to_open = (target - self.active) as u64;
+        self.active = target;
+        self.pacing_done.store(false, Ordering::SeqCst);
+        let lanes = self.lanes.clone();
+        let started = self.started.clone();
+        let done = self.pacing_done.clone();
+        let done_at = self.pacing_done_at.clone();
+        let (shard, shards, channels) = (
+            u64::from(self.shard),
+            u64::from(self.shards),
+            u64::from(self.channels),
+        );
+        self.pacer = Some(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut opened = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while opened < to_open {
+                tick.tick().await;
+                let due = ((t0.elapsed().as_secs_f64() * rate) as u64 + 1).min(to_open);
+                while opened < due {
+                    let n = started.fetch_add(1, Ordering::SeqCst);
+                    let id = shard + shards * n;
+                    let lane = &lanes[n as usize % lanes.len()];
+                    let _ = lane.send(LaneCmd::Open {
+                        id,
+                        channel: (id % channels) as u32,
+                    });
+                    opened += 1;
+                }
+            }
+            *done_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            done.store(true, Ordering::SeqCst);
+        }));
+    }
+
+    fn ramp_done(&self) -> bool {
+        if !self.pacing_done.load(Ordering::SeqCst) {
+            return false;
+        }
+        let settled: u64 = self
+            .gauges
+            .iter()
+            .map(|g| g.settled.load(Ordering::Relaxed))
+            .sum();
+        let timed_out = self
+            .pacing_done_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() > RAMP_SETTLE_TIMEOUT);
+        settled >= self.started.load(Ordering::SeqCst) || timed_out
+    }
+
+    pub async fn handle(&mut self, cmd: PoolCmd) -> PoolReply {
+        match cmd {
+            PoolCmd::Init { .. } => PoolReply::Err("pool already initialised".into()),
+            PoolCmd::Ramp {
+                stage,
+                target,
+                rate,
+            } => {
+                self.ramp(stage, target, rate);
+                PoolReply::Ok
+            }
+            PoolCmd::RampStatus => PoolReply::RampStatus {
+                done: self.ramp_done(),
+            },
+            PoolCmd::StageEnd { stage } => {
+                self.to_lanes(|| LaneCmd::StageEnd(stage));
+                let (t, cpu) = self.cpu_at_begin;
+                let wall = t.elapsed().as_secs_f64().max(1e-3);
+                self.cpu_pct
+                    .insert(stage, (process_cpu_s() - cpu) / wall * 100.0);
+                PoolReply::Ok
+            }
+            PoolCmd::Close { stage, his, failed } => {
+                let (his, failed) = (Arc::new(his), Arc::new(failed));
+                let mut waits = Vec::new();
+                for l in &self.lanes {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = l.send(LaneCmd::Close {
+                        stage,
+                        his: his.clone(),
+                        failed: failed.clone(),
+                        reply: tx,
+                    });
+                    waits.push(rx);
+                }
+                let mut total = StageStats::default();
+                for w in waits {
+                    match w.await {
+                        Ok(s) => total.merge(&s),
+                        Err(_) => return PoolReply::Err("a lane thread died".into()),
+                    }
+                }
+                total.cpu_pct = self.cpu_pct.remove(&stage).into_iter().collect();
+                PoolReply::Stats(Box::new(total))
+            }
+            PoolCmd::Live => PoolReply::Live(self.live()),
+            PoolCmd::Stop => {
+                self.stop().await;
+                PoolReply::Ok
+            }
+        }
+    }
+
+    pub fn live(&self) -> LiveSnap {
+        let mut s = LiveSnap::default();
+        for g in &self.gauges {
+            s.connected += g.connected.load(Ordering::Relaxed);
+            s.received += g.received.load(Ordering::Relaxed);
+            s.errors += g.errors.load(Ordering::Relaxed);
+        }
+        s
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(p) = self.pacer.take() {
+            p.abort();
+        }
+        let mut waits = Vec::new();
+        for l in &self.lanes {
+            let (tx, rx) = oneshot::channel();
+            let _ = l.send(LaneCmd::Stop { reply: tx });
+            waits.push(rx);
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        self.lanes.clear();
+        for t in self.threads.drain(..) {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The reference pusher's protocol v1 (pusher/PROTOCOL.md): subscribe at
+//! `GET /ws?channel=C[&last_seq=N]`, frames `{"channel","seq","id","data"}`,
+//! cumulative `{"ack":N}`, publish with `POST /publish/{channel}` and an
+//! `X-Msg-Id` header.
+
+/// `ws://host:port/anything` → `http://host:port/publish/{channel}`.
+pub fn default_publish_url(ws_url: &str) -> Option<String> {
+    let (scheme, rest) = if let Some(r) = ws_url.strip_prefix("wss://") {
+        ("https", r)
+    } else {
+        ("http", ws_url.strip_prefix("ws://")?)
+    };
+    let authority = rest.split(['/', '?']).next().filter(|a| !a.is_empty())?;
+    Some(format!("{scheme}://{authority}/publish/{{channel}}"))
+}
+
+/// `ws://host:port[/ws]` plus channel and optional resume point.
+pub fn subscribe_url(base: &str, channel: &str, last_seq: Option<u64>) -> String {
+    let mut url = if base.contains("{channel}") {
+        base.replace("{channel}", channel)
+    } else {
+        let rest = base.split_once("://").map_or(base, |(_, r)| r);
+        let mut u = base.trim_end_matches('/').to_string();
+        if !rest.trim_end_matches('/').contains('/') {
+            u.push_str("/ws");
+        }
+        let sep = if u.contains('?') { '&' } else { '?' };
+        format!("{u}{sep}channel={channel}")
+    };
+    if let Some(n) = last_seq {
+        url.push_str(&format!("&last_seq={n}"));
+    }
+    url
+}
+
+#[derive(serde::Deserialize)]
+struct Frame {
+    seq: u64,
+}
+
+/// The server seq of a pushed frame (the marker is found by the caller).
+pub fn server_seq(text: &str) -> Option<u64> {
+    serde_json::from_str::<Frame>(text).ok().map(|f| f.seq)
+}
+
+pub fn ack_frame(seq: u64) -> String {
+    format!("{{\"ack\":{seq}}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_frames() {
+        assert_eq!(
+            default_publish_url("ws://127.0.0.1:80/ws").unwrap(),
+            "http://127.0.0.1:80/publish/{channel}"
+        );
+        assert_eq!(
+            default_publish_url("wss://h:1").unwrap(),
+            "https://h:1/publish/{channel}"
+        );
+        assert_eq!(
+            subscribe_url("ws://h:1", "ch0", None),
+            "ws://h:1/ws?channel=ch0"
+        );
+        assert_eq!(
+            subscribe_url("ws://h:1/ws", "ch0", Some(5)),
+            "ws://h:1/ws?channel=ch0&last_seq=5"
+        );
+        assert_eq!(
+            subscribe_url("ws://h:1/", "c", None),
+            "ws://h:1/ws?channel=c"
+        );
+        let f = r#"{"channel":"ch0","seq":17,"id":"9","data":"psm1.0.1.9.0.5.xx"}"#;
+        assert_eq!(server_seq(f), Some(17));
+        assert_eq!(ack_frame(3), r#"{"ack":3}"#);
+    }
+}

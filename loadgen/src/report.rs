@@ -1,0 +1,224 @@
+//! Per-stage report: the `summary.json` shape of `pushscope load`, built
+//! from merged `StageStats` and what the publisher did in the stage.
+
+use crate::{accounting::StageStats, publisher::StagePublish, scenario::Scenario};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Above this share of one core a load process may be the bottleneck.
+pub const CPU_WARN_PCT: f64 = 80.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Connections {
+    pub target: u64,
+    pub opened: u64,
+    pub failed: u64,
+    pub unexpected_disconnects: u64,
+    pub reconnects: u64,
+    /// 1 − unexpected disconnects per connection held for the whole stage
+    /// (connection-time normalised by the stage's duration).
+    pub stability: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Messages {
+    pub published: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub duplicate_rate: f64,
+}
+
+/// Quantiles in milliseconds; `None` when nothing was measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Phase {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientPhases {
+    pub connect: Phase,
+    pub tls: Phase,
+    pub upgrade: Phase,
+    pub first_message: Phase,
+}
+
+/// Load-generator health during the stage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LoadgenHealth {
+    /// CPU of each load process (coordinator and workers), % of one core.
+    pub cpu_pct: Vec<f64>,
+    /// True when a process used more than 80 % of a core: figures may be the generator's.
+    pub cpu_warning: bool,
+    pub publish_errors: BTreeMap<String, u64>,
+    pub publish_failed: u64,
+}
+
+/// One stage of `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageReport {
+    pub stage: u32,
+    pub hold_s: f64,
+    pub started_unix_ns: u64,
+    pub ended_unix_ns: u64,
+    pub connections: Connections,
+    pub messages: Messages,
+    pub latency_ms: Latency,
+    pub client_phases_ms: ClientPhases,
+    pub intended_disconnects: u64,
+    pub connection_seconds: f64,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub disconnects_by_reason: BTreeMap<String, u64>,
+    /// Received after their gap had been declared lost.
+    pub late: u64,
+    /// Frames without a marker of the subscriber's channel.
+    pub unmarked: u64,
+    pub loadgen: LoadgenHealth,
+}
+
+fn q(h: &Histogram<u64>, quantile: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(quantile) as f64 / 1000.0)
+}
+
+fn max(h: &Histogram<u64>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.max() as f64 / 1000.0)
+}
+
+fn phase(h: &Histogram<u64>) -> Phase {
+    Phase {
+        p50: q(h, 0.5),
+        p99: q(h, 0.99),
+        max: max(h),
+    }
+}
+
+pub struct StageMeta {
+    pub stage: u32,
+    pub target: u64,
+    pub started_unix_ns: u64,
+    pub ended_unix_ns: u64,
+}
+
+pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> StageReport {
+    let dur_s = (meta.ended_unix_ns.saturating_sub(meta.started_unix_ns)) as f64 / 1e9;
+    let conn_s = s.connection_ns as f64 / 1e9;
+    let held = if dur_s > 0.0 { conn_s / dur_s } else { 0.0 };
+    let stability = if held > 0.0 {
+        (1.0 - s.unexpected_disconnects as f64 / held).max(0.0)
+    } else if s.unexpected_disconnects > 0 {
+        0.0
+    } else {
+        1.0
+    };
+    let delivered = s.received + s.duplicates;
+    StageReport {
+        stage: meta.stage,
+        hold_s: dur_s,
+        started_unix_ns: meta.started_unix_ns,
+        ended_unix_ns: meta.ended_unix_ns,
+        connections: Connections {
+            target: meta.target,
+            opened: s.opened,
+            failed: s.failed,
+            unexpected_disconnects: s.unexpected_disconnects,
+            reconnects: s.reconnects,
+            stability,
+        },
+        messages: Messages {
+            published: p.published,
+            expected: s.expected,
+            received: s.received,
+            lost: s.lost,
+            duplicates: s.duplicates,
+            out_of_order: s.out_of_order,
+            duplicate_rate: if delivered > 0 {
+                s.duplicates as f64 / delivered as f64
+            } else {
+                0.0
+            },
+        },
+        latency_ms: Latency {
+            p50: q(&s.latency, 0.5),
+            p90: q(&s.latency, 0.9),
+            p99: q(&s.latency, 0.99),
+            p999: q(&s.latency, 0.999),
+            max: max(&s.latency),
+        },
+        client_phases_ms: ClientPhases {
+            connect: phase(&s.connect),
+            tls: phase(&s.tls),
+            upgrade: phase(&s.upgrade),
+            first_message: phase(&s.first_message),
+        },
+        intended_disconnects: s.intended_disconnects,
+        connection_seconds: conn_s,
+        failed_by_reason: s.failed_by_reason.clone(),
+        disconnects_by_reason: s.disconnects_by_reason.clone(),
+        late: s.late,
+        unmarked: s.unmarked,
+        loadgen: LoadgenHealth {
+            cpu_pct: s.cpu_pct.clone(),
+            cpu_warning: s.cpu_pct.iter().any(|&c| c > CPU_WARN_PCT),
+            publish_errors: p.errors.clone(),
+            publish_failed: p.failed.len() as u64,
+        },
+    }
+}
+
+/// `summary.json` of `pushscope load`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary<'a> {
+    pub schema: u32,
+    pub complete: bool,
+    pub scenario: &'a Scenario,
+    pub stages: &'a [StageReport],
+    pub warnings: &'a [String],
+}
+
+pub fn write_summary(
+    dir: &std::path::Path,
+    summary: &Summary<'_>,
+) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("summary.json");
+    let text = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
+    std::fs::write(&path, text + "\n")?;
+    Ok(path)
+}
+
+/// One human line per stage.
+pub fn stage_line(r: &StageReport) -> String {
+    let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    format!(
+        "stage {}: {}/{} connections ({} failed, {} unexpected disconnects, stability {:.5}); messages published {} expected {} received {} lost {} duplicates {} out-of-order {}; latency ms p50 {} p99 {} max {}",
+        r.stage,
+        r.connections.opened,
+        r.connections.target,
+        r.connections.failed,
+        r.connections.unexpected_disconnects,
+        r.connections.stability,
+        r.messages.published,
+        r.messages.expected,
+        r.messages.received,
+        r.messages.lost,
+        r.messages.duplicates,
+        r.messages.out_of_order,
+        f(r.latency_ms.p50),
+        f(r.latency_ms.p99),
+        f(r.latency_ms.max),
+    )
+}

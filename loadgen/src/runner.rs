@@ -1,0 +1,374 @@
+//! The run: check the target answers, start the pools (in-process or
+//! worker processes) and the publisher, walk the stages (ramp at the connect
+//! rate, hold), close each stage `grace` after its end, and report every
+//! stage through a callback as soon as it is judged. `pushscope run` uses
+//! the callback's instants to align stages with the eBPF observer.
+
+use crate::{
+    accounting::StageStats,
+    live::Live,
+    marker::{now_ns, Schedule},
+    net,
+    oplog::LogWriter,
+    pool::{process_cpu_s, LiveSnap, LocalPool, PoolCmd, PoolReply},
+    publisher::Publisher,
+    report::{stage_line, stage_report, StageMeta, StageReport, CPU_WARN_PCT},
+    scenario::Scenario,
+    shard::{raise_fd_limit, RemotePool, WorkerCommand},
+};
+use std::{collections::VecDeque, time::Duration};
+use tokio::time::Instant;
+
+/// Stage boundaries as they happen (one clock: `Instant` plus unix ns).
+pub enum StageEvent<'a> {
+    Started {
+        stage: u32,
+        at: std::time::Instant,
+        unix_ns: u64,
+    },
+    Ended {
+        report: &'a StageReport,
+        started: std::time::Instant,
+        ended: std::time::Instant,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// How to start worker processes when the run needs more than one
+    /// process; default: `<current exe> load --shard-worker`.
+    pub worker: Option<WorkerCommand>,
+    /// Print live progress on stderr.
+    pub live: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub stages: Vec<StageReport>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the target {url} is unreachable ({reason}): start the server or fix --url")]
+    Unreachable { url: String, reason: String },
+    #[error("{0}")]
+    Setup(String),
+    #[error("load worker failed: {0}")]
+    Worker(String),
+}
+
+enum AnyPool {
+    Local(Box<LocalPool>),
+    Remote(Box<RemotePool>),
+}
+
+impl AnyPool {
+    async fn call(&mut self, cmd: PoolCmd) -> Result<PoolReply, LoadError> {
+        match self {
+            AnyPool::Local(p) => Ok(p.handle(cmd).await),
+            AnyPool::Remote(p) => p
+                .call(cmd)
+                .await
+                .map_err(|e| LoadError::Worker(format!("{e:#}"))),
+        }
+    }
+}
+
+struct PendingClose {
+    meta: StageMeta,
+    deadline: Instant,
+    his: Vec<u64>,
+    started: std::time::Instant,
+    ended: std::time::Instant,
+    coord_cpu: Option<f64>,
+}
+
+struct Driver<'f> {
+    sc: Scenario,
+    pools: Vec<AnyPool>,
+    publisher: Publisher,
+    pending: VecDeque<PendingClose>,
+    reports: Vec<StageReport>,
+    warnings: Vec<String>,
+    on_event: &'f mut dyn FnMut(StageEvent<'_>),
+    live: Live,
+}
+
+/// Checks that a WebSocket upgrade succeeds before any load is started.
+async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<(), LoadError> {
+    let proto = crate::protocol::Protocol::new(sc);
+    let url = proto.subscribe_url("ch0", None);
+    match net::open_ws(ep, &url, None, Duration::from_secs(5)).await {
+        Ok((mut ws, _)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            Ok(())
+        }
+        Err(e) => Err(LoadError::Unreachable {
+            url: sc.url.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+pub async fn run(
+    sc: &Scenario,
+    opts: RunOptions,
+    on_event: &mut dyn FnMut(StageEvent<'_>),
+) -> Result<RunReport, LoadError> {
+    let fd_limit = raise_fd_limit();
+    let setup = |e: &dyn std::fmt::Display| LoadError::Setup(e.to_string());
+    let tls = if sc.url.starts_with("wss://") {
+        Some(
+            crate::tls::client_config(
+                sc.ca_cert.as_deref(),
+                sc.client_cert.as_deref(),
+                sc.client_key.as_deref(),
+            )
+            .map_err(|e| setup(&e))?,
+        )
+    } else {
+        None
+    };
+    let ep = net::endpoint(&sc.url, tls).map_err(|e| LoadError::Unreachable {
+        url: sc.url.clone(),
+        reason: e.to_string(),
+    })?;
+    probe(sc, &ep).await?;
+
+    let max = sc.max_connections();
+    let shards = max.div_ceil(sc.shard_cap).max(1) as u32;
+    let mut warnings = Vec::new();
+    if shards == 1 && (max as u64) + 64 > fd_limit {
+        warnings.push(format!(
+            "{max} connections need more than the fd limit {fd_limit}: lower --shard-cap to shard"
+        ));
+    }
+    let schedule = Schedule {
+        t0_ns: now_ns() + 300_000_000,
+        rate: sc.rate,
+        channels: sc.channels,
+    };
+    let mut pools = Vec::new();
+    if shards == 1 {
+        let p = LocalPool::new(sc, schedule, 0, 1).map_err(|e| setup(&format!("{e:#}")))?;
+        pools.push(AnyPool::Local(Box::new(p)));
+    } else {
+        let cmd = match opts.worker.clone() {
+            Some(c) => c,
+            None => WorkerCommand::current_exe().map_err(|e| setup(&e))?,
+        };
+        for shard in 0..shards {
+            let init = PoolCmd::Init {
+                scenario: Box::new(sc.clone()),
+                schedule,
+                shard,
+                shards,
+            };
+            let p = RemotePool::spawn(&cmd, init)
+                .await
+                .map_err(|e| LoadError::Worker(format!("{e:#}")))?;
+            pools.push(AnyPool::Remote(Box::new(p)));
+        }
+    }
+    let log = match &sc.log_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .map_err(|e| setup(&format!("creating {}: {e}", d.display())))?;
+            Some(LogWriter::create(&d.join("publish.log")).map_err(|e| setup(&e))?)
+        }
+        None => None,
+    };
+    let publisher = Publisher::start(sc, schedule, log).map_err(|e| setup(&format!("{e:#}")))?;
+    let live = Live::new(sc, opts.live);
+    let mut d = Driver {
+        sc: sc.clone(),
+        pools,
+        publisher,
+        pending: VecDeque::new(),
+        reports: Vec::new(),
+        warnings,
+        on_event,
+        live,
+    };
+    let result = d.stages().await;
+    for p in d.pools.iter_mut() {
+        let _ = p.call(PoolCmd::Stop).await;
+    }
+    for p in d.pools.drain(..) {
+        if let AnyPool::Remote(r) = p {
+            r.wait().await;
+        }
+    }
+    d.publisher.shutdown(Duration::from_secs(2)).await;
+    d.live.finish();
+    result?;
+    Ok(RunReport {
+        stages: d.reports,
+        warnings: d.warnings,
+    })
+}
+
+impl Driver<'_> {
+    async fn broadcast(
+        &mut self,
+        mut f: impl FnMut(usize) -> PoolCmd,
+    ) -> Result<Vec<PoolReply>, LoadError> {
+        let mut out = Vec::with_capacity(self.pools.len());
+        for (i, p) in self.pools.iter_mut().enumerate() {
+            match p.call(f(i)).await? {
+                PoolReply::Err(e) => return Err(LoadError::Worker(e)),
+                r => out.push(r),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn live_snap(&mut self) -> Result<LiveSnap, LoadError> {
+        let mut total = LiveSnap::default();
+        for r in self.broadcast(|_| PoolCmd::Live).await? {
+            if let PoolReply::Live(s) = r {
+                total.connected += s.connected;
+                total.received += s.received;
+                total.errors += s.errors;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Waits until `deadline`, closing stages and updating the live view meanwhile.
+    async fn idle_until(&mut self, deadline: Instant) -> Result<(), LoadError> {
+        loop {
+            let now = Instant::now();
+            if let Some(p) = self.pending.front() {
+                if p.deadline <= now {
+                    let p = self.pending.pop_front().expect("front");
+                    self.close(p).await?;
+                    continue;
+                }
+            }
+            if now >= deadline {
+                return Ok(());
+            }
+            if self.live.due(now) {
+                let snap = self.live_snap().await?;
+                self.live.update(snap, self.reports.last());
+            }
+            let mut wake = deadline.min(now + Duration::from_millis(100));
+            if let Some(p) = self.pending.front() {
+                wake = wake.min(p.deadline);
+            }
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    async fn stages(&mut self) -> Result<(), LoadError> {
+        let n_pools = self.pools.len();
+        let stages = self.sc.stages.clone();
+        let last = stages.len() - 1;
+        for (k, stage) in stages.iter().enumerate() {
+            let k = k as u32;
+            let started = std::time::Instant::now();
+            let started_ns = now_ns();
+            let coord_cpu0 = process_cpu_s();
+            (self.on_event)(StageEvent::Started {
+                stage: k,
+                at: started,
+                unix_ns: started_ns,
+            });
+            self.live.stage(k, stage.connections);
+            let target = stage.connections;
+            let rate = self.sc.connect_rate / n_pools as f64;
+            self.broadcast(|i| PoolCmd::Ramp {
+                stage: k,
+                target: target / n_pools + usize::from(i < target % n_pools),
+                rate,
+            })
+            .await?;
+            loop {
+                let done = self
+                    .broadcast(|_| PoolCmd::RampStatus)
+                    .await?
+                    .iter()
+                    .all(|r| matches!(r, PoolReply::RampStatus { done: true }));
+                if done {
+                    break;
+                }
+                self.idle_until(Instant::now() + Duration::from_millis(50))
+                    .await?;
+            }
+            self.idle_until(Instant::now() + stage.hold).await?;
+            let ended = std::time::Instant::now();
+            let ended_ns = now_ns();
+            let his = if k as usize == last {
+                self.publisher.stop_scheduling()
+            } else {
+                self.publisher.switch_stage(k + 1)
+            };
+            self.broadcast(|_| PoolCmd::StageEnd { stage: k }).await?;
+            let wall = ended.duration_since(started).as_secs_f64().max(1e-3);
+            // In-process pools report this process's CPU themselves.
+            let coord_cpu = matches!(self.pools[0], AnyPool::Remote(_))
+                .then(|| (process_cpu_s() - coord_cpu0) / wall * 100.0);
+            self.pending.push_back(PendingClose {
+                meta: StageMeta {
+                    stage: k,
+                    target: target as u64,
+                    started_unix_ns: started_ns,
+                    ended_unix_ns: ended_ns,
+                },
+                deadline: Instant::now() + self.sc.grace,
+                his,
+                started,
+                ended,
+                coord_cpu,
+            });
+        }
+        while let Some(p) = self.pending.back() {
+            let deadline = p.deadline;
+            self.idle_until(deadline).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, p: PendingClose) -> Result<(), LoadError> {
+        let k = p.meta.stage;
+        let publish = self.publisher.stage_result(k);
+        let failed = publish.failed.clone();
+        let his = p.his.clone();
+        let mut total = StageStats::default();
+        for r in self
+            .broadcast(|_| PoolCmd::Close {
+                stage: k,
+                his: his.clone(),
+                failed: failed.clone(),
+            })
+            .await?
+        {
+            if let PoolReply::Stats(s) = r {
+                total.merge(&s);
+            }
+        }
+        if let Some(c) = p.coord_cpu {
+            total.cpu_pct.insert(0, c);
+        }
+        let report = stage_report(&p.meta, &total, &publish);
+        if report.loadgen.cpu_warning {
+            let w = format!(
+                "stage {k}: a load process used more than {CPU_WARN_PCT:.0} % of a core ({:?}): the generator may be the bottleneck",
+                report.loadgen.cpu_pct.iter().map(|c| format!("{c:.0}%")).collect::<Vec<_>>()
+            );
+            self.live.println(&w);
+            self.warnings.push(w);
+        }
+        self.live.println(&stage_line(&report));
+        self.reports.push(report);
+        let report = self.reports.last().expect("just pushed");
+        (self.on_event)(StageEvent::Ended {
+            report,
+            started: p.started,
+            ended: p.ended,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,500 @@
+//! Scenario: what a load run does (target, protocol, stages, publish rate,
+//! heartbeats, outputs). Built from a TOML file (`--scenario`), overridden by
+//! flags, validated once; unknown TOML keys are rejected by name so a typo
+//! never silently changes a run.
+
+use serde::{Deserialize, Serialize};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+/// One step of the staircase: hold `connections` for `hold` once ramped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub connections: usize,
+    #[serde(with = "dur_secs")]
+    pub hold: Duration,
+}
+
+/// Wire protocol spoken with the server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolKind {
+    /// Reference pusher v1: `last_seq` resume, cumulative `{"ack":N}`.
+    Pushscope,
+    /// NGINX nchan: WebSocket subscriber location, HTTP POST publisher location.
+    Nchan,
+    /// URL and frame templates given by the user.
+    Generic,
+}
+
+/// A fully validated run description.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Scenario {
+    /// Subscribe URL (`ws://` or `wss://`); may contain `{channel}`.
+    pub url: String,
+    /// Publish URL template (`http(s)://…{channel}`); derived for pushscope.
+    pub publish_url: String,
+    pub protocol: ProtocolKind,
+    pub channels: u32,
+    /// Total scheduled publish rate over all channels (msgs/s); 0 disables publishing.
+    pub rate: f64,
+    pub payload_bytes: usize,
+    pub stages: Vec<Stage>,
+    /// New connections per second while ramping (over all shards).
+    pub connect_rate: f64,
+    #[serde(with = "dur_secs")]
+    pub heartbeat: Duration,
+    pub max_missed: u32,
+    /// Time after a stage ends before its open gaps count as lost.
+    #[serde(with = "dur_secs")]
+    pub grace: Duration,
+    pub out: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    /// Client source addresses, spread round-robin (IP_BIND_ADDRESS_NO_PORT).
+    pub source_addrs: Vec<Ipv4Addr>,
+    /// Connections one process holds before the run is sharded over workers.
+    pub shard_cap: usize,
+    /// HTTP connections used by the publisher (channels are pinned to one each).
+    pub publishers: usize,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Generic protocol: frame sent after the upgrade (`{channel}` substituted).
+    pub subscribe_frame: Option<String>,
+    /// Generic protocol: ACK frame (`{seq}`, `{msg_id}`, `{channel}` substituted).
+    pub ack_frame: Option<String>,
+    /// Prometheus endpoint for the live view.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Seconds between live lines when stderr is not a TTY.
+    #[serde(with = "dur_secs")]
+    pub progress_interval: Duration,
+}
+
+/// The TOML form: every key optional, unknown keys rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub url: Option<String>,
+    pub publish_url: Option<String>,
+    pub protocol: Option<ProtocolKind>,
+    pub channels: Option<u32>,
+    pub rate: Option<f64>,
+    pub payload_bytes: Option<usize>,
+    /// `"1000:60s,5000:60s"` or `["1000:60s", "5000:60s"]`.
+    pub stages: Option<StagesValue>,
+    pub connect_rate: Option<String>,
+    pub heartbeat: Option<String>,
+    pub max_missed: Option<u32>,
+    pub grace: Option<String>,
+    pub out: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub source_addrs: Option<String>,
+    pub shard_cap: Option<usize>,
+    pub publishers: Option<usize>,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub subscribe_frame: Option<String>,
+    pub ack_frame: Option<String>,
+    pub metrics: Option<String>,
+    pub progress_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StagesValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The financial default staircase: 1k → 5k → 10k → 20k, 15 min each.
+pub const DEFAULT_STAGES: &str = "1000:15m,5000:15m,10000:15m,20000:15m";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read scenario file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario file {path}: {msg}")]
+    Toml { path: String, msg: String },
+}
+
+fn invalid(msg: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid(msg.into())
+}
+
+/// Parses `5s`, `250ms`, `15m`, `1h`, `2.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, ScenarioError> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        invalid(format!(
+            "`{s}` is not a duration: write e.g. 500ms, 5s, 15m or 1h"
+        ))
+    })?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(invalid(format!(
+                "`{s}` has an unknown unit `{unit}`: use ms, s, m or h"
+            )))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(invalid(format!("`{s}` is not a valid duration")));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `2000/s`, `2000` (per second) or `120000/m`.
+pub fn parse_rate(s: &str) -> Result<f64, ScenarioError> {
+    let s = s.trim();
+    let (num, per) = s.split_once('/').unwrap_or((s, "s"));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| invalid(format!("`{s}` is not a rate: write e.g. 2000/s")))?;
+    let per_s = match per.trim() {
+        "s" => n,
+        "m" => n / 60.0,
+        other => {
+            return Err(invalid(format!(
+                "rate `{s}` has unknown unit `/{other}`: use /s or /m"
+            )))
+        }
+    };
+    if !per_s.is_finite() || per_s <= 0.0 {
+        return Err(invalid(format!("rate `{s}` must be positive")));
+    }
+    Ok(per_s)
+}
+
+/// Parses `1000:60s,5000:60s`.
+pub fn parse_stages(s: &str) -> Result<Vec<Stage>, ScenarioError> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (c, d) = part.trim().split_once(':').ok_or_else(|| {
+                invalid(format!(
+                    "stage `{part}` must be CONNECTIONS:HOLD, e.g. 1000:60s"
+                ))
+            })?;
+            let connections = c
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("stage `{part}`: `{c}` is not a connection count")))?;
+            Ok(Stage {
+                connections,
+                hold: parse_duration(d)?,
+            })
+        })
+        .collect()
+}
+
+/// Parses `127.0.0.1-127.0.0.8` or a comma list of IPv4 addresses.
+pub fn parse_source_addrs(s: &str) -> Result<Vec<Ipv4Addr>, ScenarioError> {
+    let bad = || {
+        invalid(format!(
+            "`{s}` is not a source address range: write e.g. 127.0.0.1-127.0.0.8"
+        ))
+    };
+    if let Some((a, b)) = s.split_once('-') {
+        let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+        let (a, b) = (u32::from(a), u32::from(b));
+        if b < a || b - a > 65535 {
+            return Err(bad());
+        }
+        return Ok((a..=b).map(Ipv4Addr::from).collect());
+    }
+    s.split(',')
+        .map(|p| p.trim().parse().map_err(|_| bad()))
+        .collect()
+}
+
+/// Flag values that override the file (all optional: `None` keeps the file's or default).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub url: Option<String>,
+    pub publish_url: Option<String>,
+    pub protocol: Option<ProtocolKind>,
+    pub channels: Option<u32>,
+    pub rate: Option<f64>,
+    pub payload_bytes: Option<usize>,
+    pub stages: Option<String>,
+    pub connect_rate: Option<String>,
+    pub heartbeat: Option<String>,
+    pub max_missed: Option<u32>,
+    pub grace: Option<String>,
+    pub out: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub source_addrs: Option<String>,
+    pub shard_cap: Option<usize>,
+    pub publishers: Option<usize>,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub subscribe_frame: Option<String>,
+    pub ack_frame: Option<String>,
+    pub metrics: Option<String>,
+    pub progress_interval: Option<String>,
+}
+
+impl ScenarioFile {
+    pub fn load(path: &std::path::Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ScenarioError::Toml {
+            path: path.display().to_string(),
+            msg: e.to_string().trim().replace('\n', " "),
+        })
+    }
+}
+
+impl Scenario {
+    /// Merges file and flags (flags win) and validates the result.
+    pub fn build(file: ScenarioFile, o: Overrides) -> Result<Scenario, ScenarioError> {
+        let url = o.url.or(file.url).ok_or_else(|| {
+            invalid("no target: pass --url ws://HOST:PORT/… (or `url` in the scenario file)")
+        })?;
+        let protocol = o
+            .protocol
+            .or(file.protocol)
+            .unwrap_or(ProtocolKind::Pushscope);
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(invalid(format!(
+                "--url `{url}` must start with ws:// or wss://"
+            )));
+        }
+        let publish_url = match o.publish_url.or(file.publish_url) {
+            Some(p) => p,
+            None if protocol == ProtocolKind::Pushscope => {
+                crate::protocol::pushscope::default_publish_url(&url)
+                    .ok_or_else(|| invalid(format!("--url `{url}` has no host:port")))?
+            }
+            None => {
+                return Err(invalid(
+                    "protocol nchan/generic needs --publish-url http://HOST:PORT/…{channel}",
+                ))
+            }
+        };
+        if !(publish_url.starts_with("http://") || publish_url.starts_with("https://")) {
+            return Err(invalid(format!(
+                "--publish-url `{publish_url}` must start with http:// or https://"
+            )));
+        }
+        let stages = match o.stages.or(file.stages.map(|s| match s {
+            StagesValue::One(s) => s,
+            StagesValue::Many(v) => v.join(","),
+        })) {
+            Some(s) => parse_stages(&s)?,
+            None => parse_stages(DEFAULT_STAGES)?,
+        };
+        if stages.is_empty() {
+            return Err(invalid(
+                "--stages is empty: give at least one CONNECTIONS:HOLD",
+            ));
+        }
+        let channels = o.channels.or(file.channels).unwrap_or(10);
+        if channels == 0 {
+            return Err(invalid("--channels must be at least 1"));
+        }
+        let rate = o.rate.or(file.rate).unwrap_or(1000.0);
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(invalid(
+                "--rate must be a non-negative number of messages per second",
+            ));
+        }
+        let payload_bytes = o.payload_bytes.or(file.payload_bytes).unwrap_or(128);
+        if payload_bytes > 60 * 1024 {
+            return Err(invalid("--payload-bytes must be at most 61440"));
+        }
+        let connect_rate = parse_rate(
+            &o.connect_rate
+                .or(file.connect_rate)
+                .unwrap_or("2000/s".into()),
+        )?;
+        let heartbeat = parse_duration(&o.heartbeat.or(file.heartbeat).unwrap_or("5s".into()))?;
+        if heartbeat < Duration::from_millis(50) {
+            return Err(invalid("--heartbeat must be at least 50ms"));
+        }
+        let max_missed = o.max_missed.or(file.max_missed).unwrap_or(2).max(1);
+        let grace = parse_duration(&o.grace.or(file.grace).unwrap_or("2s".into()))?;
+        let source_addrs = match o.source_addrs.or(file.source_addrs) {
+            Some(s) => parse_source_addrs(&s)?,
+            None => Vec::new(),
+        };
+        let shard_cap = o.shard_cap.or(file.shard_cap).unwrap_or(15_000);
+        if shard_cap == 0 {
+            return Err(invalid("--shard-cap must be at least 1"));
+        }
+        let publishers = o
+            .publishers
+            .or(file.publishers)
+            .unwrap_or_else(|| (channels as usize).min(8))
+            .clamp(1, channels as usize);
+        let client_cert = o.client_cert.or(file.client_cert);
+        let client_key = o.client_key.or(file.client_key);
+        if client_cert.is_some() != client_key.is_some() {
+            return Err(invalid(
+                "--client-cert and --client-key go together: give both for mTLS",
+            ));
+        }
+        let metrics = match o.metrics.or(file.metrics) {
+            Some(m) => Some(m.parse().map_err(|_| {
+                invalid(format!(
+                    "--metrics `{m}` is not an address: write e.g. 127.0.0.1:9465"
+                ))
+            })?),
+            None => None,
+        };
+        let progress_interval = parse_duration(
+            &o.progress_interval
+                .or(file.progress_interval)
+                .unwrap_or("5s".into()),
+        )?;
+        Ok(Scenario {
+            url,
+            publish_url,
+            protocol,
+            channels,
+            rate,
+            payload_bytes,
+            stages,
+            connect_rate,
+            heartbeat,
+            max_missed,
+            grace,
+            out: o.out.or(file.out),
+            log_dir: o.log_dir.or(file.log_dir),
+            source_addrs,
+            shard_cap,
+            publishers,
+            ca_cert: o.ca_cert.or(file.ca_cert),
+            client_cert,
+            client_key,
+            subscribe_frame: o.subscribe_frame.or(file.subscribe_frame),
+            ack_frame: o.ack_frame.or(file.ack_frame),
+            metrics,
+            progress_interval,
+        })
+    }
+
+    /// Highest connection count of any stage.
+    pub fn max_connections(&self) -> usize {
+        self.stages.iter().map(|s| s.connections).max().unwrap_or(0)
+    }
+
+    /// Channel name for an index (`ch0`, `ch1`, …).
+    pub fn channel_name(&self, c: u32) -> String {
+        format!("ch{c}")
+    }
+}
+
+mod dur_secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<std::time::Duration, D::Error> {
+        let secs = <f64 as serde::Deserialize>::deserialize(d)?;
+        Ok(std::time::Duration::from_secs_f64(secs.max(0.0)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Overrides {
+        Overrides {
+            url: Some("ws://127.0.0.1:9000/ws".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parses_stages_rates_durations() {
+        let s = parse_stages("1000:60s, 5000:1m,20000:250ms").unwrap();
+        assert_eq!(
+            s[1],
+            Stage {
+                connections: 5000,
+                hold: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(s[2].hold, Duration::from_millis(250));
+        assert_eq!(parse_rate("2000/s").unwrap(), 2000.0);
+        assert_eq!(parse_rate("600/m").unwrap(), 10.0);
+        assert!(parse_stages("1000").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert_eq!(parse_source_addrs("127.0.0.1-127.0.0.8").unwrap().len(), 8);
+    }
+
+    #[test]
+    fn defaults_and_derived_publish_url() {
+        let sc = Scenario::build(ScenarioFile::default(), base()).unwrap();
+        assert_eq!(sc.publish_url, "http://127.0.0.1:9000/publish/{channel}");
+        assert_eq!(sc.stages.len(), 4);
+        assert_eq!(sc.max_connections(), 20_000);
+        assert_eq!(sc.heartbeat, Duration::from_secs(5));
+        assert_eq!(sc.max_missed, 2);
+    }
+
+    #[test]
+    fn toml_unknown_key_is_named_and_flags_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, "url = \"ws://127.0.0.1:1/ws\"\nchanels = 3\n").unwrap();
+        let e = ScenarioFile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("chanels"), "{e}");
+        std::fs::write(
+            &p,
+            "url = \"ws://127.0.0.1:1/ws\"\nchannels = 3\nstages = [\"10:1s\", \"20:2s\"]\n",
+        )
+        .unwrap();
+        let f = ScenarioFile::load(&p).unwrap();
+        let sc = Scenario::build(
+            f,
+            Overrides {
+                channels: Some(7),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(sc.channels, 7);
+        assert_eq!(sc.stages.len(), 2);
+        assert_eq!(sc.url, "ws://127.0.0.1:1/ws");
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_sentence() {
+        let e = Scenario::build(ScenarioFile::default(), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("--url"));
+        let mut o = base();
+        o.protocol = Some(ProtocolKind::Nchan);
+        assert!(Scenario::build(ScenarioFile::default(), o)
+            .unwrap_err()
+            .to_string()
+            .contains("--publish-url"));
+        let mut o = base();
+        o.client_cert = Some("c.pem".into());
+        assert!(Scenario::build(ScenarioFile::default(), o).is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! `pushscope verify`: replays the `--log-dir` logs of a load run (see
+//! `oplog`) and compares msg_id sets per subscriber: every message published
+//! on its channel between its baseline and the last judged seq must have
+//! arrived exactly once. Optionally compares the publish log with a
+//! server-side list of msg_ids. Prints lost / duplicated / unexpected ids.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Write as _,
+    io::BufRead,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(
+        "cannot read {path}: {source}: pass the directory given to `pushscope load --log-dir`"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: malformed record `{text}`")]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
+    #[error("{0} holds no recv-*.log files: was the load run with --log-dir?")]
+    NoReceiveLogs(PathBuf),
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyResult {
+    pub published: usize,
+    pub subscribers: usize,
+    pub expected: u64,
+    pub received: u64,
+    /// (subscriber, msg_id)
+    pub lost: Vec<(u64, u64)>,
+    /// (subscriber, msg_id, times received)
+    pub duplicated: Vec<(u64, u64, u64)>,
+    /// (subscriber, msg_id) received but never published on its channel.
+    pub unexpected: Vec<(u64, u64)>,
+    /// Published but absent from the server's list.
+    pub server_missing: Vec<u64>,
+    /// In the server's list but never published.
+    pub server_unexpected: Vec<u64>,
+}
+
+impl VerifyResult {
+    pub fn is_clean(&self) -> bool {
+        self.lost.is_empty()
+            && self.duplicated.is_empty()
+            && self.unexpected.is_empty()
+            && self.server_missing.is_empty()
+            && self.server_unexpected.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        const LIMIT: usize = 1000;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "verify: {} published, {} subscribers, {} expected deliveries, {} received",
+            self.published, self.subscribers, self.expected, self.received
+        );
+        fn list<T>(s: &mut String, items: &[T], f: impl Fn(&T) -> String) {
+            for it in items.iter().take(LIMIT) {
+                s.push_str(&f(it));
+                s.push('\n');
+            }
+            if items.len() > LIMIT {
+                let _ = writeln!(s, "… and {} more", items.len() - LIMIT);
+            }
+        }
+        list(&mut s, &self.lost, |(sub, id)| {
+            format!("lost msg_id={id} subscriber={sub}")
+        });
+        list(&mut s, &self.duplicated, |(sub, id, n)| {
+            format!("duplicated msg_id={id} subscriber={sub} received={n}")
+        });
+        list(&mut s, &self.unexpected, |(sub, id)| {
+            format!("unexpected msg_id={id} subscriber={sub}")
+        });
+        list(&mut s, &self.server_missing, |id| {
+            format!("server missing msg_id={id}")
+        });
+        list(&mut s, &self.server_unexpected, |id| {
+            format!("server unexpected msg_id={id}")
+        });
+        let _ = writeln!(
+            s,
+            "verdict: {} ({} lost, {} duplicated, {} unexpected, {} missing on server, {} unexpected on server)",
+            if self.is_clean() { "CONSISTENT" } else { "MISMATCH" },
+            self.lost.len(),
+            self.duplicated.len(),
+            self.unexpected.len(),
+            self.server_missing.len(),
+            self.server_unexpected.len()
+        );
+        s
+    }
+}
+
+fn lines(path: &Path) -> Result<impl Iterator<Item = (usize, String)>, VerifyError> {
+    let f = std::fs::File::open(path).map_err(|source| VerifyError::Read {
+        path: path.into(),
+        source,
+    })?;
+    Ok(std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .enumerate()
+        .map(|(i, l)| (i + 1, l)))
+}
+
+struct Sub {
+    channel: u32,
+    baseline: Option<u64>,
+    judged_to: u64,
+}
+
+pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, VerifyError> {
+    let bad = |path: &Path, line: usize, text: &str| VerifyError::Malformed {
+        path: path.into(),
+        line,
+        text: text.into(),
+    };
+    // channel → pseq → msg_id; msg_id → channel
+    let mut by_channel: HashMap<u32, BTreeMap<u64, u64>> = HashMap::new();
+    let mut channel_of: HashMap<u64, u32> = HashMap::new();
+    let pub_path = dir.join("publish.log");
+    for (n, l) in lines(&pub_path)? {
+        let f: Vec<&str> = l.split(' ').collect();
+        let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        match (f.first(), parse(1), parse(2), parse(3)) {
+            (Some(&"p"), Some(id), Some(ch), Some(pseq)) => {
+                by_channel.entry(ch as u32).or_default().insert(pseq, id);
+                channel_of.insert(id, ch as u32);
+            }
+            _ => return Err(bad(&pub_path, n, &l)),
+        }
+    }
+    let mut recv_files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| VerifyError::Read {
+            path: dir.into(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("recv-") && n.ends_with(".log"))
+        })
+        .collect();
+    recv_files.sort();
+    if recv_files.is_empty() {
+        return Err(VerifyError::NoReceiveLogs(dir.into()));
+    }
+    let mut got: HashMap<u64, HashMap<u64, u64>> = HashMap::new();
+    let mut subs: BTreeMap<u64, Sub> = BTreeMap::new();
+    let mut result = VerifyResult {
+        published: channel_of.len(),
+        ..Default::default()
+    };
+    for path in &recv_files {
+        for (n, l) in lines(path)? {
+            let f: Vec<&str> = l.split(' ').collect();
+            let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+            match (f.first(), parse(1), parse(2)) {
+                (Some(&"r"), Some(sub), Some(id)) => {
+                    *got.entry(sub).or_default().entry(id).or_default() += 1;
+                    result.received += 1;
+                }
+                (Some(&"a"), Some(_), Some(_)) => {}
+                (Some(&"s"), Some(sub), Some(ch)) => {
+                    let baseline = f.get(3).and_then(|v| v.parse().ok());
+                    let judged_to = parse(4).ok_or_else(|| bad(path, n, &l))?;
+                    subs.insert(
+                        sub,
+                        Sub {
+                            channel: ch as u32,
+                            baseline,
+                            judged_to,
+                        },
+                    );
+                }
+                _ => return Err(bad(path, n, &l)),
+            }
+        }
+    }
+    result.subscribers = subs.len();
+    let empty = BTreeMap::new();
+    for (&sub, s) in &subs {
+        let published = by_channel.get(&s.channel).unwrap_or(&empty);
+        let mine = got.remove(&sub).unwrap_or_default();
+        if let Some(b) = s.baseline {
+            for (_, &id) in published.range(b..=s.judged_to.max(b.saturating_sub(1))) {
+                result.expected += 1;
+                if !mine.contains_key(&id) {
+                    result.lost.push((sub, id));
+                }
+            }
+        }
+        let mut ids: Vec<_> = mine.into_iter().collect();
+        ids.sort_unstable();
+        for (id, count) in ids {
+            if channel_of.get(&id) != Some(&s.channel) {
+                result.unexpected.push((sub, id));
+            } else if count > 1 {
+                result.duplicated.push((sub, id, count));
+            }
+        }
+    }
+    // Frames logged by subscribers that never wrote their `s` record.
+    for (sub, ids) in got {
+        for id in ids.into_keys() {
+            if !channel_of.contains_key(&id) {
+                result.unexpected.push((sub, id));
+            }
+        }
+    }
+    if let Some(path) = server_ids {
+        let mut server = BTreeSet::new();
+        for (n, l) in lines(path)? {
+            let t = l.trim();
+            if t.is_empty() {
+                continue;
+            }
+            server.insert(t.parse::<u64>().map_err(|_| bad(path, n, &l))?);
+        }
+        let published: BTreeSet<u64> = channel_of.keys().copied().collect();
+        result.server_missing = published.difference(&server).copied().collect();
+        result.server_unexpected = server.difference(&published).copied().collect();
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_lost_duplicated_unexpected_and_server_mismatches() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pubs: String = (1..=6).map(|i| format!("p {i} 0 {i} 100 {i}\n")).collect();
+        std::fs::write(d.join("publish.log"), pubs).unwrap();
+        // Subscriber 7 expects pseq 2..=6: misses 4, gets 5 twice, and 99 was never published.
+        std::fs::write(
+            d.join("recv-0-0.log"),
+            "r 7 2\nr 7 3\nr 7 5\nr 7 5\na 7 5\nr 7 6\nr 7 99\ns 7 0 2 6\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("server.txt"), "1\n2\n3\n4\n5\n42\n").unwrap();
+        let r = verify(d, Some(&d.join("server.txt"))).unwrap();
+        assert_eq!(r.lost, vec![(7, 4)]);
+        assert_eq!(r.duplicated, vec![(7, 5, 2)]);
+        assert_eq!(r.unexpected, vec![(7, 99)]);
+        assert_eq!(r.server_missing, vec![6]);
+        assert_eq!(r.server_unexpected, vec![42]);
+        assert_eq!(r.expected, 5);
+        assert!(!r.is_clean());
+        assert!(r.render().contains("lost msg_id=4 subscriber=7"));
+    }
+}
