@@ -30,6 +30,10 @@ fn main() {
             header.unwrap().path().display()
         );
     }
+    // Concern files (`*.inc.c`) are #included by the .bpf.c objects.
+    for f in std::fs::read_dir(ebpf.join("src")).unwrap() {
+        println!("cargo:rerun-if-changed={}", f.unwrap().path().display());
+    }
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
         compile(&clang, src, &include, &out);

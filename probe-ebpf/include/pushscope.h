@@ -7,15 +7,83 @@
 
 /* Per-CPU counters indexed by these slots (map `counters`). */
 enum ps_counter {
-	PS_CNT_EVENTS = 0,
-	PS_CNT_RINGBUF_DROPS = 1,
+	PS_CNT_EVENTS = 0,        /* ring-buffer events submitted */
+	PS_CNT_RINGBUF_DROPS = 1, /* failed bpf_ringbuf_reserve */
+	PS_CNT_FD_OK = 2,         /* fd-returning syscalls that succeeded */
+	PS_CNT_EMFILE = 3,        /* ... that failed with EMFILE */
+	PS_CNT_ENFILE = 4,        /* ... that failed with ENFILE */
+	PS_CNT_RETRANS = 5,       /* tcp_retransmit_skb on observed sockets */
+	PS_CNT_RST_SENT = 6,      /* tcp_send_reset on observed sockets */
+	PS_CNT_RST_RECV = 7,      /* tcp_receive_reset on observed sockets */
+	PS_CNT_ACCEPT_NOSK = 8,   /* accepted fd whose sock could not be read */
+	PS_CNT_FORKS = 9,         /* tasks added to the target set */
+	PS_CNT_MAP_FULL = 10,     /* map updates that failed (state lost) */
+	PS_CNT_IO_CALLS = 11,     /* read/write family calls on observed sockets */
+	PS_CNT_CLOSES = 12,       /* close() of observed sockets */
 	PS_CNT_MAX = 16,
 };
 
 /* Target configuration written by userspace before attach (map `config`). */
 struct ps_config {
 	__u32 target_tgid;
-	__u32 _pad;
+	__u32 io_events_per_conn; /* IO milestones sent per connection, then only counted */
+};
+
+enum ps_event_kind {
+	PS_EV_STATE = 1,    /* inet_sock_set_state of a server-side or outbound sock */
+	PS_EV_ACCEPT = 2,   /* accept/accept4 returned fd; sk resolved */
+	PS_EV_CLOSE_FD = 3, /* close() of an accepted socket, with per-conn totals */
+	PS_EV_IO = 4,       /* one read/write of an accepted socket (first N only) */
+	PS_EV_RESET = 5,    /* RST sent (dir=1) or received (dir=0) on an observed sock */
+	PS_EV_FORK = 6,     /* a task of the target forked/cloned: fd = child pid */
+	PS_EV_EXIT = 7,     /* a process of the target set exited: tgid */
+};
+
+enum ps_dir {
+	PS_DIR_READ = 0,
+	PS_DIR_WRITE = 1,
+};
+
+/* What the first bytes of one read/write look like. Only this class (and
+ * the TLS handshake type) leaves the kernel: never payload bytes. */
+enum ps_class {
+	PS_CLASS_OTHER = 0,
+	PS_CLASS_TLS_HANDSHAKE = 1, /* record type 0x16; detail = handshake type */
+	PS_CLASS_TLS_CCS = 2,       /* 0x14 */
+	PS_CLASS_TLS_ALERT = 3,     /* 0x15 */
+	PS_CLASS_TLS_APPDATA = 4,   /* 0x17 */
+	PS_CLASS_HTTP_GET = 5,      /* "GET " */
+	PS_CLASS_HTTP_101 = 6,      /* "HTTP/1.1 101" */
+	PS_CLASS_HTTP_OTHER = 7,    /* other "HTTP/1." status or method */
+	PS_CLASS_WS_FRAME = 8,      /* plausible WebSocket frame header; detail = opcode */
+};
+
+/* One ring-buffer record (all kinds share it; unused fields are zero). */
+struct ps_event {
+	__u64 ts_ns;     /* bpf_ktime_get_ns */
+	__u64 sk;        /* struct sock * (connection key) */
+	__u32 kind;      /* enum ps_event_kind */
+	__u32 tgid;      /* process context tgid (0 in softirq-origin events) */
+	__u32 fd;        /* ACCEPT/CLOSE_FD/IO: fd; FORK: child pid */
+	__s32 ret;       /* IO: bytes returned */
+	__u16 old_state; /* STATE */
+	__u16 new_state; /* STATE */
+	__u16 sport;     /* STATE: local port (host order) */
+	__u16 dport;     /* STATE: remote port (host order) */
+	__u16 family;    /* STATE: AF_INET/AF_INET6 */
+	__u8 dir;        /* IO: enum ps_dir; RESET: 1 = sent; STATE: 1 = outbound */
+	__u8 class_;     /* IO: enum ps_class */
+	__u8 detail;     /* IO: TLS handshake type or WS opcode */
+	__u8 _pad1[3];
+	__u32 io_seq;    /* IO: index of this call on the connection */
+	__u32 _pad3;
+	__u64 bytes_in;  /* CLOSE_FD */
+	__u64 bytes_out; /* CLOSE_FD */
+	__u32 max_wmem;  /* CLOSE_FD: max sk_wmem_queued seen at write exit */
+	__u32 srtt_us;   /* CLOSE_FD: tcp_sock srtt (us) */
+	__u32 retrans;   /* CLOSE_FD: retransmits seen on this sock */
+	__u32 _pad2;
+	__u8 daddr[16];  /* STATE: remote address (v4 in first 4 bytes) */
 };
 
 #endif

@@ -1,6 +1,7 @@
 /* Trimmed kernel types for CO-RE. Only what the probes read; every struct is
  * marked preserve_access_index so field offsets are relocated against the
- * running kernel's BTF (/sys/kernel/btf/vmlinux) at load time. */
+ * running kernel's BTF (/sys/kernel/btf/vmlinux) at load time. Regenerate a
+ * full reference with `bpftool btf dump file /sys/kernel/btf/vmlinux format c`. */
 #ifndef PUSHSCOPE_VMLINUX_MIN_H
 #define PUSHSCOPE_VMLINUX_MIN_H
 
@@ -37,6 +38,110 @@ enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
+};
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct file {
+	void *private_data;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	struct files_struct *files;
+};
+
+struct sock {
+	int sk_wmem_queued;
+};
+
+struct socket {
+	struct sock *sk;
+};
+
+struct tcp_sock {
+	u32 srtt_us;
+	u32 total_retrans;
+};
+
+struct iovec {
+	void *iov_base;
+	unsigned long iov_len;
+};
+
+struct user_msghdr {
+	void *msg_name;
+	int msg_namelen;
+	struct iovec *msg_iov;
+};
+
+#pragma clang attribute pop
+
+/* Tracepoint contexts (layouts from /sys/kernel/tracing/events/<cat>/<name>/format).
+ * These are fixed ABI of the trace events, not kernel structs: no CO-RE. */
+struct tp_sys_enter {
+	__u64 common;
+	__s64 id;
+	__u64 args[6];
+};
+
+struct tp_sys_exit {
+	__u64 common;
+	__s64 id;
+	__s64 ret;
+};
+
+struct tp_inet_sock_set_state {
+	__u64 common;
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 protocol;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+struct tp_tcp_retransmit_skb {
+	__u64 common;
+	const void *skbaddr;
+	const void *skaddr;
+	int state;
+	__u16 sport;
+	__u16 dport;
+};
+
+struct tp_tcp_send_reset {
+	__u64 common;
+	const void *skbaddr;
+	const void *skaddr;
+};
+
+struct tp_tcp_receive_reset {
+	__u64 common;
+	const void *skaddr;
+};
+
+struct tp_sched_process_fork {
+	__u64 common;
+	__u32 parent_comm_loc;
+	int parent_pid;
+	__u32 child_comm_loc;
+	int child_pid;
 };
 
 #endif

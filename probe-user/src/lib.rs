@@ -2,11 +2,18 @@
 //! main.rs) so tests can parse arguments and run subcommands in-process.
 
 pub mod abi;
+pub mod flame;
 pub mod gate;
+pub mod lifecycle;
+pub mod metrics;
 pub mod observe;
+pub mod observe_summary;
+pub mod phases;
 pub mod probes;
 pub mod report;
 pub mod run;
+pub mod target;
+pub mod trace;
 
 use clap::{Parser, Subcommand};
 use loadgen::outcome::{exit_code_for, Outcome};

@@ -1,14 +1,624 @@
-//! `pushscope observe`: attaches the eBPF probes to a server by PID.
+//! `pushscope observe`: attaches the eBPF probes to a running server by PID
+//! and attributes every accepted connection's life (see lifecycle.rs and
+//! phases.rs), while sampling the target from /proc (target.rs).
+//!
+//! Library API for `pushscope run`: [`Observer::attach`], then
+//! [`Observer::snapshot`] (the current stage), [`Observer::reset_stage`]
+//! (a new stage starts now), [`Observer::total`] (the whole run),
+//! [`Observer::write_outputs`] and [`Observer::detach`]. All figures use
+//! the kernel's monotonic clock for events and wall time for stages.
 
+use crate::{
+    flame,
+    lifecycle::{Aggregates, Tracker},
+    metrics::MetricsServer,
+    observe_summary::*,
+    probes::{Counters, ProbeError, Probes, ProgStats},
+    target::{self, Sample, Sampler},
+    trace,
+};
+use hdrhistogram::Histogram;
 use loadgen::outcome::{usage, Outcome};
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct ObserveArgs {
-    /// PID of the server to observe.
+    /// PID of the server to observe (its threads and children are followed).
     #[arg(long)]
     pub pid: u32,
+    /// Stop after this many seconds (default: until Ctrl-C or the target exits).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Directory for summary.json, lifecycle.folded/.svg and trace.json.
+    #[arg(long, default_value = "pushscope-observe")]
+    pub out: PathBuf,
+    /// Serve Prometheus metrics on this address (loopback by default).
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    pub metrics: Option<SocketAddr>,
+    /// Classified read/write calls per connection sent to userspace.
+    #[arg(long, default_value_t = 24)]
+    pub io_events: u32,
 }
 
-pub fn run(_args: ObserveArgs) -> anyhow::Result<Outcome> {
-    Err(usage("`pushscope observe` is not implemented yet"))
+/// Options of [`Observer::attach`].
+#[derive(Debug, Clone)]
+pub struct ObserveOptions {
+    pub io_events_per_conn: u32,
+    pub sample_every: Duration,
+}
+
+impl Default for ObserveOptions {
+    fn default() -> Self {
+        ObserveOptions {
+            io_events_per_conn: 24,
+            sample_every: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("pushscope observe needs CAP_BPF and CAP_PERFMON: run as root")]
+    NotRoot,
+    #[error("no process with PID {0}: pass the PID of a running server")]
+    NoSuchPid(u32),
+    #[error("PID {0} is not listening on TCP: pass the PID of the server process that owns the listening socket")]
+    NotListening(u32),
+    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux): pushscope's CO-RE probes need CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf,
+    #[error(transparent)]
+    Probe(#[from] Box<ProbeError>),
+}
+
+impl ObserveError {
+    /// Errors the user fixes (exit 2) rather than runtime failures (exit 3).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ObserveError::NotRoot | ObserveError::NoSuchPid(_) | ObserveError::NotListening(_)
+        )
+    }
+}
+
+/// Watermarks of the /proc samples of one stage.
+#[derive(Debug, Clone, Default)]
+struct SampleAgg {
+    cpu_peak: f64,
+    rss_start: Option<u64>,
+    rss_peak: u64,
+    threads_peak: u64,
+    open_peak: u64,
+    limit: u64,
+    listen_queue_peak: u64,
+    headroom_min: Option<f64>,
+    last_open: u64,
+}
+
+impl SampleAgg {
+    fn add(&mut self, s: &Sample) {
+        self.cpu_peak = self.cpu_peak.max(s.cpu_pct);
+        self.rss_start.get_or_insert(s.rss_bytes);
+        self.rss_peak = self.rss_peak.max(s.rss_bytes);
+        self.threads_peak = self.threads_peak.max(s.threads);
+        if s.open_fds >= self.open_peak {
+            self.open_peak = s.open_fds;
+            self.limit = s.fd_limit;
+        }
+        self.listen_queue_peak = self.listen_queue_peak.max(s.listen_queue);
+        if s.fd_limit > 0 {
+            let h = 1.0 - s.open_fds as f64 / s.fd_limit as f64;
+            self.headroom_min = Some(self.headroom_min.map_or(h, |m| m.min(h)));
+        }
+        self.last_open = s.open_fds;
+    }
+}
+
+struct Shared {
+    tracker: Tracker,
+    stage_samples: SampleAgg,
+    total_samples: SampleAgg,
+    stage_base: Counters,
+    stage_started: Instant,
+    started: Instant,
+    target_gone: bool,
+}
+
+/// Attached probes plus the threads that read them.
+pub struct Observer {
+    pid: u32,
+    probes: Arc<Mutex<Probes>>,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    ports: Vec<u16>,
+}
+
+fn has_caps() -> bool {
+    // CapEff bits: 21 CAP_SYS_ADMIN, 38 CAP_PERFMON, 39 CAP_BPF.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let bit = |b: u32| eff & (1u64 << b) != 0;
+    (bit(38) && bit(39)) || bit(21)
+}
+
+fn stats(h: &Histogram<u64>) -> PhaseStats {
+    if h.is_empty() {
+        return PhaseStats::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    PhaseStats {
+        count: h.len(),
+        p50: ms(h.value_at_quantile(0.5)),
+        p90: ms(h.value_at_quantile(0.9)),
+        p99: ms(h.value_at_quantile(0.99)),
+        max: ms(h.max()),
+    }
+}
+
+impl Observer {
+    /// Checks privileges, the PID and its listeners, then loads and attaches
+    /// every probe. Nothing stays attached when this fails.
+    pub fn attach(pid: u32, opts: ObserveOptions) -> Result<Observer, ObserveError> {
+        if !has_caps() {
+            return Err(ObserveError::NotRoot);
+        }
+        if !target::exists(pid) {
+            return Err(ObserveError::NoSuchPid(pid));
+        }
+        let pids = target::tree(pid);
+        let mut ports: Vec<u16> = target::listeners(&pids).iter().map(|l| l.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.is_empty() {
+            return Err(ObserveError::NotListening(pid));
+        }
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(ObserveError::NoBtf);
+        }
+        let mut probes =
+            Probes::attach(&pids, &ports, opts.io_events_per_conn).map_err(Box::new)?;
+        let mut ring = probes.take_events().map_err(Box::new)?;
+        let mut sampler = Sampler::new(pid);
+        let mut first = SampleAgg::default();
+        if let Some(s) = sampler.sample() {
+            first.add(&s);
+        }
+        let shared = Arc::new(Mutex::new(Shared {
+            tracker: Tracker::new(pid, opts.io_events_per_conn as usize),
+            stage_samples: first.clone(),
+            total_samples: first,
+            stage_base: probes.counters(),
+            stage_started: Instant::now(),
+            started: Instant::now(),
+            target_gone: false,
+        }));
+        let probes = Arc::new(Mutex::new(probes));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let fd = ring.as_raw_fd();
+                let mut batch = Vec::with_capacity(1024);
+                loop {
+                    let stopping = stop.load(Ordering::Relaxed);
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    loop {
+                        batch.clear();
+                        while let Some(item) = ring.next() {
+                            if let Some(e) = crate::abi::Event::decode(&item) {
+                                batch.push(e);
+                            }
+                            if batch.len() == 1024 {
+                                break;
+                            }
+                        }
+                        if batch.is_empty() {
+                            break;
+                        }
+                        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        for e in &batch {
+                            s.tracker.handle(e);
+                        }
+                    }
+                    if stopping {
+                        break;
+                    }
+                }
+            }));
+        }
+        {
+            let (shared, stop, probes) = (shared.clone(), stop.clone(), probes.clone());
+            let every = opts.sample_every;
+            let known: Vec<u16> = ports.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut known = known;
+                let mut next = Instant::now() + every;
+                while !stop.load(Ordering::Relaxed) {
+                    if Instant::now() < next {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    next += every;
+                    let Some(sample) = sampler.sample() else {
+                        shared.lock().unwrap_or_else(|p| p.into_inner()).target_gone = true;
+                        break;
+                    };
+                    {
+                        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        s.stage_samples.add(&sample);
+                        s.total_samples.add(&sample);
+                    }
+                    // A listener opened after attach joins the port filter.
+                    let fresh: Vec<u16> = target::listeners(&target::tree(pid))
+                        .iter()
+                        .map(|l| l.port)
+                        .filter(|p| !known.contains(p))
+                        .collect();
+                    if !fresh.is_empty() {
+                        let mut pr = probes.lock().unwrap_or_else(|p| p.into_inner());
+                        if pr.add_ports(&fresh).is_ok() {
+                            known.extend(fresh);
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(Observer {
+            pid,
+            probes,
+            shared,
+            stop,
+            threads,
+            ports,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Listening ports the probes filter server-side connections by.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// True once the target has exited.
+    pub fn target_exited(&self) -> bool {
+        let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.target_gone || s.tracker.target_exited
+    }
+
+    fn counters(&self) -> Counters {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counters()
+    }
+
+    /// The programs' own run time (needs `kernel.bpf_stats_enabled=1`).
+    pub fn prog_stats(&self) -> Vec<ProgStats> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prog_stats()
+    }
+
+    /// Report of the current stage (since attach or the last reset_stage).
+    pub fn snapshot(&self) -> ObserverReport {
+        let now = self.counters();
+        let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        build(
+            &s,
+            &s.tracker.stage,
+            &s.stage_samples,
+            &now.since(&s.stage_base),
+            s.stage_started,
+        )
+    }
+
+    /// Report of the whole run since attach.
+    pub fn total(&self) -> ObserverReport {
+        let now = self.counters();
+        let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        build(&s, &s.tracker.total, &s.total_samples, &now, s.started)
+    }
+
+    /// Ends the current stage and starts a new one now.
+    pub fn reset_stage(&self) {
+        let now = self.counters();
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.tracker.reset_stage();
+        s.stage_base = now;
+        s.stage_samples = SampleAgg::default();
+        s.stage_started = Instant::now();
+    }
+
+    /// Starts the Prometheus endpoint serving the whole-run report.
+    pub fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<MetricsServer> {
+        let probes = self.probes.clone();
+        let shared = self.shared.clone();
+        MetricsServer::start(addr, move || {
+            let now = probes.lock().unwrap_or_else(|p| p.into_inner()).counters();
+            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            build(&s, &s.tracker.total, &s.total_samples, &now, s.started)
+        })
+    }
+
+    /// Writes summary.json (whole run), lifecycle.folded/.svg and trace.json.
+    pub fn write_outputs(&self, dir: &Path) -> std::io::Result<ObserverReport> {
+        std::fs::create_dir_all(dir)?;
+        let report = self.total();
+        let prog = self.prog_stats();
+        let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let summary = serde_json::json!({
+            "observer": report.observer,
+            "observe": {
+                "pid": self.pid,
+                "listen_ports": self.ports,
+                "details": report.details,
+                "target_exited": report.target_exited,
+                "notes": report.notes,
+                "probe_run_time": prog,
+            },
+        });
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_vec_pretty(&summary).map_err(std::io::Error::other)?,
+        )?;
+        flame::write(dir, &s.tracker.total.flame)?;
+        let mut slowest = s.tracker.trace.slowest.clone();
+        // Open connections can be among the slowest too.
+        slowest.extend(s.tracker.open_records());
+        slowest.sort_by_key(|c| std::cmp::Reverse(c.setup_ns()));
+        slowest.truncate(crate::lifecycle::TRACE_SLOWEST);
+        let doc = trace::document(&s.tracker.trace.first, &slowest, monotonic_ns());
+        std::fs::write(
+            dir.join("trace.json"),
+            serde_json::to_vec(&doc).map_err(std::io::Error::other)?,
+        )?;
+        Ok(report)
+    }
+
+    /// Detaches every probe (after draining the ring buffer) and returns the
+    /// whole-run report.
+    pub fn detach(mut self) -> ObserverReport {
+        self.stop_threads()
+    }
+
+    fn stop_threads(&mut self) -> ObserverReport {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.total()
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn build(
+    s: &Shared,
+    a: &Aggregates,
+    samples: &SampleAgg,
+    c: &Counters,
+    since: Instant,
+) -> ObserverReport {
+    let outbound = a
+        .outbound
+        .iter()
+        .map(|(d, o)| {
+            let st = stats(&o.connect_us);
+            (
+                d.clone(),
+                Outbound {
+                    count: o.count,
+                    errors: o.errors,
+                    connect_p50_ms: st.p50,
+                    connect_p99_ms: st.p99,
+                },
+            )
+        })
+        .collect();
+    let observer = ObserverSection {
+        phases_ms: PhasesMs {
+            accept_wait: stats(&a.accept_wait),
+            tls_handshake: stats(&a.tls_handshake),
+            ws_upgrade: stats(&a.ws_upgrade),
+            first_push: stats(&a.first_push),
+            lifetime: stats(&a.lifetime),
+        },
+        connections: Connections {
+            accepted: a.accepted,
+            closed_local: a.closed_local,
+            closed_peer: a.closed_peer,
+            reset: a.reset,
+        },
+        outbound,
+        tcp: Tcp {
+            retransmits: c.retransmits,
+            resets: c.resets_sent + c.resets_received,
+        },
+        fd: Fd {
+            open_peak: samples.open_peak,
+            limit: samples.limit,
+            emfile: c.emfile,
+            enfile: c.enfile,
+        },
+        target: Target {
+            cpu_peak_pct: samples.cpu_peak,
+            rss_start_bytes: samples.rss_start.unwrap_or(0),
+            rss_peak_bytes: samples.rss_peak,
+            threads_peak: samples.threads_peak,
+        },
+        drops: c.ringbuf_drops,
+    };
+    let srtt = stats(&a.srtt);
+    let target_exited = s.target_gone || s.tracker.target_exited;
+    let details = ObserverDetails {
+        seconds: since.elapsed().as_secs_f64(),
+        open_connections: s.tracker.open_connections(),
+        established_not_accepted: s.tracker.established_not_accepted(),
+        bytes_in: a.bytes_in,
+        bytes_out: a.bytes_out,
+        max_send_queue_bytes: a.max_send_queue,
+        srtt_p50_us: srtt.p50 * 1000.0,
+        srtt_p99_us: srtt.p99 * 1000.0,
+        tls12_connections: a.tls12,
+        tls13_inferred_connections: a.tls13,
+        listen_queue_peak: samples.listen_queue_peak,
+        fd_open_last: samples.last_open,
+        fd_headroom_min: samples.headroom_min.unwrap_or(1.0),
+        map_full: c.map_full,
+        tasks_followed: s.tracker.tasks_followed,
+    };
+    let mut notes = vec![
+        "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),
+        "srtt is read from tcp_sock at close(); bytes and max send queue (sk_wmem_queued after each write) are per connection, summed at close()".to_string(),
+        "outbound connect latency is SYN_SENT -> ESTABLISHED per sock; an error is SYN_SENT -> CLOSE; connect() failing before SYN_SENT is not seen".to_string(),
+    ];
+    if a.tls13 > 0 {
+        notes.push(format!(
+            "tls_handshake end, ws_upgrade and first_push of {} TLS 1.3 connection(s) are inferred from the turn-taking of reads and writes, not measured (see probe-user/src/phases.rs for the rule and its errors)",
+            a.tls13
+        ));
+    }
+    if c.ringbuf_drops > 0 {
+        notes.push(format!(
+            "{} kernel events were dropped (ring buffer full): counts and phases are incomplete; this report is not admissible evidence",
+            c.ringbuf_drops
+        ));
+    }
+    if c.map_full > 0 {
+        notes.push(format!(
+            "{} kernel map updates failed: some connections were not tracked",
+            c.map_full
+        ));
+    }
+    if target_exited {
+        notes.push("the target exited while observed: figures end at its exit".to_string());
+    }
+    ObserverReport {
+        observer,
+        details,
+        target_exited,
+        notes,
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// `pushscope observe`.
+pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
+    let opts = ObserveOptions {
+        io_events_per_conn: args.io_events.clamp(4, 64),
+        ..Default::default()
+    };
+    let obs = match Observer::attach(args.pid, opts) {
+        Ok(o) => o,
+        Err(e) if e.is_usage() => return Err(usage(e.to_string())),
+        Err(e) => return Err(anyhow::Error::new(e)),
+    };
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    let _metrics = match args.metrics {
+        Some(addr) => {
+            let m = obs.serve_metrics(addr).map_err(|e| {
+                usage(format!(
+                    "cannot serve metrics on {addr} ({e}): pass a free address to --metrics"
+                ))
+            })?;
+            log::info!("metrics on http://{}/metrics", m.addr);
+            Some(m)
+        }
+        None => None,
+    };
+    log::info!(
+        "observing PID {} (ports {:?}); Ctrl-C to stop",
+        args.pid,
+        obs.ports()
+    );
+    let started = Instant::now();
+    let why = loop {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            break "interrupted";
+        }
+        if obs.target_exited() {
+            break "target exited";
+        }
+        if args
+            .duration
+            .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
+        {
+            break "duration reached";
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Let the reader drain what the kernel already queued, then write.
+    std::thread::sleep(Duration::from_millis(200));
+    let report = obs
+        .write_outputs(&args.out)
+        .map_err(|e| anyhow::anyhow!("writing outputs to {}: {e}", args.out.display()))?;
+    drop(obs);
+    let o = &report.observer;
+    println!(
+        "{why}: {} accepted, {} closed (local {}, peer {}, reset {}), accept_wait p99 {:.3} ms, drops {}; outputs in {}",
+        o.connections.accepted,
+        o.connections.closed_local + o.connections.closed_peer + o.connections.reset,
+        o.connections.closed_local,
+        o.connections.closed_peer,
+        o.connections.reset,
+        o.phases_ms.accept_wait.p99,
+        o.drops,
+        args.out.display()
+    );
+    for n in &report.notes {
+        println!("note: {n}");
+    }
+    Ok(Outcome::Completed)
 }

@@ -1,6 +1,310 @@
-//! The eBPF objects compiled from `probe-ebpf/src/*.bpf.c` by build.rs,
-//! embedded in the binary so `pushscope` runs without the sources.
+//! The eBPF object compiled from `probe-ebpf/src/pushscope.bpf.c` by
+//! build.rs, embedded in the binary so `pushscope` runs without the
+//! sources, and the code that loads it, fills its config maps and attaches
+//! every program. Dropping [`Probes`] detaches everything.
 
-/// `probe-ebpf/src/lifecycle.bpf.c`
-pub static LIFECYCLE_OBJ: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lifecycle.bpf.o"));
+use crate::abi;
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use std::time::Duration;
+
+/// `probe-ebpf/src/pushscope.bpf.c` (all concerns in one object: shared maps).
+pub static PUSHSCOPE_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pushscope.bpf.o"));
+
+/// Every program of the object and the tracepoint it attaches to.
+pub const ATTACH: &[(&str, &str, &str)] = &[
+    ("ps_set_state", "sock", "inet_sock_set_state"),
+    ("ps_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("ps_exit_accept", "syscalls", "sys_exit_accept"),
+    ("ps_enter_close", "syscalls", "sys_enter_close"),
+    ("ps_send_reset", "tcp", "tcp_send_reset"),
+    ("ps_receive_reset", "tcp", "tcp_receive_reset"),
+    ("ps_retransmit", "tcp", "tcp_retransmit_skb"),
+    ("ps_fork", "sched", "sched_process_fork"),
+    ("ps_exit", "sched", "sched_process_exit"),
+    ("ps_exit_socket", "syscalls", "sys_exit_socket"),
+    ("ps_exit_openat", "syscalls", "sys_exit_openat"),
+    ("ps_exit_open", "syscalls", "sys_exit_open"),
+    ("ps_exit_dup", "syscalls", "sys_exit_dup"),
+    ("ps_exit_dup3", "syscalls", "sys_exit_dup3"),
+    ("ps_enter_read", "syscalls", "sys_enter_read"),
+    ("ps_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("ps_enter_readv", "syscalls", "sys_enter_readv"),
+    ("ps_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("ps_enter_write", "syscalls", "sys_enter_write"),
+    ("ps_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("ps_enter_writev", "syscalls", "sys_enter_writev"),
+    ("ps_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("ps_exit_read", "syscalls", "sys_exit_read"),
+    ("ps_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("ps_exit_readv", "syscalls", "sys_exit_readv"),
+    ("ps_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("ps_exit_write", "syscalls", "sys_exit_write"),
+    ("ps_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("ps_exit_writev", "syscalls", "sys_exit_writev"),
+    ("ps_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF object failed (does the kernel have BTF at /sys/kernel/btf/vmlinux?): {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no map or program `{0}`")]
+    Missing(&'static str),
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("attaching {program} to tracepoint {category}:{name} failed: {source}")]
+    Attach {
+        program: String,
+        category: String,
+        name: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
+    Tracefs(std::io::Error),
+}
+
+/// Loaded and attached probes. Drop detaches everything (aya owns the links).
+pub struct Probes {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// Per-CPU counters summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub events: u64,
+    pub ringbuf_drops: u64,
+    pub fd_ok: u64,
+    pub emfile: u64,
+    pub enfile: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub accept_without_sock: u64,
+    pub forks: u64,
+    pub map_full: u64,
+    pub io_calls: u64,
+    pub closes: u64,
+}
+
+impl Counters {
+    /// Counts since `base` (saturating: counters only grow).
+    pub fn since(&self, base: &Counters) -> Counters {
+        Counters {
+            events: self.events.saturating_sub(base.events),
+            ringbuf_drops: self.ringbuf_drops.saturating_sub(base.ringbuf_drops),
+            fd_ok: self.fd_ok.saturating_sub(base.fd_ok),
+            emfile: self.emfile.saturating_sub(base.emfile),
+            enfile: self.enfile.saturating_sub(base.enfile),
+            retransmits: self.retransmits.saturating_sub(base.retransmits),
+            resets_sent: self.resets_sent.saturating_sub(base.resets_sent),
+            resets_received: self.resets_received.saturating_sub(base.resets_received),
+            accept_without_sock: self
+                .accept_without_sock
+                .saturating_sub(base.accept_without_sock),
+            forks: self.forks.saturating_sub(base.forks),
+            map_full: self.map_full.saturating_sub(base.map_full),
+            io_calls: self.io_calls.saturating_sub(base.io_calls),
+            closes: self.closes.saturating_sub(base.closes),
+        }
+    }
+}
+
+/// Run time of one attached program (needs `kernel.bpf_stats_enabled=1`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProgStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time: Duration,
+}
+
+/// Mounts tracefs if nothing is mounted where aya looks for it.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    let have = |p: &str| std::path::Path::new(p).join("events").exists();
+    if have("/sys/kernel/tracing") || have("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .map_err(ProbeError::Tracefs)?
+        .success();
+    if ok && have("/sys/kernel/tracing") {
+        Ok(())
+    } else {
+        Err(ProbeError::Tracefs(std::io::Error::other(
+            "mount -t tracefs failed",
+        )))
+    }
+}
+
+impl Probes {
+    /// Loads the object, writes the config, the target set and the listening
+    /// ports, and attaches every program. On any error everything already
+    /// attached is detached again (dropping the partially built `Ebpf`).
+    pub fn attach(
+        tgids: &[u32],
+        ports: &[u16],
+        io_events_per_conn: u32,
+    ) -> Result<Probes, ProbeError> {
+        ensure_tracefs()?;
+        let mut ebpf = EbpfLoader::new()
+            .load(PUSHSCOPE_OBJ)
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        {
+            let mut cfg: Array<_, abi::Config> = Array::try_from(
+                ebpf.map_mut("config")
+                    .ok_or(ProbeError::Missing("config"))?,
+            )
+            .map_err(|source| ProbeError::Map {
+                name: "config",
+                source: Box::new(source),
+            })?;
+            let c = abi::Config {
+                target_tgid: tgids.first().copied().unwrap_or(0),
+                io_events_per_conn,
+            };
+            cfg.set(0, c, 0).map_err(|source| ProbeError::Map {
+                name: "config",
+                source: Box::new(source),
+            })?;
+        }
+        {
+            let mut set: HashMap<_, u32, u32> =
+                HashMap::try_from(ebpf.map_mut("tgids").ok_or(ProbeError::Missing("tgids"))?)
+                    .map_err(|source| ProbeError::Map {
+                        name: "tgids",
+                        source: Box::new(source),
+                    })?;
+            for t in tgids {
+                set.insert(t, 1, 0).map_err(|source| ProbeError::Map {
+                    name: "tgids",
+                    source: Box::new(source),
+                })?;
+            }
+        }
+        {
+            let mut lp: HashMap<_, u16, u32> = HashMap::try_from(
+                ebpf.map_mut("listen_ports")
+                    .ok_or(ProbeError::Missing("listen_ports"))?,
+            )
+            .map_err(|source| ProbeError::Map {
+                name: "listen_ports",
+                source: Box::new(source),
+            })?;
+            for p in ports {
+                lp.insert(p, 1, 0).map_err(|source| ProbeError::Map {
+                    name: "listen_ports",
+                    source: Box::new(source),
+                })?;
+            }
+        }
+        for (prog, category, name) in ATTACH {
+            let attach_err = |source| ProbeError::Attach {
+                program: (*prog).to_string(),
+                category: (*category).to_string(),
+                name: (*name).to_string(),
+                source: Box::new(source),
+            };
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::Missing("program"))?
+                .try_into()
+                .map_err(attach_err)?;
+            p.load().map_err(attach_err)?;
+            p.attach(category, name).map_err(attach_err)?;
+        }
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("counters")
+                .ok_or(ProbeError::Missing("counters"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "counters",
+            source: Box::new(source),
+        })?;
+        Ok(Probes { ebpf, counters })
+    }
+
+    /// Takes the ring buffer (once) for a reader thread.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("events")
+            .ok_or(ProbeError::Missing("events"))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "events",
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads the per-CPU counters, summed.
+    pub fn counters(&self) -> Counters {
+        let get = |slot: u32| -> u64 {
+            self.counters
+                .get(&slot, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        Counters {
+            events: get(abi::CNT_EVENTS),
+            ringbuf_drops: get(abi::CNT_RINGBUF_DROPS),
+            fd_ok: get(abi::CNT_FD_OK),
+            emfile: get(abi::CNT_EMFILE),
+            enfile: get(abi::CNT_ENFILE),
+            retransmits: get(abi::CNT_RETRANS),
+            resets_sent: get(abi::CNT_RST_SENT),
+            resets_received: get(abi::CNT_RST_RECV),
+            accept_without_sock: get(abi::CNT_ACCEPT_NOSK),
+            forks: get(abi::CNT_FORKS),
+            map_full: get(abi::CNT_MAP_FULL),
+            io_calls: get(abi::CNT_IO_CALLS),
+            closes: get(abi::CNT_CLOSES),
+        }
+    }
+
+    /// Adds ports to the listening-port filter (a listener opened later).
+    pub fn add_ports(&mut self, ports: &[u16]) -> Result<(), ProbeError> {
+        let mut lp: HashMap<_, u16, u32> = HashMap::try_from(
+            self.ebpf
+                .map_mut("listen_ports")
+                .ok_or(ProbeError::Missing("listen_ports"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "listen_ports",
+            source: Box::new(source),
+        })?;
+        for p in ports {
+            lp.insert(p, 1, 0).map_err(|source| ProbeError::Map {
+                name: "listen_ports",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The programs' own run time and count (zero unless
+    /// `kernel.bpf_stats_enabled` is 1).
+    pub fn prog_stats(&self) -> Vec<ProgStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(ProgStats {
+                    program: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time: info.run_time(),
+                })
+            })
+            .collect()
+    }
+}

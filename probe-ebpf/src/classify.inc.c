@@ -1,0 +1,208 @@
+/* Classification of the target's socket I/O: the read family
+ * (read/readv/recvfrom/recvmsg) and write family (write/writev/sendto/
+ * sendmsg). Enter saves the user buffer pointer of an accepted socket's
+ * call; exit adds the bytes to the connection, samples sk_wmem_queued after
+ * writes, and for the first `io_events_per_conn` calls reads at most 16
+ * bytes to classify them (TLS record header, GET, HTTP/1.1 101, WebSocket
+ * frame header). Only the class leaves the kernel, never payload bytes.
+ * Unrelated processes cost one hash miss per enter and one per exit.
+ * Included by pushscope.bpf.c. */
+
+#define PS_PEEK 16
+
+static __always_inline void ps_io_enter(__u32 fd, __u64 buf, __u32 dir, __u32 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 key = ps_fd_key(id >> 32, fd);
+	__u64 *skp = bpf_map_lookup_elem(&fds, &key);
+	if (!skp)
+		return;
+	struct ps_pending_io p = {.sk = *skp, .dir = dir};
+	__u32 zero = 0;
+	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	struct ps_conn *c = bpf_map_lookup_elem(&conns, skp);
+	if (cfg && c && c->io_seq < cfg->io_events_per_conn && buf) {
+		/* kind 1: buf is a struct iovec *; kind 2: a struct user_msghdr * */
+		if (kind == 2) {
+			struct user_msghdr *m = (struct user_msghdr *)buf;
+			struct iovec *iov = 0;
+			bpf_probe_read_user(&iov, sizeof(iov), &m->msg_iov);
+			buf = (__u64)iov;
+			kind = 1;
+		}
+		if (kind == 1 && buf) {
+			struct iovec *iov = (struct iovec *)buf;
+			void *base = 0;
+			bpf_probe_read_user(&base, sizeof(base), &iov->iov_base);
+			buf = (__u64)base;
+		}
+		p.buf = buf;
+	}
+	if (bpf_map_update_elem(&pending, &id, &p, BPF_ANY))
+		ps_count(PS_CNT_MAP_FULL);
+}
+
+static __always_inline bool ps_is(const __u8 *b, const char *lit, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (b[i] != (__u8)lit[i])
+			return false;
+	return true;
+}
+
+static __always_inline __u8 ps_classify(const __u8 *b, long n, __u8 *detail)
+{
+	if (n >= 5 && b[1] == 0x03 && b[2] <= 0x04) {
+		switch (b[0]) {
+		case 0x16:
+			*detail = n > 5 ? b[5] : 0;
+			return PS_CLASS_TLS_HANDSHAKE;
+		case 0x14:
+			return PS_CLASS_TLS_CCS;
+		case 0x15:
+			return PS_CLASS_TLS_ALERT;
+		case 0x17:
+			return PS_CLASS_TLS_APPDATA;
+		}
+	}
+	if (n >= 4 && ps_is(b, "GET ", 4))
+		return PS_CLASS_HTTP_GET;
+	if (n >= 12 && ps_is(b, "HTTP/1.1 101", 12))
+		return PS_CLASS_HTTP_101;
+	if (n >= 7 && ps_is(b, "HTTP/1.", 7))
+		return PS_CLASS_HTTP_OTHER;
+	if (n >= 5 && (ps_is(b, "POST ", 5) || ps_is(b, "PUT ", 4) || ps_is(b, "HEAD ", 5)))
+		return PS_CLASS_HTTP_OTHER;
+	if (n >= 2 && (b[0] & 0x70) == 0) {
+		__u8 op = b[0] & 0x0f;
+		if (op <= 2 || (op >= 8 && op <= 10)) {
+			*detail = op;
+			return PS_CLASS_WS_FRAME;
+		}
+	}
+	return PS_CLASS_OTHER;
+}
+
+static __always_inline void ps_io_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ps_pending_io *p = bpf_map_lookup_elem(&pending, &id);
+	if (!p)
+		return;
+	struct ps_pending_io io = *p;
+	bpf_map_delete_elem(&pending, &id);
+	if (ret <= 0)
+		return;
+	ps_count(PS_CNT_IO_CALLS);
+	struct ps_conn *c = bpf_map_lookup_elem(&conns, &io.sk);
+	if (!c)
+		return;
+	__u32 seq = c->io_seq;
+	c->io_seq = seq + 1;
+	if (io.dir == PS_DIR_READ) {
+		c->bytes_in += ret;
+	} else {
+		c->bytes_out += ret;
+		struct sock *sk = (struct sock *)io.sk;
+		int q = BPF_CORE_READ(sk, sk_wmem_queued);
+		if (q > 0 && (__u32)q > c->max_wmem)
+			c->max_wmem = q;
+	}
+	if (!io.buf)
+		return;
+	__u8 b[PS_PEEK] = {};
+	__u32 n = ret < PS_PEEK ? ret : PS_PEEK;
+	if (n > PS_PEEK)
+		return;
+	if (bpf_probe_read_user(b, n, (void *)io.buf))
+		return;
+	struct ps_event *e = ps_reserve(PS_EV_IO, io.sk);
+	if (!e)
+		return;
+	e->tgid = id >> 32;
+	e->dir = io.dir;
+	e->ret = ret;
+	e->io_seq = seq;
+	e->class_ = ps_classify(b, n, &e->detail);
+	ps_submit(e);
+}
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int ps_enter_read(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int ps_enter_recvfrom(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int ps_enter_readv(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int ps_enter_recvmsg(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 2);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int ps_enter_write(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int ps_enter_sendto(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int ps_enter_writev(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int ps_enter_sendmsg(struct tp_sys_enter *ctx)
+{
+	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 2);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int ps_exit_read(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int ps_exit_recvfrom(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_readv")
+int ps_exit_readv(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int ps_exit_recvmsg(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_write")
+int ps_exit_write(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int ps_exit_sendto(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_writev")
+int ps_exit_writev(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int ps_exit_sendmsg(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }

@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The observer's one eBPF object. Concerns live in src/<concern>.inc.c and
+ * are included here so they share maps (include/ps_common.h) without
+ * pinning: lifecycle (states, accept, close, RST, retransmits, fork/exit),
+ * classify (read/write family: bytes, send queue, first-bytes class),
+ * fd (fd-returning syscalls, EMFILE/ENFILE). */
+#include "ps_common.h"
+#include "lifecycle.inc.c"
+#include "classify.inc.c"
+#include "fd.inc.c"
+
+char LICENSE[] SEC("license") = "GPL";

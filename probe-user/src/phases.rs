@@ -1,0 +1,374 @@
+//! Phase reconstruction of one accepted connection from the first N
+//! read/write calls the kernel classified (`PS_EV_IO`): tls_handshake,
+//! ws_upgrade and first_push. Pure functions over [`IoRec`] so they are unit
+//! tested from fixtures.
+//!
+//! # What is exact and what is a heuristic
+//!
+//! Plain WebSocket is exact at syscall granularity: ws_upgrade runs from the
+//! read that returned `GET ` to the write that starts `HTTP/1.1 101`;
+//! first_push from that write to the next write on the socket.
+//!
+//! TLS is inferred from record headers and the turn-taking of reads and
+//! writes (a *turn* is a run of calls in one direction), because after the
+//! ServerHello a TLS 1.3 connection shows only 0x17 records:
+//!
+//! * turn 0 (read) carries the ClientHello (0x16): the handshake starts at
+//!   the first read;
+//! * turn 1 (write) is the server's first flight; turn 2 (read) the
+//!   client's second flight. If turn 2 starts with a handshake record (0x16:
+//!   ClientKeyExchange/Certificate) the connection is TLS 1.2: the handshake
+//!   ends at the server's CCS/Finished flight, the first write of turn 3.
+//!   Otherwise (0x14 compat CCS or 0x17) it is TLS 1.3: the handshake ends
+//!   at the first read of turn 2, when the client Finished arrives (the
+//!   server verifies it within that read's processing; error: the
+//!   verification time, microseconds).
+//! * TLS 1.3 servers write session tickets right after the handshake. If
+//!   turn 2 carried no more than [`FINISHED_FLIGHT_MAX`] bytes, turn 3 is
+//!   taken to be tickets and the upgrade runs from the first read of turn 4
+//!   (the request) to the first write of turn 5 (the 101). If turn 2
+//!   carried more, the request arrived with the Finished: the upgrade
+//!   starts at the handshake end, and the 101 is the second write of turn 3
+//!   when its first read alone held the request (rustls writes all tickets
+//!   in one writev), else the first write of turn 3 (no tickets were sent).
+//!
+//! Known errors of the TLS heuristic (the report says the TLS phases are
+//! inferred): a TLS 1.2 resumed (abbreviated) handshake looks like TLS 1.3;
+//! a HelloRetryRequest adds a round trip that shifts the turns; client
+//! certificates make the client's second flight larger than
+//! [`FINISHED_FLIGHT_MAX`]; a server sending no tickets while the request
+//! was coalesced with the Finished has its first push taken for the 101.
+//! Under TLS, first_push ends at the next write after the 101 write.
+
+use crate::abi::{self, DIR_READ, DIR_WRITE};
+use serde::Serialize;
+
+/// Largest client second flight of a TLS 1.3 handshake without client
+/// certificates: CCS (6) + Finished record (5 + 4 + 48 + 1 + 16), rounded up.
+pub const FINISHED_FLIGHT_MAX: i64 = 100;
+
+/// One classified read/write of a connection (from `PS_EV_IO`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoRec {
+    pub ts: u64,
+    pub dir: u8,
+    pub class: u8,
+    pub detail: u8,
+    pub ret: i32,
+}
+
+/// A phase: kernel monotonic timestamps (ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Span {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Span {
+    pub fn ns(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// How the TLS handshake end was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TlsKind {
+    /// TLS 1.2: end at the server's CCS/Finished write (record types).
+    Tls12,
+    /// TLS 1.3: end inferred from turn-taking.
+    Tls13Heuristic,
+}
+
+/// Phases derived from the I/O calls seen so far (None: not yet or never).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoPhases {
+    pub tls: Option<TlsKind>,
+    pub tls_handshake: Option<Span>,
+    pub ws_upgrade: Option<Span>,
+    pub first_push: Option<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    dir: u8,
+    first: usize,
+    calls: usize,
+    bytes: i64,
+}
+
+fn turns(io: &[IoRec]) -> Vec<Turn> {
+    let mut out: Vec<Turn> = Vec::new();
+    for (i, r) in io.iter().enumerate() {
+        match out.last_mut() {
+            Some(t) if t.dir == r.dir => {
+                t.calls += 1;
+                t.bytes += i64::from(r.ret);
+            }
+            _ => out.push(Turn {
+                dir: r.dir,
+                first: i,
+                calls: 1,
+                bytes: i64::from(r.ret),
+            }),
+        }
+    }
+    out
+}
+
+/// The write call after index `i` (any turn), as the end of first_push.
+fn next_write(io: &[IoRec], i: usize) -> Option<&IoRec> {
+    io.iter().skip(i + 1).find(|r| r.dir == DIR_WRITE)
+}
+
+/// Derives the phases from a connection's first classified calls.
+pub fn derive(io: &[IoRec]) -> IoPhases {
+    let Some(first_read) = io.iter().find(|r| r.dir == DIR_READ) else {
+        return IoPhases::default();
+    };
+    if first_read.class == abi::CLASS_TLS_HANDSHAKE {
+        derive_tls(io)
+    } else {
+        derive_plain(io)
+    }
+}
+
+fn derive_plain(io: &[IoRec]) -> IoPhases {
+    let mut p = IoPhases::default();
+    let Some(gi) = io
+        .iter()
+        .position(|r| r.dir == DIR_READ && r.class == abi::CLASS_HTTP_GET)
+    else {
+        return p;
+    };
+    let Some(ui) = io
+        .iter()
+        .skip(gi + 1)
+        .position(|r| r.dir == DIR_WRITE && r.class == abi::CLASS_HTTP_101)
+        .map(|k| k + gi + 1)
+    else {
+        return p;
+    };
+    p.ws_upgrade = Some(Span {
+        start: io[gi].ts,
+        end: io[ui].ts,
+    });
+    p.first_push = next_write(io, ui).map(|w| Span {
+        start: io[ui].ts,
+        end: w.ts,
+    });
+    p
+}
+
+fn derive_tls(io: &[IoRec]) -> IoPhases {
+    let mut p = IoPhases::default();
+    let t = turns(io);
+    // Turn 0 must be the ClientHello read (the server never speaks first).
+    if t.first().map(|x| x.dir) != Some(DIR_READ) || t.len() < 3 {
+        return p;
+    }
+    let hs_start = io[t[0].first].ts;
+    let t2_first = io[t[2].first];
+    // Index of the 101 write and start of the upgrade, once known.
+    let upgrade: Option<(u64, usize)>;
+    if t2_first.class == abi::CLASS_TLS_HANDSHAKE {
+        p.tls = Some(TlsKind::Tls12);
+        let Some(t3) = t.get(3) else { return p };
+        let hs_end = io[t3.first].ts;
+        p.tls_handshake = Some(Span {
+            start: hs_start,
+            end: hs_end,
+        });
+        upgrade = match (t.get(4), t.get(5)) {
+            (Some(r), Some(w)) => Some((io[r.first].ts, w.first)),
+            _ => None,
+        };
+    } else {
+        p.tls = Some(TlsKind::Tls13Heuristic);
+        let hs_end = t2_first.ts;
+        p.tls_handshake = Some(Span {
+            start: hs_start,
+            end: hs_end,
+        });
+        if t[2].bytes <= FINISHED_FLIGHT_MAX {
+            // Turn 3 = session tickets; request in turn 4, 101 in turn 5.
+            upgrade = match (t.get(4), t.get(5)) {
+                (Some(r), Some(w)) => Some((io[r.first].ts, w.first)),
+                _ => None,
+            };
+        } else {
+            // The request came within turn 2.
+            upgrade = t.get(3).map(|w3| {
+                let coalesced = i64::from(t2_first.ret) > FINISHED_FLIGHT_MAX;
+                let idx = if coalesced && w3.calls >= 2 {
+                    w3.first + 1
+                } else {
+                    w3.first
+                };
+                (hs_end, idx)
+            });
+        }
+    }
+    if let Some((start, wi)) = upgrade {
+        p.ws_upgrade = Some(Span {
+            start,
+            end: io[wi].ts,
+        });
+        p.first_push = next_write(io, wi).map(|w| Span {
+            start: io[wi].ts,
+            end: w.ts,
+        });
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::*;
+
+    fn r(ts: u64, class: u8, ret: i32) -> IoRec {
+        IoRec {
+            ts,
+            dir: DIR_READ,
+            class,
+            detail: 0,
+            ret,
+        }
+    }
+    fn w(ts: u64, class: u8, ret: i32) -> IoRec {
+        IoRec {
+            ts,
+            dir: DIR_WRITE,
+            class,
+            detail: 0,
+            ret,
+        }
+    }
+
+    #[test]
+    fn plain_websocket_phases_are_exact() {
+        let io = [
+            r(100, CLASS_HTTP_GET, 220),
+            w(150, CLASS_HTTP_101, 129),
+            w(400, CLASS_WS_FRAME, 40),
+        ];
+        let p = derive(&io);
+        assert_eq!(p.tls, None);
+        assert_eq!(p.tls_handshake, None);
+        assert_eq!(
+            p.ws_upgrade,
+            Some(Span {
+                start: 100,
+                end: 150
+            })
+        );
+        assert_eq!(
+            p.first_push,
+            Some(Span {
+                start: 150,
+                end: 400
+            })
+        );
+    }
+
+    #[test]
+    fn plain_without_push_yet_has_upgrade_only() {
+        let io = [r(1, CLASS_HTTP_GET, 200), w(2, CLASS_HTTP_101, 129)];
+        let p = derive(&io);
+        assert!(p.ws_upgrade.is_some());
+        assert_eq!(p.first_push, None);
+        // Plain HTTP that is not an upgrade: no phases.
+        let io = [r(1, CLASS_HTTP_GET, 200), w(2, CLASS_HTTP_OTHER, 300)];
+        assert_eq!(derive(&io), IoPhases::default());
+    }
+
+    #[test]
+    fn tls13_rustls_separate_request() {
+        // R(CH) W(SH..Fin) R(CCS+Fin, 80 B) W(tickets) R(GET) W(101) W(push)
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 517),
+            w(20, CLASS_TLS_HANDSHAKE, 2000),
+            r(30, CLASS_TLS_CCS, 80),
+            w(31, CLASS_TLS_APPDATA, 500),
+            r(40, CLASS_TLS_APPDATA, 250),
+            w(45, CLASS_TLS_APPDATA, 151),
+            w(90, CLASS_TLS_APPDATA, 60),
+        ];
+        let p = derive(&io);
+        assert_eq!(p.tls, Some(TlsKind::Tls13Heuristic));
+        assert_eq!(p.tls_handshake, Some(Span { start: 10, end: 30 }));
+        assert_eq!(p.ws_upgrade, Some(Span { start: 40, end: 45 }));
+        assert_eq!(p.first_push, Some(Span { start: 45, end: 90 }));
+    }
+
+    #[test]
+    fn tls13_rustls_coalesced_request() {
+        // Finished and GET in one read: tickets writev, then the 101.
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 517),
+            w(20, CLASS_TLS_HANDSHAKE, 2000),
+            r(30, CLASS_TLS_CCS, 330),
+            w(31, CLASS_TLS_APPDATA, 500),
+            w(35, CLASS_TLS_APPDATA, 151),
+            w(70, CLASS_TLS_APPDATA, 60),
+        ];
+        let p = derive(&io);
+        assert_eq!(p.tls_handshake, Some(Span { start: 10, end: 30 }));
+        assert_eq!(p.ws_upgrade, Some(Span { start: 30, end: 35 }));
+        assert_eq!(p.first_push, Some(Span { start: 35, end: 70 }));
+    }
+
+    #[test]
+    fn tls13_openssl_header_first_reads() {
+        // OpenSSL reads 5-byte headers then bodies; tickets as two writes.
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 5),
+            r(11, CLASS_OTHER, 512),
+            w(20, CLASS_TLS_HANDSHAKE, 1800),
+            r(30, CLASS_TLS_CCS, 5),
+            r(31, CLASS_OTHER, 1),
+            r(32, CLASS_TLS_APPDATA, 5),
+            r(33, CLASS_OTHER, 53),
+            w(34, CLASS_TLS_APPDATA, 250),
+            w(35, CLASS_TLS_APPDATA, 250),
+            r(50, CLASS_TLS_APPDATA, 5),
+            r(51, CLASS_OTHER, 300),
+            w(60, CLASS_TLS_APPDATA, 180),
+            w(99, CLASS_TLS_APPDATA, 40),
+        ];
+        let p = derive(&io);
+        assert_eq!(p.tls, Some(TlsKind::Tls13Heuristic));
+        assert_eq!(p.tls_handshake, Some(Span { start: 10, end: 30 }));
+        assert_eq!(p.ws_upgrade, Some(Span { start: 50, end: 60 }));
+        assert_eq!(p.first_push, Some(Span { start: 60, end: 99 }));
+    }
+
+    #[test]
+    fn tls12_uses_record_types() {
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 300),
+            w(20, CLASS_TLS_HANDSHAKE, 3000),
+            r(30, CLASS_TLS_HANDSHAKE, 126),
+            w(40, CLASS_TLS_CCS, 51),
+            r(50, CLASS_TLS_APPDATA, 300),
+            w(55, CLASS_TLS_APPDATA, 160),
+            w(80, CLASS_TLS_APPDATA, 40),
+        ];
+        let p = derive(&io);
+        assert_eq!(p.tls, Some(TlsKind::Tls12));
+        assert_eq!(p.tls_handshake, Some(Span { start: 10, end: 40 }));
+        assert_eq!(p.ws_upgrade, Some(Span { start: 50, end: 55 }));
+        assert_eq!(p.first_push, Some(Span { start: 55, end: 80 }));
+    }
+
+    #[test]
+    fn incomplete_tls_has_no_phases_yet() {
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 517),
+            w(20, CLASS_TLS_HANDSHAKE, 2000),
+        ];
+        let p = derive(&io);
+        assert_eq!(p.tls_handshake, None);
+        assert_eq!(p.ws_upgrade, None);
+    }
+}
