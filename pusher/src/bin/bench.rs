@@ -1,6 +1,367 @@
-//! Load client of `cargo xtask bench pusher` (work in progress).
+//! Load client of `cargo xtask bench pusher`, run as its own process so the
+//! pusher's CPU and RSS are its own. Raw sockets, hand-rolled WebSocket
+//! framing (server frames are unmasked: counting them costs almost nothing),
+//! so the client is not the bottleneck on a 2-core machine.
+//!
+//! `fanout`: N subscribers on one channel, flow-controlled publishers (at
+//! most `--window` messages ahead of the subscribers), deliveries/s and the
+//! pusher's CPU (from /proc/PID/stat) over the measured window; every
+//! subscriber's seqs are checked to be contiguous.
+//! `idle`: N idle subscribers (answering pings), the pusher's RSS before and
+//! after, per connection.
+//! Output: `key=value` lines on stdout.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+struct Args {
+    mode: String,
+    addr: SocketAddr,
+    pid: u32,
+    subscribers: usize,
+    size: usize,
+    seconds: f64,
+    warmup: f64,
+    window: u64,
+    publishers: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().ok_or_else(|| anyhow!("usage: pushscope-pusher-bench fanout|idle --addr A --pid P [--subscribers N] [--size B] [--seconds S]"))?;
+    let mut a = Args {
+        mode,
+        addr: "127.0.0.1:8080".parse()?,
+        pid: 0,
+        subscribers: 1000,
+        size: 200,
+        seconds: 5.0,
+        warmup: 1.0,
+        window: 32,
+        publishers: 8,
+    };
+    while let Some(k) = it.next() {
+        let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
+        match k.as_str() {
+            "--addr" => a.addr = v.parse()?,
+            "--pid" => a.pid = v.parse()?,
+            "--subscribers" => a.subscribers = v.parse()?,
+            "--size" => a.size = v.parse()?,
+            "--seconds" => a.seconds = v.parse()?,
+            "--warmup" => a.warmup = v.parse()?,
+            "--window" => a.window = v.parse()?,
+            "--publishers" => a.publishers = v.parse()?,
+            _ => bail!("unknown option {k}"),
+        }
+    }
+    Ok(a)
+}
+
+/// utime + stime of `pid` in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the ")" closing comm: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks as f64 / hz)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// WebSocket upgrade by hand; returns the stream right after the 101.
+async fn upgrade(addr: SocketAddr, channel: &str) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let req = format!(
+        "GET /ws?channel={channel} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut head = Vec::with_capacity(256);
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await? == 0 || head.len() > 4096 {
+            bail!("upgrade failed: {}", String::from_utf8_lossy(&head));
+        }
+        head.push(b[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
+    }
+    Ok(s)
+}
+
+/// Per-subscriber state shared with the report.
+#[derive(Default)]
+struct Totals {
+    frames: AtomicU64,
+    order_errors: AtomicU64,
+    closed: AtomicU64,
+}
+
+/// Reads frames until EOF: counts text frames, checks seqs are contiguous,
+/// answers pings with (masked, zero-key) pongs.
+async fn subscriber(mut s: TcpStream, prefix: Arc<Vec<u8>>, totals: Arc<Totals>, buf_size: usize) {
+    let mut buf = vec![0u8; buf_size];
+    let mut have = 0usize;
+    let mut last_seq = 0u64;
+    loop {
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match s.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        have += n;
+        let mut pos = 0;
+        let mut frames = 0u64;
+        loop {
+            let b = &buf[pos..have];
+            if b.len() < 2 {
+                break;
+            }
+            let opcode = b[0] & 0x0f;
+            let (len, hdr) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                l => (l as usize, 2),
+            };
+            if b.len() < hdr + len {
+                break;
+            }
+            let payload = &b[hdr..hdr + len];
+            match opcode {
+                1 => {
+                    frames += 1;
+                    let seq = payload
+                        .strip_prefix(prefix.as_slice())
+                        .map(|r| {
+                            r.iter()
+                                .take_while(|c| c.is_ascii_digit())
+                                .fold(0u64, |a, c| a * 10 + u64::from(c - b'0'))
+                        })
+                        .unwrap_or(0);
+                    if last_seq != 0 && seq != last_seq + 1 {
+                        totals.order_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last_seq = seq;
+                }
+                9 => {
+                    let mut pong = vec![0x8a, 0x80 | len as u8, 0, 0, 0, 0];
+                    pong.extend_from_slice(payload);
+                    if s.write_all(&pong).await.is_err() {
+                        break;
+                    }
+                }
+                8 => {
+                    totals.closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                _ => {}
+            }
+            pos += hdr + len;
+        }
+        if frames > 0 {
+            totals.frames.fetch_add(frames, Ordering::Relaxed);
+        }
+        buf.copy_within(pos..have, 0);
+        have -= pos;
+    }
+    totals.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A keep-alive HTTP/1.1 publisher connection.
+struct Publisher {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Publisher {
+    async fn connect(addr: SocketAddr) -> Result<Publisher> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Publisher {
+            r: BufReader::new(r),
+            w,
+        })
+    }
+
+    async fn publish(&mut self, channel: &str, body: &[u8]) -> Result<()> {
+        let head = format!(
+            "POST /publish/{channel} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.w.write_all(head.as_bytes()).await?;
+        self.w.write_all(body).await?;
+        let mut line = String::new();
+        self.r.read_line(&mut line).await?;
+        if !line.starts_with("HTTP/1.1 200") {
+            bail!("publish answered {line:?}");
+        }
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            self.r.read_line(&mut line).await?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.r.read_exact(&mut body).await?;
+        Ok(())
+    }
+}
+
+async fn connect_all(a: &Args, channel: &str, totals: &Arc<Totals>, buf: usize) -> Result<()> {
+    let prefix = Arc::new(format!("{{\"channel\":\"{channel}\",\"seq\":").into_bytes());
+    let mut pending = Vec::new();
+    for i in 0..a.subscribers {
+        pending.push(tokio::spawn({
+            let (addr, channel) = (a.addr, channel.to_string());
+            async move { upgrade(addr, &channel).await }
+        }));
+        // Bounded connect concurrency: the listen backlog is finite.
+        if pending.len() == 200 || i + 1 == a.subscribers {
+            for p in pending.drain(..) {
+                let s = p.await??;
+                tokio::spawn(subscriber(s, prefix.clone(), totals.clone(), buf));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn fanout(a: Args) -> Result<()> {
+    let channel = "bench";
+    let totals = Arc::new(Totals::default());
+    connect_all(&a, channel, &totals, 64 * 1024).await?;
+    let subs = a.subscribers as u64;
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(a.warmup + a.seconds);
+    let body = Arc::new(vec![b'x'; a.size.saturating_sub(60).max(1)]);
+    let mut tasks = Vec::new();
+    for _ in 0..a.publishers {
+        let (addr, totals, published, body) =
+            (a.addr, totals.clone(), published.clone(), body.clone());
+        let window = a.window;
+        tasks.push(tokio::spawn(async move {
+            let mut p = Publisher::connect(addr).await?;
+            while Instant::now() < stop {
+                // Flow control: stay at most `window` messages ahead of the
+                // average subscriber, so nobody is cut off as slow.
+                let n = published.load(Ordering::Relaxed);
+                if totals.frames.load(Ordering::Relaxed) + window * subs < n * subs {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                published.fetch_add(1, Ordering::Relaxed);
+                p.publish(channel, &body).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
+    let (f0, c0, t0) = (
+        totals.frames.load(Ordering::Relaxed),
+        cpu_seconds(a.pid)?,
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+    let (f1, c1, t1) = (
+        totals.frames.load(Ordering::Relaxed),
+        cpu_seconds(a.pid)?,
+        Instant::now(),
+    );
+    for t in tasks {
+        t.await??;
+    }
+    let wall = (t1 - t0).as_secs_f64();
+    let frame_len = format!(
+        "{{\"channel\":\"{channel}\",\"seq\":1000,\"id\":\"0123456789abcdef-1000\",\"data\":\"\"}}"
+    )
+    .len()
+        + body.len();
+    println!("subscribers={}", a.subscribers);
+    println!("message_bytes={frame_len}");
+    println!("published={}", published.load(Ordering::Relaxed));
+    println!("deliveries={}", f1 - f0);
+    println!("seconds={wall:.3}");
+    println!("deliveries_per_s={:.0}", (f1 - f0) as f64 / wall);
+    println!("pusher_cpu_pct={:.1}", (c1 - c0) / wall * 100.0);
+    println!(
+        "order_errors={}",
+        totals.order_errors.load(Ordering::Relaxed)
+    );
+    println!("disconnected={}", totals.closed.load(Ordering::Relaxed));
+    Ok(())
+}
+
+async fn idle(a: Args) -> Result<()> {
+    let before = rss_kib(a.pid)?;
+    let totals = Arc::new(Totals::default());
+    let t = Instant::now();
+    connect_all(&a, "idle", &totals, 512).await?;
+    let connect_s = t.elapsed().as_secs_f64();
+    // Let the server settle (upgrade tasks finish, buffers are freed).
+    tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+    let after = rss_kib(a.pid)?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / a.subscribers as f64;
+    println!("connections={}", a.subscribers);
+    println!("connect_seconds={connect_s:.2}");
+    println!("rss_before_kib={before}");
+    println!("rss_after_kib={after}");
+    println!("rss_per_connection_bytes={per:.0}");
+    println!("disconnected={}", totals.closed.load(Ordering::Relaxed));
+    Ok(())
+}
 
 fn main() {
-    eprintln!("pushscope-pusher-bench: not implemented yet");
-    std::process::exit(2);
+    let run = || -> Result<()> {
+        let a = parse_args()?;
+        if a.pid == 0 {
+            bail!("--pid of the pusher is required (CPU and RSS are read from /proc)");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        match a.mode.as_str() {
+            "fanout" => rt.block_on(fanout(a)),
+            "idle" => rt.block_on(idle(a)),
+            m => bail!("unknown mode {m}: fanout | idle"),
+        }
+    };
+    if let Err(e) = run() {
+        eprintln!("pushscope-pusher-bench: {e:#}");
+        std::process::exit(1);
+    }
 }
