@@ -578,11 +578,13 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         }
         None => None,
     };
-    log::info!(
-        "observing PID {} (ports {:?}); Ctrl-C to stop",
+    // The first stdout line says the probes are attached (tests wait for it).
+    println!(
+        "observing PID {} (listening ports {:?}); Ctrl-C to stop",
         args.pid,
         obs.ports()
     );
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let started = Instant::now();
     let why = loop {
         if INTERRUPTED.load(Ordering::Relaxed) {
