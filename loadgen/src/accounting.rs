@@ -190,6 +190,8 @@ pub struct StageStats {
     pub expected: u64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Second copies of a message the publisher re-posted after a failed POST.
+    pub republished: u64,
     pub out_of_order: u64,
     pub late: u64,
     /// Frames without a marker (or not parseable).
@@ -223,6 +225,7 @@ impl Default for StageStats {
             expected: 0,
             lost: 0,
             duplicates: 0,
+            republished: 0,
             out_of_order: 0,
             late: 0,
             unmarked: 0,
@@ -255,6 +258,7 @@ impl StageStats {
         self.expected += o.expected;
         self.lost += o.lost;
         self.duplicates += o.duplicates;
+        self.republished += o.republished;
         self.out_of_order += o.out_of_order;
         self.late += o.late;
         self.unmarked += o.unmarked;

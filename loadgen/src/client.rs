@@ -271,7 +271,7 @@ fn on_frame(
     };
     let verdict = st.subs[local].on_receive(m.pseq, &st.schedule, cfg.settle_ns);
     if let Some(log) = st.log.as_mut() {
-        log.received(id, m.msg_id);
+        log.received(id, m.msg_id, m.attempt);
     }
     let s = st.stage_stats(m.stage);
     match verdict {
@@ -280,6 +280,8 @@ fn on_frame(
             s.out_of_order += u64::from(out_of_order);
             record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000);
         }
+        // A re-posted copy is the publisher's duplicate, not the server's.
+        Verdict::Duplicate if m.attempt > 0 => s.republished += 1,
         Verdict::Duplicate => s.duplicates += 1,
         Verdict::Late => s.late += 1,
         Verdict::PreBaseline => {}

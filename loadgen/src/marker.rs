@@ -1,10 +1,12 @@
 //! The marker each published message carries inside its body, and the
 //! open-model publish schedule. The marker is plain ASCII so it survives any
 //! server that forwards the body as text:
-//! `psm1.<channel>.<pseq>.<msg_id>.<stage>.<scheduled_unix_ns>.` then padding.
+//! `psm1.<channel>.<pseq>.<msg_id>.<stage>.<scheduled_unix_ns>.<attempt>.` then padding.
 //! `pseq` is the publisher's own per-channel sequence (1, 2, …), so loss and
 //! order are judged the same way for every protocol; the scheduled time is
 //! the send time the schedule *intended*, so replayed or late messages keep it.
+//! `attempt` > 0 marks a re-publish after a failed POST: if the first POST
+//! was in fact accepted, the copy is the publisher's duplicate, not the server's.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,14 +19,15 @@ pub struct Marker {
     pub msg_id: u64,
     pub stage: u32,
     pub sched_ns: u64,
+    pub attempt: u32,
 }
 
 impl Marker {
     /// The message body: marker padded with `x` up to `payload_bytes`.
     pub fn body(&self, payload_bytes: usize) -> String {
         let mut s = format!(
-            "{PREFIX}{}.{}.{}.{}.{}.",
-            self.channel, self.pseq, self.msg_id, self.stage, self.sched_ns
+            "{PREFIX}{}.{}.{}.{}.{}.{}.",
+            self.channel, self.pseq, self.msg_id, self.stage, self.sched_ns, self.attempt
         );
         if s.len() < payload_bytes {
             s.extend(std::iter::repeat_n('x', payload_bytes - s.len()));
@@ -35,7 +38,7 @@ impl Marker {
     /// Finds and parses the marker anywhere in a received frame.
     pub fn find(frame: &str) -> Option<Marker> {
         let start = frame.find(PREFIX)? + PREFIX.len();
-        let mut it = frame[start..].splitn(6, '.');
+        let mut it = frame[start..].splitn(7, '.');
         let mut next = || it.next()?.parse::<u64>().ok();
         Some(Marker {
             channel: u32::try_from(next()?).ok()?,
@@ -43,6 +46,7 @@ impl Marker {
             msg_id: next()?,
             stage: u32::try_from(next()?).ok()?,
             sched_ns: next()?,
+            attempt: u32::try_from(next()?).ok()?,
         })
     }
 }
@@ -107,6 +111,7 @@ mod tests {
             msg_id: 4242,
             stage: 1,
             sched_ns: 1_700_000_000_123_456_789,
+            attempt: 2,
         };
         let body = m.body(200);
         assert_eq!(body.len(), 200);

@@ -1,7 +1,8 @@
 //! `--log-dir` operation logs, one line per event so `verify` (and a
 //! person with grep) can read them:
 //! `publish.log`: `p <msg_id> <channel> <pseq> <scheduled_ns> <server_seq|->`;
-//! `recv-<shard>-<lane>.log`: `r <subscriber> <msg_id>` per received frame,
+//! `recv-<shard>-<lane>.log`: `r <subscriber> <msg_id> [<attempt>]` per received frame
+//! (attempt > 0: a copy the publisher re-posted),
 //! `a <subscriber> <seq>` per ACK sent, and at the end one
 //! `s <subscriber> <channel> <baseline_pseq|-> <judged_up_to_pseq>` per subscriber.
 
@@ -24,8 +25,12 @@ impl LogWriter {
     }
 
     // Write errors surface at flush; a full disk must not stall the load.
-    pub fn received(&mut self, sub: u64, msg_id: u64) {
-        let _ = writeln!(self.out, "r {sub} {msg_id}");
+    pub fn received(&mut self, sub: u64, msg_id: u64, attempt: u32) {
+        let _ = if attempt == 0 {
+            writeln!(self.out, "r {sub} {msg_id}")
+        } else {
+            writeln!(self.out, "r {sub} {msg_id} {attempt}")
+        };
     }
 
     pub fn acked(&mut self, sub: u64, seq: u64) {

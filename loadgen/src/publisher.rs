@@ -94,6 +94,7 @@ impl Publisher {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.push(tx);
             workers.push(tokio::spawn(worker(
+                sc.payload_bytes,
                 rx,
                 ep.clone(),
                 proto.clone(),
@@ -133,6 +134,7 @@ impl Publisher {
                         msg_id: i + 1,
                         stage: s.stage,
                         sched_ns: schedule.sched_ns(i),
+                        attempt: 0,
                     };
                     let body = Bytes::from(marker.body(payload));
                     let _ = senders[channel as usize % senders.len()].send(Job { marker, body });
@@ -256,6 +258,7 @@ async fn post(
 }
 
 async fn worker(
+    payload: usize,
     mut rx: mpsc::UnboundedReceiver<Job>,
     ep: Endpoint,
     proto: Arc<Protocol>,
@@ -271,6 +274,7 @@ async fn worker(
             .unwrap_or("/".into());
         let give_up = job.marker.sched_ns + RETRY_WINDOW.as_nanos() as u64;
         let mut attempt = 0u32;
+        let mut job = job;
         let outcome = loop {
             let res = match sender.as_mut() {
                 Some(s) => post(s, &ep, &path, &job).await,
@@ -295,6 +299,8 @@ async fn worker(
             }
             tokio::time::sleep(crate::client::backoff(attempt.min(4))).await;
             attempt += 1;
+            job.marker.attempt = attempt;
+            job.body = Bytes::from(job.marker.body(payload));
         };
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         s.in_flight -= 1;

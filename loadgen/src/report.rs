@@ -12,6 +12,7 @@ pub const CPU_WARN_PCT: f64 = 80.0;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Connections {
     pub target: u64,
+    /// Subscribers connected at least once by the end of the stage (and not closed on purpose).
     pub opened: u64,
     pub failed: u64,
     pub unexpected_disconnects: u64,
@@ -79,12 +80,17 @@ pub struct StageReport {
     pub messages: Messages,
     pub latency_ms: Latency,
     pub client_phases_ms: ClientPhases,
+    /// Subscribers whose first connection succeeded during this stage.
+    pub new_connections: u64,
     pub intended_disconnects: u64,
     pub connection_seconds: f64,
     pub failed_by_reason: BTreeMap<String, u64>,
     pub disconnects_by_reason: BTreeMap<String, u64>,
     /// Received after their gap had been declared lost.
     pub late: u64,
+    /// Second copies of messages the publisher re-posted after a failed POST
+    /// (not counted as duplicates: the server accepted two publishes).
+    pub republished: u64,
     /// Frames without a marker of the subscriber's channel.
     pub unmarked: u64,
     pub loadgen: LoadgenHealth,
@@ -109,6 +115,8 @@ fn phase(h: &Histogram<u64>) -> Phase {
 pub struct StageMeta {
     pub stage: u32,
     pub target: u64,
+    /// Cumulative `opened` at the end of this stage.
+    pub opened_total: u64,
     pub started_unix_ns: u64,
     pub ended_unix_ns: u64,
 }
@@ -132,7 +140,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
         ended_unix_ns: meta.ended_unix_ns,
         connections: Connections {
             target: meta.target,
-            opened: s.opened,
+            opened: meta.opened_total,
             failed: s.failed,
             unexpected_disconnects: s.unexpected_disconnects,
             reconnects: s.reconnects,
@@ -164,11 +172,13 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
             upgrade: phase(&s.upgrade),
             first_message: phase(&s.first_message),
         },
+        new_connections: s.opened,
         intended_disconnects: s.intended_disconnects,
         connection_seconds: conn_s,
         failed_by_reason: s.failed_by_reason.clone(),
         disconnects_by_reason: s.disconnects_by_reason.clone(),
         late: s.late,
+        republished: s.republished,
         unmarked: s.unmarked,
         loadgen: LoadgenHealth {
             cpu_pct: s.cpu_pct.clone(),

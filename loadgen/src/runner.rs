@@ -93,6 +93,8 @@ struct Driver<'f> {
     warnings: Vec<String>,
     on_event: &'f mut dyn FnMut(StageEvent<'_>),
     live: Live,
+    /// Subscribers connected at least once minus those closed on purpose.
+    opened_total: u64,
 }
 
 /// Checks that a WebSocket upgrade succeeds before any load is started.
@@ -190,6 +192,7 @@ pub async fn run(
         warnings,
         on_event,
         live,
+        opened_total: 0,
     };
     let result = d.stages().await;
     for p in d.pools.iter_mut() {
@@ -314,6 +317,7 @@ impl Driver<'_> {
                 meta: StageMeta {
                     stage: k,
                     target: target as u64,
+                    opened_total: 0,
                     started_unix_ns: started_ns,
                     ended_unix_ns: ended_ns,
                 },
@@ -331,7 +335,7 @@ impl Driver<'_> {
         Ok(())
     }
 
-    async fn close(&mut self, p: PendingClose) -> Result<(), LoadError> {
+    async fn close(&mut self, mut p: PendingClose) -> Result<(), LoadError> {
         let k = p.meta.stage;
         let publish = self.publisher.stage_result(k);
         let failed = publish.failed.clone();
@@ -352,6 +356,9 @@ impl Driver<'_> {
         if let Some(c) = p.coord_cpu {
             total.cpu_pct.insert(0, c);
         }
+        self.opened_total =
+            (self.opened_total + total.opened).saturating_sub(total.intended_disconnects);
+        p.meta.opened_total = self.opened_total;
         let report = stage_report(&p.meta, &total, &publish);
         if report.loadgen.cpu_warning {
             let w = format!(

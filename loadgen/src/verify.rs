@@ -40,6 +40,8 @@ pub struct VerifyResult {
     pub lost: Vec<(u64, u64)>,
     /// (subscriber, msg_id, times received)
     pub duplicated: Vec<(u64, u64, u64)>,
+    /// (subscriber, msg_id) received more than once only because the publisher re-posted it.
+    pub republished: Vec<(u64, u64)>,
     /// (subscriber, msg_id) received but never published on its channel.
     pub unexpected: Vec<(u64, u64)>,
     /// Published but absent from the server's list.
@@ -158,7 +160,8 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
     if recv_files.is_empty() {
         return Err(VerifyError::NoReceiveLogs(dir.into()));
     }
-    let mut got: HashMap<u64, HashMap<u64, u64>> = HashMap::new();
+    // subscriber → msg_id → (copies, copies from re-posts)
+    let mut got: HashMap<u64, HashMap<u64, (u64, u64)>> = HashMap::new();
     let mut subs: BTreeMap<u64, Sub> = BTreeMap::new();
     let mut result = VerifyResult {
         published: channel_of.len(),
@@ -170,7 +173,9 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
             let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
             match (f.first(), parse(1), parse(2)) {
                 (Some(&"r"), Some(sub), Some(id)) => {
-                    *got.entry(sub).or_default().entry(id).or_default() += 1;
+                    let e = got.entry(sub).or_default().entry(id).or_default();
+                    e.0 += 1;
+                    e.1 += u64::from(parse(3).is_some_and(|a| a > 0));
                     result.received += 1;
                 }
                 (Some(&"a"), Some(_), Some(_)) => {}
@@ -205,11 +210,13 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
         }
         let mut ids: Vec<_> = mine.into_iter().collect();
         ids.sort_unstable();
-        for (id, count) in ids {
+        for (id, (count, reposted)) in ids {
             if channel_of.get(&id) != Some(&s.channel) {
                 result.unexpected.push((sub, id));
-            } else if count > 1 {
+            } else if count - reposted.min(count - 1) > 1 {
                 result.duplicated.push((sub, id, count));
+            } else if count > 1 {
+                result.republished.push((sub, id));
             }
         }
     }

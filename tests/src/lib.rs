@@ -6,6 +6,8 @@
 //! before the tests run; a missing binary says so.
 
 pub mod observer;
+pub mod faulty_server;
+pub mod loadgen;
 pub mod pusher;
 
 use std::{

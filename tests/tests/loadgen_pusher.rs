@@ -1,0 +1,149 @@
+//! `pushscope load` against the reference pusher: staged runs with exact
+//! counts, and the exit codes of bad input and an unreachable target.
+
+use pushscope_tests::{heavy_lock, loadgen::pushscope, pusher::Pusher};
+use std::time::Duration;
+
+#[test]
+fn staged_run_counts_every_message_exactly() {
+    let _heavy = heavy_lock();
+    let p = Pusher::start(&[]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("ws://{}/ws", p.addr);
+    let logs = out.path().join("logs");
+    // Stage 2 adds nobody, so every subscriber is there for all its messages.
+    let run = pushscope(
+        &[
+            "load",
+            "--url",
+            &url,
+            "--stages",
+            "40:2s,80:2s,80:2s",
+            "--channels",
+            "4",
+            "--rate",
+            "400",
+            "--connect-rate",
+            "500/s",
+            "--grace",
+            "1s",
+            "--progress-interval",
+            "1s",
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ],
+        Some(out.path()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    for k in 0..3 {
+        let m = |f| run.stage_u64(k, "messages", f);
+        assert!(m("published") > 0, "stage {k}: {}", run.stage(k));
+        assert_eq!(m("lost"), 0, "stage {k}: {}", run.stage(k));
+        assert_eq!(m("duplicates"), 0, "stage {k}: {}", run.stage(k));
+        assert_eq!(m("out_of_order"), 0, "stage {k}: {}", run.stage(k));
+        assert_eq!(m("received"), m("expected"), "stage {k}: {}", run.stage(k));
+        assert_eq!(run.stage_u64(k, "connections", "unexpected_disconnects"), 0);
+        assert_eq!(run.stage_u64(k, "connections", "failed"), 0);
+        assert!(run.stage(k)["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    }
+    for k in 0..2 {
+        // Phases of the connections opened in the stage (stage 2 opens none).
+        for phase in ["connect", "upgrade", "first_message"] {
+            assert!(
+                run.stage(k)["client_phases_ms"][phase]["p50"]
+                    .as_f64()
+                    .unwrap()
+                    > 0.0,
+                "{phase}: {}",
+                run.stage(k)
+            );
+        }
+    }
+    assert!(run.stage(2)["client_phases_ms"]["upgrade"]["p50"].is_null());
+    assert_eq!(run.stage_u64(0, "connections", "opened"), 40);
+    assert_eq!(run.stage_u64(1, "connections", "opened"), 80);
+    assert_eq!(run.stage_u64(1, "connections", "target"), 80);
+    // Nobody joined in stage 2: each of its messages reached all 20 subscribers of its channel.
+    assert_eq!(
+        run.stage_u64(2, "messages", "received"),
+        run.stage_u64(2, "messages", "published") * 20,
+        "{}",
+        run.stage(2)
+    );
+    // 400 msgs/s for ~2 s per stage, scheduled (open model), not best effort.
+    let published: u64 = (0..3)
+        .map(|k| run.stage_u64(k, "messages", "published"))
+        .sum();
+    assert!((2000..=3200).contains(&published), "published {published}");
+    assert_eq!(run.stage(2)["connections"]["stability"].as_f64(), Some(1.0));
+    // The logs agree, id by id.
+    let v = pushscope(
+        &["verify", "--log-dir", logs.to_str().unwrap()],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(v.code, Some(0), "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains("verdict: CONSISTENT"), "{}", v.stdout);
+    assert!(
+        v.stdout.contains(&format!("{published} published")),
+        "{}",
+        v.stdout
+    );
+}
+
+#[test]
+fn unreachable_target_exits_3_with_one_sentence() {
+    // A port nobody listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let run = pushscope(
+        &["load", "--url", &url, "--stages", "1:1s"],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(3), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("unreachable"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim().lines().count(),
+        1,
+        "one sentence: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_problem() {
+    let run = pushscope(
+        &["load", "--url", "ws://127.0.0.1:1/ws", "--stages", "10"],
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("CONNECTIONS:HOLD"), "{}", run.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        "url = \"ws://127.0.0.1:1/ws\"\nconnect_rat = \"10/s\"\n",
+    )
+    .unwrap();
+    let run = pushscope(
+        &["load", "--scenario", file.to_str().unwrap()],
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("connect_rat"), "{}", run.stderr);
+    let run = pushscope(&["verify"], None, Duration::from_secs(10)).unwrap();
+    assert_eq!(run.code, Some(2));
+}
