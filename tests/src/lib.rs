@@ -5,9 +5,9 @@
 //! The binaries are built by `cargo xtask test` (`cargo build --workspace`)
 //! before the tests run; a missing binary says so.
 
-pub mod observer;
 pub mod faulty_server;
 pub mod loadgen;
+pub mod observer;
 pub mod pusher;
 
 use std::{
