@@ -298,6 +298,34 @@ impl Hub {
             .clone()
     }
 
+    /// Forgets `channel` if nothing uses it any more (no message ever
+    /// committed, no subscriber, no other holder), so subscribing to random
+    /// names cannot grow the map. Holders are counted under the write lock:
+    /// a publish in flight holds an `Arc` and keeps the channel.
+    pub fn release(&self, channel: Arc<Channel>) {
+        let mut w = self.channels.write().unwrap_or_else(|p| p.into_inner());
+        let unused = {
+            let st = channel.lock();
+            st.last_seq == 0 && st.subs.is_empty()
+        };
+        // The map's reference and ours.
+        if unused && Arc::strong_count(&channel) == 2 {
+            w.remove(&channel.name);
+            let _ = self
+                .metrics
+                .push_queue_length
+                .remove_label_values(&[&channel.name]);
+        }
+    }
+
+    /// Number of channels in memory.
+    pub fn channel_count(&self) -> usize {
+        self.channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     pub fn next_subscriber_id(&self) -> u64 {
         self.next_sub.fetch_add(1, Ordering::Relaxed)
     }
@@ -369,6 +397,25 @@ mod tests {
         assert_eq!(ch.subscriber_count(), 0);
         assert_eq!(m.slow_consumer_drops.get(), 1);
         assert_eq!(ch.backlog.get(), 0);
+    }
+
+    #[test]
+    fn unused_channels_are_forgotten_used_ones_kept() {
+        let hub = Hub::new(Arc::new(Metrics::new()), limits(10));
+        let ch = hub.channel("idle");
+        let s = ch.subscribe(1, None);
+        ch.unsubscribe(&s.sub, 0);
+        hub.release(ch);
+        assert_eq!(hub.channel_count(), 0);
+        let ch = hub.channel("busy");
+        ch.commit(&msgs("busy", 1..=1));
+        hub.release(ch);
+        assert_eq!(hub.channel_count(), 1);
+        let held = hub.channel("held");
+        let other = hub.channel("held");
+        hub.release(other);
+        assert_eq!(hub.channel_count(), 2, "a holder keeps it");
+        drop(held);
     }
 
     #[test]

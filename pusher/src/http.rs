@@ -241,6 +241,7 @@ where
     // client sees the 101 is delivered, even without last_seq.
     let subscription = channel.subscribe(st.hub.next_subscriber_id(), last_seq);
     let metrics = st.hub.metrics.clone();
+    let hub = st.hub.clone();
     let heartbeat = st.heartbeat;
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -249,6 +250,8 @@ where
                 log::debug!("upgrade failed: {e}");
                 let unsent = subscription.replay.len();
                 channel.unsubscribe(&subscription.sub, unsent);
+                drop(subscription);
+                hub.release(channel);
                 return;
             }
         };
@@ -258,6 +261,7 @@ where
                 ws::serve(
                     parts.io.into_inner(),
                     parts.read_buf.to_vec(),
+                    hub,
                     channel,
                     subscription,
                     last_seq,
@@ -270,6 +274,7 @@ where
                 ws::serve(
                     TokioIo::new(up),
                     Vec::new(),
+                    hub,
                     channel,
                     subscription,
                     last_seq,

@@ -31,7 +31,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    channel::{Channel, Msg, Subscriber, Subscription},
+    channel::{Channel, Hub, Msg, Subscriber, Subscription},
     config::MAX_CLIENT_FRAME,
     metrics::Metrics,
 };
@@ -88,9 +88,11 @@ struct Conn<S> {
 }
 
 /// Serves a subscriber on an upgraded stream until it ends.
+#[allow(clippy::too_many_arguments)] // one call site, all distinct roles
 pub async fn serve<S>(
     io: S,
     leftover: Vec<u8>,
+    hub: Arc<Hub>,
     channel: Arc<Channel>,
     subscription: Subscription,
     last_seq: Option<u64>,
@@ -157,6 +159,8 @@ pub async fn serve<S>(
         }
         Exit::Gone => {}
     }
+    drop(conn);
+    hub.release(channel);
 }
 
 fn read_error(e: WsError) -> Exit {

@@ -154,3 +154,9 @@ fn kill_9_mid_stream_fsync_always_keeps_every_acked_publish() {
 fn kill_9_mid_stream_fsync_batch_keeps_every_acked_publish() {
     run_heavy("batch");
 }
+
+/// `never` only promises to survive a crash of the process (page cache).
+#[test]
+fn kill_9_mid_stream_fsync_never_keeps_every_acked_publish() {
+    run_heavy("never");
+}
