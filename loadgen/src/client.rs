@@ -148,6 +148,10 @@ fn classify(e: &tungstenite::Error) -> &'static str {
         E::ConnectionClosed | E::AlreadyClosed => "closed",
         E::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset => "connection reset",
         E::Io(_) => "io error",
+        // The peer vanished (crash, RST, EOF) without a close frame.
+        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            "connection reset"
+        }
         E::Protocol(_) => "protocol error",
         E::Capacity(_) => "frame too large",
         _ => "websocket error",

@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 
 /// Give up re-publishing a message this long after it was due.
 const RETRY_WINDOW: Duration = Duration::from_secs(30);
+/// A publish with no answer after this long is retried on a new connection.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct State {

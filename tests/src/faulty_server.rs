@@ -187,7 +187,10 @@ async fn publish_loop(
     }
 }
 
-#[expect(clippy::result_large_err, reason = "the handshake callback's error type is tungstenite's")]
+#[expect(
+    clippy::result_large_err,
+    reason = "the handshake callback's error type is tungstenite's"
+)]
 async fn subscribe(sock: TcpStream, state: Arc<Mutex<Channels>>) -> anyhow::Result<()> {
     let mut channel = String::new();
     let ws = tokio_tungstenite::accept_hdr_async(sock, |req: &Request, resp: Response| {
