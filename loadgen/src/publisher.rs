@@ -232,21 +232,26 @@ async fn post(
         .header("x-msg-id", job.marker.msg_id.to_string())
         .body(Full::new(job.body.clone()))
         .map_err(|e| (false, format!("request: {e}")))?;
-    sender
-        .ready()
+    let exchange = async {
+        sender
+            .ready()
+            .await
+            .map_err(|e| (true, format!("http: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| (true, format!("http: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| (true, format!("http body: {e}")))?;
+        Ok((status, body.to_bytes()))
+    };
+    let (status, body) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|e| (true, format!("http: {e}")))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| (true, format!("http: {e}")))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| (true, format!("http body: {e}")))?
-        .to_bytes();
+        .unwrap_or(Err((true, "http: timeout".to_string())))?;
     if status.is_success() {
         #[derive(serde::Deserialize)]
         struct Reply {
