@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct Msg {
     pub seq: u64,
-    pub id: Box<str>,
+    pub id: Arc<str>,
     /// The complete text frame `{"channel":…,"seq":…,"id":…,"data":…}`,
     /// encoded once for all subscribers.
     pub frame: Utf8Bytes,
@@ -137,6 +137,8 @@ struct ChanState {
     retained_bytes: usize,
     /// Highest committed seq (0: none yet).
     last_seq: u64,
+    /// Msg id → seq of the retained messages (idempotent publish).
+    ids: HashMap<Arc<str>, u64>,
     subs: HashMap<u64, Arc<Subscriber>>,
 }
 
@@ -164,6 +166,7 @@ impl Channel {
                 retained: VecDeque::new(),
                 retained_bytes: 0,
                 last_seq: 0,
+                ids: HashMap::new(),
                 subs: HashMap::new(),
             }),
             backlog: metrics.push_queue_length.with_label_values(&[name]),
@@ -179,6 +182,14 @@ impl Channel {
     /// Highest committed seq.
     pub fn last_seq(&self) -> u64 {
         self.lock().last_seq
+    }
+
+    /// The retained message published with msg id `id`, if any.
+    pub fn find_id(&self, id: &str) -> Option<Arc<Msg>> {
+        let st = self.lock();
+        let seq = *st.ids.get(id)?;
+        let i = st.retained.partition_point(|m| m.seq < seq);
+        st.retained.get(i).filter(|m| m.seq == seq).cloned()
     }
 
     /// Oldest retained seq (last_seq + 1 when nothing is retained).
@@ -197,11 +208,15 @@ impl Channel {
             st.last_seq = msg.seq;
             st.retained_bytes += msg.size;
             st.retained.push_back(msg.clone());
+            st.ids.insert(msg.id.clone(), msg.seq);
             while st.retained.len() > self.limits.retain_messages
                 || (st.retained_bytes > self.limits.retain_bytes && st.retained.len() > 1)
             {
                 let old = st.retained.pop_front().expect("non-empty");
                 st.retained_bytes -= old.size;
+                if st.ids.get(&old.id) == Some(&old.seq) {
+                    st.ids.remove(&old.id);
+                }
             }
             for (id, sub) in &st.subs {
                 if sub.overflowed() {
@@ -384,6 +399,16 @@ mod tests {
         assert_eq!(live.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
         assert_eq!(ch.first_retained_seq(), 5);
         assert_eq!(ch.backlog.get(), 4);
+    }
+
+    #[test]
+    fn ids_of_the_retained_window_are_found() {
+        let hub = Hub::new(Arc::new(Metrics::new()), limits(100));
+        let ch = hub.channel("c");
+        ch.commit(&msgs("c", 1..=5));
+        assert!(ch.find_id("id1").is_none(), "evicted by retention (3)");
+        assert_eq!(ch.find_id("id4").unwrap().seq, 4);
+        assert!(ch.find_id("nope").is_none());
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     /// Messages accepted by `POST /publish` (answered 200).
     pub publishes: IntCounter,
+    /// Publishes answered with an earlier message (same X-Msg-Id retained).
+    pub duplicate_publishes: IntCounter,
     /// Message frames written to subscribers (live and replayed).
     pub deliveries: IntCounter,
     /// Valid `{"ack":N}` frames received.
@@ -84,6 +86,11 @@ impl Metrics {
                 &r,
                 "pusher_publishes_total",
                 "Messages published (answered 200)",
+            ),
+            duplicate_publishes: counter(
+                &r,
+                "pusher_duplicate_publishes_total",
+                "Publishes whose X-Msg-Id matched a retained message: answered with the original, not pushed again",
             ),
             deliveries: counter(
                 &r,

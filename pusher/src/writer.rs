@@ -58,6 +58,8 @@ struct ChanWriter {
     buf: Vec<u8>,
     batch_first: u64,
     batch: Vec<Arc<Msg>>,
+    /// Msg ids of `batch`, for retries that arrive in the same batch.
+    batch_ids: HashMap<Arc<str>, Arc<Msg>>,
 }
 
 struct State {
@@ -174,6 +176,7 @@ impl State {
                     buf: Vec::new(),
                     batch_first: 0,
                     batch: Vec::new(),
+                    batch_ids: HashMap::new(),
                 },
             );
         }
@@ -205,6 +208,7 @@ impl State {
                     buf: Vec::new(),
                     batch_first: 0,
                     batch: Vec::new(),
+                    batch_ids: HashMap::new(),
                 },
             );
         }
@@ -213,7 +217,7 @@ impl State {
 
     fn run(mut self, mut rx: mpsc::Receiver<PublishReq>) {
         let mut batch: Vec<PublishReq> = Vec::new();
-        let mut outcome: Vec<(PublishReq, Option<Arc<Msg>>)> = Vec::new();
+        let mut outcome: Vec<(PublishReq, Option<Arc<Msg>>, bool)> = Vec::new();
         let mut dirty: Vec<Box<str>> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             if self.cfg.fsync == FsyncPolicy::Batch && !self.cfg.batch_window.is_zero() {
@@ -234,7 +238,7 @@ impl State {
     fn process(
         &mut self,
         batch: &mut Vec<PublishReq>,
-        outcome: &mut Vec<(PublishReq, Option<Arc<Msg>>)>,
+        outcome: &mut Vec<(PublishReq, Option<Arc<Msg>>, bool)>,
         dirty: &mut Vec<Box<str>>,
     ) {
         let fsync = self.cfg.fsync;
@@ -248,8 +252,21 @@ impl State {
             };
             let cw = self.chan_writer(&req.channel);
             if cw.broken.is_some() {
-                outcome.push((req, None));
+                outcome.push((req, None, false));
                 continue;
+            }
+            if req.id.is_some() {
+                // Idempotent retry: same msg id as a retained message (or
+                // one earlier in this batch) → the original, nothing new.
+                let dup = match cw.batch_ids.get(id.as_str()) {
+                    Some(m) => Some(m.clone()),
+                    None => cw.channel.find_id(&id),
+                };
+                if let Some(m) = dup {
+                    self.hub.metrics.duplicate_publishes.inc();
+                    outcome.push((req, Some(m), false));
+                    continue;
+                }
             }
             let seq = cw.next_seq;
             cw.next_seq += 1;
@@ -262,12 +279,16 @@ impl State {
                 encode_record(&mut cw.buf, seq, &id, req.data.as_ref());
             }
             let msg = Arc::new(Msg::new(&cw.channel.name, seq, &id, data));
+            if req.id.is_some() {
+                cw.batch_ids.insert(msg.id.clone(), msg.clone());
+            }
             cw.batch.push(msg.clone());
-            outcome.push((req, Some(msg)));
+            outcome.push((req, Some(msg), true));
         }
         let mut failed: HashMap<Box<str>, String> = HashMap::new();
         for name in dirty.iter() {
             let cw = self.chans.get_mut(name).expect("dirty channel");
+            cw.batch_ids.clear();
             let last = cw.batch.last().map_or(0, |m| m.seq);
             if let Some(log) = cw.log.as_mut() {
                 let res = log.append(&cw.buf, cw.batch_first, last).and_then(|()| {
@@ -303,10 +324,12 @@ impl State {
             }
         }
         dirty.clear();
-        for (req, msg) in outcome.drain(..) {
+        for (req, msg, new) in outcome.drain(..) {
             let res = match msg {
                 Some(m) if !failed.contains_key(&req.channel.name) => {
-                    self.hub.metrics.publishes.inc();
+                    if new {
+                        self.hub.metrics.publishes.inc();
+                    }
                     Ok(m)
                 }
                 _ => Err(match failed.get(&req.channel.name) {

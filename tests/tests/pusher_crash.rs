@@ -120,6 +120,16 @@ async fn crash_and_recover(fsync: &str) {
         assert_eq!(m.data, format!("payload {id}"));
     }
     assert_eq!(by_seq[&next].id, "after");
+    // The msg id index is rebuilt: retrying an acked publish is idempotent.
+    let (seq, id) = acked.iter().next_back().unwrap();
+    let again = publish(
+        p.addr,
+        "ledger",
+        Some(id),
+        format!("payload {id}").as_bytes(),
+    )
+    .await;
+    assert_eq!(again.unwrap().0, *seq);
 
     // Resume from the middle works after the restart.
     let from = max_acked / 2;

@@ -340,3 +340,58 @@ async fn malformed_client_frames_close_with_a_code_and_are_counted() {
     assert_eq!(metric(p.addr, "pusher_acks_total").await.unwrap(), 2.0);
     assert_eq!(metric(p.addr, "pusher_connections").await.unwrap(), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_publish_with_the_same_msg_id_is_not_pushed_twice() {
+    let p = Pusher::start(&[]).unwrap();
+    let mut ws = connect(&p.ws_url("pay")).await;
+    assert_eq!(
+        publish(p.addr, "pay", Some("tx-1"), b"100 EUR")
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+    // A retry (e.g. after a timeout) answers the original seq.
+    assert_eq!(
+        publish(p.addr, "pay", Some("tx-1"), b"100 EUR")
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+    // Concurrent retries of one id: one seq for all.
+    let addr = p.addr;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { publish(addr, "pay", Some("tx-2"), b"5 EUR").await }))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().0, 2);
+    }
+    // The same id on another channel is another message.
+    assert_eq!(
+        publish(p.addr, "other", Some("tx-1"), b"x")
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+    assert_eq!(
+        publish(p.addr, "pay", Some("tx-3"), b"1 EUR")
+            .await
+            .unwrap()
+            .0,
+        3
+    );
+    for seq in 1..=3 {
+        assert_eq!(next_pushed(&mut ws).await.seq, seq);
+    }
+    assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    assert_eq!(
+        metric(p.addr, "pusher_duplicate_publishes_total")
+            .await
+            .unwrap(),
+        8.0
+    );
+    assert_eq!(metric(p.addr, "pusher_publishes_total").await.unwrap(), 4.0);
+}
