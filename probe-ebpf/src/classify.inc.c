@@ -134,9 +134,15 @@ int ps_enter_read(struct tp_sys_enter *ctx)
 	return 0;
 }
 
+/* MSG_PEEK reads (nginx peeks 1 byte to tell TLS from plain) consume
+ * nothing: they are neither bytes nor a turn. */
+#define PS_MSG_PEEK 2
+
 SEC("tracepoint/syscalls/sys_enter_recvfrom")
 int ps_enter_recvfrom(struct tp_sys_enter *ctx)
 {
+	if (ctx->args[3] & PS_MSG_PEEK)
+		return 0;
 	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 0);
 	return 0;
 }
@@ -151,6 +157,8 @@ int ps_enter_readv(struct tp_sys_enter *ctx)
 SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int ps_enter_recvmsg(struct tp_sys_enter *ctx)
 {
+	if (ctx->args[2] & PS_MSG_PEEK)
+		return 0;
 	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 2);
 	return 0;
 }

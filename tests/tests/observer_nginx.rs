@@ -1,0 +1,149 @@
+//! The observer on NGINX + nchan with TLS (OpenSSL), master + 2 workers,
+//! observed by the master's PID (needs root: real probes). The config comes
+//! from tests/fixtures/nginx-nchan.conf. N WebSocket subscribers over TLS →
+//! exactly N accepted (by the workers), N closed, every phase counted N
+//! times, durations consistent with the client's (tests/src/observer.rs).
+
+use pushscope_tests::{
+    heavy_lock,
+    observer::{check, run_clients, tls_material, Observe},
+    pusher::http_on,
+    skip_unless_root,
+};
+use rustls::pki_types::ServerName;
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use tokio_rustls::TlsConnector;
+
+const N: usize = 20;
+
+/// NGINX in its own process group: SIGTERM to the master, then SIGKILL to
+/// the group, so no worker outlives the test.
+struct Nginx {
+    child: Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: signals to our own child and its process group.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(dir: &Path, cert: &str, key: &str) -> (Nginx, SocketAddr) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let template = include_str!("../fixtures/nginx-nchan.conf");
+    let conf = template
+        .replace("{{DIR}}", &dir.to_string_lossy())
+        .replace("{{PORT}}", &port.to_string())
+        .replace("{{CERT}}", cert)
+        .replace("{{KEY}}", key);
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("nginx is installed (.ci/run installs nginx and libnginx-mod-nchan)");
+    let ng = Nginx { child };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Ready when it accepts and both workers are forked.
+    loop {
+        let workers = pushscope_children(ng.child.id());
+        if TcpStream::connect(addr).is_ok() && workers >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not come up: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (ng, addr)
+}
+
+/// Number of direct children of `pid` (the nginx workers).
+fn pushscope_children(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|t| {
+                    std::fs::read_to_string(t.path().join("children"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn observer_counts_nginx_nchan_tls_connections_by_master_pid() {
+    if skip_unless_root("observer_counts_nginx_nchan_tls_connections_by_master_pid") {
+        return;
+    }
+    let _l = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, cfg) = tls_material(dir.path());
+    let (ng, addr) = start_nginx(dir.path(), &cert, &key);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The stored message every subscriber gets first; published (and its
+    // connection closed) before the observer attaches.
+    rt.block_on(async {
+        let s = TlsConnector::from(cfg.clone())
+            .connect(
+                ServerName::try_from("localhost").unwrap(),
+                tokio::net::TcpStream::connect(addr).await.unwrap(),
+            )
+            .await
+            .unwrap();
+        let a = http_on(s, "POST", "/pub", &[], b"first").await.unwrap();
+        assert!(
+            a.status == 201 || a.status == 202,
+            "{} {}",
+            a.status,
+            a.body
+        );
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let mut obs = Observe::start(ng.child.id(), &[]).unwrap();
+    let times = rt.block_on(run_clients(addr, Some(cfg), "wss://localhost/sub", N));
+    let summary = obs.stop().unwrap();
+    let d = &summary["observe"]["details"];
+    assert!(
+        d["tasks_followed"].as_u64().unwrap_or(0) >= 1,
+        "{summary:#}"
+    );
+    check(&summary, &times, true);
+}
