@@ -7,6 +7,7 @@
 
 pub mod faulty_server;
 pub mod loadgen;
+pub mod nginx;
 pub mod observer;
 pub mod pusher;
 

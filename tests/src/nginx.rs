@@ -1,0 +1,86 @@
+//! Starting NGINX + nchan for load-generator tests from the template in
+//! `tests/fixtures/nchan-load.conf`: foreground (`daemon off`), loopback
+//! high port, pid/log/temp paths in a temp dir; killed and reaped on drop.
+
+use crate::ChildGuard;
+use std::{
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+pub struct Nginx {
+    pub guard: ChildGuard,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// True when nginx and the nchan module are installed (CI installs them).
+pub fn available() -> bool {
+    Path::new(NCHAN_MODULE).exists()
+        && Command::new("nginx")
+            .arg("-v")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+}
+
+impl Nginx {
+    pub fn start(workers: u32) -> anyhow::Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let conf = include_str!("../fixtures/nchan-load.conf")
+            .replace("{{DIR}}", &dir.path().display().to_string())
+            .replace("{{PORT}}", &port.to_string())
+            .replace("{{WORKERS}}", &workers.to_string());
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("starting nginx: {e} (install nginx and libnginx-mod-nchan)")
+            })?;
+        let guard = ChildGuard {
+            child,
+            name: "nginx".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "nginx did not listen on {port}: see {}/error.log",
+                dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx { guard, port, dir })
+    }
+
+    pub fn sub_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/sub/{{channel}}", self.port)
+    }
+
+    pub fn pub_url(&self) -> String {
+        format!("http://127.0.0.1:{}/pub/{{channel}}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT would be graceful; the guard's SIGKILL of the master is not
+        // enough for workers, so stop them through the master first.
+        self.guard.signal(libc::SIGTERM);
+        let _ = self.guard.wait_timeout(Duration::from_secs(5));
+    }
+}
