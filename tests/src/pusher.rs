@@ -242,3 +242,17 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> anyhow::Result<tokio::
     anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
     Ok(s)
 }
+
+/// Polls `GET /metrics` until `name` equals `value` (at most `timeout`);
+/// returns the last value seen. Gauges move a moment after the client sees
+/// the event (the server finishes its side asynchronously).
+pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64, timeout: Duration) -> f64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let v = metric(addr, name).await.unwrap_or(f64::NAN);
+        if v == value || tokio::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use pushscope_tests::pusher::{metric, raw_upgrade, Pusher};
+use pushscope_tests::pusher::{metric, raw_upgrade, wait_metric, Pusher};
 use tokio_tungstenite::{connect_async, tungstenite::Message};
 
 const INTERVAL_MS: u64 = 300;
@@ -33,7 +33,10 @@ async fn silent_client_is_dropped_within_two_intervals_live_one_stays() {
     // A silent client: upgraded, then never reads nor writes.
     let silent = raw_upgrade(p.addr, "/ws?channel=hb").await.unwrap();
     let start = Instant::now();
-    assert_eq!(metric(p.addr, "pusher_connections").await.unwrap(), 2.0);
+    assert_eq!(
+        wait_metric(p.addr, "pusher_connections", 2.0, Duration::from_secs(1)).await,
+        2.0
+    );
     let mut dropped_after = None;
     while start.elapsed() < interval * 6 {
         if metric(p.addr, "pusher_heartbeat_timeouts_total")
@@ -60,7 +63,10 @@ async fn silent_client_is_dropped_within_two_intervals_live_one_stays() {
 
     let (pings, _live) = pings.await.unwrap();
     assert!(pings >= 4, "live client saw {pings} pings in 6 intervals");
-    assert_eq!(metric(p.addr, "pusher_connections").await.unwrap(), 1.0);
+    assert_eq!(
+        wait_metric(p.addr, "pusher_connections", 1.0, Duration::from_secs(2)).await,
+        1.0
+    );
     assert_eq!(
         metric(p.addr, "pusher_heartbeat_timeouts_total")
             .await

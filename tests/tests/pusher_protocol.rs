@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use pushscope_tests::pusher::{http, metric, parse_pushed, publish, raw_upgrade, Pushed, Pusher};
+use pushscope_tests::pusher::{
+    http, metric, parse_pushed, publish, raw_upgrade, wait_metric, Pushed, Pusher,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::{
     connect_async,
@@ -141,7 +143,7 @@ async fn publish_receive_ack_disconnect_resume_exactly_missing() {
     // A subscriber without last_seq gets only new messages; channels are separate.
     let mut fresh = connect(&p.ws_url("orders")).await;
     let mut other = connect(&p.ws_url("other")).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No wait: a subscription is live from the moment the 101 is sent.
     publish(p.addr, "other", None, b"x").await.unwrap();
     publish(p.addr, "orders", None, b"y").await.unwrap();
     assert_eq!(next_pushed(&mut fresh).await.seq, 32);
@@ -331,14 +333,14 @@ async fn malformed_client_frames_close_with_a_code_and_are_counted() {
     );
     // Valid ACKs are still fine afterwards, and the server is healthy.
     let mut ws = connect(&p.ws_url("c")).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
     publish(p.addr, "c", None, b"x").await.unwrap();
     assert_eq!(next_pushed(&mut ws).await.seq, 1);
     ws.send(Message::text(r#"{"ack":1}"#)).await.unwrap();
     ws.send(Message::text(r#"{"ack":0}"#)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(metric(p.addr, "pusher_acks_total").await.unwrap(), 2.0);
-    assert_eq!(metric(p.addr, "pusher_connections").await.unwrap(), 1.0);
+    let acks = wait_metric(p.addr, "pusher_acks_total", 2.0, Duration::from_secs(2)).await;
+    assert_eq!(acks, 2.0);
+    let conns = wait_metric(p.addr, "pusher_connections", 1.0, Duration::from_secs(2)).await;
+    assert_eq!(conns, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
