@@ -32,6 +32,9 @@ pub struct AppState {
 
 type Resp = Response<Full<Bytes>>;
 
+/// Longest wait for a publish body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn json(status: StatusCode, body: String) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -134,7 +137,15 @@ async fn publish(req: Request<Incoming>, st: &AppState, channel: &str) -> Resp {
             }
         },
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    // A body trickling in forever would pin the connection: bound its time.
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the message body did not arrive within 30 s",
+        );
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return error(

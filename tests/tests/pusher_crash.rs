@@ -170,3 +170,53 @@ fn kill_9_mid_stream_fsync_batch_keeps_every_acked_publish() {
 fn kill_9_mid_stream_fsync_never_keeps_every_acked_publish() {
     run_heavy("never");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_bounds_the_replay_window_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pusher::start_in(dir.path(), &["--retain-messages", "5"]).unwrap();
+    for i in 1..=20u64 {
+        assert_eq!(
+            publish(p.addr, "r", None, format!("{i}").as_bytes())
+                .await
+                .unwrap()
+                .0,
+            i
+        );
+    }
+    p.guard.kill();
+    let p = Pusher::start_in(dir.path(), &["--retain-messages", "5"]).unwrap();
+    let all = replay_all(&p, "r", 5).await;
+    let seqs: Vec<u64> = all.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [16, 17, 18, 19, 20]);
+    assert_eq!(all[0].data, "16");
+    assert_eq!(publish(p.addr, "r", None, b"21").await.unwrap().0, 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_fsync_is_a_group_commit() {
+    let p = Pusher::start(&["--fsync", "batch", "--batch-window-ms", "5"]).unwrap();
+    let addr = p.addr;
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    publish(addr, "g", Some(&format!("{w}-{i}")), b"x")
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let publishes = metric(addr, "pusher_publishes_total").await.unwrap();
+    let fsyncs = metric(addr, "pusher_log_fsyncs_total").await.unwrap();
+    assert_eq!(publishes, 200.0);
+    // 8 publishers in flight share each sync; every answer waited for one.
+    assert!(
+        fsyncs >= 25.0 && fsyncs <= 100.0,
+        "{fsyncs} fsyncs for 200 publishes"
+    );
+}
