@@ -31,8 +31,6 @@ enum {
 /* Kernel-side state of one accepted connection (never leaves the kernel
  * except summarised in PS_EV_CLOSE_FD). */
 struct ps_conn {
-	__u64 bytes_in;
-	__u64 bytes_out;
 	__u32 io_seq;
 	__u32 max_wmem;
 	__u32 retrans;

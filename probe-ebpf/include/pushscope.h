@@ -77,9 +77,9 @@ struct ps_event {
 	__u8 _pad1[3];
 	__u32 io_seq;    /* IO: index of this call on the connection */
 	__u32 _pad3;
-	__u64 bytes_in;  /* CLOSE_FD */
-	__u64 bytes_out; /* CLOSE_FD */
-	__u32 max_wmem;  /* CLOSE_FD: max sk_wmem_queued seen at write exit */
+	__u64 bytes_in;  /* CLOSE_FD: tcp_sock bytes_received */
+	__u64 bytes_out; /* CLOSE_FD: tcp_sock bytes_acked */
+	__u32 max_wmem;  /* CLOSE_FD: max sk_wmem_queued seen as writes start */
 	__u32 srtt_us;   /* CLOSE_FD: tcp_sock srtt (us) */
 	__u32 retrans;   /* CLOSE_FD: retransmits seen on this sock */
 	__u32 _pad2;

@@ -72,6 +72,8 @@ struct socket {
 struct tcp_sock {
 	u32 srtt_us;
 	u32 total_retrans;
+	u64 bytes_received;
+	u64 bytes_acked;
 };
 
 struct iovec {

@@ -1,11 +1,13 @@
 /* Classification of the target's socket I/O: the read family
  * (read/readv/recvfrom/recvmsg) and write family (write/writev/sendto/
- * sendmsg). Enter saves the user buffer pointer of an accepted socket's
- * call; exit adds the bytes to the connection, samples sk_wmem_queued after
- * writes, and for the first `io_events_per_conn` calls reads at most 16
- * bytes to classify them (TLS record header, GET, HTTP/1.1 101, WebSocket
- * frame header). Only the class leaves the kernel, never payload bytes.
- * Unrelated processes cost one hash miss per enter and one per exit.
+ * sendmsg) of accepted sockets. Every write samples sk_wmem_queued into
+ * the connection's max. For the first `io_events_per_conn` calls, enter
+ * saves the user buffer pointer and exit reads at most 16 bytes to classify
+ * them (TLS record header, GET, HTTP/1.1 101, WebSocket frame header); only
+ * the class leaves the kernel, never payload bytes. Later calls cost two
+ * lookups at enter and one miss at exit; bytes in/out are read from
+ * tcp_sock at close, not summed per call. Unrelated processes cost one hash
+ * miss per enter and one per exit.
  * Included by pushscope.bpf.c. */
 
 #define PS_PEEK 16
@@ -17,27 +19,36 @@ static __always_inline void ps_io_enter(__u32 fd, __u64 buf, __u32 dir, __u32 ki
 	__u64 *skp = bpf_map_lookup_elem(&fds, &key);
 	if (!skp)
 		return;
-	struct ps_pending_io p = {.sk = *skp, .dir = dir};
+	__u64 sk = *skp;
+	struct ps_conn *c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c)
+		return;
+	if (dir == PS_DIR_WRITE) {
+		/* send-queue depth as this write starts */
+		int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
+		if (q > 0 && (__u32)q > c->max_wmem)
+			c->max_wmem = q;
+	}
 	__u32 zero = 0;
 	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	struct ps_conn *c = bpf_map_lookup_elem(&conns, skp);
-	if (cfg && c && c->io_seq < cfg->io_events_per_conn && buf) {
-		/* kind 1: buf is a struct iovec *; kind 2: a struct user_msghdr * */
-		if (kind == 2) {
-			struct user_msghdr *m = (struct user_msghdr *)buf;
-			struct iovec *iov = 0;
-			bpf_probe_read_user(&iov, sizeof(iov), &m->msg_iov);
-			buf = (__u64)iov;
-			kind = 1;
-		}
-		if (kind == 1 && buf) {
-			struct iovec *iov = (struct iovec *)buf;
-			void *base = 0;
-			bpf_probe_read_user(&base, sizeof(base), &iov->iov_base);
-			buf = (__u64)base;
-		}
-		p.buf = buf;
+	/* Past the first calls only the send queue is sampled: no exit work. */
+	if (!cfg || c->io_seq >= cfg->io_events_per_conn || !buf)
+		return;
+	/* kind 1: buf is a struct iovec *; kind 2: a struct user_msghdr * */
+	if (kind == 2) {
+		struct user_msghdr *m = (struct user_msghdr *)buf;
+		struct iovec *iov = 0;
+		bpf_probe_read_user(&iov, sizeof(iov), &m->msg_iov);
+		buf = (__u64)iov;
+		kind = 1;
 	}
+	if (kind == 1 && buf) {
+		struct iovec *iov = (struct iovec *)buf;
+		void *base = 0;
+		bpf_probe_read_user(&base, sizeof(base), &iov->iov_base);
+		buf = (__u64)base;
+	}
+	struct ps_pending_io p = {.sk = sk, .buf = buf, .dir = dir};
 	if (bpf_map_update_elem(&pending, &id, &p, BPF_ANY))
 		ps_count(PS_CNT_MAP_FULL);
 }
@@ -91,7 +102,7 @@ static __always_inline void ps_io_exit(long ret)
 		return;
 	struct ps_pending_io io = *p;
 	bpf_map_delete_elem(&pending, &id);
-	if (ret <= 0)
+	if (ret <= 0 || !io.buf)
 		return;
 	ps_count(PS_CNT_IO_CALLS);
 	struct ps_conn *c = bpf_map_lookup_elem(&conns, &io.sk);
@@ -99,17 +110,6 @@ static __always_inline void ps_io_exit(long ret)
 		return;
 	__u32 seq = c->io_seq;
 	c->io_seq = seq + 1;
-	if (io.dir == PS_DIR_READ) {
-		c->bytes_in += ret;
-	} else {
-		c->bytes_out += ret;
-		struct sock *sk = (struct sock *)io.sk;
-		int q = BPF_CORE_READ(sk, sk_wmem_queued);
-		if (q > 0 && (__u32)q > c->max_wmem)
-			c->max_wmem = q;
-	}
-	if (!io.buf)
-		return;
 	__u8 b[PS_PEEK] = {};
 	__u32 n = ret < PS_PEEK ? ret : PS_PEEK;
 	if (n > PS_PEEK)

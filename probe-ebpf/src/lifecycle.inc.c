@@ -146,14 +146,14 @@ int ps_enter_close(struct tp_sys_enter *ctx)
 	if (e) {
 		e->tgid = tgid;
 		e->fd = fd;
+		struct tcp_sock *tp = (struct tcp_sock *)sk;
+		e->bytes_in = BPF_CORE_READ(tp, bytes_received);
+		e->bytes_out = BPF_CORE_READ(tp, bytes_acked);
 		if (c) {
-			e->bytes_in = c->bytes_in;
-			e->bytes_out = c->bytes_out;
 			e->max_wmem = c->max_wmem;
 			e->retrans = c->retrans;
 			e->io_seq = c->io_seq;
 		}
-		struct tcp_sock *tp = (struct tcp_sock *)sk;
 		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 		ps_submit(e);
 	}

@@ -512,7 +512,7 @@ fn build(
     };
     let mut notes = vec![
         "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),
-        "srtt is read from tcp_sock at close(); bytes and max send queue (sk_wmem_queued after each write) are per connection, summed at close()".to_string(),
+        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled as each write starts; connections the target never close()s (e.g. it exits) have none of these".to_string(),
         "outbound connect latency is SYN_SENT -> ESTABLISHED per sock; an error is SYN_SENT -> CLOSE; connect() failing before SYN_SENT is not seen".to_string(),
     ];
     if a.tls13 > 0 {

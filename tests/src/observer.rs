@@ -209,6 +209,10 @@ pub fn check(summary: &serde_json::Value, times: &[ClientTimes], tls: bool) {
     let tls_count = num(o, "phases_ms.tls_handshake.count");
     assert_eq!(tls_count, if tls { n } else { 0.0 }, "{o:#}");
     assert_eq!(num(o, "drops"), 0.0);
+    // Every connection carried at least a GET in and a 101 out (> 100 B each).
+    let d = &summary["observe"]["details"];
+    assert!(num(d, "bytes_in") >= 100.0 * n, "{d:#}");
+    assert!(num(d, "bytes_out") >= 100.0 * n, "{d:#}");
 
     let up = max(times.iter().map(|t| t.upgraded - t.tls));
     within(num(o, "phases_ms.ws_upgrade.max"), up, 0.0, "ws_upgrade");
