@@ -216,7 +216,7 @@ async fn batch_fsync_is_a_group_commit() {
     assert_eq!(publishes, 200.0);
     // 8 publishers in flight share each sync; every answer waited for one.
     assert!(
-        fsyncs >= 25.0 && fsyncs <= 100.0,
+        (25.0..=100.0).contains(&fsyncs),
         "{fsyncs} fsyncs for 200 publishes"
     );
 }
