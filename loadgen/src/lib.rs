@@ -189,6 +189,9 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
             warnings: &report.warnings,
         },
     )?;
+    for w in &report.warnings {
+        eprintln!("pushscope load: warning: {w}");
+    }
     eprintln!("pushscope load: summary written to {}", path.display());
     Ok(Outcome::Completed)
 }

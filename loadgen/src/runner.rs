@@ -97,19 +97,27 @@ struct Driver<'f> {
     opened_total: u64,
 }
 
-/// Checks that a WebSocket upgrade succeeds before any load is started.
-async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<(), LoadError> {
+/// Checks that the target answers before any load is started. Only "no
+/// server there" is fatal; a TLS or upgrade failure is what the run is for
+/// (counted by reason per stage), so it only warns.
+async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<Option<String>, LoadError> {
     let proto = crate::protocol::Protocol::new(sc);
     let url = proto.subscribe_url("ch0", None);
     match net::open_ws(ep, &url, None, Duration::from_secs(5)).await {
         Ok((mut ws, _)) => {
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-            Ok(())
+            Ok(None)
         }
-        Err(e) => Err(LoadError::Unreachable {
-            url: sc.url.clone(),
-            reason: e.to_string(),
-        }),
+        Err(e @ (net::ConnectError::Tcp { .. } | net::ConnectError::Timeout(_))) => {
+            Err(LoadError::Unreachable {
+                url: sc.url.clone(),
+                reason: e.to_string(),
+            })
+        }
+        Err(e) => Ok(Some(format!(
+            "a first test connection to {} failed: {e}",
+            sc.url
+        ))),
     }
 }
 
@@ -136,11 +144,11 @@ pub async fn run(
         url: sc.url.clone(),
         reason: e.to_string(),
     })?;
-    probe(sc, &ep).await?;
+    let probe_warning = probe(sc, &ep).await?;
 
     let max = sc.max_connections();
     let shards = max.div_ceil(sc.shard_cap).max(1) as u32;
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = probe_warning.into_iter().collect();
     if shards == 1 && (max as u64) + 64 > fd_limit {
         warnings.push(format!(
             "{max} connections need more than the fd limit {fd_limit}: lower --shard-cap to shard"
