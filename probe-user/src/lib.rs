@@ -32,7 +32,7 @@ pub struct Opts {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load + observe + gate: the whole admission run against a server PID.
-    Run(RunArgs),
+    Run(run::RunArgs),
     /// Staged WebSocket load with per-message accounting (no root needed).
     Load(loadgen::LoadArgs),
     /// Attach eBPF probes to a running server by PID and attribute every connection's life.
@@ -41,24 +41,11 @@ pub enum Command {
     Verify(loadgen::VerifyArgs),
 }
 
-/// Arguments of `pushscope run` (grows with the gate issue).
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// PID of the server under test.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// WebSocket URL of the server under test.
-    #[arg(long)]
-    pub url: Option<String>,
-}
-
 /// Runs one subcommand and maps its outcome to the process exit code:
 /// 0 admitted/completed, 1 rejected, 2 bad usage or config, 3 runtime failure.
 pub fn main_with(opts: Opts) -> std::process::ExitCode {
     let result = match opts.command {
-        Command::Run(_) => Err(loadgen::outcome::usage(
-            "`pushscope run` is not implemented yet",
-        )),
+        Command::Run(args) => run::run(args),
         Command::Load(args) => loadgen::run_load(args),
         Command::Observe(args) => observe::run(args),
         Command::Verify(args) => loadgen::run_verify(args),

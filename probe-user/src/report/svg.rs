@@ -106,7 +106,7 @@ pub fn line_chart(title: &str, unit: &str, series: &[Series], stage_marks: &[f64
             }
         }
         flush(&mut segment, &mut out);
-        let lx = PAD_L + 160.0 + i as f64 * 120.0;
+        let lx = W - PAD_R - (series.len() - i) as f64 * 70.0;
         let _ = write!(
             out,
             "<rect x=\"{lx}\" y=\"6\" width=\"10\" height=\"10\" fill=\"{c}\"/><text x=\"{tx}\" y=\"15\" class=\"ax\">{l}</text>",

@@ -1,3 +1,488 @@
 //! `pushscope run`: load + observe + gate + report in one command.
+//!
+//! The observer attaches to the target's PID first; the load generator then
+//! walks the stages. At every stage boundary the observer's stage window is
+//! cut (`snapshot` + `reset_stage`), so both views cover the same stage on
+//! one clock. A 1 Hz sampler builds the timeline and watches the target:
+//! if it dies, the load stops and everything measured so far is written,
+//! marked incomplete (exit 3).
 
 pub mod figures;
+
+use crate::{
+    gate::{evaluate, Thresholds},
+    observe::{ObserveError, ObserveOptions, Observer},
+    report::{RunSummary, StageSummary, TargetInfo, TimelinePoint, Verdict, SCHEMA_VERSION},
+    target::{self, Sampler},
+};
+use anyhow::Context;
+use figures::{stage_figures, RssWindow};
+use loadgen::{
+    outcome::{usage, Outcome},
+    runner::{RunOptions, StageEvent},
+    LoadArgs, Scenario, StageReport,
+};
+use std::{
+    cell::RefCell,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+/// Arguments of `pushscope run`: the load flags plus the target's PID and
+/// the gate.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// PID of the server under test (observed with eBPF; needs root). Without
+    /// it only the load side is measured and the observer's criteria fail as
+    /// "not measured".
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Built-in thresholds: financial (default) or lenient.
+    #[arg(long, conflicts_with = "thresholds")]
+    pub profile: Option<String>,
+    /// Thresholds file (TOML, see docs/thresholds.md).
+    #[arg(long)]
+    pub thresholds: Option<PathBuf>,
+    /// Serve the observer's live Prometheus metrics here (loopback by default).
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    pub observer_metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// Stage boundaries and reports gathered while the load runs.
+#[derive(Default)]
+struct Progress {
+    /// (stage index, seconds since run start) of every stage start.
+    starts: Vec<(usize, f64)>,
+    /// Observer report of each stage, cut at the next stage's start.
+    observer: Vec<serde_json::Value>,
+    load: Vec<Option<StageReport>>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let (thresholds, profile) = resolve_thresholds(&args)?;
+    let mut sc = args.load.scenario()?;
+    let out = sc.out.clone().unwrap_or_else(default_out_dir);
+    std::fs::create_dir_all(&out).map_err(|e| {
+        usage(format!(
+            "cannot create the output directory {}: {e}",
+            out.display()
+        ))
+    })?;
+    // The msg_id logs let the report name every lost or duplicated message.
+    if sc.log_dir.is_none() {
+        sc.log_dir = Some(out.join("logs"));
+    }
+    sc.out = Some(out.clone());
+    let observer = match args.pid {
+        Some(pid) => Some(attach(pid)?),
+        None => {
+            eprintln!("pushscope run: no --pid: the target is not observed, its CPU/RSS/fd/probe criteria will fail as not measured");
+            None
+        }
+    };
+    let _metrics = match (&observer, args.observer_metrics) {
+        (Some(o), Some(addr)) => Some(
+            o.serve_metrics(addr)
+                .with_context(|| format!("serving observer metrics on {addr}"))?,
+        ),
+        _ => None,
+    };
+    let started_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let t0 = Instant::now();
+    let progress = RefCell::new(Progress::default());
+    let timeline = RefCell::new(Vec::<TimelinePoint>::new());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let load_result = rt.block_on(drive(
+        &sc,
+        observer.as_ref(),
+        args.pid,
+        t0,
+        &progress,
+        &timeline,
+    ));
+    // Load tasks still retrying a dead target must not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(2));
+
+    let mut progress = progress.into_inner();
+    let timeline = timeline.into_inner();
+    // Close the observer window of the stage that was running at the end.
+    if let Some(o) = &observer {
+        if progress.observer.len() < progress.starts.len() {
+            progress.observer.push(serde_json::to_value(o.snapshot())?);
+        }
+    }
+    let target_died = args.pid.is_some_and(|pid| !target::exists(pid))
+        || observer.as_ref().is_some_and(|o| o.target_exited());
+    let incomplete_reason = match (&load_result, target_died) {
+        (_, true) => Some(format!(
+            "the target (PID {}) exited during the run",
+            args.pid.unwrap_or(0)
+        )),
+        (Err(e), false) => Some(format!("{e:#}")),
+        (Ok(()), false) => None,
+    };
+    let mut summary = RunSummary {
+        schema_version: SCHEMA_VERSION,
+        tool: format!("pushscope {}", env!("CARGO_PKG_VERSION")),
+        verdict: Verdict::Incomplete,
+        complete: incomplete_reason.is_none(),
+        incomplete_reason: incomplete_reason.clone(),
+        started_unix_ms,
+        duration_s: t0.elapsed().as_secs_f64(),
+        target: TargetInfo {
+            pid: args.pid,
+            url: sc.url.clone(),
+            protocol: format!("{:?}", sc.protocol).to_lowercase(),
+            command: args.pid.and_then(cmdline),
+        },
+        profile,
+        thresholds: thresholds.clone(),
+        stages: Vec::new(),
+        timeline,
+        not_measured: Vec::new(),
+        lost_ids: Vec::new(),
+        duplicate_ids: Vec::new(),
+        slowest_connections: serde_json::Value::Array(Vec::new()),
+    };
+    build_stages(&mut summary, &sc, &progress, observer.is_some());
+    if let Some(o) = &observer {
+        // lifecycle.folded/.svg and trace.json of the whole run; the run's
+        // own summary.json (written below) replaces the observer's.
+        let total = o
+            .write_outputs(&out)
+            .with_context(|| format!("writing observer outputs to {}", out.display()))?;
+        summary.not_measured.extend(total.notes.iter().cloned());
+        summary.slowest_connections = slowest_connections(&out);
+    }
+    if let Some(dir) = &sc.log_dir {
+        fill_ids(&mut summary, dir);
+    }
+    summary.decide();
+    summary.write_all(&out)?;
+    if let Some(o) = observer {
+        o.detach();
+    }
+    print_verdict(&summary, &out);
+    match (summary.verdict, incomplete_reason) {
+        (_, Some(reason)) => Err(anyhow::anyhow!(
+            "run incomplete: {reason}; partial results written to {}",
+            out.display()
+        )),
+        (Verdict::Admitted, None) => Ok(Outcome::Completed),
+        _ => Ok(Outcome::Rejected),
+    }
+}
+
+fn resolve_thresholds(args: &RunArgs) -> anyhow::Result<(Thresholds, String)> {
+    if let Some(path) = &args.thresholds {
+        let t = Thresholds::load(path).map_err(|e| usage(e.to_string()))?;
+        return Ok((t, path.display().to_string()));
+    }
+    let name = args.profile.clone().unwrap_or_else(|| "financial".into());
+    let t = Thresholds::profile(&name).map_err(|e| usage(e.to_string()))?;
+    Ok((t, name))
+}
+
+fn attach(pid: u32) -> anyhow::Result<Observer> {
+    Observer::attach(pid, ObserveOptions::default()).map_err(|e: ObserveError| {
+        if e.is_usage() {
+            usage(e.to_string())
+        } else {
+            anyhow::Error::new(e).context(format!("attaching the observer to PID {pid}"))
+        }
+    })
+}
+
+fn default_out_dir() -> PathBuf {
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("target")
+        .join("pushscope")
+        .join(ts.to_string())
+}
+
+/// Runs the load and the 1 Hz sampler until the load ends or the target dies.
+async fn drive(
+    sc: &Scenario,
+    observer: Option<&Observer>,
+    pid: Option<u32>,
+    t0: Instant,
+    progress: &RefCell<Progress>,
+    timeline: &RefCell<Vec<TimelinePoint>>,
+) -> anyhow::Result<()> {
+    let mut on_event = |ev: StageEvent<'_>| match ev {
+        StageEvent::Started { stage, at, .. } => {
+            let mut p = progress.borrow_mut();
+            if let Some(o) = observer {
+                if !p.starts.is_empty() {
+                    p.observer
+                        .push(serde_json::to_value(o.snapshot()).unwrap_or_default());
+                }
+                o.reset_stage();
+            }
+            p.starts.push((
+                stage as usize,
+                at.saturating_duration_since(t0).as_secs_f64(),
+            ));
+            p.load.push(None);
+        }
+        StageEvent::Ended { report, .. } => {
+            let mut p = progress.borrow_mut();
+            let i = report.stage as usize;
+            if p.load.len() <= i {
+                p.load.resize(i + 1, None);
+            }
+            p.load[i] = Some(report.clone());
+        }
+    };
+    let opts = RunOptions {
+        worker: None,
+        live: true,
+    };
+    let load = loadgen::runner::run(sc, opts, &mut on_event);
+    let watch = sample_until_target_dies(pid, observer, t0, progress, timeline);
+    tokio::select! {
+        r = load => r.map(|_| ()).map_err(anyhow::Error::new),
+        () = watch => Ok(()),
+    }
+}
+
+/// Samples the target every second into the timeline; returns when the
+/// target is gone (never, without a PID).
+async fn sample_until_target_dies(
+    pid: Option<u32>,
+    observer: Option<&Observer>,
+    t0: Instant,
+    progress: &RefCell<Progress>,
+    timeline: &RefCell<Vec<TimelinePoint>>,
+) {
+    let mut sampler = pid.map(Sampler::new);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let stage = progress.borrow().starts.last().map(|s| s.0).unwrap_or(0);
+        let mut point = TimelinePoint {
+            t_s: t0.elapsed().as_secs_f64(),
+            stage,
+            ..Default::default()
+        };
+        if let Some(s) = sampler.as_mut() {
+            match s.sample() {
+                Some(sample) => {
+                    point.cpu_pct = Some(sample.cpu_pct / cores() as f64);
+                    point.rss_bytes = Some(sample.rss_bytes as f64);
+                    point.fds_open = Some(sample.open_fds as f64);
+                    point.fd_limit = Some(sample.fd_limit as f64);
+                }
+                None => return,
+            }
+        }
+        if let Some(o) = observer {
+            if o.target_exited() {
+                return;
+            }
+            point.connections = Some(o.total().details.open_connections as f64);
+        }
+        timeline.borrow_mut().push(point);
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// One `StageSummary` per started stage, judged by the gate.
+fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &Progress, observed: bool) {
+    let empty = serde_json::json!({});
+    for (k, &(stage, start_s)) in p.starts.iter().enumerate() {
+        let connections = sc
+            .stages
+            .get(stage)
+            .map(|s| s.connections as u64)
+            .unwrap_or(0);
+        let end_s = p
+            .starts
+            .get(k + 1)
+            .map(|s| s.1)
+            .unwrap_or(summary.duration_s);
+        let load = p.load.get(stage).cloned().flatten();
+        let load_json = load
+            .as_ref()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .unwrap_or_else(|| empty.clone());
+        let obs_json = p.observer.get(k).cloned();
+        // The ramp of a stage ends hold_s before its end.
+        let hold_start = load
+            .as_ref()
+            .map(|r| (end_s - r.hold_s).max(start_s))
+            .unwrap_or(start_s);
+        let rss = RssWindow::from_timeline(&summary.timeline, stage, hold_start);
+        let obs_section = obs_json.as_ref().and_then(|o| o.get("observer"));
+        let figures = stage_figures(&load_json, obs_section, rss, connections, cores());
+        let criteria = evaluate(&summary.thresholds, &figures);
+        summary.stages.push(StageSummary {
+            index: stage,
+            name: format!("stage {} ({} conns)", stage + 1, connections),
+            connections,
+            start_s,
+            end_s,
+            complete: load.is_some(),
+            pass: false,
+            figures,
+            criteria,
+            load: load_json,
+            observer: obs_section.cloned().unwrap_or_else(|| empty.clone()),
+        });
+    }
+    if !observed {
+        summary.not_measured.push(
+            "the target was not observed (no --pid): server-side phases, CPU, RSS, fds and probe drops are not measured".into(),
+        );
+    }
+}
+
+/// msg_ids lost or duplicated, from the run's publish/receive logs.
+fn fill_ids(summary: &mut RunSummary, log_dir: &Path) {
+    match loadgen::verify::verify(log_dir, None) {
+        Ok(v) => {
+            summary.lost_ids = v
+                .lost
+                .iter()
+                .map(|(sub, id)| format!("msg_id {id} (subscriber {sub})"))
+                .collect();
+            summary.duplicate_ids = v
+                .duplicated
+                .iter()
+                .map(|(sub, id, n)| format!("msg_id {id} ×{n} (subscriber {sub})"))
+                .collect();
+        }
+        Err(e) => summary
+            .not_measured
+            .push(format!("msg_id verification: {e}")),
+    }
+}
+
+/// The slowest connections of trace.json, one row per connection with
+/// its phase durations, for the report table.
+fn slowest_connections(out: &Path) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let doc: Value = std::fs::read_to_string(out.join("trace.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let events = doc
+        .get("traceEvents")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut rows: Vec<(u64, Map<String, Value>)> = Vec::new();
+    for e in &events {
+        let name = e
+            .pointer("/args/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        // Tracks are the first connections and the slowest ones: rank all.
+        if e.get("ph").and_then(Value::as_str) == Some("M") && name.contains(" conn ") {
+            let tid = e.get("tid").and_then(Value::as_u64).unwrap_or(0);
+            let mut row = Map::new();
+            let conn = name.split_once(" conn ").map(|(_, c)| c).unwrap_or(name);
+            row.insert("connection".into(), json!(conn));
+            rows.push((tid, row));
+        }
+    }
+    for e in &events {
+        let (Some(tid), Some(name), Some(dur_us)) = (
+            e.get("tid").and_then(Value::as_u64),
+            e.get("name").and_then(Value::as_str),
+            e.get("dur").and_then(Value::as_f64),
+        ) else {
+            continue;
+        };
+        if let Some((_, row)) = rows.iter_mut().find(|(t, _)| *t == tid) {
+            let key = if name == "connection" {
+                "lifetime_ms".to_string()
+            } else {
+                format!("{name}_ms")
+            };
+            row.insert(key, json!((dur_us / 1000.0 * 1000.0).round() / 1000.0));
+        }
+    }
+    let setup = |r: &Map<String, Value>| -> f64 {
+        [
+            "accept_wait_ms",
+            "tls_handshake_ms",
+            "ws_upgrade_ms",
+            "first_push_ms",
+        ]
+        .iter()
+        .filter_map(|k| r.get(*k).and_then(Value::as_f64))
+        .sum()
+    };
+    rows.sort_by(|a, b| setup(&b.1).total_cmp(&setup(&a.1)));
+    Value::Array(
+        rows.into_iter()
+            .take(20)
+            .map(|(_, r)| Value::Object(r))
+            .collect(),
+    )
+}
+
+fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let s: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (!s.is_empty()).then(|| s.join(" "))
+}
+
+/// The verdict table on stdout: one line per stage and criterion.
+fn print_verdict(s: &RunSummary, out: &Path) {
+    println!();
+    println!(
+        "{:<24} {:<20} {:>18}  {:<16} result",
+        "stage", "criterion", "value", "threshold"
+    );
+    for st in &s.stages {
+        for c in &st.criteria {
+            let value = c
+                .value
+                .map(|v| format!("{} {}", crate::gate::fmt_value(v), c.unit))
+                .unwrap_or_else(|| "not measured".into());
+            println!(
+                "{:<24} {:<20} {:>18}  {:<16} {}",
+                st.name,
+                c.name,
+                value,
+                c.threshold,
+                if c.pass { "pass" } else { "FAIL" }
+            );
+        }
+    }
+    let verdict = match s.verdict {
+        Verdict::Admitted => "ADMITTED",
+        Verdict::Rejected => "REJECTED",
+        Verdict::Incomplete => "INCOMPLETE",
+    };
+    println!("\nverdict: {verdict}");
+    if let Some(r) = &s.incomplete_reason {
+        println!("incomplete: {r}");
+    }
+    println!("report:  {}", out.join("report.html").display());
+    println!("junit:   {}", out.join("junit.xml").display());
+    println!("summary: {}", out.join("summary.json").display());
+}
