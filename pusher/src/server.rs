@@ -16,7 +16,7 @@ use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
+    net::{TcpListener, TcpSocket},
 };
 use tokio_rustls::TlsAcceptor;
 
@@ -49,6 +49,22 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
         ));
     }
     Ok(f)
+}
+
+/// Listen backlog: reconnect storms of thousands of clients must not
+/// overflow the accept queue (tokio's default is 1024; the kernel caps it
+/// at net.core.somaxconn).
+const BACKLOG: u32 = 8192;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -87,9 +103,8 @@ pub async fn run(settings: Settings) -> Result<()> {
             batch_window: settings.batch_window,
         },
     )?;
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let listener =
+        bind(opts.listen).with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     {
         // The first stdout line is the bound address, alone (tests and

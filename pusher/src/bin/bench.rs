@@ -90,26 +90,31 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
 }
 
-/// WebSocket upgrade by hand; returns the stream right after the 101.
-async fn upgrade(addr: SocketAddr, channel: &str) -> Result<TcpStream> {
+/// WebSocket upgrade by hand; returns the stream and the bytes read past
+/// the 101 response head (the first frames, if any).
+async fn upgrade(addr: SocketAddr, channel: &str) -> Result<(TcpStream, Vec<u8>)> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let req = format!(
         "GET /ws?channel={channel} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await?;
-    let mut head = Vec::with_capacity(256);
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await? == 0 || head.len() > 4096 {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            if !head.starts_with(b"HTTP/1.1 101") {
+                bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
+            }
+            let rest = head.split_off(end + 4);
+            return Ok((s, rest));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 || head.len() > 8192 {
             bail!("upgrade failed: {}", String::from_utf8_lossy(&head));
         }
-        head.push(b[0]);
+        head.extend_from_slice(&chunk[..n]);
     }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        bail!("upgrade refused: {}", String::from_utf8_lossy(&head));
-    }
-    Ok(s)
 }
 
 /// Per-subscriber state shared with the report.
@@ -122,19 +127,19 @@ struct Totals {
 
 /// Reads frames until EOF: counts text frames, checks seqs are contiguous,
 /// answers pings with (masked, zero-key) pongs.
-async fn subscriber(mut s: TcpStream, prefix: Arc<Vec<u8>>, totals: Arc<Totals>, buf_size: usize) {
-    let mut buf = vec![0u8; buf_size];
-    let mut have = 0usize;
+async fn subscriber(
+    mut s: TcpStream,
+    leftover: Vec<u8>,
+    prefix: Arc<Vec<u8>>,
+    totals: Arc<Totals>,
+    buf_size: usize,
+) {
+    let mut buf = leftover;
+    let mut have = buf.len();
+    buf.resize(buf_size.max(have * 2), 0);
     let mut last_seq = 0u64;
     loop {
-        if have == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = match s.read(&mut buf[have..]).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        have += n;
+        // Parse what we have first: the upgrade may have read frames already.
         let mut pos = 0;
         let mut frames = 0u64;
         loop {
@@ -176,7 +181,8 @@ async fn subscriber(mut s: TcpStream, prefix: Arc<Vec<u8>>, totals: Arc<Totals>,
                     let mut pong = vec![0x8a, 0x80 | len as u8, 0, 0, 0, 0];
                     pong.extend_from_slice(payload);
                     if s.write_all(&pong).await.is_err() {
-                        break;
+                        totals.closed.fetch_add(1, Ordering::Relaxed);
+                        return;
                     }
                 }
                 8 => {
@@ -192,6 +198,13 @@ async fn subscriber(mut s: TcpStream, prefix: Arc<Vec<u8>>, totals: Arc<Totals>,
         }
         buf.copy_within(pos..have, 0);
         have -= pos;
+        if have == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match s.read(&mut buf[have..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => have += n,
+        }
     }
     totals.closed.fetch_add(1, Ordering::Relaxed);
 }
@@ -251,10 +264,10 @@ async fn connect_all(a: &Args, channel: &str, totals: &Arc<Totals>, buf: usize) 
             async move { upgrade(addr, &channel).await }
         }));
         // Bounded connect concurrency: the listen backlog is finite.
-        if pending.len() == 200 || i + 1 == a.subscribers {
+        if pending.len() == 500 || i + 1 == a.subscribers {
             for p in pending.drain(..) {
-                let s = p.await??;
-                tokio::spawn(subscriber(s, prefix.clone(), totals.clone(), buf));
+                let (s, leftover) = p.await??;
+                tokio::spawn(subscriber(s, leftover, prefix.clone(), totals.clone(), buf));
             }
         }
     }
