@@ -24,6 +24,7 @@ use tokio::{
 };
 use tokio_tungstenite::{
     tungstenite::{
+        error::ProtocolError,
         protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig},
         Error as WsError, Message,
     },
@@ -166,6 +167,8 @@ pub async fn serve<S>(
 fn read_error(e: WsError) -> Exit {
     match e {
         WsError::Capacity(_) => Exit::Malformed(CloseCode::Size, "frame too large"),
+        // A client vanishing without a close frame is not malformed input.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Exit::Gone,
         WsError::Protocol(_) => Exit::Malformed(CloseCode::Protocol, "protocol violation"),
         WsError::Utf8 => Exit::Malformed(CloseCode::Invalid, "text frame is not UTF-8"),
         _ => Exit::Gone,

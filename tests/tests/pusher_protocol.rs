@@ -339,8 +339,20 @@ async fn malformed_client_frames_close_with_a_code_and_are_counted() {
     ws.send(Message::text(r#"{"ack":0}"#)).await.unwrap();
     let acks = wait_metric(p.addr, "pusher_acks_total", 2.0, Duration::from_secs(2)).await;
     assert_eq!(acks, 2.0);
+    // Vanishing without a close frame is a disconnect, not malformed input.
+    drop(connect(&p.ws_url("c")).await);
     let conns = wait_metric(p.addr, "pusher_connections", 1.0, Duration::from_secs(2)).await;
     assert_eq!(conns, 1.0);
+    assert_eq!(
+        metric(p.addr, "pusher_connections_total").await.unwrap(),
+        8.0
+    );
+    assert_eq!(
+        metric(p.addr, "pusher_malformed_frames_total")
+            .await
+            .unwrap(),
+        6.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
