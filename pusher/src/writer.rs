@@ -129,8 +129,14 @@ impl State {
             return Ok(());
         };
         let dir = channels_dir(&data_dir);
-        fs::create_dir_all(&dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        if !dir.exists() {
+            fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            // Make the new directory entry itself durable.
+            fs::File::open(&data_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| anyhow::anyhow!("cannot sync {}: {e}", data_dir.display()))?;
+        }
         let mut names: Vec<String> = fs::read_dir(&dir)
             .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
