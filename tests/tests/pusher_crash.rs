@@ -220,3 +220,18 @@ async fn batch_fsync_is_a_group_commit() {
         "{fsyncs} fsyncs for 200 publishes"
     );
 }
+
+#[test]
+fn a_second_pusher_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Pusher::start_in(dir.path(), &[]).unwrap();
+    let out = std::process::Command::new(pushscope_tests::bin_path("pushscope-pusher"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another pushscope-pusher"), "{err}");
+}

@@ -153,7 +153,8 @@ async fn publish_receive_ack_disconnect_resume_exactly_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_during_a_publish_stream_has_no_gap_and_no_duplicate() {
-    let p = Pusher::start(&["--fsync", "never"]).unwrap();
+    // Single-threaded runtime (as in the bench): same guarantees.
+    let p = Pusher::start(&["--fsync", "never", "--workers", "1"]).unwrap();
     let addr = p.addr;
     const N: u64 = 400;
     let publisher = tokio::spawn(async move {
