@@ -3,6 +3,7 @@
 
 mod bench;
 mod deps;
+mod e2e;
 mod util;
 
 use anyhow::{bail, Result};
@@ -10,8 +11,10 @@ use anyhow::{bail, Result};
 const USAGE: &str = "\
 usage: cargo xtask <command>
 
-  run [-- ARGS]      build, start the reference pusher, run the demo admission
-                     run against it (ARGS go to `pushscope run`)
+  run [--dev] [-- ARGS]
+                     build, start the reference pusher, run the demo admission
+                     run against it (ARGS go to `pushscope run`; with --pid and
+                     --url they target your server instead)
   test               the whole suite: fmt, clippy -D warnings, unit and
                      integration tests (root tests when root)
   bench <what>       benchmarks: pusher | loadgen | observer
@@ -47,23 +50,28 @@ fn real_main() -> Result<()> {
 }
 
 /// The main job: build, start the reference pusher, run `pushscope run`.
+/// `--dev` uses the debug build (faster to build, slower to run).
 fn run(rest: &[String]) -> Result<()> {
     deps::ensure(deps::BUILD)?;
-    util::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "probe-user",
-        "-p",
-        "pusher",
-        "--bins",
-    ])?;
-    let pass: Vec<String> = match rest.iter().position(|a| a == "--") {
-        Some(i) => rest[i + 1..].to_vec(),
-        None => rest.to_vec(),
+    let (own, pass) = match rest.iter().position(|a| a == "--") {
+        Some(i) => (&rest[..i], rest[i + 1..].to_vec()),
+        None => (rest, Vec::new()),
     };
-    let code = util::run_demo(&pass)?;
+    let dev = own.iter().any(|a| a == "--dev");
+    if let Some(bad) = own.iter().find(|a| *a != "--dev") {
+        bail!("unknown `cargo xtask run` option `{bad}`: pass pushscope's options after `--`\n{USAGE}");
+    }
+    let code = build_and_run(dev, &pass)?;
     std::process::exit(code);
+}
+
+fn build_and_run(dev: bool, pass: &[String]) -> Result<i32> {
+    let mut build = vec!["build", "-p", "probe-user", "-p", "pusher", "--bins"];
+    if !dev {
+        build.push("--release");
+    }
+    util::cargo(&build)?;
+    util::run_demo(if dev { "debug" } else { "release" }, pass)
 }
 
 /// The whole suite, as CI runs it.
@@ -81,5 +89,6 @@ fn test(rest: &[String]) -> Result<()> {
     util::cargo(&["build", "--workspace", "--bins"])?;
     let mut args = vec!["test", "--workspace", "--no-fail-fast"];
     args.extend(rest.iter().map(String::as_str));
-    util::cargo(&args)
+    util::cargo(&args)?;
+    e2e::run()
 }

@@ -36,7 +36,12 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 }
 
 pub fn release_bin(name: &str) -> PathBuf {
-    target_dir().join("release").join(name)
+    bin("release", name)
+}
+
+/// A workspace binary of the given cargo profile dir ("release" or "debug").
+pub fn bin(profile_dir: &str, name: &str) -> PathBuf {
+    target_dir().join(profile_dir).join(name)
 }
 
 /// The demo scenario of `cargo xtask run`: a few thousand connections in
@@ -64,8 +69,8 @@ impl Drop for Guard {
 
 /// Starts the reference pusher on a free loopback port with a temporary
 /// data dir; returns the guard and its bound address.
-pub fn start_pusher(data_dir: &std::path::Path) -> Result<(Guard, String)> {
-    let mut child = Command::new(release_bin("pushscope-pusher"))
+pub fn start_pusher(profile_dir: &str, data_dir: &std::path::Path) -> Result<(Guard, String)> {
+    let mut child = Command::new(bin(profile_dir, "pushscope-pusher"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
@@ -97,11 +102,11 @@ pub fn start_pusher(data_dir: &std::path::Path) -> Result<(Guard, String)> {
 /// `cargo xtask run`: against the user's server when `--pid`/`--url` are
 /// given, else against a freshly started reference pusher. Returns the
 /// exit code of `pushscope run`.
-pub fn run_demo(pass: &[String]) -> Result<i32> {
+pub fn run_demo(profile_dir: &str, pass: &[String]) -> Result<i32> {
     let user_target = pass.iter().any(|a| {
         a == "--pid" || a.starts_with("--pid=") || a == "--url" || a.starts_with("--url=")
     });
-    let mut cmd = Command::new(release_bin("pushscope"));
+    let mut cmd = Command::new(bin(profile_dir, "pushscope"));
     cmd.arg("run");
     let has = |flag: &str| {
         pass.iter()
@@ -125,7 +130,7 @@ pub fn run_demo(pass: &[String]) -> Result<i32> {
     }
     let data = std::env::temp_dir().join(format!("pushscope-demo-{}", std::process::id()));
     std::fs::create_dir_all(&data)?;
-    let (pusher, addr) = start_pusher(&data)?;
+    let (pusher, addr) = start_pusher(profile_dir, &data)?;
     eprintln!(
         "xtask: reference pusher PID {} on {addr} (data dir {})",
         pusher.0.id(),
