@@ -9,6 +9,8 @@
 //! subscriber's seqs are checked to be contiguous.
 //! `idle`: N idle subscribers (answering pings), the pusher's RSS before and
 //! after, per connection.
+//! The client runs 2 runtime threads: on a 2-core machine it must keep up
+//! with a pusher pinned to 1 worker.
 //! Output: `key=value` lines on stdout.
 
 use std::{
@@ -36,6 +38,8 @@ struct Args {
     warmup: f64,
     window: u64,
     publishers: usize,
+    /// Messages/s over all publishers; 0 = flow-controlled maximum.
+    rate: f64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -51,6 +55,7 @@ fn parse_args() -> Result<Args> {
         warmup: 1.0,
         window: 32,
         publishers: 8,
+        rate: 0.0,
     };
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
@@ -63,6 +68,7 @@ fn parse_args() -> Result<Args> {
             "--warmup" => a.warmup = v.parse()?,
             "--window" => a.window = v.parse()?,
             "--publishers" => a.publishers = v.parse()?,
+            "--rate" => a.rate = v.parse()?,
             _ => bail!("unknown option {k}"),
         }
     }
@@ -123,6 +129,30 @@ struct Totals {
     frames: AtomicU64,
     order_errors: AtomicU64,
     closed: AtomicU64,
+    /// Set during the measured window: latencies are sampled then.
+    measuring: std::sync::atomic::AtomicBool,
+    /// Publish-to-receive latencies (µs) of the sampled subscribers.
+    latencies_us: std::sync::Mutex<Vec<u32>>,
+}
+
+/// Subscribers whose every message's latency is recorded.
+const LATENCY_SAMPLED: usize = 20;
+
+/// Wall clock in ns: publisher and subscribers share the host clock.
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The 20-digit send timestamp at the start of a bench message's data.
+fn sent_ns(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"data\":\"";
+    let at = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits = payload.get(at..at + 20)?;
+    digits.iter().try_fold(0u64, |a, c| {
+        c.is_ascii_digit().then(|| a * 10 + u64::from(c - b'0'))
+    })
 }
 
 /// Reads frames until EOF: counts text frames, checks seqs are contiguous,
@@ -133,7 +163,9 @@ async fn subscriber(
     prefix: Arc<Vec<u8>>,
     totals: Arc<Totals>,
     buf_size: usize,
+    sampled: bool,
 ) {
+    let mut lat: Vec<u32> = Vec::new();
     let mut buf = leftover;
     let mut have = buf.len();
     buf.resize(buf_size.max(have * 2), 0);
@@ -176,6 +208,13 @@ async fn subscriber(
                         totals.order_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     last_seq = seq;
+                    if sampled && totals.measuring.load(Ordering::Relaxed) {
+                        if let Some(t) = sent_ns(payload) {
+                            lat.push(
+                                (now_ns().saturating_sub(t) / 1000).min(u64::from(u32::MAX)) as u32
+                            );
+                        }
+                    }
                 }
                 9 => {
                     let mut pong = vec![0x8a, 0x80 | len as u8, 0, 0, 0, 0];
@@ -196,6 +235,9 @@ async fn subscriber(
         if frames > 0 {
             totals.frames.fetch_add(frames, Ordering::Relaxed);
         }
+        if !lat.is_empty() {
+            totals.latencies_us.lock().unwrap().append(&mut lat);
+        }
         buf.copy_within(pos..have, 0);
         have -= pos;
         if have == buf.len() {
@@ -206,6 +248,7 @@ async fn subscriber(
             Ok(n) => have += n,
         }
     }
+    totals.latencies_us.lock().unwrap().append(&mut lat);
     totals.closed.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -258,6 +301,7 @@ impl Publisher {
 async fn connect_all(a: &Args, channel: &str, totals: &Arc<Totals>, buf: usize) -> Result<()> {
     let prefix = Arc::new(format!("{{\"channel\":\"{channel}\",\"seq\":").into_bytes());
     let mut pending = Vec::new();
+    let mut done = 0usize;
     for i in 0..a.subscribers {
         pending.push(tokio::spawn({
             let (addr, channel) = (a.addr, channel.to_string());
@@ -267,7 +311,16 @@ async fn connect_all(a: &Args, channel: &str, totals: &Arc<Totals>, buf: usize) 
         if pending.len() == 500 || i + 1 == a.subscribers {
             for p in pending.drain(..) {
                 let (s, leftover) = p.await??;
-                tokio::spawn(subscriber(s, leftover, prefix.clone(), totals.clone(), buf));
+                let sampled = done < LATENCY_SAMPLED;
+                done += 1;
+                tokio::spawn(subscriber(
+                    s,
+                    leftover,
+                    prefix.clone(),
+                    totals.clone(),
+                    buf,
+                    sampled,
+                ));
             }
         }
     }
@@ -281,29 +334,44 @@ async fn fanout(a: Args) -> Result<()> {
     let subs = a.subscribers as u64;
     let published = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs_f64(a.warmup + a.seconds);
-    let body = Arc::new(vec![b'x'; a.size.saturating_sub(60).max(1)]);
+    let body_len = a.size.saturating_sub(70).max(20);
     let mut tasks = Vec::new();
-    for _ in 0..a.publishers {
-        let (addr, totals, published, body) =
-            (a.addr, totals.clone(), published.clone(), body.clone());
-        let window = a.window;
+    let start = Instant::now();
+    for w in 0..a.publishers {
+        let (addr, totals, published) = (a.addr, totals.clone(), published.clone());
+        let (window, rate, publishers) = (a.window, a.rate, a.publishers as f64);
         tasks.push(tokio::spawn(async move {
             let mut p = Publisher::connect(addr).await?;
+            let mut body = vec![b'x'; body_len];
+            let mut k = 0u64;
             while Instant::now() < stop {
-                // Flow control: stay at most `window` messages ahead of the
-                // average subscriber, so nobody is cut off as slow.
-                let n = published.load(Ordering::Relaxed);
-                if totals.frames.load(Ordering::Relaxed) + window * subs < n * subs {
-                    tokio::task::yield_now().await;
-                    continue;
+                if rate > 0.0 {
+                    // Paced: publisher w sends its k-th message at
+                    // start + (k + w/publishers) * publishers/rate.
+                    let at = start
+                        + Duration::from_secs_f64(
+                            (k as f64 + w as f64 / publishers) * publishers / rate,
+                        );
+                    k += 1;
+                    tokio::time::sleep_until(at.into()).await;
+                } else {
+                    // Flow control: stay at most `window` messages ahead of
+                    // the average subscriber, so nobody is cut off as slow.
+                    let n = published.load(Ordering::Relaxed);
+                    if totals.frames.load(Ordering::Relaxed) + window * subs < n * subs {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
                 }
                 published.fetch_add(1, Ordering::Relaxed);
+                body[..20].copy_from_slice(format!("{:020}", now_ns()).as_bytes());
                 p.publish(channel, &body).await?;
             }
             anyhow::Ok(())
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
+    totals.measuring.store(true, Ordering::Relaxed);
     let (f0, c0, t0) = (
         totals.frames.load(Ordering::Relaxed),
         cpu_seconds(a.pid)?,
@@ -315,15 +383,18 @@ async fn fanout(a: Args) -> Result<()> {
         cpu_seconds(a.pid)?,
         Instant::now(),
     );
+    totals.measuring.store(false, Ordering::Relaxed);
     for t in tasks {
         t.await??;
     }
+    // Let the last frames arrive so the sampled subscribers flush.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let wall = (t1 - t0).as_secs_f64();
     let frame_len = format!(
         "{{\"channel\":\"{channel}\",\"seq\":1000,\"id\":\"0123456789abcdef-1000\",\"data\":\"\"}}"
     )
     .len()
-        + body.len();
+        + body_len;
     println!("subscribers={}", a.subscribers);
     println!("message_bytes={frame_len}");
     println!("published={}", published.load(Ordering::Relaxed));
@@ -336,6 +407,17 @@ async fn fanout(a: Args) -> Result<()> {
         totals.order_errors.load(Ordering::Relaxed)
     );
     println!("disconnected={}", totals.closed.load(Ordering::Relaxed));
+    let mut lat = std::mem::take(&mut *totals.latencies_us.lock().unwrap());
+    lat.sort_unstable();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!("latency_samples={}", lat.len());
+    println!("latency_p50_us={}", q(0.50));
+    println!("latency_p99_us={}", q(0.99));
+    println!("latency_max_us={}", lat.last().copied().unwrap_or(0));
     Ok(())
 }
 
@@ -364,7 +446,8 @@ fn main() {
         if a.pid == 0 {
             bail!("--pid of the pusher is required (CPU and RSS are read from /proc)");
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()?;
         match a.mode.as_str() {

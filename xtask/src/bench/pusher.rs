@@ -3,6 +3,7 @@
 //! and clients in separate processes:
 //! 1. fan-out of ~210-byte messages to N (1,000) subscribers of one channel,
 //!    pusher on a 1-worker runtime: deliveries/s and the pusher's CPU;
+//!    then the same paced at 200 messages/s for end-to-end latency;
 //! 2. N (10,000) idle subscribers: the pusher's RSS per connection.
 //!
 //! Prints a table and writes target/bench/pusher.json.
@@ -125,6 +126,20 @@ pub fn run(args: &[String]) -> Result<()> {
             seconds.clone(),
         ],
     )?;
+    // Paced at 200 messages/s (200k deliveries/s with 1,000 subscribers):
+    // end-to-end latency when the pusher is not saturated.
+    let paced = client(
+        "fanout",
+        &p,
+        &[
+            "--subscribers".into(),
+            subscribers.clone(),
+            "--seconds".into(),
+            seconds.clone(),
+            "--rate".into(),
+            "200".into(),
+        ],
+    )?;
     drop(p);
 
     let p = start_pusher("idle")?;
@@ -181,6 +196,38 @@ pub fn run(args: &[String]) -> Result<()> {
         ""
     );
     println!(
+        "{:<44} {:>14}",
+        "publish->receive latency p50/p99/max (ms)",
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            num(&fan, "latency_p50_us") / 1000.0,
+            num(&fan, "latency_p99_us") / 1000.0,
+            num(&fan, "latency_max_us") / 1000.0
+        )
+    );
+    println!(
+        "{:<44} {:>14.0} {:>14} {:>8}",
+        "paced 200 msg/s: deliveries/s",
+        num(&paced, "deliveries_per_s"),
+        "",
+        ""
+    );
+    println!(
+        "{:<44} {:>14.1}",
+        "paced 200 msg/s: pusher CPU (%)",
+        num(&paced, "pusher_cpu_pct")
+    );
+    println!(
+        "{:<44} {:>14}",
+        "paced: latency p50/p99/max (ms)",
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            num(&paced, "latency_p50_us") / 1000.0,
+            num(&paced, "latency_p99_us") / 1000.0,
+            num(&paced, "latency_max_us") / 1000.0
+        )
+    );
+    println!(
         "{:<44} {:>14.0} {:>14.0} {:>8}",
         format!("RSS per idle connection, bytes ({idle} conns)"),
         rss,
@@ -211,8 +258,9 @@ pub fn run(args: &[String]) -> Result<()> {
             .join(", ")
     };
     let json = format!(
-        "{{\n  \"fanout\": {{{}}},\n  \"idle\": {{{}}},\n  \"deliveries_per_cpu_second\": {per_core:.0},\n  \"targets\": {{\"deliveries_per_s\": {TARGET_DELIVERIES_PER_S}, \"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}}},\n  \"loadavg_before\": \"{load_before}\"\n}}\n",
+        "{{\n  \"fanout\": {{{}}},\n  \"fanout_paced_200\": {{{}}},\n  \"idle\": {{{}}},\n  \"deliveries_per_cpu_second\": {per_core:.0},\n  \"targets\": {{\"deliveries_per_s\": {TARGET_DELIVERIES_PER_S}, \"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}}},\n  \"loadavg_before\": \"{load_before}\"\n}}\n",
         obj(&fan),
+        obj(&paced),
         obj(&idl)
     );
     let path = bench_dir().join("pusher.json");
