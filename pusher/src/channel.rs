@@ -285,6 +285,8 @@ pub struct Hub {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     next_sub: AtomicU64,
+    /// Set on SIGTERM/SIGINT: connections close with 1001 (going away).
+    shutting_down: AtomicBool,
 }
 
 impl Hub {
@@ -294,6 +296,28 @@ impl Hub {
             metrics,
             limits,
             next_sub: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Tells every connection to close (they check the flag when woken).
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let channels: Vec<Arc<Channel>> = self
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for c in channels {
+            for sub in c.lock().subs.values() {
+                sub.waker.wake();
+            }
         }
     }
 

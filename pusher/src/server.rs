@@ -125,12 +125,21 @@ pub async fn run(settings: Settings) -> Result<()> {
         writer,
         heartbeat: settings.heartbeat,
     });
+    let hub = state.hub.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = accept_loop(listener, state, tls, metrics) => Ok(()),
-        _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: stopping"); Ok(()) }
-        _ = term.recv() => { log::info!("SIGTERM: stopping"); Ok(()) }
+        _ = accept_loop(listener, state, tls, metrics.clone()) => {}
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: stopping"),
+        _ = term.recv() => log::info!("SIGTERM: stopping"),
     }
+    // Stop accepting (the listener is dropped), close every WebSocket with
+    // 1001 so clients reconnect and resume, give them a moment to go.
+    hub.shut_down();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 async fn accept_loop(

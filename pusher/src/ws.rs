@@ -61,6 +61,8 @@ enum Exit {
     ClientClosed,
     SlowConsumer,
     HeartbeatTimeout,
+    /// The server is stopping: close 1001 so clients know to resume elsewhere/later.
+    Shutdown,
     /// Protocol violation: close with this code.
     Malformed(CloseCode, &'static str),
 }
@@ -86,6 +88,7 @@ struct Conn<S> {
     timer: Pin<Box<Sleep>>,
     metrics: Arc<Metrics>,
     channel: Arc<Channel>,
+    hub: Arc<Hub>,
 }
 
 /// Serves a subscriber on an upgraded stream until it ends.
@@ -128,6 +131,7 @@ pub async fn serve<S>(
         timer: Box::pin(tokio::time::sleep_until(now + heartbeat)),
         metrics: metrics.clone(),
         channel: channel.clone(),
+        hub: hub.clone(),
     };
     let exit = std::future::poll_fn(|cx| conn.poll(cx)).await;
     let unsent = conn.pending.len() + conn.replay.len();
@@ -147,6 +151,13 @@ pub async fn serve<S>(
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.ws.close(Some(frame))).await;
+        }
+        Exit::Shutdown => {
+            let frame = CloseFrame {
+                code: CloseCode::Away,
+                reason: "server shutting down: reconnect with last_seq".into(),
             };
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.ws.close(Some(frame))).await;
         }
@@ -180,6 +191,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.sub.waker.register(cx.waker());
         if self.sub.overflowed() {
             return Poll::Ready(Exit::SlowConsumer);
+        }
+        if self.hub.shutting_down() {
+            return Poll::Ready(Exit::Shutdown);
         }
         if let Poll::Ready(exit) = self.poll_timer(cx) {
             return Poll::Ready(exit);

@@ -410,3 +410,34 @@ async fn retried_publish_with_the_same_msg_id_is_not_pushed_twice() {
     );
     assert_eq!(metric(p.addr, "pusher_publishes_total").await.unwrap(), 4.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_subscribers_with_going_away_and_exits_0() {
+    let mut p = Pusher::start(&[]).unwrap();
+    let mut a = connect(&p.ws_url("t")).await;
+    let mut b = connect(&p.ws_resume_url("t", 0)).await;
+    publish(p.addr, "t", None, b"x").await.unwrap();
+    assert_eq!(next_pushed(&mut a).await.seq, 1);
+    assert_eq!(next_pushed(&mut b).await.seq, 1);
+    p.guard.signal(libc::SIGTERM);
+    for ws in [&mut a, &mut b] {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    assert_eq!(f.code, CloseCode::Away);
+                    break;
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected close 1001, got {other:?}"),
+            }
+        }
+    }
+    let status = p
+        .guard
+        .wait_timeout(Duration::from_secs(5))
+        .expect("exited");
+    assert_eq!(status.code(), Some(0));
+}
