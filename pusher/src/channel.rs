@@ -2,10 +2,11 @@
 //! fan-out of durable messages into each subscriber's bounded send queue.
 //!
 //! Ordering: messages enter a channel only through [`Channel::commit`], in
-//! seq order, after the writer made them durable. Subscribing takes the
-//! replay snapshot and registers the live queue under the same lock as
-//! `commit`, so a resuming client sees every seq above `last_seq` exactly
-//! once: older ones from the snapshot, newer ones from its queue.
+//! seq order, after the writer made them durable. Subscribing fixes the
+//! replay range (up to the current head) and registers the live queue under
+//! the same lock as `commit`, so a resuming client sees every seq above
+//! `last_seq` exactly once: older ones replayed from the retained window,
+//! newer ones from its queue.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -155,7 +156,36 @@ pub struct Channel {
 pub struct Subscription {
     pub sub: Arc<Subscriber>,
     /// Retained messages with seq > last_seq, in order.
-    pub replay: VecDeque<Arc<Msg>>,
+    pub replay: Replay,
+}
+
+/// Messages fetched from the retained window per lock.
+const REPLAY_CHUNK: usize = 256;
+
+/// The retained messages still to replay to one subscriber: a seq range
+/// fixed at subscription, fetched in chunks, so a resume from far behind
+/// holds no snapshot of the whole window.
+pub struct Replay {
+    /// Next seq to fetch (after `buf`).
+    next: u64,
+    /// Last seq to replay (inclusive); later ones come through the queue.
+    to: u64,
+    buf: VecDeque<Arc<Msg>>,
+}
+
+impl Replay {
+    /// Messages still to replay (fetched or not).
+    pub fn remaining(&self) -> usize {
+        self.buf.len() + (self.to + 1).saturating_sub(self.next) as usize
+    }
+
+    /// The next message to replay, fetching a chunk from `channel` when needed.
+    pub fn pop(&mut self, channel: &Channel) -> Option<Arc<Msg>> {
+        if self.buf.is_empty() && self.next <= self.to {
+            channel.fill_replay(self);
+        }
+        self.buf.pop_front()
+    }
 }
 
 impl Channel {
@@ -254,17 +284,45 @@ impl Channel {
             unsent: AtomicUsize::new(0),
         });
         let mut st = self.lock();
-        let replay: VecDeque<Arc<Msg>> = match last_seq {
-            Some(n) => {
-                let from = st.retained.partition_point(|m| m.seq <= n);
-                st.retained.range(from..).cloned().collect()
-            }
-            None => VecDeque::new(),
+        let first_retained = st.retained.front().map_or(st.last_seq + 1, |m| m.seq);
+        // Seqs in the window are contiguous: the range is the count.
+        let replay = match last_seq {
+            Some(n) => Replay {
+                next: (n + 1).max(first_retained),
+                to: st.last_seq,
+                buf: VecDeque::new(),
+            },
+            None => Replay {
+                next: 1,
+                to: 0,
+                buf: VecDeque::new(),
+            },
         };
         st.subs.insert(id, sub.clone());
         drop(st);
-        self.backlog.add(replay.len() as i64);
+        self.backlog.add(replay.remaining() as i64);
         Subscription { sub, replay }
+    }
+
+    /// Fetches the next chunk of `r` from the retained window. Seqs that
+    /// retention dropped meanwhile are skipped (the client sees the jump).
+    fn fill_replay(&self, r: &mut Replay) {
+        let st = self.lock();
+        let i = st.retained.partition_point(|m| m.seq < r.next);
+        r.buf.extend(
+            st.retained
+                .range(i..)
+                .take(REPLAY_CHUNK)
+                .take_while(|m| m.seq <= r.to)
+                .cloned(),
+        );
+        drop(st);
+        let first = r.buf.front().map_or(r.to + 1, |m| m.seq);
+        let skipped = first.saturating_sub(r.next);
+        if skipped > 0 {
+            self.backlog.sub(skipped as i64);
+        }
+        r.next = r.buf.back().map_or(r.to + 1, |m| m.seq + 1);
     }
 
     /// Removes a subscriber; `unsent` is what its task still held.
@@ -413,16 +471,35 @@ mod tests {
         let hub = Hub::new(Arc::new(Metrics::new()), limits(100));
         let ch = hub.channel("c");
         ch.commit(&msgs("c", 1..=5));
-        let s = ch.subscribe(1, Some(3));
+        let mut s = ch.subscribe(1, Some(3));
         // Retention keeps 3 (3, 4, 5); replay is above last_seq = 3.
-        let replayed: Vec<u64> = s.replay.iter().map(|m| m.seq).collect();
+        assert_eq!(s.replay.remaining(), 2);
+        let replayed: Vec<u64> = std::iter::from_fn(|| s.replay.pop(&ch).map(|m| m.seq)).collect();
         assert_eq!(replayed, [4, 5]);
         ch.commit(&msgs("c", 6..=7));
+        assert!(
+            s.replay.pop(&ch).is_none(),
+            "6 and 7 come through the queue"
+        );
         let mut live = VecDeque::new();
         s.sub.drain_into(&mut live);
         assert_eq!(live.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
         assert_eq!(ch.first_retained_seq(), 5);
         assert_eq!(ch.backlog.get(), 4);
+    }
+
+    #[test]
+    fn replay_skips_what_retention_dropped_meanwhile() {
+        let hub = Hub::new(Arc::new(Metrics::new()), limits(100));
+        let ch = hub.channel("c");
+        ch.commit(&msgs("c", 1..=3));
+        let mut s = ch.subscribe(1, Some(0));
+        assert_eq!(ch.backlog.get(), 3);
+        ch.commit(&msgs("c", 4..=5)); // evicts 1 and 2 (retain 3)
+        assert_eq!(s.replay.pop(&ch).unwrap().seq, 3);
+        assert!(s.replay.pop(&ch).is_none());
+        // 3 replayed (not yet counted as written), 1 and 2 skipped, 4 and 5 queued.
+        assert_eq!(ch.backlog.get(), 1 + 2);
     }
 
     #[test]

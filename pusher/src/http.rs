@@ -259,7 +259,7 @@ where
             Ok(u) => u,
             Err(e) => {
                 log::debug!("upgrade failed: {e}");
-                let unsent = subscription.replay.len();
+                let unsent = subscription.replay.remaining();
                 channel.unsubscribe(&subscription.sub, unsent);
                 drop(subscription);
                 hub.release(channel);

@@ -32,7 +32,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    channel::{Channel, Hub, Msg, Subscriber, Subscription},
+    channel::{Channel, Hub, Msg, Replay, Subscriber, Subscription},
     config::MAX_CLIENT_FRAME,
     metrics::Metrics,
 };
@@ -76,7 +76,7 @@ struct Ack {
 struct Conn<S> {
     ws: WebSocketStream<S>,
     sub: Arc<Subscriber>,
-    replay: VecDeque<Arc<Msg>>,
+    replay: Replay,
     pending: VecDeque<Arc<Msg>>,
     /// Highest seq written to the socket; never write one at or below it.
     sent_seq: u64,
@@ -134,7 +134,7 @@ pub async fn serve<S>(
         hub: hub.clone(),
     };
     let exit = std::future::poll_fn(|cx| conn.poll(cx)).await;
-    let unsent = conn.pending.len() + conn.replay.len();
+    let unsent = conn.pending.len() + conn.replay.remaining();
     channel.unsubscribe(&conn.sub, unsent);
     metrics.connections.dec();
     match exit {
@@ -270,7 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn next_msg(&mut self) -> Option<Arc<Msg>> {
         loop {
-            let m = if let Some(m) = self.replay.pop_front() {
+            let m = if let Some(m) = self.replay.pop(&self.channel) {
                 self.metrics.replays.inc();
                 m
             } else {
