@@ -441,3 +441,29 @@ async fn sigterm_closes_subscribers_with_going_away_and_exits_0() {
         .expect("exited");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_replay_in_chunks_meets_live_messages_without_gap() {
+    let p = Pusher::start(&["--fsync", "never"]).unwrap();
+    let addr = p.addr;
+    for i in 1..=1000u64 {
+        publish(addr, "long", None, format!("{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut ws = connect(&p.ws_resume_url("long", 0)).await;
+    let live = tokio::spawn(async move {
+        for i in 1001..=1200u64 {
+            publish(addr, "long", None, format!("{i}").as_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    for expect in 1..=1200u64 {
+        let m = next_pushed(&mut ws).await;
+        assert_eq!((m.seq, m.data), (expect, expect.to_string()));
+    }
+    live.await.unwrap();
+    assert_quiet(&mut ws, Duration::from_millis(100)).await;
+    assert_eq!(metric(addr, "pusher_replays_total").await.unwrap(), 1000.0);
+}
