@@ -89,7 +89,7 @@ fn io_kind(e: &std::io::Error) -> String {
 /// clients mostly idle, so keep it to a page and flush writes at once.
 pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(2048)
         .write_buffer_size(0)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(1 << 20))

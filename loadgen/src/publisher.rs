@@ -31,6 +31,9 @@ struct State {
     stage: u32,
     /// Last pseq stamped per channel.
     last: Vec<u64>,
+    /// Last pseq per channel whose publish finished (either way); a
+    /// channel's publishes finish in pseq order (one connection, in turn).
+    done: Vec<u64>,
     published: Vec<u64>,
     failed: Vec<Vec<(u32, u64)>>,
     errors: BTreeMap<String, u64>,
@@ -63,6 +66,8 @@ pub struct Publisher {
 #[derive(Debug, Default, Clone)]
 pub struct StagePublish {
     pub published: u64,
+    /// Messages of the stage still queued or in flight at its close.
+    pub backlog: u64,
     pub failed: Vec<(u32, u64)>,
     pub errors: BTreeMap<String, u64>,
 }
@@ -86,6 +91,7 @@ impl Publisher {
             .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", sc.publish_url))?;
         let state = Arc::new(Mutex::new(State {
             last: vec![0; sc.channels as usize],
+            done: vec![0; sc.channels as usize],
             ..Default::default()
         }));
         let log = log.map(|l| Arc::new(Mutex::new(l)));
@@ -167,6 +173,20 @@ impl Publisher {
         s.last.clone()
     }
 
+    /// Caps a stage's stamped per-channel seqs at what has been published
+    /// so far: messages still queued at close are judged with the next
+    /// stage. Returns the capped seqs and how many were still queued.
+    pub fn judged_his(&self, stamped: &[u64]) -> (Vec<u64>, u64) {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let his: Vec<u64> = stamped
+            .iter()
+            .zip(&s.done)
+            .map(|(a, d)| (*a).min(*d))
+            .collect();
+        let backlog = stamped.iter().zip(&his).map(|(a, h)| a - h).sum();
+        (his, backlog)
+    }
+
     pub fn in_flight(&self) -> u64 {
         self.state
             .lock()
@@ -181,6 +201,7 @@ impl Publisher {
         let errors = std::mem::take(&mut s.errors);
         StagePublish {
             published,
+            backlog: 0,
             failed,
             errors,
         }
@@ -311,6 +332,7 @@ async fn worker(
         };
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
         s.in_flight -= 1;
+        s.done[job.marker.channel as usize] = job.marker.pseq;
         let k = job.marker.stage;
         match outcome {
             Ok(server_seq) => {

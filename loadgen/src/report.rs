@@ -67,13 +67,19 @@ pub struct LoadgenHealth {
     pub cpu_warning: bool,
     pub publish_errors: BTreeMap<String, u64>,
     pub publish_failed: u64,
+    /// Stage messages not yet published when the stage was judged (the
+    /// publish path lags the schedule); they are judged with the next stage.
+    pub publish_backlog: u64,
 }
 
 /// One stage of `summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StageReport {
     pub stage: u32,
+    /// Whole stage: ramp plus hold.
     pub hold_s: f64,
+    /// Ramp part of the stage (connections opened at the connect rate).
+    pub ramp_s: f64,
     pub started_unix_ns: u64,
     pub ended_unix_ns: u64,
     pub connections: Connections,
@@ -117,6 +123,8 @@ pub struct StageMeta {
     pub target: u64,
     /// Cumulative `opened` at the end of this stage.
     pub opened_total: u64,
+    /// Seconds from the stage start until its connections were opened.
+    pub ramp_s: f64,
     pub started_unix_ns: u64,
     pub ended_unix_ns: u64,
 }
@@ -136,6 +144,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
     StageReport {
         stage: meta.stage,
         hold_s: dur_s,
+        ramp_s: meta.ramp_s,
         started_unix_ns: meta.started_unix_ns,
         ended_unix_ns: meta.ended_unix_ns,
         connections: Connections {
@@ -185,6 +194,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
             cpu_warning: s.cpu_pct.iter().any(|&c| c > CPU_WARN_PCT),
             publish_errors: p.errors.clone(),
             publish_failed: p.failed.len() as u64,
+            publish_backlog: p.backlog,
         },
     }
 }

@@ -308,6 +308,7 @@ impl Driver<'_> {
                 self.idle_until(Instant::now() + Duration::from_millis(50))
                     .await?;
             }
+            let ramp_s = started.elapsed().as_secs_f64();
             self.idle_until(Instant::now() + stage.hold).await?;
             let ended = std::time::Instant::now();
             let ended_ns = now_ns();
@@ -326,6 +327,7 @@ impl Driver<'_> {
                     stage: k,
                     target: target as u64,
                     opened_total: 0,
+                    ramp_s,
                     started_unix_ns: started_ns,
                     ended_unix_ns: ended_ns,
                 },
@@ -345,9 +347,10 @@ impl Driver<'_> {
 
     async fn close(&mut self, mut p: PendingClose) -> Result<(), LoadError> {
         let k = p.meta.stage;
-        let publish = self.publisher.stage_result(k);
+        let mut publish = self.publisher.stage_result(k);
+        let (his, backlog) = self.publisher.judged_his(&p.his);
+        publish.backlog = backlog;
         let failed = publish.failed.clone();
-        let his = p.his.clone();
         let mut total = StageStats::default();
         for r in self
             .broadcast(|_| PoolCmd::Close {

@@ -1,7 +1,325 @@
-//! `cargo xtask bench loadgen`.
+//! `cargo xtask bench loadgen [--idle N] [--fanout N] [--seconds S] [--rate R]`:
+//! builds the release `pushscope-loadgen` (same code as `pushscope load`)
+//! and `pushscope-pusher`, and measures the load generator against the
+//! reference pusher on loopback:
+//! 1. RSS per idle client connection with N (10,000) connections held
+//!    (RSS sampled from /proc while the live metrics endpoint says how many
+//!    are connected; baseline = the same process before it connected);
+//! 2. new WebSocket connections per second (ramp of N connections at an
+//!    unbounded connect rate, from the stage's `ramp_s`);
+//! 3. received messages per second per loadgen core, accounting included
+//!    (N subscribers on one channel, R publishes/s, so N×R deliveries/s are
+//!    asked of the pusher; the stage's received count over the loadgen's own
+//!    CPU time).
+//!
+//! Prints a table and writes target/bench/loadgen.json.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
-pub fn run(_args: &[String]) -> Result<()> {
-    bail!("bench loadgen is not implemented yet")
+use crate::util;
+
+/// Targets of issue 3.
+const TARGET_RSS_PER_CONN: f64 = 16.0 * 1024.0;
+const TARGET_CONNECTS_PER_S: f64 = 5_000.0;
+const TARGET_MSGS_PER_CORE: f64 = 200_000.0;
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `pushscope_load_connections` from the live endpoint, if it answers yet.
+fn connected(metrics: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(metrics).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix("pushscope_load_connections "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The first number after the keys `path` found one after the other in
+/// the pretty `summary.json` (stage 0 comes first).
+fn json_num(text: &str, path: &[&str]) -> f64 {
+    let mut at = 0;
+    for key in path {
+        match text[at..].find(&format!("\"{key}\":")) {
+            Some(i) => at += i + key.len() + 3,
+            None => return f64::NAN,
+        }
+    }
+    // Arrays (e.g. per-process CPU): the first element.
+    let rest = text[at..].trim_start().trim_start_matches('[').trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+')))
+        .unwrap_or(rest.len());
+    rest[..end].parse().unwrap_or(f64::NAN)
+}
+
+fn start_pusher(dir: &Path, extra: &[&str]) -> Result<(Guard, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut child = Command::new(util::release_bin("pushscope-pusher"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting pushscope-pusher")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut line,
+    )?;
+    let addr = line.trim().to_string();
+    let guard = Guard(child);
+    if addr.is_empty() {
+        bail!("pushscope-pusher printed no address");
+    }
+    Ok((guard, addr))
+}
+
+/// Runs `pushscope load` against `addr`; calls `watch(pid, metrics)` every
+/// 100 ms while it runs; returns summary.json's text.
+fn load(out: &Path, addr: &str, args: &[&str], mut watch: impl FnMut(u32, &str)) -> Result<String> {
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let _ = std::fs::remove_dir_all(out);
+    let url = format!("ws://{addr}/ws");
+    let mut child = Guard(
+        Command::new(util::release_bin("pushscope-loadgen"))
+            .args([
+                "load",
+                "--url",
+                &url,
+                "--metrics",
+                &metrics,
+                "--progress-interval",
+                "1s",
+                "--out",
+            ])
+            .arg(out)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting pushscope load")?,
+    );
+    let pid = child.0.id();
+    let mut stderr = child.0.stderr.take().expect("piped");
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(st) = child.0.try_wait()? {
+            break st;
+        }
+        if Instant::now() > deadline {
+            bail!("pushscope load did not finish within 5 minutes");
+        }
+        watch(pid, &metrics);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = err_t.join().unwrap_or_default();
+    if !status.success() {
+        bail!("pushscope load {args:?} failed ({status}):\n{stderr}");
+    }
+    let path = out.join("summary.json");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn bench_dir() -> PathBuf {
+    util::target_dir().join("bench")
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let (mut idle, mut fanout, mut seconds, mut rate) = (10_000u64, 1_000u64, 6u64, 150u64);
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v: u64 = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{k} needs a number"))?;
+        match k.as_str() {
+            "--idle" => idle = v,
+            "--fanout" => fanout = v,
+            "--seconds" => seconds = v,
+            "--rate" => rate = v,
+            _ => bail!(
+                "unknown option {k}: use --idle N, --fanout N, --seconds S, --rate MSGS_PER_S"
+            ),
+        }
+    }
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "pusher",
+        "-p",
+        "loadgen",
+        "--bins",
+    ])?;
+    let dir = bench_dir();
+    std::fs::create_dir_all(&dir)?;
+
+    // 1 + 2: idle connections (no publishing), opened as fast as the pusher accepts them.
+    let (_p, addr) = start_pusher(&dir.join("lg-pusher-idle"), &[])?;
+    let (mut base, mut peak) = (None::<u64>, (0u64, 0u64));
+    let stages = format!("{idle}:4s");
+    let idle_summary = load(
+        &dir.join("lg-idle"),
+        &addr,
+        &[
+            "--stages",
+            &stages,
+            "--rate",
+            "0",
+            "--connect-rate",
+            "100000/s",
+            "--heartbeat",
+            "5s",
+        ],
+        |pid, metrics| {
+            if let (Some(c), Some(rss)) = (connected(metrics), rss_kib(pid)) {
+                if c == 0 {
+                    base.get_or_insert(rss);
+                }
+                if c > peak.0 || (c == peak.0 && rss > peak.1) {
+                    peak = (c, rss);
+                }
+            }
+        },
+    )?;
+    drop(_p);
+    let opened = json_num(&idle_summary, &["stages", "connections", "opened"]);
+    let ramp_s = json_num(&idle_summary, &["stages", "ramp_s"]);
+    let connects_per_s = opened / ramp_s;
+    let upgrade_p99 = json_num(
+        &idle_summary,
+        &["stages", "client_phases_ms", "upgrade", "p99"],
+    );
+    let rss_per_conn = match base {
+        Some(b) if peak.0 > 0 => (peak.1.saturating_sub(b) * 1024) as f64 / peak.0 as f64,
+        _ => f64::NAN,
+    };
+
+    // 3: fan-out to N subscribers of one channel, as fast as the pusher pushes.
+    let (_p, addr) = start_pusher(&dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
+    let stages = format!("{fanout}:{seconds}s");
+    let rate_s = rate.to_string();
+    let fan = load(
+        &dir.join("lg-fan"),
+        &addr,
+        &[
+            "--stages",
+            &stages,
+            "--channels",
+            "1",
+            "--rate",
+            &rate_s,
+            "--payload-bytes",
+            "128",
+            "--connect-rate",
+            "20000/s",
+        ],
+        |_, _| {},
+    )?;
+    drop(_p);
+    let received = json_num(&fan, &["stages", "messages", "received"]);
+    let lost = json_num(&fan, &["stages", "messages", "lost"]);
+    let hold = json_num(&fan, &["stages", "hold_s"]);
+    let cpu = json_num(&fan, &["stages", "loadgen", "cpu_pct"]);
+    let unexpected = json_num(&fan, &["stages", "connections", "unexpected_disconnects"]);
+    let msgs_per_s = received / hold;
+    let per_core = msgs_per_s / (cpu / 100.0).max(0.01);
+    let p99 = json_num(&fan, &["stages", "latency_ms", "p99"]);
+
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!();
+    println!(
+        "loadgen bench (release pushscope vs release pushscope-pusher on loopback, 2 cores shared)"
+    );
+    println!(
+        "{:<52} {:>12} {:>12} {:>8}",
+        "figure", "value", "target", ""
+    );
+    println!(
+        "{:<52} {:>12.0} {:>12.0} {:>8}",
+        format!("RSS per idle client connection, bytes ({} conns)", peak.0),
+        rss_per_conn,
+        TARGET_RSS_PER_CONN,
+        verdict(rss_per_conn <= TARGET_RSS_PER_CONN)
+    );
+    println!(
+        "{:<52} {:>12.0} {:>12.0} {:>8}",
+        format!("new WebSocket connections/s ({opened:.0} in {ramp_s:.2} s)"),
+        connects_per_s,
+        TARGET_CONNECTS_PER_S,
+        verdict(connects_per_s >= TARGET_CONNECTS_PER_S)
+    );
+    println!(
+        "{:<52} {:>12.2}",
+        "  upgrade p99 during the ramp (ms)", upgrade_p99
+    );
+    println!(
+        "{:<52} {:>12.0} {:>12.0} {:>8}",
+        "received msgs/s per loadgen core (with accounting)",
+        per_core,
+        TARGET_MSGS_PER_CORE,
+        verdict(per_core >= TARGET_MSGS_PER_CORE)
+    );
+    println!(
+        "{:<52} {:>12}",
+        format!("  {fanout} subs x 1 channel: msgs/s, loadgen CPU %"),
+        format!("{msgs_per_s:.0}, {cpu:.0}%")
+    );
+    println!(
+        "{:<52} {:>12}",
+        "  lost / unexpected disconnects / e2e p99 ms",
+        format!("{lost} / {unexpected} / {p99:.1}")
+    );
+    let json = format!(
+        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"received\": {received}, \"seconds\": {hold}, \"msgs_per_s\": {msgs_per_s:.0}, \"loadgen_cpu_pct\": {cpu}, \"msgs_per_core_s\": {per_core:.0}, \"lost\": {lost}, \"unexpected_disconnects\": {unexpected}, \"latency_p99_ms\": {p99}}},\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
+        peak.0,
+        base.unwrap_or(0),
+        peak.1
+    );
+    let path = dir.join("loadgen.json");
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    println!("\nwritten {}", path.display());
+    Ok(())
 }
