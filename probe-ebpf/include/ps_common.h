@@ -28,21 +28,26 @@ enum {
 	PS_TCP_CLOSING = 11,
 };
 
-/* Kernel-side state of one accepted connection (never leaves the kernel
- * except summarised in PS_EV_CLOSE_FD). */
+/* Kernel-side state of one accepted connection, keyed by (tgid, fd) so a
+ * write costs one lookup (never leaves the kernel except summarised in
+ * PS_EV_CLOSE_FD). */
 struct ps_conn {
-	__u32 io_seq;
-	__u32 max_wmem;
+	__u64 sk;
+	__u32 io_seq;   /* classified calls so far */
+	__u32 max_wmem; /* max sk_wmem_queued as writes start */
+};
+
+/* Per-sock counters for events that only know the sock (retransmits). */
+struct ps_sock {
 	__u32 retrans;
 	__u32 _pad;
 };
 
-/* A read/write in flight between sys_enter and sys_exit of one thread. */
+/* A read in flight between sys_enter and sys_exit of one thread. */
 struct ps_pending_io {
 	__u64 sk;
-	__u64 buf; /* user pointer of the first bytes, 0 = do not classify */
-	__u32 dir;
-	__u32 _pad;
+	__u64 fd_key; /* (tgid << 32 | fd) of the connection */
+	__u64 buf;    /* user pointer of the first bytes */
 };
 
 struct {
@@ -75,21 +80,21 @@ struct {
 	__type(value, __u32);
 } listen_ports SEC(".maps");
 
-/* (tgid << 32 | fd) -> sk of accepted sockets. */
+/* (tgid << 32 | fd) -> accepted connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, PS_MAX_CONNS);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct ps_conn);
 } fds SEC(".maps");
 
-/* sk -> per-connection counters. LRU so a lost close never fills it. */
+/* sk -> counters of accepted socks. LRU so a lost close never fills it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PS_MAX_CONNS);
 	__type(key, __u64);
-	__type(value, struct ps_conn);
-} conns SEC(".maps");
+	__type(value, struct ps_sock);
+} socks SEC(".maps");
 
 /* Outbound socks of the target (seen entering SYN_SENT in its context). */
 struct {

@@ -1,40 +1,21 @@
 /* Classification of the target's socket I/O: the read family
- * (read/readv/recvfrom/recvmsg) and write family (write/writev/sendto/
- * sendmsg) of accepted sockets. Every write samples sk_wmem_queued into
- * the connection's max. For the first `io_events_per_conn` calls, enter
- * saves the user buffer pointer and exit reads at most 16 bytes to classify
- * them (TLS record header, GET, HTTP/1.1 101, WebSocket frame header); only
- * the class leaves the kernel, never payload bytes. Later calls cost two
- * lookups at enter and one miss at exit; bytes in/out are read from
- * tcp_sock at close, not summed per call. Unrelated processes cost one hash
- * miss per enter and one per exit.
+ * (read/readv/recvfrom/recvmsg, enter + exit) and write family (write/
+ * writev/sendto/sendmsg, enter only) of accepted sockets. Every write
+ * samples sk_wmem_queued into the connection's max. For the first
+ * `io_events_per_conn` calls at most 16 bytes are read to classify them
+ * (TLS record header, GET, HTTP/1.1 101, WebSocket frame header): writes at
+ * enter, reads at exit (read enter saves the buffer pointer). Only the
+ * class leaves the kernel, never payload bytes. Later calls cost one lookup;
+ * bytes in/out are read from tcp_sock at close, not summed per call.
+ * Unrelated processes cost one hash miss per hooked call.
  * Included by pushscope.bpf.c. */
 
 #define PS_PEEK 16
 
-static __always_inline void ps_io_enter(__u32 fd, __u64 buf, __u32 dir, __u32 kind)
+/* The user pointer of the first bytes of a call (kind 0: buf; 1: struct
+ * iovec *; 2: struct user_msghdr *). */
+static __always_inline __u64 ps_first_buf(__u64 buf, __u32 kind)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u64 key = ps_fd_key(id >> 32, fd);
-	__u64 *skp = bpf_map_lookup_elem(&fds, &key);
-	if (!skp)
-		return;
-	__u64 sk = *skp;
-	struct ps_conn *c = bpf_map_lookup_elem(&conns, &sk);
-	if (!c)
-		return;
-	if (dir == PS_DIR_WRITE) {
-		/* send-queue depth as this write starts */
-		int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
-		if (q > 0 && (__u32)q > c->max_wmem)
-			c->max_wmem = q;
-	}
-	__u32 zero = 0;
-	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	/* Past the first calls only the send queue is sampled: no exit work. */
-	if (!cfg || c->io_seq >= cfg->io_events_per_conn || !buf)
-		return;
-	/* kind 1: buf is a struct iovec *; kind 2: a struct user_msghdr * */
 	if (kind == 2) {
 		struct user_msghdr *m = (struct user_msghdr *)buf;
 		struct iovec *iov = 0;
@@ -48,9 +29,15 @@ static __always_inline void ps_io_enter(__u32 fd, __u64 buf, __u32 dir, __u32 ki
 		bpf_probe_read_user(&base, sizeof(base), &iov->iov_base);
 		buf = (__u64)base;
 	}
-	struct ps_pending_io p = {.sk = sk, .buf = buf, .dir = dir};
-	if (bpf_map_update_elem(&pending, &id, &p, BPF_ANY))
-		ps_count(PS_CNT_MAP_FULL);
+	return buf;
+}
+
+/* Is this call still among the connection's first classified ones? */
+static __always_inline bool ps_classifying(struct ps_conn *c)
+{
+	__u32 zero = 0;
+	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	return cfg && c->io_seq < cfg->io_events_per_conn;
 }
 
 static __always_inline bool ps_is(const __u8 *b, const char *lit, int n)
@@ -94,7 +81,68 @@ static __always_inline __u8 ps_classify(const __u8 *b, long n, __u8 *detail)
 	return PS_CLASS_OTHER;
 }
 
-static __always_inline void ps_io_exit(long ret)
+/* Reads the first bytes at `buf` and sends the IO milestone. */
+static __always_inline void ps_emit_io(__u64 sk, __u64 buf, long ret, __u32 dir, __u32 seq)
+{
+	__u8 b[PS_PEEK] = {};
+	if (ret <= 0)
+		return;
+	/* unsigned clamp: the verifier needs 0 <= n <= PS_PEEK */
+	__u64 n = (__u64)ret;
+	if (n > PS_PEEK)
+		n = PS_PEEK;
+	if (bpf_probe_read_user(b, n, (void *)buf))
+		return;
+	struct ps_event *e = ps_reserve(PS_EV_IO, sk);
+	if (!e)
+		return;
+	e->tgid = ps_tgid();
+	e->dir = dir;
+	e->ret = ret;
+	e->io_seq = seq;
+	e->class_ = ps_classify(b, n, &e->detail);
+	ps_submit(e);
+}
+
+/* Writes are classified at enter, where the data already is: no exit
+ * hook, and after the first calls a write costs one lookup plus the
+ * send-queue sample. The event's ret is the requested length and its time
+ * the start of the write. */
+static __always_inline void ps_write_enter(__u32 fd, __u64 buf, __u64 len, __u32 kind)
+{
+	__u64 key = ps_fd_key(ps_tgid(), fd);
+	struct ps_conn *c = bpf_map_lookup_elem(&fds, &key);
+	if (!c)
+		return;
+	struct sock *sk = (struct sock *)c->sk;
+	int q = BPF_CORE_READ(sk, sk_wmem_queued);
+	if (q > 0 && (__u32)q > c->max_wmem)
+		c->max_wmem = q;
+	if (!ps_classifying(c) || !buf || !len)
+		return;
+	__u32 seq = c->io_seq;
+	c->io_seq = seq + 1;
+	ps_count(PS_CNT_IO_CALLS);
+	buf = ps_first_buf(buf, kind);
+	/* for iovec kinds len is the vector length: the first bytes suffice */
+	if (buf)
+		ps_emit_io(c->sk, buf, kind ? PS_PEEK : (long)len, PS_DIR_WRITE, seq);
+}
+
+/* Reads: enter saves the buffer of the first calls, exit classifies. */
+static __always_inline void ps_read_enter(__u32 fd, __u64 buf, __u32 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 key = ps_fd_key(id >> 32, fd);
+	struct ps_conn *c = bpf_map_lookup_elem(&fds, &key);
+	if (!c || !buf || !ps_classifying(c))
+		return;
+	struct ps_pending_io p = {.sk = c->sk, .fd_key = key, .buf = ps_first_buf(buf, kind)};
+	if (bpf_map_update_elem(&pending, &id, &p, BPF_ANY))
+		ps_count(PS_CNT_MAP_FULL);
+}
+
+static __always_inline void ps_read_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct ps_pending_io *p = bpf_map_lookup_elem(&pending, &id);
@@ -104,33 +152,19 @@ static __always_inline void ps_io_exit(long ret)
 	bpf_map_delete_elem(&pending, &id);
 	if (ret <= 0 || !io.buf)
 		return;
-	ps_count(PS_CNT_IO_CALLS);
-	struct ps_conn *c = bpf_map_lookup_elem(&conns, &io.sk);
-	if (!c)
+	struct ps_conn *c = bpf_map_lookup_elem(&fds, &io.fd_key);
+	if (!c || c->sk != io.sk)
 		return;
 	__u32 seq = c->io_seq;
 	c->io_seq = seq + 1;
-	__u8 b[PS_PEEK] = {};
-	__u32 n = ret < PS_PEEK ? ret : PS_PEEK;
-	if (n > PS_PEEK)
-		return;
-	if (bpf_probe_read_user(b, n, (void *)io.buf))
-		return;
-	struct ps_event *e = ps_reserve(PS_EV_IO, io.sk);
-	if (!e)
-		return;
-	e->tgid = id >> 32;
-	e->dir = io.dir;
-	e->ret = ret;
-	e->io_seq = seq;
-	e->class_ = ps_classify(b, n, &e->detail);
-	ps_submit(e);
+	ps_count(PS_CNT_IO_CALLS);
+	ps_emit_io(io.sk, io.buf, ret, PS_DIR_READ, seq);
 }
 
 SEC("tracepoint/syscalls/sys_enter_read")
 int ps_enter_read(struct tp_sys_enter *ctx)
 {
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 0);
+	ps_read_enter(ctx->args[0], ctx->args[1], 0);
 	return 0;
 }
 
@@ -143,14 +177,14 @@ int ps_enter_recvfrom(struct tp_sys_enter *ctx)
 {
 	if (ctx->args[3] & PS_MSG_PEEK)
 		return 0;
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 0);
+	ps_read_enter(ctx->args[0], ctx->args[1], 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_readv")
 int ps_enter_readv(struct tp_sys_enter *ctx)
 {
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 1);
+	ps_read_enter(ctx->args[0], ctx->args[1], 1);
 	return 0;
 }
 
@@ -159,58 +193,46 @@ int ps_enter_recvmsg(struct tp_sys_enter *ctx)
 {
 	if (ctx->args[2] & PS_MSG_PEEK)
 		return 0;
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_READ, 2);
+	ps_read_enter(ctx->args[0], ctx->args[1], 2);
 	return 0;
 }
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int ps_exit_read(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int ps_exit_recvfrom(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_readv")
+int ps_exit_readv(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int ps_exit_recvmsg(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
 
 SEC("tracepoint/syscalls/sys_enter_write")
 int ps_enter_write(struct tp_sys_enter *ctx)
 {
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 0);
+	ps_write_enter(ctx->args[0], ctx->args[1], ctx->args[2], 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int ps_enter_sendto(struct tp_sys_enter *ctx)
 {
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 0);
+	ps_write_enter(ctx->args[0], ctx->args[1], ctx->args[2], 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int ps_enter_writev(struct tp_sys_enter *ctx)
 {
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 1);
+	ps_write_enter(ctx->args[0], ctx->args[1], ctx->args[2], 1);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendmsg")
 int ps_enter_sendmsg(struct tp_sys_enter *ctx)
 {
-	ps_io_enter(ctx->args[0], ctx->args[1], PS_DIR_WRITE, 2);
+	ps_write_enter(ctx->args[0], ctx->args[1], 1, 2);
 	return 0;
 }
-
-SEC("tracepoint/syscalls/sys_exit_read")
-int ps_exit_read(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int ps_exit_recvfrom(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_readv")
-int ps_exit_readv(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int ps_exit_recvmsg(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_write")
-int ps_exit_write(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int ps_exit_sendto(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_writev")
-int ps_exit_writev(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int ps_exit_sendmsg(struct tp_sys_exit *ctx) { ps_io_exit(ctx->ret); return 0; }

@@ -104,9 +104,10 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 		return 0;
 	}
 	__u64 key = ps_fd_key(tgid, fd);
-	struct ps_conn conn = {};
-	if (bpf_map_update_elem(&fds, &key, &sk, BPF_ANY) ||
-	    bpf_map_update_elem(&conns, &sk, &conn, BPF_ANY))
+	struct ps_conn conn = {.sk = sk};
+	struct ps_sock sock = {};
+	if (bpf_map_update_elem(&fds, &key, &conn, BPF_ANY) ||
+	    bpf_map_update_elem(&socks, &sk, &sock, BPF_ANY))
 		ps_count(PS_CNT_MAP_FULL);
 	struct ps_event *e = ps_reserve(PS_EV_ACCEPT, sk);
 	if (!e)
@@ -135,13 +136,14 @@ int ps_enter_close(struct tp_sys_enter *ctx)
 	__u32 tgid = ps_tgid();
 	__u32 fd = ctx->args[0];
 	__u64 key = ps_fd_key(tgid, fd);
-	__u64 *skp = bpf_map_lookup_elem(&fds, &key);
-	if (!skp)
+	struct ps_conn *c = bpf_map_lookup_elem(&fds, &key);
+	if (!c)
 		return 0;
-	__u64 sk = *skp;
+	struct ps_conn conn = *c;
 	bpf_map_delete_elem(&fds, &key);
+	__u64 sk = conn.sk;
 	ps_count(PS_CNT_CLOSES);
-	struct ps_conn *c = bpf_map_lookup_elem(&conns, &sk);
+	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
 	struct ps_event *e = ps_reserve(PS_EV_CLOSE_FD, sk);
 	if (e) {
 		e->tgid = tgid;
@@ -149,16 +151,15 @@ int ps_enter_close(struct tp_sys_enter *ctx)
 		struct tcp_sock *tp = (struct tcp_sock *)sk;
 		e->bytes_in = BPF_CORE_READ(tp, bytes_received);
 		e->bytes_out = BPF_CORE_READ(tp, bytes_acked);
-		if (c) {
-			e->max_wmem = c->max_wmem;
-			e->retrans = c->retrans;
-			e->io_seq = c->io_seq;
-		}
 		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+		e->max_wmem = conn.max_wmem;
+		e->io_seq = conn.io_seq;
+		if (so)
+			e->retrans = so->retrans;
 		ps_submit(e);
 	}
-	if (c)
-		bpf_map_delete_elem(&conns, &sk);
+	if (so)
+		bpf_map_delete_elem(&socks, &sk);
 	return 0;
 }
 
@@ -166,7 +167,7 @@ static __always_inline void ps_reset(__u64 sk, __u8 sent)
 {
 	if (!sk)
 		return;
-	if (!bpf_map_lookup_elem(&conns, &sk) && !bpf_map_lookup_elem(&outs, &sk))
+	if (!bpf_map_lookup_elem(&socks, &sk) && !bpf_map_lookup_elem(&outs, &sk))
 		return;
 	ps_count(sent ? PS_CNT_RST_SENT : PS_CNT_RST_RECV);
 	struct ps_event *e = ps_reserve(PS_EV_RESET, sk);
@@ -194,7 +195,7 @@ SEC("tracepoint/tcp/tcp_retransmit_skb")
 int ps_retransmit(struct tp_tcp_retransmit_skb *ctx)
 {
 	__u64 sk = (__u64)ctx->skaddr;
-	struct ps_conn *c = bpf_map_lookup_elem(&conns, &sk);
+	struct ps_sock *c = bpf_map_lookup_elem(&socks, &sk);
 	if (c) {
 		__sync_fetch_and_add(&c->retrans, 1);
 		ps_count(PS_CNT_RETRANS);

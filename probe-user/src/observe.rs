@@ -20,6 +20,7 @@ use crate::{
 use hdrhistogram::Histogram;
 use loadgen::outcome::{usage, Outcome};
 use std::{
+    io::Write,
     net::SocketAddr,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -579,12 +580,13 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     // The first stdout line says the probes are attached (tests wait for it).
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "observing PID {} (listening ports {:?}); Ctrl-C to stop",
         args.pid,
         obs.ports()
     );
-    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let _ = std::io::stdout().flush();
     let started = Instant::now();
     let why = loop {
         if INTERRUPTED.load(Ordering::Relaxed) {
@@ -608,7 +610,10 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         .map_err(|e| anyhow::anyhow!("writing outputs to {}: {e}", args.out.display()))?;
     drop(obs);
     let o = &report.observer;
-    println!(
+    // stdout may be closed by now (a parent that read only the first line).
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
         "{why}: {} accepted, {} closed (local {}, peer {}, reset {}), accept_wait p99 {:.3} ms, drops {}; outputs in {}",
         o.connections.accepted,
         o.connections.closed_local + o.connections.closed_peer + o.connections.reset,
@@ -620,7 +625,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         args.out.display()
     );
     for n in &report.notes {
-        println!("note: {n}");
+        let _ = writeln!(out, "note: {n}");
     }
     Ok(Outcome::Completed)
 }

@@ -43,10 +43,6 @@ pub const ATTACH: &[(&str, &str, &str)] = &[
     ("ps_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
     ("ps_exit_readv", "syscalls", "sys_exit_readv"),
     ("ps_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("ps_exit_write", "syscalls", "sys_exit_write"),
-    ("ps_exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("ps_exit_writev", "syscalls", "sys_exit_writev"),
-    ("ps_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
 ];
 
 #[derive(Debug, thiserror::Error)]

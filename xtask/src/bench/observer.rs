@@ -1,7 +1,366 @@
-//! `cargo xtask bench observer`.
+//! `cargo xtask bench observer [--seconds S] [--connections N]`: builds the
+//! release binaries and measures the eBPF observer (needs root):
+//! 1. overhead on the target: the reference pusher's fan-out deliveries/s at
+//!    saturation (`pushscope-pusher-bench fanout`) and its CPU per delivery,
+//!    with `pushscope observe` attached ÷ without, runs alternated
+//!    (without, with, without, with) and averaged;
+//! 2. ring-buffer drops while N (20,000) WebSocket connections are
+//!    established at ≥ 2,000/s by 4 `conn_flood` processes from 127.0.0.2-5
+//!    (each connection upgraded, held 1 s, closed), and whether the observer
+//!    counted every one;
+//! 3. probe cost per hooked syscall of an unrelated process: with
+//!    `kernel.bpf_stats_enabled=1`, `dd bs=1` does 1M reads and writes of
+//!    /dev/zero → /dev/null; the run_time_ns / run_cnt deltas of the
+//!    read/write programs (from `bpftool prog show --json`) give ns per call.
+//!
+//! Prints a table and writes target/bench/observer.json.
 
-use anyhow::{bail, Result};
+use crate::util;
+use anyhow::{bail, Context, Result};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
-pub fn run(_args: &[String]) -> Result<()> {
-    bail!("bench observer is not implemented yet")
+const TARGET_THROUGHPUT_RATIO: f64 = 0.97;
+const TARGET_CPU_RATIO: f64 = 1.05;
+const TARGET_NS_PER_CALL: f64 = 100.0;
+const FLOOD_PROCS: usize = 4;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGINT first: the observer writes its outputs and detaches.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc_kill(self.0.id() as i32, 2) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn bench_dir() -> PathBuf {
+    util::target_dir().join("bench")
+}
+
+/// Starts a process and returns it with its first stdout line.
+fn spawn_line(mut cmd: Command, what: &str) -> Result<(Proc, String)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .with_context(|| format!("reading the first line of {what}"))?;
+    if line.trim().is_empty() {
+        let _ = child.kill();
+        bail!("{what} printed nothing");
+    }
+    Ok((Proc(child), line.trim().to_string()))
+}
+
+fn pusher(dir: &Path) -> Result<(Proc, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut cmd = Command::new(util::release_bin("pushscope-pusher"));
+    cmd.args(["--listen", "127.0.0.1:0", "--workers", "1", "--data-dir"])
+        .arg(dir)
+        .env("RUST_LOG", "warn");
+    spawn_line(cmd, "pushscope-pusher")
+}
+
+fn observe(pid: u32, out: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(util::release_bin("pushscope"));
+    cmd.args(["observe", "--pid", &pid.to_string(), "--out"])
+        .arg(out)
+        .env("RUST_LOG", "warn");
+    Ok(spawn_line(cmd, "pushscope observe")?.0)
+}
+
+fn kv(out: &[u8]) -> BTreeMap<String, f64> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// One fan-out measurement: (deliveries/s, pusher CPU %).
+fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<(f64, f64)> {
+    let dir = bench_dir().join(format!("observer-pusher-{tag}"));
+    let (p, addr) = pusher(&dir)?;
+    let pid = p.0.id();
+    let obs = if with_probes {
+        Some(observe(
+            pid,
+            &bench_dir().join(format!("observer-fanout-{tag}")),
+        )?)
+    } else {
+        None
+    };
+    let out = Command::new(util::release_bin("pushscope-pusher-bench"))
+        .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
+        .args(["--subscribers", "1000", "--seconds", seconds])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running pushscope-pusher-bench")?;
+    drop(obs);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!("pushscope-pusher-bench fanout failed ({})", out.status);
+    }
+    let m = kv(&out.stdout);
+    Ok((m["deliveries_per_s"], m["pusher_cpu_pct"]))
+}
+
+/// 20k connections at ≥ 2k/s: (flood figures, observer summary).
+fn flood(connections: usize) -> Result<(BTreeMap<String, f64>, serde_like::Json)> {
+    let dir = bench_dir().join("observer-flood-pusher");
+    let (p, addr) = pusher(&dir)?;
+    let out = bench_dir().join("observer-flood");
+    let obs = observe(p.0.id(), &out)?;
+    let per = connections / FLOOD_PROCS;
+    let rate = 2400.0 / FLOOD_PROCS as f64;
+    let started = Instant::now();
+    let kids: Vec<Child> = (0..FLOOD_PROCS)
+        .map(|i| {
+            Command::new(util::release_bin("conn_flood"))
+                .args(["--addr", &addr, "--count", &per.to_string()])
+                .args(["--rate", &rate.to_string(), "--hold-ms", "1000"])
+                .args(["--src", &format!("127.0.0.{}", i + 2)])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting conn_flood")
+        })
+        .collect::<Result<_>>()?;
+    let mut total = BTreeMap::new();
+    for k in kids {
+        let o = k.wait_with_output()?;
+        for (key, v) in kv(&o.stdout) {
+            *total.entry(key).or_insert(0.0) += v;
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    total.insert("wall_seconds".into(), wall);
+    // The per-process rates add up: they ran at the same time.
+    std::thread::sleep(Duration::from_secs(2));
+    drop(obs);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = std::fs::read_to_string(out.join("summary.json"))
+        .context("the observer wrote no summary.json")?;
+    Ok((total, serde_like::Json(text)))
+}
+
+/// Minimal number extraction from the observer's JSON (xtask has no serde).
+mod serde_like {
+    pub struct Json(pub String);
+
+    impl Json {
+        /// The first number after `"key":` following `"section"`.
+        pub fn num(&self, section: &str, key: &str) -> Option<f64> {
+            let s = &self.0;
+            let at = s.find(&format!("\"{section}\""))?;
+            let rest = &s[at..];
+            let k = rest.find(&format!("\"{key}\":"))? + key.len() + 3;
+            let v: String = rest[k..]
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-' || *c == 'e')
+                .collect();
+            v.parse().ok()
+        }
+    }
+}
+
+/// (run_cnt, run_time_ns) summed over programs whose name is in `names`.
+fn prog_stats(names: &[&str]) -> Result<(u64, u64)> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("running bpftool (apt-get install bpftool)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut cnt, mut ns) = (0, 0);
+    // One object per program: split on `{"id":`.
+    for obj in text.split("{\"id\":").skip(1) {
+        let name = obj
+            .split("\"name\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        if !names.contains(&name) {
+            continue;
+        }
+        let field = |k: &str| -> u64 {
+            obj.split(&format!("\"{k}\":"))
+                .nth(1)
+                .map(|r| {
+                    r.chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        cnt += field("run_cnt");
+        ns += field("run_time_ns");
+    }
+    Ok((cnt, ns))
+}
+
+/// ns per call of the read/write programs while `dd` (unrelated) runs.
+fn syscall_cost() -> Result<(f64, u64)> {
+    let dir = bench_dir().join("observer-cost-pusher");
+    let (p, _) = pusher(&dir)?;
+    let obs = observe(p.0.id(), &bench_dir().join("observer-cost"))?;
+    let path = "/proc/sys/kernel/bpf_stats_enabled";
+    let before_flag = std::fs::read_to_string(path).unwrap_or_default();
+    std::fs::write(path, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let names = [
+        "ps_enter_read",
+        "ps_exit_read",
+        "ps_enter_write",
+        "ps_exit_write",
+    ];
+    let (c0, t0) = prog_stats(&names)?;
+    let st = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=1000000"])
+        .stderr(Stdio::null())
+        .status()?;
+    let (c1, t1) = prog_stats(&names)?;
+    let _ = std::fs::write(path, before_flag.trim());
+    drop(obs);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !st.success() {
+        bail!("dd failed");
+    }
+    let calls = c1.saturating_sub(c0);
+    if calls == 0 {
+        bail!("the probes recorded no runs: is kernel.bpf_stats_enabled supported?");
+    }
+    Ok((t1.saturating_sub(t0) as f64 / calls as f64, calls))
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut seconds = "5".to_string();
+    let mut connections = 20_000usize;
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v = it.next().with_context(|| format!("{k} needs a value"))?;
+        match k.as_str() {
+            "--seconds" => seconds = v.clone(),
+            "--connections" => connections = v.parse().context("--connections N")?,
+            _ => bail!("unknown option {k}: use --seconds S, --connections N"),
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        bail!("bench observer needs CAP_BPF and CAP_PERFMON: run as root");
+    }
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "pusher",
+        "-p",
+        "probe-user",
+        "-p",
+        "pushscope-tests",
+        "--bins",
+    ])?;
+    std::fs::create_dir_all(bench_dir())?;
+
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for round in 0..2 {
+        without.push(fanout(false, &seconds, round * 2)?);
+        with.push(fanout(true, &seconds, round * 2 + 1)?);
+    }
+    let mean =
+        |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let (dps0, dps1) = (mean(&without, |x| x.0), mean(&with, |x| x.0));
+    let cpm0 = mean(&without, |x| x.1 / x.0);
+    let cpm1 = mean(&with, |x| x.1 / x.0);
+    let thr_ratio = dps1 / dps0;
+    let cpu_ratio = cpm1 / cpm0;
+
+    let (fl, summary) = flood(connections)?;
+    let established = fl.get("established").copied().unwrap_or(0.0);
+    let flood_rate = fl.get("rate").copied().unwrap_or(0.0);
+    let drops = summary.num("observer", "drops").unwrap_or(f64::NAN);
+    let accepted = summary.num("connections", "accepted").unwrap_or(f64::NAN);
+    let accept_p99 = summary.num("accept_wait", "p99").unwrap_or(f64::NAN);
+
+    let (ns_per_call, calls) = syscall_cost()?;
+
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!("\nobserver bench (2 fan-out runs each way, 1000 subscribers, {seconds} s)");
+    println!(
+        "{:<52} {:>12} {:>10} {:>7}",
+        "figure", "value", "target", ""
+    );
+    println!(
+        "{:<52} {:>12.4} {:>10} {:>7}",
+        format!("deliveries/s with ÷ without ({dps1:.0} / {dps0:.0})"),
+        thr_ratio,
+        ">= 0.97",
+        verdict(thr_ratio >= TARGET_THROUGHPUT_RATIO)
+    );
+    println!(
+        "{:<52} {:>12.4} {:>10} {:>7}",
+        "target CPU per delivery with ÷ without",
+        cpu_ratio,
+        "<= 1.05",
+        verdict(cpu_ratio <= TARGET_CPU_RATIO)
+    );
+    println!(
+        "{:<52} {:>12} {:>10} {:>7}",
+        format!("ring-buffer drops, {established:.0} conns at {flood_rate:.0}/s"),
+        drops,
+        "0",
+        verdict(drops == 0.0 && established >= connections as f64 && flood_rate >= 2000.0)
+    );
+    println!(
+        "{:<52} {:>12} {:>10} {:>7}",
+        "connections the observer counted as accepted", accepted, established, ""
+    );
+    println!(
+        "{:<52} {:>12.3} {:>10} {:>7}",
+        "accept_wait p99 during the flood (ms)", accept_p99, "", ""
+    );
+    println!(
+        "{:<52} {:>12.1} {:>10} {:>7}",
+        format!("ns per hooked syscall, unrelated process ({calls} runs)"),
+        ns_per_call,
+        "<= 100",
+        verdict(ns_per_call <= TARGET_NS_PER_CALL)
+    );
+    let json = format!(
+        "{{\n  \"deliveries_per_s_without\": {dps0:.0},\n  \"deliveries_per_s_with\": {dps1:.0},\n  \"throughput_ratio\": {thr_ratio:.4},\n  \"cpu_per_delivery_ratio\": {cpu_ratio:.4},\n  \"flood_established\": {established},\n  \"flood_rate_per_s\": {flood_rate:.0},\n  \"flood_accepted_observed\": {accepted},\n  \"flood_drops\": {drops},\n  \"flood_accept_wait_p99_ms\": {accept_p99},\n  \"ns_per_unrelated_syscall\": {ns_per_call:.1},\n  \"unrelated_probe_runs\": {calls}\n}}\n"
+    );
+    let path = bench_dir().join("observer.json");
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    println!("\nwritten {}", path.display());
+    Ok(())
+}
+
+extern "C" {
+    fn geteuid() -> u32;
 }
