@@ -57,6 +57,9 @@ pub struct SubAcct {
     pub up_ns: Option<u64>,
     /// Last server seq received (resume point for protocols that have one).
     pub last_server_seq: Option<u64>,
+    /// Set when the subscriber was closed on purpose: nothing above this
+    /// pseq is expected from it any more.
+    cap: Option<u64>,
 }
 
 impl SubAcct {
@@ -71,6 +74,7 @@ impl SubAcct {
             closed_hi: 0,
             up_ns: None,
             last_server_seq: None,
+            cap: None,
         }
     }
 
@@ -80,6 +84,12 @@ impl SubAcct {
 
     pub fn closed_hi(&self) -> u64 {
         self.closed_hi
+    }
+
+    /// The subscriber was closed on purpose: expect nothing beyond what it
+    /// had seen (gaps below that still count).
+    pub fn end_intended(&mut self) {
+        self.cap = Some(self.max_seen.max(self.contig));
     }
 
     /// The subscriber must see every message scheduled at least `settle_ns`
@@ -145,6 +155,7 @@ impl SubAcct {
         let Some(base) = self.ensure_baseline(None, sched, settle_ns) else {
             return (0, 0);
         };
+        let hi = self.cap.map_or(hi, |c| hi.min(c));
         let lo = self.closed_hi.max(base - 1);
         if hi <= lo {
             return (0, 0);

@@ -122,6 +122,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 match end {
                     End::Intended => {
                         s.intended_disconnects += 1;
+                        st.subs[local].end_intended();
                         break;
                     }
                     End::Unexpected(reason) => {

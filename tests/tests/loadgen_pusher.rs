@@ -147,3 +147,45 @@ fn bad_input_exits_2_and_names_the_problem() {
     let run = pushscope(&["verify"], None, Duration::from_secs(10)).unwrap();
     assert_eq!(run.code, Some(2));
 }
+
+#[test]
+fn a_smaller_stage_closes_connections_on_purpose_without_counting_loss() {
+    let _heavy = heavy_lock();
+    let p = Pusher::start(&[]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("ws://{}/ws", p.addr);
+    let run = pushscope(
+        &[
+            "load",
+            "--url",
+            &url,
+            "--stages",
+            "60:2s,20:2s",
+            "--channels",
+            "3",
+            "--rate",
+            "150",
+            "--grace",
+            "1s",
+        ],
+        Some(out.path()),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let s = run.stage(1);
+    assert_eq!(run.stage_u64(1, "connections", "opened"), 20, "{s}");
+    assert_eq!(s["intended_disconnects"].as_u64(), Some(40), "{s}");
+    assert_eq!(
+        run.stage_u64(1, "connections", "unexpected_disconnects"),
+        0,
+        "{s}"
+    );
+    for k in 0..2 {
+        assert_eq!(run.stage_u64(k, "messages", "lost"), 0, "{}", run.stage(k));
+        assert_eq!(
+            run.stage_u64(k, "messages", "received"),
+            run.stage_u64(k, "messages", "expected")
+        );
+    }
+}
