@@ -7,6 +7,7 @@
 //! most `--window` messages ahead of the subscribers), deliveries/s and the
 //! pusher's CPU (from /proc/PID/stat) over the measured window; every
 //! subscriber's seqs are checked to be contiguous.
+//! `publish`: publish throughput alone (answered per the fsync policy).
 //! `idle`: N idle subscribers (answering pings), the pusher's RSS before and
 //! after, per connection.
 //! The client runs 2 runtime threads: on a 2-core machine it must keep up
@@ -421,6 +422,37 @@ async fn fanout(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Publish throughput alone: `--publishers` keep-alive connections
+/// publishing back to back (no subscribers), answered per the fsync policy.
+async fn publish_only(a: Args) -> Result<()> {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let body = Arc::new(vec![b'p'; a.size.saturating_sub(70).max(1)]);
+    let mut tasks = Vec::new();
+    for _ in 0..a.publishers {
+        let (addr, done, body) = (a.addr, done.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut p = Publisher::connect(addr).await?;
+            while Instant::now() < stop {
+                p.publish("pub", &body).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let (c0, t0) = (cpu_seconds(a.pid)?, Instant::now());
+    for t in tasks {
+        t.await??;
+    }
+    let (c1, wall) = (cpu_seconds(a.pid)?, t0.elapsed().as_secs_f64());
+    let n = done.load(Ordering::Relaxed);
+    println!("publishers={}", a.publishers);
+    println!("publishes={n}");
+    println!("publishes_per_s={:.0}", n as f64 / wall);
+    println!("pusher_cpu_pct={:.1}", (c1 - c0) / wall * 100.0);
+    Ok(())
+}
+
 async fn idle(a: Args) -> Result<()> {
     let before = rss_kib(a.pid)?;
     let totals = Arc::new(Totals::default());
@@ -453,7 +485,8 @@ fn main() {
         match a.mode.as_str() {
             "fanout" => rt.block_on(fanout(a)),
             "idle" => rt.block_on(idle(a)),
-            m => bail!("unknown mode {m}: fanout | idle"),
+            "publish" => rt.block_on(publish_only(a)),
+            m => bail!("unknown mode {m}: fanout | idle | publish"),
         }
     };
     if let Err(e) = run() {

@@ -3,7 +3,8 @@
 //! and clients in separate processes:
 //! 1. fan-out of ~210-byte messages to N (1,000) subscribers of one channel,
 //!    pusher on a 1-worker runtime: deliveries/s and the pusher's CPU;
-//!    then the same paced at 200 messages/s for end-to-end latency;
+//!    then the same paced at 200 messages/s for end-to-end latency, then
+//!    publish throughput alone (16 publishers, `--fsync batch`);
 //! 2. N (10,000) idle subscribers: the pusher's RSS per connection.
 //!
 //! Prints a table and writes target/bench/pusher.json.
@@ -140,6 +141,17 @@ pub fn run(args: &[String]) -> Result<()> {
             "200".into(),
         ],
     )?;
+    // Publish throughput alone, 16 keep-alive publishers, --fsync batch.
+    let publ = client(
+        "publish",
+        &p,
+        &[
+            "--publishers".into(),
+            "16".into(),
+            "--seconds".into(),
+            "3".into(),
+        ],
+    )?;
     drop(p);
 
     let p = start_pusher("idle")?;
@@ -228,6 +240,18 @@ pub fn run(args: &[String]) -> Result<()> {
         )
     );
     println!(
+        "{:<44} {:>14.0} {:>14} {:>8}",
+        "publishes/s (16 publishers, fsync batch)",
+        num(&publ, "publishes_per_s"),
+        "",
+        ""
+    );
+    println!(
+        "{:<44} {:>14.1}",
+        "pusher CPU while publishing (%)",
+        num(&publ, "pusher_cpu_pct")
+    );
+    println!(
         "{:<44} {:>14.0} {:>14.0} {:>8}",
         format!("RSS per idle connection, bytes ({idle} conns)"),
         rss,
@@ -258,9 +282,10 @@ pub fn run(args: &[String]) -> Result<()> {
             .join(", ")
     };
     let json = format!(
-        "{{\n  \"fanout\": {{{}}},\n  \"fanout_paced_200\": {{{}}},\n  \"idle\": {{{}}},\n  \"deliveries_per_cpu_second\": {per_core:.0},\n  \"targets\": {{\"deliveries_per_s\": {TARGET_DELIVERIES_PER_S}, \"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}}},\n  \"loadavg_before\": \"{load_before}\"\n}}\n",
+        "{{\n  \"fanout\": {{{}}},\n  \"fanout_paced_200\": {{{}}},\n  \"publish\": {{{}}},\n  \"idle\": {{{}}},\n  \"deliveries_per_cpu_second\": {per_core:.0},\n  \"targets\": {{\"deliveries_per_s\": {TARGET_DELIVERIES_PER_S}, \"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}}},\n  \"loadavg_before\": \"{load_before}\"\n}}\n",
         obj(&fan),
         obj(&paced),
+        obj(&publ),
         obj(&idl)
     );
     let path = bench_dir().join("pusher.json");
