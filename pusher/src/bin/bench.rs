@@ -54,7 +54,7 @@ fn parse_args() -> Result<Args> {
         size: 200,
         seconds: 5.0,
         warmup: 1.0,
-        window: 32,
+        window: 64,
         publishers: 8,
         rate: 0.0,
     };
