@@ -57,6 +57,8 @@ pub struct SubAcct {
     pub up_ns: Option<u64>,
     /// Last server seq received (resume point for protocols that have one).
     pub last_server_seq: Option<u64>,
+    /// Last server message id (resume point for protocols that use ids).
+    pub last_message_id: String,
     /// Set when the subscriber was closed on purpose: nothing above this
     /// pseq is expected from it any more.
     cap: Option<u64>,
@@ -74,6 +76,7 @@ impl SubAcct {
             closed_hi: 0,
             up_ns: None,
             last_server_seq: None,
+            last_message_id: String::new(),
             cap: None,
         }
     }

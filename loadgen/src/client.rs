@@ -10,7 +10,7 @@ use crate::{
     lane::{bump, Lane, SubCtl},
     marker::{now_ns, Marker},
     net::{open_ws, Endpoint, Ws},
-    protocol::Protocol,
+    protocol::{Protocol, Resume},
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -60,14 +60,21 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
         if ctl.stop.get() {
             break;
         }
-        let resume = if cfg.protocol.resumes() {
-            lane.state.borrow().subs[local].last_server_seq
-        } else {
-            None
+        let url = {
+            let st = lane.state.borrow();
+            let sub = &st.subs[local];
+            let resume = match (cfg.protocol.resumes(), sub.last_server_seq) {
+                (false, _) => None,
+                (true, Some(seq)) => Some(Resume::Seq(seq)),
+                (true, None) if !sub.last_message_id.is_empty() => {
+                    Some(Resume::Id(&sub.last_message_id))
+                }
+                (true, None) => None,
+            };
+            cfg.protocol.subscribe_url(&ch_name, resume)
         };
-        let url = cfg.protocol.subscribe_url(&ch_name, resume);
         let result = tokio::select! {
-            r = open_ws(&cfg.endpoint, &url, source, cfg.connect_timeout) => r,
+            r = open_ws(&cfg.endpoint, &url, cfg.protocol.subprotocol(), source, cfg.connect_timeout) => r,
             _ = ctl.notify.notified() => break,
         };
         match result {
@@ -267,6 +274,11 @@ fn on_frame(
     if let Some(s) = server_seq {
         let sub = &mut st.subs[local];
         sub.last_server_seq = Some(sub.last_server_seq.map_or(s, |l| l.max(s)));
+    }
+    if let Some(id) = cfg.protocol.message_id(text) {
+        let sub = &mut st.subs[local];
+        sub.last_message_id.clear();
+        sub.last_message_id.push_str(id);
     }
     let channel = st.subs[local].channel;
     let Some(m) = Marker::find(text).filter(|m| m.channel == channel) else {

@@ -164,15 +164,24 @@ pub async fn open_stream(
 pub async fn open_ws(
     ep: &Endpoint,
     url: &str,
+    subprotocol: Option<&str>,
     source: Option<Ipv4Addr>,
     timeout: Duration,
 ) -> Result<(Ws, Phases), ConnectError> {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+    if let Some(p) = subprotocol {
+        let v = HeaderValue::from_str(p).map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+        req.headers_mut().insert("sec-websocket-protocol", v);
+    }
     let fut = async {
         let mut phases = Phases::default();
         let stream = open_stream(ep, source, &mut phases).await?;
         let t = Instant::now();
         let (ws, _resp) =
-            tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+            tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
                 .await
                 .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
         phases.upgrade = t.elapsed();

@@ -67,6 +67,23 @@ impl Nginx {
         Ok(Nginx { guard, port, dir })
     }
 
+    /// Sends `sig` to the master and every worker (e.g. SIGSTOP to freeze nchan).
+    pub fn signal_all(&self, sig: i32) {
+        let master = self.guard.pid();
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on nginx workers this test started.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+        self.guard.signal(sig);
+    }
+
     pub fn sub_url(&self) -> String {
         format!("ws://127.0.0.1:{}/sub/{{channel}}", self.port)
     }

@@ -122,3 +122,67 @@ fn twenty_thousand_connections_sharded_over_worker_processes() {
     assert_eq!(s["loadgen"]["cpu_pct"].as_array().unwrap().len(), 3, "{s}");
     assert!(s["client_phases_ms"]["upgrade"]["p99"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn nchan_subscribers_resume_by_message_id_after_a_freeze() {
+    if skip() {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let ng = nginx::Nginx::start(2).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (sub, publ, o) = (ng.sub_url(), ng.pub_url(), out.path().to_path_buf());
+    let run = std::thread::spawn(move || {
+        pushscope(
+            &[
+                "load",
+                "--protocol",
+                "nchan",
+                "--url",
+                &sub,
+                "--publish-url",
+                &publ,
+                "--stages",
+                "20:6s",
+                "--channels",
+                "2",
+                "--rate",
+                "100",
+                "--heartbeat",
+                "500ms",
+                "--grace",
+                "2s",
+            ],
+            Some(&o),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    ng.signal_all(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2500));
+    ng.signal_all(libc::SIGCONT);
+    let run = run.join().unwrap();
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let s = run.stage(0);
+    // Every subscriber noticed the freeze, came back with last_event_id and
+    // got what was published meanwhile (without resume, ~1 per subscriber is lost).
+    assert_eq!(
+        run.stage_u64(0, "connections", "unexpected_disconnects"),
+        20,
+        "{s}"
+    );
+    assert_eq!(
+        s["disconnects_by_reason"]["heartbeat lost"].as_u64(),
+        Some(20),
+        "{s}"
+    );
+    assert_eq!(run.stage_u64(0, "connections", "reconnects"), 20, "{s}");
+    assert_eq!(run.stage_u64(0, "messages", "lost"), 0, "{s}");
+    assert_eq!(run.stage_u64(0, "messages", "duplicates"), 0, "{s}");
+    assert_eq!(
+        run.stage_u64(0, "messages", "received"),
+        run.stage_u64(0, "messages", "expected"),
+        "{s}"
+    );
+}

@@ -3,9 +3,17 @@
 //! server seq from a pushed frame, how to ACK and where to publish. The
 //! message marker (see `marker`) is found the same way in every protocol.
 
+pub mod nchan;
 pub mod pushscope;
 
 use crate::scenario::{ProtocolKind, Scenario};
+
+/// Where a reconnect resumes: after a server seq, or after a message id.
+#[derive(Debug, Clone, Copy)]
+pub enum Resume<'a> {
+    Seq(u64),
+    Id(&'a str),
+}
 
 #[derive(Debug, Clone)]
 pub struct Protocol {
@@ -29,14 +37,36 @@ impl Protocol {
 
     /// Whether a reconnect can resume where the last one stopped.
     pub fn resumes(&self) -> bool {
-        self.kind == ProtocolKind::Pushscope
+        matches!(self.kind, ProtocolKind::Pushscope | ProtocolKind::Nchan)
     }
 
-    pub fn subscribe_url(&self, channel: &str, resume_from: Option<u64>) -> String {
-        match self.kind {
-            ProtocolKind::Pushscope => pushscope::subscribe_url(&self.url, channel, resume_from),
+    /// WebSocket subprotocol to ask for.
+    pub fn subprotocol(&self) -> Option<&'static str> {
+        (self.kind == ProtocolKind::Nchan).then_some(nchan::SUBPROTOCOL)
+    }
+
+    pub fn subscribe_url(&self, channel: &str, resume: Option<Resume<'_>>) -> String {
+        match (self.kind, resume) {
+            (ProtocolKind::Pushscope, r) => {
+                let seq = match r {
+                    Some(Resume::Seq(s)) => Some(s),
+                    _ => None,
+                };
+                pushscope::subscribe_url(&self.url, channel, seq)
+            }
+            (ProtocolKind::Nchan, Some(Resume::Id(id))) => {
+                nchan::subscribe_url(&self.url, channel, Some(id))
+            }
             // nchan: `ws://host/sub/{channel}`; generic: any template.
-            ProtocolKind::Nchan | ProtocolKind::Generic => self.url.replace("{channel}", channel),
+            _ => self.url.replace("{channel}", channel),
+        }
+    }
+
+    /// Server-side message id of a frame, for protocols that resume by id.
+    pub fn message_id<'t>(&self, text: &'t str) -> Option<&'t str> {
+        match self.kind {
+            ProtocolKind::Nchan => nchan::meta_id(text),
+            _ => None,
         }
     }
 
