@@ -151,7 +151,7 @@ impl SubAcct {
     pub fn close(
         &mut self,
         hi: u64,
-        failed: &dyn Fn(u64) -> bool,
+        failed: &[u64],
         sched: &Schedule,
         settle_ns: u64,
     ) -> (u64, u64) {
@@ -163,22 +163,34 @@ impl SubAcct {
         if hi <= lo {
             return (0, 0);
         }
-        let mut expected = 0;
+        let failed_in =
+            |a: u64, b: u64| failed.iter().filter(|&&p| a <= p && p <= b).count() as u64;
+        let expected = (hi - lo) - failed_in(lo + 1, hi);
+        // Everything ≤ contig is settled; walk only the gaps between the
+        // pseqs received ahead of it, so judging costs O(gaps), not O(messages).
         let mut lost = 0;
-        for p in lo + 1..=hi {
-            if failed(p) {
-                self.ahead.remove(&p);
-                continue;
+        let mut gap = |from: u64, to: u64, lost_set: &mut BTreeSet<u64>| {
+            if from > to {
+                return;
             }
-            expected += 1;
-            if p <= self.contig || self.ahead.remove(&p) {
-                continue;
+            lost += (to - from + 1) - failed_in(from, to);
+            for p in from..=to {
+                if lost_set.len() >= LOST_SET_CAP {
+                    break;
+                }
+                if !failed.contains(&p) {
+                    lost_set.insert(p);
+                }
             }
-            lost += 1;
-            if self.lost_set.len() < 100_000 {
-                self.lost_set.insert(p);
-            }
+        };
+        let mut next = self.contig.max(lo) + 1;
+        let received: Vec<u64> = self.ahead.range(next..=hi).copied().collect();
+        for p in received {
+            gap(next, p - 1, &mut self.lost_set);
+            self.ahead.remove(&p);
+            next = p + 1;
         }
+        gap(next, hi, &mut self.lost_set);
         self.contig = self.contig.max(hi);
         while self.ahead.remove(&(self.contig + 1)) {
             self.contig += 1;
@@ -187,6 +199,10 @@ impl SubAcct {
         (expected, lost)
     }
 }
+
+/// Declared-lost pseqs remembered per subscriber (to tell late arrivals
+/// from duplicates); beyond it a late arrival counts as a duplicate.
+const LOST_SET_CAP: usize = 10_000;
 
 /// One stage's figures from one lane, process or the whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,7 +353,6 @@ mod tests {
         let s = sched();
         let mut a = SubAcct::new(0);
         a.up_ns = Some(0);
-        let no_fail = |_| false;
         let v: Vec<_> = [1, 2, 4, 4, 3, 6, 2]
             .iter()
             .map(|&p| a.on_receive(p, &s, 0))
@@ -352,7 +367,7 @@ mod tests {
         assert_eq!(v[4], Verdict::Fresh { out_of_order: true });
         assert_eq!(v[6], Verdict::Duplicate);
         // Stage closes at pseq 7: 5 and 7 are open gaps → lost.
-        assert_eq!(a.close(7, &no_fail, &s, 0), (7, 2));
+        assert_eq!(a.close(7, &[], &s, 0), (7, 2));
         assert_eq!(a.on_receive(5, &s, 0), Verdict::Late);
         assert_eq!(
             a.on_receive(8, &s, 0),
@@ -360,7 +375,7 @@ mod tests {
                 out_of_order: false
             }
         );
-        assert_eq!(a.close(9, &no_fail, &s, 0), (2, 1));
+        assert_eq!(a.close(9, &[], &s, 0), (2, 1));
     }
 
     #[test]
@@ -368,10 +383,10 @@ mod tests {
         let s = sched();
         let mut a = SubAcct::new(0);
         a.up_ns = Some(10_000_000); // up at 10 ms; settle 5 ms → first due pseq is i=15 → 16
-        assert_eq!(a.close(20, &|_| false, &s, 5_000_000), (5, 5));
+        assert_eq!(a.close(20, &[], &s, 5_000_000), (5, 5));
         let mut b = SubAcct::new(0);
         assert_eq!(
-            b.close(20, &|_| false, &s, 0),
+            b.close(20, &[], &s, 0),
             (0, 0),
             "never connected: nothing expected"
         );
@@ -384,10 +399,24 @@ mod tests {
             }
         );
         assert_eq!(
-            c.close(5, &|p| p == 4, &s, 0),
+            c.close(5, &[4], &s, 0),
             (4, 3),
             "failed publishes are not expected"
         );
+    }
+
+    #[test]
+    fn judging_a_dead_subscriber_costs_its_gaps_not_its_messages() {
+        let s = sched();
+        let mut a = SubAcct::new(0);
+        a.up_ns = Some(0);
+        a.on_receive(1, &s, 0);
+        a.on_receive(1_000_000, &s, 0);
+        let t = std::time::Instant::now();
+        assert_eq!(a.close(50_000_000, &[7], &s, 0), (49_999_999, 49_999_997));
+        assert!(t.elapsed() < std::time::Duration::from_millis(500));
+        assert_eq!(a.on_receive(5, &s, 0), Verdict::Late);
+        assert_eq!(a.on_receive(1_000_000, &s, 0), Verdict::Duplicate);
     }
 
     #[test]

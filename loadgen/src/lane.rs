@@ -212,11 +212,17 @@ async fn lane_main(
                 let sched = st.schedule;
                 let settle = lane.cfg.settle_ns;
                 let (mut expected, mut lost) = (0, 0);
+                let mut failed_by_channel: Vec<Vec<u64>> = vec![Vec::new(); his.len()];
+                for &(c, p) in failed.iter() {
+                    if let Some(v) = failed_by_channel.get_mut(c as usize) {
+                        v.push(p);
+                    }
+                }
                 for sub in st.subs.iter_mut() {
-                    let c = sub.channel;
-                    let hi = his.get(c as usize).copied().unwrap_or(0);
-                    let is_failed = |p: u64| failed.iter().any(|&(fc, fp)| fc == c && fp == p);
-                    let (e, l) = sub.close(hi, &is_failed, &sched, settle);
+                    let c = sub.channel as usize;
+                    let hi = his.get(c).copied().unwrap_or(0);
+                    let f = failed_by_channel.get(c).map_or(&[][..], |v| v.as_slice());
+                    let (e, l) = sub.close(hi, f, &sched, settle);
                     expected += e;
                     lost += l;
                 }
