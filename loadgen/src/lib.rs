@@ -177,22 +177,33 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         worker: None,
         live: true,
     };
-    let report = rt.block_on(runner::run(&sc, opts, &mut |_| {}));
-    let report = report.map_err(anyhow::Error::new)?;
-    let path = report::write_summary(
-        &out,
-        &report::Summary {
+    // Judged stages are kept as they come, so a run that fails midway
+    // still leaves what it measured (marked incomplete).
+    let mut judged: Vec<StageReport> = Vec::new();
+    let result = rt.block_on(runner::run(&sc, opts, &mut |ev| {
+        if let StageEvent::Ended { report, .. } = ev {
+            judged.push(report.clone());
+        }
+    }));
+    let (stages, warnings, complete) = match &result {
+        Ok(r) => (r.stages.clone(), r.warnings.clone(), true),
+        Err(e) => (judged, vec![format!("the run stopped early: {e}")], false),
+    };
+    if complete || !stages.is_empty() {
+        let summary = report::Summary {
             schema: 1,
-            complete: true,
+            complete,
             scenario: &sc,
-            stages: &report.stages,
-            warnings: &report.warnings,
-        },
-    )?;
-    for w in &report.warnings {
-        eprintln!("pushscope load: warning: {w}");
+            stages: &stages,
+            warnings: &warnings,
+        };
+        let path = report::write_summary(&out, &summary)?;
+        for w in &warnings {
+            eprintln!("pushscope load: warning: {w}");
+        }
+        eprintln!("pushscope load: summary written to {}", path.display());
     }
-    eprintln!("pushscope load: summary written to {}", path.display());
+    result.map_err(anyhow::Error::new)?;
     Ok(Outcome::Completed)
 }
 
