@@ -2,8 +2,10 @@
 //! release binaries and measures the eBPF observer (needs root):
 //! 1. overhead on the target: the reference pusher's fan-out deliveries/s at
 //!    saturation (`pushscope-pusher-bench fanout`) and its CPU per delivery,
-//!    with `pushscope observe` attached ÷ without, runs alternated
-//!    (without, with, without, with) and averaged;
+//!    with `pushscope observe` attached ÷ without, 3 rounds alternated
+//!    (without, with, …) and averaged; plus the probes' own run time
+//!    (bpf_stats) as a share of the pusher's CPU time, which other load on
+//!    the machine does not blur;
 //! 2. ring-buffer drops while N (20,000) WebSocket connections are
 //!    established at ≥ 2,000/s by 4 `conn_flood` processes from 127.0.0.2-5
 //!    (each connection upgraded, held 1 s, closed), and whether the observer
@@ -29,6 +31,7 @@ const TARGET_THROUGHPUT_RATIO: f64 = 0.97;
 const TARGET_CPU_RATIO: f64 = 1.05;
 const TARGET_NS_PER_CALL: f64 = 100.0;
 const FLOOD_PROCS: usize = 4;
+const ROUNDS: usize = 3;
 
 struct Proc(Child);
 
@@ -100,8 +103,27 @@ fn kv(out: &[u8]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// One fan-out measurement: (deliveries/s, pusher CPU %).
-fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<(f64, f64)> {
+/// utime + stime of a process in ns (USER_HZ = 100 on Linux x86-64).
+fn cpu_ns(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (t(11) + t(12)) * 10_000_000
+}
+
+/// One fan-out run.
+struct Fanout {
+    dps: f64,
+    cpu_pct: f64,
+    /// Share of the pusher's CPU time spent in the probes (with probes only).
+    probe_share: Option<f64>,
+}
+
+/// One fan-out measurement.
+fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
     let dir = bench_dir().join(format!("observer-pusher-{tag}"));
     let (p, addr) = pusher(&dir)?;
     let pid = p.0.id();
@@ -113,12 +135,17 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<(f64, f64)> {
     } else {
         None
     };
+    let ps = |n: &str| n.starts_with("ps_");
+    let (s0, c0) = (prog_stats(&ps)?, cpu_ns(pid));
     let out = Command::new(util::release_bin("pushscope-pusher-bench"))
         .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
         .args(["--subscribers", "1000", "--seconds", seconds])
         .stderr(Stdio::inherit())
         .output()
         .context("running pushscope-pusher-bench")?;
+    let (s1, c1) = (prog_stats(&ps)?, cpu_ns(pid));
+    let probe_share =
+        with_probes.then(|| s1.1.saturating_sub(s0.1) as f64 / c1.saturating_sub(c0).max(1) as f64);
     drop(obs);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
@@ -126,7 +153,11 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<(f64, f64)> {
         bail!("pushscope-pusher-bench fanout failed ({})", out.status);
     }
     let m = kv(&out.stdout);
-    Ok((m["deliveries_per_s"], m["pusher_cpu_pct"]))
+    Ok(Fanout {
+        dps: m["deliveries_per_s"],
+        cpu_pct: m["pusher_cpu_pct"],
+        probe_share,
+    })
 }
 
 /// 20k connections at ≥ 2k/s: (flood figures, observer summary).
@@ -189,8 +220,8 @@ mod serde_like {
     }
 }
 
-/// (run_cnt, run_time_ns) summed over programs whose name is in `names`.
-fn prog_stats(names: &[&str]) -> Result<(u64, u64)> {
+/// (run_cnt, run_time_ns) summed over programs whose name matches.
+fn prog_stats(matches: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -204,7 +235,7 @@ fn prog_stats(names: &[&str]) -> Result<(u64, u64)> {
             .nth(1)
             .and_then(|r| r.split('"').next())
             .unwrap_or("");
-        if !names.contains(&name) {
+        if !matches(name) {
             continue;
         }
         let field = |k: &str| -> u64 {
@@ -229,22 +260,19 @@ fn syscall_cost() -> Result<(f64, u64)> {
     let dir = bench_dir().join("observer-cost-pusher");
     let (p, _) = pusher(&dir)?;
     let obs = observe(p.0.id(), &bench_dir().join("observer-cost"))?;
-    let path = "/proc/sys/kernel/bpf_stats_enabled";
-    let before_flag = std::fs::read_to_string(path).unwrap_or_default();
-    std::fs::write(path, "1").context("enabling kernel.bpf_stats_enabled")?;
     let names = [
         "ps_enter_read",
         "ps_exit_read",
         "ps_enter_write",
         "ps_exit_write",
     ];
-    let (c0, t0) = prog_stats(&names)?;
+    let is = |n: &str| names.contains(&n);
+    let (c0, t0) = prog_stats(&is)?;
     let st = Command::new("dd")
         .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=1000000"])
         .stderr(Stdio::null())
         .status()?;
-    let (c1, t1) = prog_stats(&names)?;
-    let _ = std::fs::write(path, before_flag.trim());
+    let (c1, t1) = prog_stats(&is)?;
     drop(obs);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
@@ -287,19 +315,35 @@ pub fn run(args: &[String]) -> Result<()> {
     ])?;
     std::fs::create_dir_all(bench_dir())?;
 
+    // The probes' own run time is recorded for the whole bench.
+    let flag = "/proc/sys/kernel/bpf_stats_enabled";
+    let flag_before = std::fs::read_to_string(flag).unwrap_or_default();
+    std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = measure(&seconds, connections);
+    let _ = std::fs::write(flag, flag_before.trim());
+    result
+}
+
+fn measure(seconds: &str, connections: usize) -> Result<()> {
     let mut without = Vec::new();
     let mut with = Vec::new();
-    for round in 0..2 {
-        without.push(fanout(false, &seconds, round * 2)?);
-        with.push(fanout(true, &seconds, round * 2 + 1)?);
+    for round in 0..ROUNDS {
+        without.push(fanout(false, seconds, round * 2)?);
+        with.push(fanout(true, seconds, round * 2 + 1)?);
     }
-    let mean =
-        |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
-    let (dps0, dps1) = (mean(&without, |x| x.0), mean(&with, |x| x.0));
-    let cpm0 = mean(&without, |x| x.1 / x.0);
-    let cpm1 = mean(&with, |x| x.1 / x.0);
+    let mean = |v: &[Fanout], f: fn(&Fanout) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let (dps0, dps1) = (mean(&without, |x| x.dps), mean(&with, |x| x.dps));
+    let cpm0 = mean(&without, |x| x.cpu_pct / x.dps);
+    let cpm1 = mean(&with, |x| x.cpu_pct / x.dps);
     let thr_ratio = dps1 / dps0;
     let cpu_ratio = cpm1 / cpm0;
+    let share = mean(&with, |x| x.probe_share.unwrap_or(f64::NAN));
+    let runs: Vec<String> = without
+        .iter()
+        .zip(&with)
+        .map(|(a, b)| format!("{:.0}/{:.0}", b.dps, a.dps))
+        .collect();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let (fl, summary) = flood(connections)?;
     let established = fl.get("established").copied().unwrap_or(0.0);
@@ -311,7 +355,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let (ns_per_call, calls) = syscall_cost()?;
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!("\nobserver bench (2 fan-out runs each way, 1000 subscribers, {seconds} s)");
+    println!(
+        "\nobserver bench ({ROUNDS} fan-out runs each way, 1000 subscribers, {seconds} s; load avg {})",
+        loadavg.trim()
+    );
+    println!(
+        "fan-out deliveries/s with/without per round: {}",
+        runs.join(", ")
+    );
     println!(
         "{:<52} {:>12} {:>10} {:>7}",
         "figure", "value", "target", ""
@@ -329,6 +380,10 @@ pub fn run(args: &[String]) -> Result<()> {
         cpu_ratio,
         "<= 1.05",
         verdict(cpu_ratio <= TARGET_CPU_RATIO)
+    );
+    println!(
+        "{:<52} {:>12.4} {:>10} {:>7}",
+        "probe run time ÷ pusher CPU time (bpf_stats)", share, "", ""
     );
     println!(
         "{:<52} {:>12} {:>10} {:>7}",
@@ -353,7 +408,7 @@ pub fn run(args: &[String]) -> Result<()> {
         verdict(ns_per_call <= TARGET_NS_PER_CALL)
     );
     let json = format!(
-        "{{\n  \"deliveries_per_s_without\": {dps0:.0},\n  \"deliveries_per_s_with\": {dps1:.0},\n  \"throughput_ratio\": {thr_ratio:.4},\n  \"cpu_per_delivery_ratio\": {cpu_ratio:.4},\n  \"flood_established\": {established},\n  \"flood_rate_per_s\": {flood_rate:.0},\n  \"flood_accepted_observed\": {accepted},\n  \"flood_drops\": {drops},\n  \"flood_accept_wait_p99_ms\": {accept_p99},\n  \"ns_per_unrelated_syscall\": {ns_per_call:.1},\n  \"unrelated_probe_runs\": {calls}\n}}\n"
+        "{{\n  \"deliveries_per_s_without\": {dps0:.0},\n  \"deliveries_per_s_with\": {dps1:.0},\n  \"throughput_ratio\": {thr_ratio:.4},\n  \"cpu_per_delivery_ratio\": {cpu_ratio:.4},\n  \"probe_share_of_target_cpu\": {share:.4},\n  \"flood_established\": {established},\n  \"flood_rate_per_s\": {flood_rate:.0},\n  \"flood_accepted_observed\": {accepted},\n  \"flood_drops\": {drops},\n  \"flood_accept_wait_p99_ms\": {accept_p99},\n  \"ns_per_unrelated_syscall\": {ns_per_call:.1},\n  \"unrelated_probe_runs\": {calls}\n}}\n"
     );
     let path = bench_dir().join("observer.json");
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;

@@ -1,0 +1,118 @@
+//! `pushscope observe` refuses clearly, with exit 2 and nothing attached,
+//! when it cannot do its job: not privileged, no such PID, PID not listening
+//! on TCP; and it stops by itself, saying so, when the target exits.
+
+use pushscope_tests::{
+    bin_path,
+    observer::{num, Observe},
+    skip_unless_root, spawn_first_line,
+};
+use std::{
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+fn observe(args: &[&str]) -> Output {
+    let out = tempfile::tempdir().unwrap();
+    Command::new(bin_path("pushscope"))
+        .arg("observe")
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Programs of the object that are loaded right now (bpftool).
+fn loaded_ps_programs() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    out.lines().filter(|l| l.contains("name ps_")).count()
+}
+
+#[test]
+fn observer_refuses_a_missing_pid_and_a_pid_not_listening() {
+    if skip_unless_root("observer_refuses_a_missing_pid_and_a_pid_not_listening") {
+        return;
+    }
+    let before = loaded_ps_programs();
+    // PIDs above pid_max never exist.
+    let o = observe(&["--pid", "4194304999"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no process with PID"), "{err}");
+
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let o = observe(&["--pid", &sleeper.id().to_string()]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is not listening on TCP"), "{err}");
+    assert_eq!(loaded_ps_programs(), before, "nothing may stay attached");
+}
+
+#[test]
+fn observer_refuses_without_privileges() {
+    if skip_unless_root("observer_refuses_without_privileges") {
+        return;
+    }
+    // Drop to nobody with no capabilities; the binary must be reachable.
+    let bin = bin_path("pushscope");
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&bin)
+        .args([
+            "observe",
+            "--pid",
+            "1",
+            "--out",
+            "/tmp/pushscope-observe-nobody",
+        ])
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&o.stderr).contains("Permission denied") {
+        eprintln!("skipped: {} is not executable by nobody", bin.display());
+        return;
+    }
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pushscope observe needs CAP_BPF and CAP_PERFMON: run as root"),
+        "{err}"
+    );
+}
+
+#[test]
+fn observer_stops_when_the_target_exits_and_says_so() {
+    if skip_unless_root("observer_stops_when_the_target_exits_and_says_so") {
+        return;
+    }
+    let mut cmd = Command::new(bin_path("slow_accept_server"));
+    cmd.args(["--max-secs", "3"]);
+    let (srv, _addr) = spawn_first_line(cmd, Duration::from_secs(10)).unwrap();
+    let mut obs = Observe::start(srv.pid(), &[]).unwrap();
+    let t0 = Instant::now();
+    let status = obs
+        .guard
+        .wait_timeout(Duration::from_secs(15))
+        .expect("observe must stop by itself when the target exits");
+    assert!(status.success(), "{status}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let text = std::fs::read_to_string(obs.out.join("summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["observe"]["target_exited"], true, "{v:#}");
+    assert!(v["observe"]["notes"].to_string().contains("target exited"));
+    assert_eq!(num(&v["observer"], "connections.accepted"), 0.0);
+    drop(srv);
+}
