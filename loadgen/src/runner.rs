@@ -75,6 +75,9 @@ impl AnyPool {
     }
 }
 
+/// Longest wait for the last stage's queued publishes before it is judged.
+const DRAIN_MAX: Duration = Duration::from_secs(30);
+
 struct PendingClose {
     meta: StageMeta,
     deadline: Instant,
@@ -337,6 +340,17 @@ impl Driver<'_> {
                 ended,
                 coord_cpu,
             });
+        }
+        // Nothing is judged after the last stage: let its queued publishes
+        // finish (bounded), then give them the grace to be delivered.
+        let drain_until = Instant::now() + DRAIN_MAX;
+        while self.publisher.in_flight() > 0 && Instant::now() < drain_until {
+            self.idle_until(Instant::now() + Duration::from_millis(20))
+                .await?;
+        }
+        let drained = Instant::now();
+        if let Some(last) = self.pending.back_mut() {
+            last.deadline = last.deadline.max(drained + self.sc.grace);
         }
         while let Some(p) = self.pending.back() {
             let deadline = p.deadline;

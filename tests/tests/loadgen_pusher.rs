@@ -22,11 +22,11 @@ fn staged_run_counts_every_message_exactly() {
             "--channels",
             "4",
             "--rate",
-            "400",
+            "200",
             "--connect-rate",
             "500/s",
             "--grace",
-            "1s",
+            "2s",
             "--progress-interval",
             "1s",
             "--log-dir",
@@ -72,11 +72,11 @@ fn staged_run_counts_every_message_exactly() {
         "{}",
         run.stage(2)
     );
-    // 400 msgs/s for ~2 s per stage, scheduled (open model), not best effort.
+    // 200 msgs/s for ~2 s per stage, scheduled (open model), not best effort.
     let published: u64 = (0..3)
         .map(|k| run.stage_u64(k, "messages", "published"))
         .sum();
-    assert!((2000..=3200).contains(&published), "published {published}");
+    assert!((1000..=1600).contains(&published), "published {published}");
     assert_eq!(run.stage(2)["connections"]["stability"].as_f64(), Some(1.0));
     // The logs agree, id by id.
     let v = pushscope(
