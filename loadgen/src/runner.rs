@@ -76,7 +76,7 @@ impl AnyPool {
 }
 
 /// Longest wait for the last stage's queued publishes before it is judged.
-const DRAIN_MAX: Duration = Duration::from_secs(30);
+const DRAIN_MAX: Duration = Duration::from_secs(15);
 
 struct PendingClose {
     meta: StageMeta,
@@ -342,15 +342,28 @@ impl Driver<'_> {
             });
         }
         // Nothing is judged after the last stage: let its queued publishes
-        // finish (bounded), then give them the grace to be delivered.
+        // finish while they make progress (bounded), then give them the
+        // grace to be delivered.
+        let far = Instant::now() + DRAIN_MAX + self.sc.grace + Duration::from_secs(3600);
+        let last_deadline = self.pending.back().map(|p| p.deadline);
+        if let Some(last) = self.pending.back_mut() {
+            last.deadline = far;
+        }
         let drain_until = Instant::now() + DRAIN_MAX;
+        let mut progress = (self.publisher.in_flight(), Instant::now());
         while self.publisher.in_flight() > 0 && Instant::now() < drain_until {
             self.idle_until(Instant::now() + Duration::from_millis(20))
                 .await?;
+            let left = self.publisher.in_flight();
+            if left < progress.0 {
+                progress = (left, Instant::now());
+            } else if progress.1.elapsed() > self.sc.grace.max(Duration::from_secs(1)) {
+                break; // stuck (e.g. every publish fails): judge what there is
+            }
         }
         let drained = Instant::now();
-        if let Some(last) = self.pending.back_mut() {
-            last.deadline = last.deadline.max(drained + self.sc.grace);
+        if let (Some(last), Some(d)) = (self.pending.back_mut(), last_deadline) {
+            last.deadline = d.max(drained + self.sc.grace);
         }
         while let Some(p) = self.pending.back() {
             let deadline = p.deadline;
