@@ -52,6 +52,8 @@ pub struct LaneGauges {
     pub settled: AtomicU64,
     pub received: AtomicU64,
     pub errors: AtomicU64,
+    /// Latency p99 (µs) of the current stage so far, refreshed every second.
+    pub p99_us: AtomicU64,
 }
 
 /// Stop switch of one subscriber task.
@@ -164,7 +166,22 @@ async fn lane_main(
     });
     let mut ctls: Vec<Rc<SubCtl>> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
-    while let Some(cmd) = rx.recv().await {
+    let mut refresh = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let cmd = tokio::select! {
+            c = rx.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+            _ = refresh.tick() => {
+                let mut st = lane.state.borrow_mut();
+                let k = st.stage;
+                let h = &st.stage_stats(k).latency;
+                let p99 = if h.is_empty() { 0 } else { h.value_at_quantile(0.99) };
+                lane.gauges.p99_us.store(p99, Ordering::Relaxed);
+                continue;
+            }
+        };
         match cmd {
             LaneCmd::Schedule(s) => lane.state.borrow_mut().schedule = s,
             LaneCmd::Open { id, channel } => {

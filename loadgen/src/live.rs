@@ -16,7 +16,8 @@ struct Figures {
     target: usize,
     snap: LiveSnap,
     msgs_per_s: f64,
-    last_p99_ms: Option<f64>,
+    /// p99 of the current stage so far (highest over lanes and shards).
+    p99_ms: Option<f64>,
     lost: u64,
     duplicates: u64,
 }
@@ -82,8 +83,8 @@ impl Live {
         let mut f = self.figures.lock().unwrap_or_else(|p| p.into_inner());
         f.snap = snap;
         f.msgs_per_s = rate;
+        f.p99_ms = (snap.p99_us > 0).then(|| snap.p99_us as f64 / 1000.0);
         if let Some(r) = last_report {
-            f.last_p99_ms = r.latency_ms.p99;
             f.lost = r.messages.lost;
             f.duplicates = r.messages.duplicates;
         }
@@ -91,12 +92,12 @@ impl Live {
             return;
         }
         let line = format!(
-            "stage {}: {}/{} connected, {:.0} msgs/s, p99 {} ms (last closed stage), {} errors",
+            "stage {}: {}/{} connected, {:.0} msgs/s, p99 so far {} ms, {} errors",
             f.stage,
             f.snap.connected,
             f.target,
             f.msgs_per_s,
-            f.last_p99_ms.map_or("-".into(), |p| format!("{p:.1}")),
+            f.p99_ms.map_or("-".into(), |p| format!("{p:.1}")),
             f.snap.errors
         );
         match &self.bar {
@@ -131,8 +132,10 @@ fn exposition(f: &Figures) -> String {
 # HELP pushscope_load_received_total Messages received by all subscribers.\n# TYPE pushscope_load_received_total counter\npushscope_load_received_total {}\n\
 # HELP pushscope_load_errors_total Failed connects and unexpected disconnects.\n# TYPE pushscope_load_errors_total counter\npushscope_load_errors_total {}\n\
 # HELP pushscope_load_received_per_second Receive rate over the last interval.\n# TYPE pushscope_load_received_per_second gauge\npushscope_load_received_per_second {:.1}\n\
-# HELP pushscope_load_lost Lost messages in the last closed stage.\n# TYPE pushscope_load_lost gauge\npushscope_load_lost {}\n",
-        f.stage, f.target, f.snap.connected, f.snap.received, f.snap.errors, f.msgs_per_s, f.lost
+# HELP pushscope_load_lost Lost messages in the last closed stage.\n# TYPE pushscope_load_lost gauge\npushscope_load_lost {}\n\
+# HELP pushscope_load_latency_p99_ms End-to-end latency p99 of the current stage so far.\n# TYPE pushscope_load_latency_p99_ms gauge\npushscope_load_latency_p99_ms {}\n",
+        f.stage, f.target, f.snap.connected, f.snap.received, f.snap.errors, f.msgs_per_s, f.lost,
+        f.p99_ms.unwrap_or(f64::NAN)
     )
 }
 

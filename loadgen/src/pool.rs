@@ -57,6 +57,8 @@ pub struct LiveSnap {
     pub connected: u64,
     pub received: u64,
     pub errors: u64,
+    /// Highest per-lane latency p99 of the current stage so far (µs).
+    pub p99_us: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -300,6 +302,7 @@ impl LocalPool {
             s.connected += g.connected.load(Ordering::Relaxed);
             s.received += g.received.load(Ordering::Relaxed);
             s.errors += g.errors.load(Ordering::Relaxed);
+            s.p99_us = s.p99_us.max(g.p99_us.load(Ordering::Relaxed));
         }
         s
     }

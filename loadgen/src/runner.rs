@@ -245,6 +245,7 @@ impl Driver<'_> {
                 total.connected += s.connected;
                 total.received += s.received;
                 total.errors += s.errors;
+                total.p99_us = total.p99_us.max(s.p99_us);
             }
         }
         Ok(total)
