@@ -34,7 +34,8 @@ enum {
 struct ps_conn {
 	__u64 sk;
 	__u32 io_seq;   /* classified calls so far */
-	__u32 max_wmem; /* max sk_wmem_queued as writes start */
+	__u32 max_wmem; /* max sk_wmem_queued, sampled as writes start */
+	__u64 writes;   /* write calls (the send queue is sampled every 16th) */
 };
 
 /* Per-sock counters for events that only know the sock (retransmits). */
@@ -46,8 +47,9 @@ struct ps_sock {
 /* A read in flight between sys_enter and sys_exit of one thread. */
 struct ps_pending_io {
 	__u64 sk;
-	__u64 fd_key; /* (tgid << 32 | fd) of the connection */
-	__u64 buf;    /* user pointer of the first bytes */
+	__u64 buf; /* user pointer of the first bytes */
+	__u32 idx; /* fdtab index of the connection */
+	__u32 _pad;
 };
 
 struct {
@@ -64,13 +66,30 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* tgids (and tids: harmless) of the target and its descendants. */
+/* Accepted connections live in an array indexed by (slot, fd): a process
+ * of the target gets a slot at its first accept, so the per-call lookup of
+ * a write is one small hash lookup (tgid -> slot) and one array access,
+ * and an unrelated process pays one miss in a small hash. fds >= PS_FDS,
+ * or processes beyond PS_SLOTS, are not tracked (counted). */
+#define PS_SLOTS 8
+#define PS_FDS 32768
+
+/* tgid (and tids of threads: harmless) of the target and its descendants
+ * -> slot + 1 (0: no accept yet). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } tgids SEC(".maps");
+
+/* Next free slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} slot_alloc SEC(".maps");
 
 /* Local TCP ports the target listens on (host order), filled by userspace. */
 struct {
@@ -80,13 +99,13 @@ struct {
 	__type(value, __u32);
 } listen_ports SEC(".maps");
 
-/* (tgid << 32 | fd) -> accepted connection. */
+/* (slot * PS_FDS + fd) -> accepted connection (sk 0: none). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, PS_MAX_CONNS);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PS_SLOTS * PS_FDS);
+	__type(key, __u32);
 	__type(value, struct ps_conn);
-} fds SEC(".maps");
+} fdtab SEC(".maps");
 
 /* sk -> counters of accepted socks. LRU so a lost close never fills it. */
 struct {
@@ -104,10 +123,19 @@ struct {
 	__type(value, __u32);
 } outs SEC(".maps");
 
-/* pid_tgid -> read/write in flight. */
+/* Entries in `pending` (slot 0): read exits return at once while it is 0,
+ * which is nearly always once connections are past their first calls. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} pending_count SEC(".maps");
+
+/* pid_tgid -> read in flight. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct ps_pending_io);
 } pending SEC(".maps");
@@ -155,9 +183,45 @@ static __always_inline void ps_submit(struct ps_event *e)
 	ps_count(PS_CNT_EVENTS);
 }
 
-static __always_inline __u64 ps_fd_key(__u32 tgid, __u32 fd)
+/* fdtab index of (tgid, fd); false if not a tracked fd of the target.
+ * With `alloc`, gives the process a slot if it has none yet. */
+static __always_inline bool ps_fd_idx(__u32 tgid, __u32 fd, bool alloc, __u32 *idx)
 {
-	return ((__u64)tgid << 32) | fd;
+	if (fd >= PS_FDS)
+		return false;
+	/* 64-bit values: the BPF target has 64-bit atomics without -mcpu=v3 */
+	__u64 *slot = bpf_map_lookup_elem(&tgids, &tgid);
+	if (!slot)
+		return false;
+	__u64 s = *slot;
+	if (!s) {
+		if (!alloc)
+			return false;
+		__u32 zero = 0;
+		__u64 *next = bpf_map_lookup_elem(&slot_alloc, &zero);
+		if (!next)
+			return false;
+		s = __sync_fetch_and_add(next, 1) + 1;
+		/* another thread of the process may have won: use its slot */
+		__u64 old = __sync_val_compare_and_swap(slot, 0, s);
+		if (old)
+			s = old;
+	}
+	if (s > PS_SLOTS)
+		return false;
+	*idx = (s - 1) * PS_FDS + fd;
+	return true;
+}
+
+/* The connection on (tgid, fd), or 0. */
+static __always_inline struct ps_conn *ps_conn_of(__u32 tgid, __u32 fd, __u32 *idx)
+{
+	if (!ps_fd_idx(tgid, fd, false, idx))
+		return 0;
+	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, idx);
+	if (!c || !c->sk)
+		return 0;
+	return c;
 }
 
 #endif

@@ -20,6 +20,7 @@ enum ps_counter {
 	PS_CNT_MAP_FULL = 10,     /* map updates that failed (state lost) */
 	PS_CNT_IO_CALLS = 11,     /* read/write family calls on observed sockets */
 	PS_CNT_CLOSES = 12,       /* close() of observed sockets */
+	PS_CNT_FD_UNTRACKED = 13, /* accepts not tracked: fd >= PS_FDS or no slot left */
 	PS_CNT_MAX = 16,
 };
 

@@ -1,13 +1,14 @@
 /* Classification of the target's socket I/O: the read family
  * (read/readv/recvfrom/recvmsg, enter + exit) and write family (write/
- * writev/sendto/sendmsg, enter only) of accepted sockets. Every write
- * samples sk_wmem_queued into the connection's max. For the first
+ * writev/sendto/sendmsg, enter only) of accepted sockets. For the first
  * `io_events_per_conn` calls at most 16 bytes are read to classify them
  * (TLS record header, GET, HTTP/1.1 101, WebSocket frame header): writes at
- * enter, reads at exit (read enter saves the buffer pointer). Only the
- * class leaves the kernel, never payload bytes. Later calls cost one lookup;
+ * enter, reads at exit (read enter saves the buffer pointer; exits return
+ * at once while no read is pending anywhere). Only the class leaves the
+ * kernel, never payload bytes. Later calls cost one small-hash lookup and
+ * an array access; every 16th write also samples sk_wmem_queued;
  * bytes in/out are read from tcp_sock at close, not summed per call.
- * Unrelated processes cost one hash miss per hooked call.
+ * Unrelated processes cost one small-hash miss per hooked enter.
  * Included by pushscope.bpf.c. */
 
 #define PS_PEEK 16
@@ -106,18 +107,23 @@ static __always_inline void ps_emit_io(__u64 sk, __u64 buf, long ret, __u32 dir,
 
 /* Writes are classified at enter, where the data already is: no exit
  * hook, and after the first calls a write costs one lookup plus the
- * send-queue sample. The event's ret is the requested length and its time
- * the start of the write. */
+ * (every 16th) send-queue sample. The event's ret is the requested length
+ * and its time the start of the write. */
 static __always_inline void ps_write_enter(__u32 fd, __u64 buf, __u64 len, __u32 kind)
 {
-	__u64 key = ps_fd_key(ps_tgid(), fd);
-	struct ps_conn *c = bpf_map_lookup_elem(&fds, &key);
+	__u32 idx = 0;
+	struct ps_conn *c = ps_conn_of(ps_tgid(), fd, &idx);
 	if (!c)
 		return;
-	struct sock *sk = (struct sock *)c->sk;
-	int q = BPF_CORE_READ(sk, sk_wmem_queued);
-	if (q > 0 && (__u32)q > c->max_wmem)
-		c->max_wmem = q;
+	/* Reading the sock costs a probe_read_kernel: sample every 16th write
+	 * (and the first ones). */
+	__u64 w = c->writes++;
+	if ((w & 15) == 0 || c->io_seq < 8) {
+		struct sock *sk = (struct sock *)c->sk;
+		int q = BPF_CORE_READ(sk, sk_wmem_queued);
+		if (q > 0 && (__u32)q > c->max_wmem)
+			c->max_wmem = q;
+	}
 	if (!ps_classifying(c) || !buf || !len)
 		return;
 	__u32 seq = c->io_seq;
@@ -133,26 +139,40 @@ static __always_inline void ps_write_enter(__u32 fd, __u64 buf, __u64 len, __u32
 static __always_inline void ps_read_enter(__u32 fd, __u64 buf, __u32 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 key = ps_fd_key(id >> 32, fd);
-	struct ps_conn *c = bpf_map_lookup_elem(&fds, &key);
+	__u32 idx = 0;
+	struct ps_conn *c = ps_conn_of(id >> 32, fd, &idx);
 	if (!c || !buf || !ps_classifying(c))
 		return;
-	struct ps_pending_io p = {.sk = c->sk, .fd_key = key, .buf = ps_first_buf(buf, kind)};
-	if (bpf_map_update_elem(&pending, &id, &p, BPF_ANY))
-		ps_count(PS_CNT_MAP_FULL);
+	struct ps_pending_io p = {.sk = c->sk, .buf = ps_first_buf(buf, kind), .idx = idx};
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&pending_count, &zero);
+	if (!n)
+		return;
+	if (bpf_map_update_elem(&pending, &id, &p, BPF_NOEXIST)) {
+		/* one in flight already for this thread (or map full) */
+		if (bpf_map_update_elem(&pending, &id, &p, BPF_EXIST))
+			ps_count(PS_CNT_MAP_FULL);
+		return;
+	}
+	__sync_fetch_and_add(n, 1);
 }
 
 static __always_inline void ps_read_exit(long ret)
 {
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&pending_count, &zero);
+	if (!n || *n <= 0)
+		return;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct ps_pending_io *p = bpf_map_lookup_elem(&pending, &id);
 	if (!p)
 		return;
 	struct ps_pending_io io = *p;
-	bpf_map_delete_elem(&pending, &id);
+	if (bpf_map_delete_elem(&pending, &id) == 0)
+		__sync_fetch_and_add(n, -1);
 	if (ret <= 0 || !io.buf)
 		return;
-	struct ps_conn *c = bpf_map_lookup_elem(&fds, &io.fd_key);
+	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &io.idx);
 	if (!c || c->sk != io.sk)
 		return;
 	__u32 seq = c->io_seq;

@@ -103,11 +103,14 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 		ps_count(PS_CNT_ACCEPT_NOSK);
 		return 0;
 	}
-	__u64 key = ps_fd_key(tgid, fd);
+	__u32 idx = 0;
 	struct ps_conn conn = {.sk = sk};
 	struct ps_sock sock = {};
-	if (bpf_map_update_elem(&fds, &key, &conn, BPF_ANY) ||
-	    bpf_map_update_elem(&socks, &sk, &sock, BPF_ANY))
+	if (!ps_fd_idx(tgid, fd, true, &idx))
+		ps_count(PS_CNT_FD_UNTRACKED);
+	else if (bpf_map_update_elem(&fdtab, &idx, &conn, BPF_ANY))
+		ps_count(PS_CNT_MAP_FULL);
+	if (bpf_map_update_elem(&socks, &sk, &sock, BPF_ANY))
 		ps_count(PS_CNT_MAP_FULL);
 	struct ps_event *e = ps_reserve(PS_EV_ACCEPT, sk);
 	if (!e)
@@ -135,12 +138,12 @@ int ps_enter_close(struct tp_sys_enter *ctx)
 {
 	__u32 tgid = ps_tgid();
 	__u32 fd = ctx->args[0];
-	__u64 key = ps_fd_key(tgid, fd);
-	struct ps_conn *c = bpf_map_lookup_elem(&fds, &key);
+	__u32 idx = 0;
+	struct ps_conn *c = ps_conn_of(tgid, fd, &idx);
 	if (!c)
 		return 0;
 	struct ps_conn conn = *c;
-	bpf_map_delete_elem(&fds, &key);
+	c->sk = 0;
 	__u64 sk = conn.sk;
 	ps_count(PS_CNT_CLOSES);
 	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
@@ -210,8 +213,11 @@ int ps_fork(struct tp_sched_process_fork *ctx)
 {
 	if (!ps_in_target(ps_tgid()))
 		return 0;
-	__u32 child = ctx->child_pid, one = 1;
-	if (bpf_map_update_elem(&tgids, &child, &one, BPF_ANY)) {
+	__u32 child = ctx->child_pid;
+	__u64 none = 0;
+	if (bpf_map_update_elem(&tgids, &child, &none, BPF_NOEXIST) == -17 /* EEXIST */)
+		return 0;
+	if (!bpf_map_lookup_elem(&tgids, &child)) {
 		ps_count(PS_CNT_MAP_FULL);
 		return 0;
 	}

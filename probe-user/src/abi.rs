@@ -17,6 +17,7 @@ pub const CNT_FORKS: u32 = 9;
 pub const CNT_MAP_FULL: u32 = 10;
 pub const CNT_IO_CALLS: u32 = 11;
 pub const CNT_CLOSES: u32 = 12;
+pub const CNT_FD_UNTRACKED: u32 = 13;
 pub const CNT_MAX: u32 = 16;
 
 /// enum ps_event_kind

@@ -534,6 +534,12 @@ fn build(
             c.map_full
         ));
     }
+    if c.fd_untracked > 0 {
+        notes.push(format!(
+            "{} accepted connections had an fd >= 32768 or came from a 9th process of the target: their phases, bytes and close() are not tracked (TCP states still are)",
+            c.fd_untracked
+        ));
+    }
     if target_exited {
         notes.push("the target exited while observed: figures end at its exit".to_string());
     }

@@ -105,3 +105,40 @@ fn observer_counts_emfile_under_a_low_fd_limit() {
     let queued = num(&s["observe"]["details"], "established_not_accepted");
     assert_eq!(accepted + queued, 100.0, "{s:#}");
 }
+
+#[test]
+fn observer_measures_outbound_connects_per_destination() {
+    if skip_unless_root("observer_measures_outbound_connects_per_destination") {
+        return;
+    }
+    let _l = heavy_lock();
+    const N: usize = 5;
+    // A backend that accepts, and a port where nothing listens (refused).
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ok = backend.local_addr().unwrap();
+    let targets = format!("{ok},{refused}");
+    let (srv, addr) = server(&[], &["--connect-to", &targets, "--max-secs", "30"]);
+    let mut obs = Observe::start(srv.pid(), &[]).unwrap();
+    for _ in 0..N {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 6];
+        c.read_exact(&mut b).unwrap();
+    }
+    let s = obs.stop().unwrap();
+    drop(backend);
+    let o = &s["observer"];
+    eprintln!("outbound: {}", o["outbound"]);
+    let good = &o["outbound"][ok.to_string()];
+    assert_eq!(num(good, "count"), N as f64, "{o:#}");
+    assert_eq!(num(good, "errors"), 0.0);
+    assert!(num(good, "connect_p99_ms") > 0.0 && num(good, "connect_p99_ms") < 100.0);
+    let bad = &o["outbound"][refused.to_string()];
+    assert_eq!(num(bad, "count"), N as f64, "{o:#}");
+    assert_eq!(num(bad, "errors"), N as f64);
+    assert_eq!(num(o, "connections.accepted"), N as f64);
+}

@@ -91,6 +91,7 @@ pub struct Counters {
     pub map_full: u64,
     pub io_calls: u64,
     pub closes: u64,
+    pub fd_untracked: u64,
 }
 
 impl Counters {
@@ -112,6 +113,7 @@ impl Counters {
             map_full: self.map_full.saturating_sub(base.map_full),
             io_calls: self.io_calls.saturating_sub(base.io_calls),
             closes: self.closes.saturating_sub(base.closes),
+            fd_untracked: self.fd_untracked.saturating_sub(base.fd_untracked),
         }
     }
 }
@@ -176,14 +178,14 @@ impl Probes {
             })?;
         }
         {
-            let mut set: HashMap<_, u32, u32> =
+            let mut set: HashMap<_, u32, u64> =
                 HashMap::try_from(ebpf.map_mut("tgids").ok_or(ProbeError::Missing("tgids"))?)
                     .map_err(|source| ProbeError::Map {
                         name: "tgids",
                         source: Box::new(source),
                     })?;
             for t in tgids {
-                set.insert(t, 1, 0).map_err(|source| ProbeError::Map {
+                set.insert(t, 0, 0).map_err(|source| ProbeError::Map {
                     name: "tgids",
                     source: Box::new(source),
                 })?;
@@ -265,6 +267,7 @@ impl Probes {
             map_full: get(abi::CNT_MAP_FULL),
             io_calls: get(abi::CNT_IO_CALLS),
             closes: get(abi::CNT_CLOSES),
+            fd_untracked: get(abi::CNT_FD_UNTRACKED),
         }
     }
 
