@@ -438,7 +438,11 @@ mod tests {
 
     #[test]
     fn documented_example_parses() {
-        let t = Thresholds::parse(include_str!("../../docs/thresholds.example.toml"), "example").unwrap();
+        let t = Thresholds::parse(
+            include_str!("../../docs/thresholds.example.toml"),
+            "example",
+        )
+        .unwrap();
         assert_eq!(t.e2e_p99_ms, Some(100.0));
         assert_eq!(t.probe_drops_max, Some(0));
         assert_eq!(t.phases["accept_wait"].p99_ms, 5.0);
