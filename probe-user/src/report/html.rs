@@ -286,8 +286,17 @@ fn slowest(h: &mut String, s: &RunSummary) {
         h.push_str("<p>None recorded.</p>");
         return;
     };
+    h.push_str(&super::svg::timelines(rows, &SETUP_PHASES));
     h.push_str(&json_rows_table(rows));
 }
+
+/// Setup phases of a connection in order, with their timeline colours.
+const SETUP_PHASES: [(&str, &str); 4] = [
+    ("accept_wait_ms", "#d9822b"),
+    ("tls_handshake_ms", "#7a4ad0"),
+    ("ws_upgrade_ms", "#2b8fa3"),
+    ("first_push_ms", "#4a7bd0"),
+];
 
 fn ids(h: &mut String, s: &RunSummary) {
     if s.lost_ids.is_empty() && s.duplicate_ids.is_empty() {

@@ -151,6 +151,62 @@ pub fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
     out
 }
 
+/// One row per connection: its setup phases laid end to end on a shared
+/// millisecond scale, so the slowest connections show where they waited.
+pub fn timelines(rows: &[serde_json::Value], phases: &[(&str, &str)]) -> String {
+    let total = |r: &serde_json::Value| -> f64 {
+        phases
+            .iter()
+            .filter_map(|(k, _)| r.get(*k).and_then(|v| v.as_f64()))
+            .sum()
+    };
+    let max = nice_ceiling(rows.iter().map(total).fold(0.0, f64::max));
+    let shown: Vec<&serde_json::Value> = rows.iter().take(12).collect();
+    let h = 40.0 + shown.len() as f64 * 18.0;
+    let (x0, w) = (200.0, W + 300.0);
+    let mut out = format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\"><text x=\"4\" y=\"14\" class=\"ct\">connection setup timelines (ms, 0 – {})</text>",
+        short(max)
+    );
+    for (i, (name, color)) in phases.iter().enumerate() {
+        let lx = x0 + i as f64 * 130.0;
+        let _ = write!(
+            out,
+            "<rect x=\"{lx}\" y=\"20\" width=\"10\" height=\"10\" fill=\"{color}\"/><text x=\"{tx}\" y=\"29\" class=\"ax\">{l}</text>",
+            tx = lx + 14.0,
+            l = esc(name.trim_end_matches("_ms"))
+        );
+    }
+    for (i, r) in shown.iter().enumerate() {
+        let y = 36.0 + i as f64 * 18.0;
+        let label = r.get("connection").and_then(|v| v.as_str()).unwrap_or("?");
+        let _ = write!(
+            out,
+            "<text x=\"4\" y=\"{ty}\" class=\"ax\">{}</text>",
+            esc(label),
+            ty = y + 11.0
+        );
+        let mut x = x0;
+        for (key, color) in phases {
+            let Some(ms) = r.get(*key).and_then(|v| v.as_f64()) else {
+                continue;
+            };
+            let bw = ms / max * (w - x0 - 80.0);
+            let _ = write!(out, "<rect x=\"{x:.1}\" y=\"{y}\" width=\"{bw:.1}\" height=\"13\" fill=\"{color}\"><title>{key} {ms} ms</title></rect>");
+            x += bw;
+        }
+        let _ = write!(
+            out,
+            "<text x=\"{tx:.1}\" y=\"{ty}\" class=\"ax\">{t}</text>",
+            tx = x + 4.0,
+            ty = y + 11.0,
+            t = short(total(r))
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 fn nice_ceiling(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;

@@ -35,7 +35,7 @@ impl RssWindow {
             .filter(|p| p.stage == stage && p.t_s >= hold_start_s)
             .filter_map(|p| p.rss_bytes);
         let first = hold.next()?;
-        let last = hold.last()?;
+        let last = hold.next_back()?;
         Some(RssWindow {
             at_hold_start: first,
             at_hold_end: last,
