@@ -74,7 +74,8 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
             cfg.protocol.subscribe_url(&ch_name, resume)
         };
         let result = tokio::select! {
-            r = open_ws(&cfg.endpoint, &url, cfg.protocol.subprotocol(), source, cfg.connect_timeout) => r,
+            // Boxed: the connect future is large and only lives while connecting.
+            r = Box::pin(open_ws(&cfg.endpoint, &url, cfg.protocol.subprotocol(), source, cfg.connect_timeout)) => r,
             _ = ctl.notify.notified() => break,
         };
         match result {

@@ -90,6 +90,8 @@ pub struct LocalPool {
     pacer: Option<tokio::task::JoinHandle<()>>,
     cpu_at_begin: (Instant, f64),
     cpu_pct: HashMap<u32, f64>,
+    /// Freed memory was returned to the OS after the current ramp.
+    trimmed: bool,
 }
 
 /// CPU seconds used by this process so far (user + system).
@@ -148,6 +150,7 @@ impl LocalPool {
             pacer: None,
             cpu_at_begin: (Instant::now(), process_cpu_s()),
             cpu_pct: HashMap::new(),
+            trimmed: true,
         };
         for i in 0..n {
             let log = match &sc.log_dir {
@@ -192,6 +195,7 @@ impl LocalPool {
             return;
         }
         let to_open = (target - self.active) as u64;
+        self.trimmed = false;
         self.active = target;
         self.pacing_done.store(false, Ordering::SeqCst);
         let lanes = self.lanes.clone();
@@ -254,9 +258,20 @@ impl LocalPool {
                 self.ramp(stage, target, rate);
                 PoolReply::Ok
             }
-            PoolCmd::RampStatus => PoolReply::RampStatus {
-                done: self.ramp_done(),
-            },
+            PoolCmd::RampStatus => {
+                let done = self.ramp_done();
+                if done && !self.trimmed {
+                    self.trimmed = true;
+                    // Handshakes leave freed buffers scattered between the
+                    // connections' live ones; hand those pages back so an
+                    // idle connection's RSS is what it really holds.
+                    // SAFETY: malloc_trim has no preconditions.
+                    unsafe {
+                        libc::malloc_trim(0);
+                    }
+                }
+                PoolReply::RampStatus { done }
+            }
             PoolCmd::StageEnd { stage } => {
                 self.to_lanes(|| LaneCmd::StageEnd(stage));
                 let (t, cpu) = self.cpu_at_begin;
