@@ -153,26 +153,29 @@ fn a_smaller_stage_closes_connections_on_purpose_without_counting_loss() {
     let _heavy = heavy_lock();
     let p = Pusher::start(&[]).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let url = format!("ws://{}/ws", p.addr);
+    // The scenario comes from a TOML file; the flag overrides its rate.
+    let scenario = out.path().join("scenario.toml");
+    let toml = format!(
+        "url = \"ws://{}/ws\"\nstages = [\"60:2s\", \"20:2s\"]\nchannels = 3\nrate = 9999.0\ngrace = \"1s\"\n",
+        p.addr
+    );
+    std::fs::write(&scenario, toml).unwrap();
     let run = pushscope(
         &[
             "load",
-            "--url",
-            &url,
-            "--stages",
-            "60:2s,20:2s",
-            "--channels",
-            "3",
+            "--scenario",
+            scenario.to_str().unwrap(),
             "--rate",
             "150",
-            "--grace",
-            "1s",
         ],
         Some(out.path()),
         Duration::from_secs(30),
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let summary = run.summary.as_ref().unwrap();
+    assert_eq!(summary["scenario"]["rate"].as_f64(), Some(150.0));
+    assert_eq!(summary["scenario"]["channels"].as_u64(), Some(3));
     let s = run.stage(1);
     assert_eq!(run.stage_u64(1, "connections", "opened"), 20, "{s}");
     assert_eq!(s["intended_disconnects"].as_u64(), Some(40), "{s}");
