@@ -373,6 +373,8 @@ fn json_rows_table(rows: &[Value]) -> String {
             }
         }
     }
+    // The row's name first, then the figures.
+    keys.sort_by_key(|k| *k != "connection");
     let mut t = String::from("<table><tr>");
     for k in &keys {
         let _ = write!(t, "<th>{}</th>", esc(k));
