@@ -192,3 +192,71 @@ fn a_smaller_stage_closes_connections_on_purpose_without_counting_loss() {
         );
     }
 }
+
+#[test]
+fn sharded_run_merges_worker_counts_and_logs_exactly() {
+    let _heavy = heavy_lock();
+    let p = Pusher::start(&[]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let logs = out.path().join("logs");
+    let url = format!("ws://{}/ws", p.addr);
+    // 60 connections with at most 25 per process: 3 worker processes.
+    let run = pushscope(
+        &[
+            "load",
+            "--url",
+            &url,
+            "--stages",
+            "60:2s",
+            "--shard-cap",
+            "25",
+            "--channels",
+            "3",
+            "--rate",
+            "150",
+            "--grace",
+            "1s",
+            "--log-dir",
+            logs.to_str().unwrap(),
+        ],
+        Some(out.path()),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let s = run.stage(0);
+    assert_eq!(
+        s["loadgen"]["cpu_pct"].as_array().unwrap().len(),
+        4,
+        "coordinator + 3 workers: {s}"
+    );
+    assert_eq!(run.stage_u64(0, "connections", "opened"), 60, "{s}");
+    assert_eq!(run.stage_u64(0, "messages", "lost"), 0, "{s}");
+    assert_eq!(run.stage_u64(0, "messages", "duplicates"), 0, "{s}");
+    assert_eq!(
+        run.stage_u64(0, "messages", "received"),
+        run.stage_u64(0, "messages", "expected"),
+        "{s}"
+    );
+    for shard in 0..3 {
+        assert!(
+            logs.join(format!("recv-{shard}-0.log")).exists(),
+            "shard {shard} wrote its log"
+        );
+    }
+    let v = pushscope(
+        &["verify", "--log-dir", logs.to_str().unwrap()],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(v.code, Some(0), "{}\n{}", v.stdout, v.stderr);
+    assert!(v.stdout.contains(", 60 subscribers,"), "{}", v.stdout);
+    // verify recomputes the expected deliveries from the logs alone.
+    let expected = format!(
+        "{} expected deliveries",
+        run.stage_u64(0, "messages", "expected")
+    );
+    assert!(v.stdout.contains(&expected), "{expected}: {}", v.stdout);
+    assert!(v.stdout.contains("verdict: CONSISTENT"), "{}", v.stdout);
+}
