@@ -254,16 +254,19 @@ mod tests {
         let d = dir.path();
         let pubs: String = (1..=6).map(|i| format!("p {i} 0 {i} 100 {i}\n")).collect();
         std::fs::write(d.join("publish.log"), pubs).unwrap();
-        // Subscriber 7 expects pseq 2..=6: misses 4, gets 5 twice, and 99 was never published.
+        // Subscriber 7 expects pseq 2..=6: misses 4, gets 5 twice, and 99 was
+        // never published; 3 also comes from the publisher's re-post (not a
+        // server duplicate).
         std::fs::write(
             d.join("recv-0-0.log"),
-            "r 7 2\nr 7 3\nr 7 5\nr 7 5\na 7 5\nr 7 6\nr 7 99\ns 7 0 2 6\n",
+            "r 7 2\nr 7 3\nr 7 3 1\nr 7 5\nr 7 5\na 7 5\nr 7 6\nr 7 99\ns 7 0 2 6\n",
         )
         .unwrap();
         std::fs::write(d.join("server.txt"), "1\n2\n3\n4\n5\n42\n").unwrap();
         let r = verify(d, Some(&d.join("server.txt"))).unwrap();
         assert_eq!(r.lost, vec![(7, 4)]);
         assert_eq!(r.duplicated, vec![(7, 5, 2)]);
+        assert_eq!(r.republished, vec![(7, 3)]);
         assert_eq!(r.unexpected, vec![(7, 99)]);
         assert_eq!(r.server_missing, vec![6]);
         assert_eq!(r.server_unexpected, vec![42]);

@@ -112,3 +112,63 @@ impl Protocol {
         self.publish_url.replace("{channel}", channel)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Overrides, ScenarioFile};
+
+    fn proto(kind: ProtocolKind, url: &str, publish: Option<&str>, ack: Option<&str>) -> Protocol {
+        let o = Overrides {
+            url: Some(url.into()),
+            protocol: Some(kind),
+            publish_url: publish.map(Into::into),
+            ack_frame: ack.map(Into::into),
+            subscribe_frame: Some(r#"{"subscribe":"{channel}"}"#.into()),
+            ..Default::default()
+        };
+        Protocol::new(&Scenario::build(ScenarioFile::default(), o).unwrap())
+    }
+
+    #[test]
+    fn templates_resume_and_acks_per_protocol() {
+        let g = proto(
+            ProtocolKind::Generic,
+            "ws://h:1/s?c={channel}",
+            Some("http://h:1/p/{channel}"),
+            Some(r#"{"ack":{seq},"id":{msg_id},"c":"{channel}"}"#),
+        );
+        assert_eq!(
+            g.subscribe_url("ch1", Some(Resume::Seq(9))),
+            "ws://h:1/s?c=ch1"
+        );
+        assert_eq!(g.subscribe_frame("ch1").unwrap(), r#"{"subscribe":"ch1"}"#);
+        assert_eq!(
+            g.ack_frame("ch1", None, 4, 40).unwrap(),
+            r#"{"ack":4,"id":40,"c":"ch1"}"#
+        );
+        assert_eq!(g.publish_url("ch1"), "http://h:1/p/ch1");
+        assert!(!g.resumes() && g.subprotocol().is_none());
+
+        let p = proto(ProtocolKind::Pushscope, "ws://h:1/ws", None, None);
+        assert_eq!(
+            p.subscribe_url("c", Some(Resume::Seq(9))),
+            "ws://h:1/ws?channel=c&last_seq=9"
+        );
+        assert_eq!(p.ack_frame("c", Some(12), 4, 40).unwrap(), r#"{"ack":12}"#);
+        assert!(p.subscribe_frame("c").is_none());
+
+        let n = proto(
+            ProtocolKind::Nchan,
+            "ws://h:1/sub/{channel}",
+            Some("http://h:1/pub/{channel}"),
+            None,
+        );
+        assert_eq!(
+            n.subscribe_url("c", Some(Resume::Id("5:0"))),
+            "ws://h:1/sub/c?last_event_id=5%3A0"
+        );
+        assert_eq!(n.subprotocol(), Some("ws+meta.nchan"));
+        assert!(n.ack_frame("c", None, 1, 1).is_none());
+    }
+}
