@@ -189,6 +189,14 @@ static __always_inline bool ps_fd_idx(__u32 tgid, __u32 fd, bool alloc, __u32 *i
 {
 	if (fd >= PS_FDS)
 		return false;
+	/* Fast path: the target process itself always has slot 1 (set by
+	 * userspace), no hash lookup. */
+	__u32 zero = 0;
+	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (cfg && tgid == cfg->target_tgid) {
+		*idx = fd;
+		return true;
+	}
 	/* 64-bit values: the BPF target has 64-bit atomics without -mcpu=v3 */
 	__u64 *slot = bpf_map_lookup_elem(&tgids, &tgid);
 	if (!slot)
@@ -197,7 +205,6 @@ static __always_inline bool ps_fd_idx(__u32 tgid, __u32 fd, bool alloc, __u32 *i
 	if (!s) {
 		if (!alloc)
 			return false;
-		__u32 zero = 0;
 		__u64 *next = bpf_map_lookup_elem(&slot_alloc, &zero);
 		if (!next)
 			return false;

@@ -184,12 +184,29 @@ impl Probes {
                         name: "tgids",
                         source: Box::new(source),
                     })?;
-            for t in tgids {
-                set.insert(t, 0, 0).map_err(|source| ProbeError::Map {
-                    name: "tgids",
-                    source: Box::new(source),
-                })?;
+            // The target itself owns fd slot 1 (the probes' fast path);
+            // other processes get a slot at their first accept.
+            for (i, t) in tgids.iter().enumerate() {
+                set.insert(t, u64::from(i == 0), 0)
+                    .map_err(|source| ProbeError::Map {
+                        name: "tgids",
+                        source: Box::new(source),
+                    })?;
             }
+        }
+        {
+            let mut next: Array<_, u64> = Array::try_from(
+                ebpf.map_mut("slot_alloc")
+                    .ok_or(ProbeError::Missing("slot_alloc"))?,
+            )
+            .map_err(|source| ProbeError::Map {
+                name: "slot_alloc",
+                source: Box::new(source),
+            })?;
+            next.set(0, 1, 0).map_err(|source| ProbeError::Map {
+                name: "slot_alloc",
+                source: Box::new(source),
+            })?;
         }
         {
             let mut lp: HashMap<_, u16, u32> = HashMap::try_from(

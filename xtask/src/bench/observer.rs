@@ -2,7 +2,7 @@
 //! release binaries and measures the eBPF observer (needs root):
 //! 1. overhead on the target: the reference pusher's fan-out deliveries/s at
 //!    saturation (`pushscope-pusher-bench fanout`) and its CPU per delivery,
-//!    with `pushscope observe` attached ÷ without, 3 rounds alternated
+//!    with `pushscope observe` attached ÷ without, 4 rounds alternated
 //!    (without, with, …) and averaged; plus the probes' own run time
 //!    (bpf_stats) as a share of the pusher's CPU time, which other load on
 //!    the machine does not blur;
@@ -31,7 +31,7 @@ const TARGET_THROUGHPUT_RATIO: f64 = 0.97;
 const TARGET_CPU_RATIO: f64 = 1.05;
 const TARGET_NS_PER_CALL: f64 = 100.0;
 const FLOOD_PROCS: usize = 4;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 4;
 
 struct Proc(Child);
 
@@ -315,16 +315,17 @@ pub fn run(args: &[String]) -> Result<()> {
     ])?;
     std::fs::create_dir_all(bench_dir())?;
 
-    // The probes' own run time is recorded for the whole bench.
+    // kernel.bpf_stats_enabled costs time on every probe run: off for the
+    // with/without rounds, on for the run-time measurements.
     let flag = "/proc/sys/kernel/bpf_stats_enabled";
     let flag_before = std::fs::read_to_string(flag).unwrap_or_default();
-    std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let result = measure(&seconds, connections);
+    let result = measure(&seconds, connections, flag);
     let _ = std::fs::write(flag, flag_before.trim());
     result
 }
 
-fn measure(seconds: &str, connections: usize) -> Result<()> {
+fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
+    std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
     let mut without = Vec::new();
     let mut with = Vec::new();
     for round in 0..ROUNDS {
@@ -337,11 +338,19 @@ fn measure(seconds: &str, connections: usize) -> Result<()> {
     let cpm1 = mean(&with, |x| x.cpu_pct / x.dps);
     let thr_ratio = dps1 / dps0;
     let cpu_ratio = cpm1 / cpm0;
-    let share = mean(&with, |x| x.probe_share.unwrap_or(f64::NAN));
+    std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let share = fanout(true, seconds, 99)?.probe_share.unwrap_or(f64::NAN);
     let runs: Vec<String> = without
         .iter()
         .zip(&with)
-        .map(|(a, b)| format!("{:.0}/{:.0}", b.dps, a.dps))
+        .map(|(a, b)| {
+            format!(
+                "{:.0}/{:.0} ({:.3})",
+                b.dps,
+                a.dps,
+                (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps)
+            )
+        })
         .collect();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
