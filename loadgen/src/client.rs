@@ -10,7 +10,7 @@ use crate::{
     lane::{bump, Lane, SubCtl},
     marker::{now_ns, Marker},
     net::{open_ws, Endpoint, Ws},
-    protocol::{Protocol, Resume},
+    protocol::{AckPoint, Protocol, Resume},
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -191,7 +191,8 @@ async fn session(
     hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outstanding: u32 = 0;
     let mut unacked: u32 = 0;
-    let mut ack: Option<(String, u64)> = None;
+    // Built into a frame only when sent (every ACK_EVERY frames or heartbeat).
+    let mut ack: Option<AckPoint> = None;
     loop {
         tokio::select! {
             biased;
@@ -218,12 +219,12 @@ async fn session(
                     let k = st.stage;
                     record_us(&mut st.stage_stats(k).first_message, up_at.elapsed().as_micros() as u64);
                 }
-                if let Some(a) = on_frame(lane, local, id, ch_name, text.as_str()) {
+                if let Some(a) = on_frame(lane, local, id, text.as_str()) {
                     ack = Some(a);
                     unacked += 1;
                     if unacked >= ACK_EVERY {
                         unacked = 0;
-                        if let Some((a, seq)) = ack.take() {
+                        if let Some((a, seq)) = ack.take().and_then(|at| cfg.protocol.ack_frame(ch_name, at)) {
                             log_ack(lane, id, seq);
                             if ws.send(Message::text(a)).await.is_err() {
                                 return End::Unexpected("write error");
@@ -237,7 +238,7 @@ async fn session(
                     return End::Unexpected("heartbeat lost");
                 }
                 outstanding += 1;
-                if let Some((a, seq)) = ack.take() {
+                if let Some((a, seq)) = ack.take().and_then(|at| cfg.protocol.ack_frame(ch_name, at)) {
                     unacked = 0;
                     log_ack(lane, id, seq);
                     if ws.feed(Message::text(a)).await.is_err() {
@@ -260,13 +261,7 @@ fn unmarked(lane: &Lane) {
 
 /// Accounts for one pushed frame; returns the ACK frame to send, if any.
 /// Only numbers are kept from the frame (copied out), never its bytes.
-fn on_frame(
-    lane: &Lane,
-    local: usize,
-    id: u64,
-    ch_name: &str,
-    text: &str,
-) -> Option<(String, u64)> {
+fn on_frame(lane: &Lane, local: usize, id: u64, text: &str) -> Option<AckPoint> {
     let cfg = &lane.cfg;
     let now = now_ns();
     let server_seq = cfg.protocol.server_seq(text);
@@ -305,10 +300,11 @@ fn on_frame(
         Verdict::PreBaseline => {}
     }
     bump(&lane.gauges.received);
-    let ack = cfg
-        .protocol
-        .ack_frame(ch_name, server_seq, m.pseq, m.msg_id)?;
-    Some((ack, server_seq.unwrap_or(m.pseq)))
+    cfg.protocol.acks().then_some(AckPoint {
+        server_seq,
+        pseq: m.pseq,
+        msg_id: m.msg_id,
+    })
 }
 
 fn log_ack(lane: &Lane, id: u64, seq: u64) {

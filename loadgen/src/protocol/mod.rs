@@ -3,10 +3,19 @@
 //! server seq from a pushed frame, how to ACK and where to publish. The
 //! message marker (see `marker`) is found the same way in every protocol.
 
+pub mod generic;
 pub mod nchan;
 pub mod pushscope;
 
 use crate::scenario::{ProtocolKind, Scenario};
+
+/// The last message a subscriber received, from which an ACK is built.
+#[derive(Debug, Clone, Copy)]
+pub struct AckPoint {
+    pub server_seq: Option<u64>,
+    pub pseq: u64,
+    pub msg_id: u64,
+}
 
 /// Where a reconnect resumes: after a server seq, or after a message id.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +85,7 @@ impl Protocol {
             ProtocolKind::Generic => self
                 .subscribe_frame
                 .as_ref()
-                .map(|t| t.replace("{channel}", channel)),
+                .map(|t| generic::fill(t, channel, 0, 0)),
             _ => None,
         }
     }
@@ -89,22 +98,25 @@ impl Protocol {
         }
     }
 
-    /// Cumulative ACK frame, when the protocol has one.
-    pub fn ack_frame(
-        &self,
-        channel: &str,
-        server_seq: Option<u64>,
-        pseq: u64,
-        msg_id: u64,
-    ) -> Option<String> {
+    /// Whether this protocol sends cumulative ACKs.
+    pub fn acks(&self) -> bool {
         match self.kind {
-            ProtocolKind::Pushscope => server_seq.map(pushscope::ack_frame),
+            ProtocolKind::Pushscope => true,
+            ProtocolKind::Nchan => false,
+            ProtocolKind::Generic => self.ack_frame.is_some(),
+        }
+    }
+
+    /// Cumulative ACK frame up to `at`, and the seq it acknowledges.
+    pub fn ack_frame(&self, channel: &str, at: AckPoint) -> Option<(String, u64)> {
+        let seq = at.server_seq.unwrap_or(at.pseq);
+        match self.kind {
+            ProtocolKind::Pushscope => at.server_seq.map(|s| (pushscope::ack_frame(s), s)),
             ProtocolKind::Nchan => None,
-            ProtocolKind::Generic => self.ack_frame.as_ref().map(|t| {
-                t.replace("{channel}", channel)
-                    .replace("{seq}", &server_seq.unwrap_or(pseq).to_string())
-                    .replace("{msg_id}", &msg_id.to_string())
-            }),
+            ProtocolKind::Generic => self
+                .ack_frame
+                .as_ref()
+                .map(|t| (generic::fill(t, channel, seq, at.msg_id), seq)),
         }
     }
 
@@ -143,10 +155,16 @@ mod tests {
             "ws://h:1/s?c=ch1"
         );
         assert_eq!(g.subscribe_frame("ch1").unwrap(), r#"{"subscribe":"ch1"}"#);
+        let at = |server_seq| AckPoint {
+            server_seq,
+            pseq: 4,
+            msg_id: 40,
+        };
         assert_eq!(
-            g.ack_frame("ch1", None, 4, 40).unwrap(),
+            g.ack_frame("ch1", at(None)).unwrap().0,
             r#"{"ack":4,"id":40,"c":"ch1"}"#
         );
+        assert!(g.acks());
         assert_eq!(g.publish_url("ch1"), "http://h:1/p/ch1");
         assert!(!g.resumes() && g.subprotocol().is_none());
 
@@ -155,7 +173,10 @@ mod tests {
             p.subscribe_url("c", Some(Resume::Seq(9))),
             "ws://h:1/ws?channel=c&last_seq=9"
         );
-        assert_eq!(p.ack_frame("c", Some(12), 4, 40).unwrap(), r#"{"ack":12}"#);
+        assert_eq!(
+            p.ack_frame("c", at(Some(12))).unwrap(),
+            (r#"{"ack":12}"#.to_string(), 12)
+        );
         assert!(p.subscribe_frame("c").is_none());
 
         let n = proto(
@@ -169,6 +190,6 @@ mod tests {
             "ws://h:1/sub/c?last_event_id=5%3A0"
         );
         assert_eq!(n.subprotocol(), Some("ws+meta.nchan"));
-        assert!(n.ack_frame("c", None, 1, 1).is_none());
+        assert!(n.ack_frame("c", at(None)).is_none() && !n.acks());
     }
 }
