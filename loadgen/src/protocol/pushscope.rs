@@ -33,14 +33,17 @@ pub fn subscribe_url(base: &str, channel: &str, last_seq: Option<u64>) -> String
     url
 }
 
-#[derive(serde::Deserialize)]
-struct Frame {
-    seq: u64,
-}
-
 /// The server seq of a pushed frame (the marker is found by the caller).
+/// Protocol v1 frames are flat JSON objects whose string values escape
+/// their quotes, so an unescaped `"seq":` can only be the key: scanning for
+/// it is exact and much cheaper than parsing the frame.
 pub fn server_seq(text: &str) -> Option<u64> {
-    serde_json::from_str::<Frame>(text).ok().map(|f| f.seq)
+    let at = text.find("\"seq\":")? + 6;
+    let digits = text[at..].trim_start();
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
 }
 
 pub fn ack_frame(seq: u64) -> String {
@@ -75,6 +78,8 @@ mod tests {
         );
         let f = r#"{"channel":"ch0","seq":17,"id":"9","data":"psm1.0.1.9.0.5.xx"}"#;
         assert_eq!(server_seq(f), Some(17));
+        assert_eq!(server_seq(r#"{"data":"a \"seq\":3","seq": 18}"#), Some(18));
+        assert_eq!(server_seq(r#"{"channel":"c"}"#), None);
         assert_eq!(ack_frame(3), r#"{"ack":3}"#);
     }
 }
