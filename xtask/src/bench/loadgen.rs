@@ -195,6 +195,9 @@ pub fn run(args: &[String]) -> Result<()> {
     ])?;
     let dir = bench_dir();
     std::fs::create_dir_all(&dir)?;
+    let load_before = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
 
     // 1 + 2: idle connections (no publishing), opened as fast as the pusher accepts them.
     let (_p, addr) = start_pusher(&dir.join("lg-pusher-idle"), &[])?;
@@ -271,7 +274,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!();
     println!(
-        "loadgen bench (release pushscope vs release pushscope-pusher on loopback, 2 cores shared)"
+        "loadgen bench (release pushscope-loadgen vs release pushscope-pusher on loopback; load avg before: {load_before})"
     );
     println!(
         "{:<52} {:>12} {:>12} {:>8}",
@@ -313,7 +316,7 @@ pub fn run(args: &[String]) -> Result<()> {
         format!("{lost} / {unexpected} / {p99:.1}")
     );
     let json = format!(
-        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"received\": {received}, \"seconds\": {hold}, \"msgs_per_s\": {msgs_per_s:.0}, \"loadgen_cpu_pct\": {cpu}, \"msgs_per_core_s\": {per_core:.0}, \"lost\": {lost}, \"unexpected_disconnects\": {unexpected}, \"latency_p99_ms\": {p99}}},\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
+        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"received\": {received}, \"seconds\": {hold}, \"msgs_per_s\": {msgs_per_s:.0}, \"loadgen_cpu_pct\": {cpu}, \"msgs_per_core_s\": {per_core:.0}, \"lost\": {lost}, \"unexpected_disconnects\": {unexpected}, \"latency_p99_ms\": {p99}}},\n  \"loadavg_before\": \"{load_before}\",\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
         peak.0,
         base.unwrap_or(0),
         peak.1
