@@ -286,3 +286,33 @@ pub fn tls_material(dir: &std::path::Path) -> (String, String, Arc<ClientConfig>
         Arc::new(cfg),
     )
 }
+
+/// The other outputs of a run with `n` closed connections: trace.json has
+/// one "connection" span per connection (all of them, n ≤ 100), with their
+/// phases; lifecycle.folded names the phases; lifecycle.svg is a graph.
+pub fn check_outputs(out: &std::path::Path, n: usize, tls: bool) {
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trace.json")).unwrap()).unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    let count = |name: &str| events.iter().filter(|e| e["name"] == name).count();
+    assert_eq!(count("connection"), n, "trace.json connections");
+    assert_eq!(count("accept_wait"), n);
+    assert_eq!(count("ws_upgrade"), n);
+    assert_eq!(count("first_push"), n);
+    assert_eq!(count("tls_handshake"), if tls { n } else { 0 });
+    let folded = std::fs::read_to_string(out.join("lifecycle.folded")).unwrap();
+    for phase in [
+        "accept_wait",
+        "ws_upgrade",
+        "first_push",
+        "rest_of_lifetime",
+    ] {
+        assert!(
+            folded.contains(phase),
+            "lifecycle.folded lacks {phase}: {folded}"
+        );
+    }
+    assert_eq!(folded.contains("tls_handshake"), tls, "{folded}");
+    let svg = std::fs::read_to_string(out.join("lifecycle.svg")).unwrap();
+    assert!(svg.starts_with("<?xml") || svg.contains("<svg"));
+}

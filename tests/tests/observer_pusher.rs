@@ -6,7 +6,7 @@
 
 use pushscope_tests::{
     heavy_lock,
-    observer::{check, run_clients, tls_material, Observe},
+    observer::{check, check_outputs, run_clients, tls_material, Observe},
     pusher::{http_on, Pusher},
     skip_unless_root,
 };
@@ -45,6 +45,7 @@ async fn plain() {
     let times = run_clients(p.addr, None, URL, N).await;
     let summary = obs.stop().unwrap();
     check(&summary, &times, false);
+    check_outputs(&obs.out, N, false);
 }
 
 #[test]
@@ -75,4 +76,5 @@ async fn tls() {
     let times = run_clients(p.addr, Some(cfg), URL, N).await;
     let summary = obs.stop().unwrap();
     check(&summary, &times, true);
+    check_outputs(&obs.out, N, true);
 }
