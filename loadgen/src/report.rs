@@ -77,7 +77,7 @@ pub struct LoadgenHealth {
 pub struct StageReport {
     pub stage: u32,
     /// Whole stage: ramp plus hold.
-    pub hold_s: f64,
+    pub duration_s: f64,
     /// Ramp part of the stage (connections opened at the connect rate).
     pub ramp_s: f64,
     pub started_unix_ns: u64,
@@ -143,7 +143,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
     let delivered = s.received + s.duplicates;
     StageReport {
         stage: meta.stage,
-        hold_s: dur_s,
+        duration_s: dur_s,
         ramp_s: meta.ramp_s,
         started_unix_ns: meta.started_unix_ns,
         ended_unix_ns: meta.ended_unix_ns,
