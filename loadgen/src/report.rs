@@ -76,8 +76,9 @@ pub struct LoadgenHealth {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StageReport {
     pub stage: u32,
-    /// Whole stage: ramp plus hold.
-    pub duration_s: f64,
+    /// Hold part of the stage: from the end of the ramp to the stage end
+    /// (the stage lasts `ramp_s + hold_s`).
+    pub hold_s: f64,
     /// Ramp part of the stage (connections opened at the connect rate).
     pub ramp_s: f64,
     pub started_unix_ns: u64,
@@ -143,7 +144,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
     let delivered = s.received + s.duplicates;
     StageReport {
         stage: meta.stage,
-        duration_s: dur_s,
+        hold_s: (dur_s - meta.ramp_s).max(0.0),
         ramp_s: meta.ramp_s,
         started_unix_ns: meta.started_unix_ns,
         ended_unix_ns: meta.ended_unix_ns,

@@ -264,7 +264,7 @@ pub fn run(args: &[String]) -> Result<()> {
     drop(_p);
     let received = json_num(&fan, &["stages", "messages", "received"]);
     let lost = json_num(&fan, &["stages", "messages", "lost"]);
-    let hold = json_num(&fan, &["stages", "duration_s"]);
+    let hold = json_num(&fan, &["stages", "hold_s"]) + json_num(&fan, &["stages", "ramp_s"]);
     let cpu = json_num(&fan, &["stages", "loadgen", "cpu_pct"]);
     let unexpected = json_num(&fan, &["stages", "connections", "unexpected_disconnects"]);
     let msgs_per_s = received / hold;
