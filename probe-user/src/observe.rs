@@ -513,7 +513,7 @@ fn build(
     };
     let mut notes = vec![
         "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),
-        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled as each write starts; connections the target never close()s (e.g. it exits) have none of these".to_string(),
+        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled at the start of the first 8 and then every 16th write; connections the target never close()s (e.g. it exits) have none of these".to_string(),
         "outbound connect latency is SYN_SENT -> ESTABLISHED per sock; an error is SYN_SENT -> CLOSE; connect() failing before SYN_SENT is not seen".to_string(),
     ];
     if a.tls13 > 0 {

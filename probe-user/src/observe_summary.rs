@@ -91,7 +91,7 @@ pub struct ObserverDetails {
     pub established_not_accepted: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Largest `sk_wmem_queued` seen as a write started, over all connections.
+    /// Largest `sk_wmem_queued` sampled as writes started (first 8, then every 16th).
     pub max_send_queue_bytes: u64,
     pub srtt_p50_us: f64,
     pub srtt_p99_us: f64,
