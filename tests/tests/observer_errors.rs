@@ -3,7 +3,7 @@
 //! on TCP; and it stops by itself, saying so, when the target exits.
 
 use pushscope_tests::{
-    bin_path,
+    bin_path, heavy_lock,
     observer::{num, Observe},
     skip_unless_root, spawn_first_line,
 };
@@ -40,6 +40,8 @@ fn observer_refuses_a_missing_pid_and_a_pid_not_listening() {
     if skip_unless_root("observer_refuses_a_missing_pid_and_a_pid_not_listening") {
         return;
     }
+    // Serialised: the first test counts the loaded programs.
+    let _l = heavy_lock();
     let before = loaded_ps_programs();
     // PIDs above pid_max never exist.
     let o = observe(&["--pid", "4194304999"]);
@@ -62,6 +64,8 @@ fn observer_refuses_without_privileges() {
     if skip_unless_root("observer_refuses_without_privileges") {
         return;
     }
+    // Serialised: the first test counts the loaded programs.
+    let _l = heavy_lock();
     // Drop to nobody with no capabilities; the binary must be reachable.
     let bin = bin_path("pushscope");
     let o = Command::new("setpriv")
@@ -98,6 +102,8 @@ fn observer_stops_when_the_target_exits_and_says_so() {
     if skip_unless_root("observer_stops_when_the_target_exits_and_says_so") {
         return;
     }
+    // Serialised: the first test counts the loaded programs.
+    let _l = heavy_lock();
     let mut cmd = Command::new(bin_path("slow_accept_server"));
     cmd.args(["--max-secs", "3"]);
     let (srv, _addr) = spawn_first_line(cmd, Duration::from_secs(10)).unwrap();
