@@ -31,7 +31,15 @@ pub enum StageEvent<'a> {
         started: std::time::Instant,
         ended: std::time::Instant,
     },
+    /// Once a second: live figures summed over every pool, for timelines.
+    Tick {
+        snap: LiveSnap,
+        at: std::time::Instant,
+    },
 }
+
+/// Period of [`StageEvent::Tick`].
+const TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -98,6 +106,7 @@ struct Driver<'f> {
     live: Live,
     /// Subscribers connected at least once minus those closed on purpose.
     opened_total: u64,
+    next_tick: Instant,
 }
 
 /// Checks that the target answers before any load is started. Only "no
@@ -204,6 +213,7 @@ pub async fn run(
         on_event,
         live,
         opened_total: 0,
+        next_tick: Instant::now(),
     };
     let result = d.stages().await;
     for p in d.pools.iter_mut() {
@@ -265,9 +275,19 @@ impl Driver<'_> {
             if now >= deadline {
                 return Ok(());
             }
-            if self.live.due(now) {
+            let tick_due = now >= self.next_tick;
+            if self.live.due(now) || tick_due {
                 let snap = self.live_snap().await?;
-                self.live.update(snap, self.reports.last());
+                if tick_due {
+                    self.next_tick = now + TICK;
+                    (self.on_event)(StageEvent::Tick {
+                        snap,
+                        at: std::time::Instant::now(),
+                    });
+                }
+                if self.live.due(now) {
+                    self.live.update(snap, self.reports.last());
+                }
             }
             let mut wake = deadline.min(now + Duration::from_millis(100));
             if let Some(p) = self.pending.front() {

@@ -176,22 +176,12 @@ fn charts(h: &mut String, s: &RunSummary) {
         "#7a4ad0",
         |p| p.msgs_per_s,
     ));
-    h.push_str(&line_chart(
-        "End-to-end latency",
+    h.push_str(&one(
+        "End-to-end latency p99, stage so far",
         "ms",
-        &[
-            Series {
-                label: "p50",
-                color: "#1f8a4c",
-                points: pts(|p| p.e2e_p50_ms),
-            },
-            Series {
-                label: "p99",
-                color: "#c0392b",
-                points: pts(|p| p.e2e_p99_ms),
-            },
-        ],
-        &marks,
+        "p99",
+        "#c0392b",
+        |p| p.e2e_p99_ms,
     ));
     h.push_str(&one("Target CPU", "% of machine", "cpu", "#d9822b", |p| {
         p.cpu_pct

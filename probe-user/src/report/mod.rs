@@ -41,7 +41,7 @@ pub struct TimelinePoint {
     pub stage: usize,
     pub connections: Option<f64>,
     pub msgs_per_s: Option<f64>,
-    pub e2e_p50_ms: Option<f64>,
+    /// The load's end-to-end latency p99 of the current stage so far.
     pub e2e_p99_ms: Option<f64>,
     pub cpu_pct: Option<f64>,
     pub rss_bytes: Option<f64>,
@@ -198,7 +198,6 @@ pub(crate) mod fixtures {
                     stage: i / 10,
                     connections: Some(if i < 10 { 100.0 } else { 200.0 }),
                     msgs_per_s: Some(1000.0),
-                    e2e_p50_ms: Some(1.0),
                     e2e_p99_ms: Some(4.0 + i as f64 * 0.1),
                     cpu_pct: Some(10.0),
                     rss_bytes: Some(1e7),

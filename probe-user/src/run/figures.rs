@@ -109,16 +109,15 @@ pub fn stage_figures(
     f
 }
 
-/// Stability in percent: 1 − unexpected disconnects / connections opened.
-/// Recomputed from the counts (not from the producer's `stability`) so the
-/// unit is never in doubt.
+/// Stability in percent: the load generator's `stability`, a fraction
+/// (1 − unexpected disconnects per connection-time, see loadgen's
+/// report.rs), only when connections were opened at all.
 fn stability_pct(load: &Value) -> Option<f64> {
     let opened = num(load, &["connections", "opened"])?;
-    let unexpected = num(load, &["connections", "unexpected_disconnects"])?;
     if opened <= 0.0 {
         return None;
     }
-    Some((1.0 - unexpected / opened).max(0.0) * 100.0)
+    num(load, &["connections", "stability"]).map(|f| f * 100.0)
 }
 
 /// Ring-buffer drops: a plain number, or an object whose numbers add up.

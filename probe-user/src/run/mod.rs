@@ -19,6 +19,7 @@ use anyhow::Context;
 use figures::{stage_figures, RssWindow};
 use loadgen::{
     outcome::{usage, Outcome},
+    pool::LiveSnap,
     runner::{RunOptions, StageEvent},
     LoadArgs, Scenario, StageReport,
 };
@@ -59,6 +60,9 @@ struct Progress {
     /// Observer report of each stage, cut at the next stage's start.
     observer: Vec<serde_json::Value>,
     load: Vec<Option<StageReport>>,
+    /// Latest live figures of the load and the previous ones, for rates.
+    live: Option<(LiveSnap, Instant)>,
+    live_prev: Option<(LiveSnap, Instant)>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
@@ -245,6 +249,10 @@ async fn drive(
             }
             p.load[i] = Some(report.clone());
         }
+        StageEvent::Tick { snap, at } => {
+            let mut p = progress.borrow_mut();
+            p.live_prev = p.live.replace((snap, at));
+        }
     };
     let opts = RunOptions {
         worker: None,
@@ -288,11 +296,19 @@ async fn sample_until_target_dies(
                 None => return,
             }
         }
-        if let Some(o) = observer {
-            if o.target_exited() {
-                return;
+        if observer.is_some_and(|o| o.target_exited()) {
+            return;
+        }
+        if let Some((now, at)) = progress.borrow().live {
+            point.connections = Some(now.connected as f64);
+            // The stage's p99 so far (0 until its first message).
+            point.e2e_p99_ms = (now.p99_us > 0).then(|| now.p99_us as f64 / 1000.0);
+            if let Some((prev, prev_at)) = progress.borrow().live_prev {
+                let dt = at.saturating_duration_since(prev_at).as_secs_f64();
+                if dt > 0.0 && now.received >= prev.received {
+                    point.msgs_per_s = Some((now.received - prev.received) as f64 / dt);
+                }
             }
-            point.connections = Some(o.total().details.open_connections as f64);
         }
         timeline.borrow_mut().push(point);
     }
