@@ -38,6 +38,8 @@ enum ps_event_kind {
 	PS_EV_RESET = 5,    /* RST sent (dir=1) or received (dir=0) on an observed sock */
 	PS_EV_FORK = 6,     /* a task of the target forked/cloned: fd = child pid */
 	PS_EV_EXIT = 7,     /* a process of the target set exited: tgid */
+	PS_EV_TLS_DONE = 8, /* OpenSSL SSL_do_handshake returned 1 (uprobes): ts_ns = return,
+	                     * bytes_in = first entry time for that SSL *, sk = its socket (0 if unknown) */
 };
 
 enum ps_dir {

@@ -126,6 +126,7 @@ static __always_inline void ps_write_enter(__u32 fd, __u64 buf, __u64 len, __u32
 	}
 	if (!ps_classifying(c) || !buf || !len)
 		return;
+	ps_tls_note_fd(c->sk);
 	__u32 seq = c->io_seq;
 	c->io_seq = seq + 1;
 	ps_count(PS_CNT_IO_CALLS);
@@ -143,6 +144,7 @@ static __always_inline void ps_read_enter(__u32 fd, __u64 buf, __u32 kind)
 	struct ps_conn *c = ps_conn_of(id >> 32, fd, &idx);
 	if (!c || !buf || !ps_classifying(c))
 		return;
+	ps_tls_note_fd(c->sk);
 	struct ps_pending_io p = {.sk = c->sk, .buf = ps_first_buf(buf, kind), .idx = idx};
 	__u32 zero = 0;
 	__s64 *n = bpf_map_lookup_elem(&pending_count, &zero);

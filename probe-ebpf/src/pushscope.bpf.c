@@ -3,9 +3,10 @@
  * are included here so they share maps (include/ps_common.h) without
  * pinning: lifecycle (states, accept, close, RST, retransmits, fork/exit),
  * classify (read/write family: bytes, send queue, first-bytes class),
- * fd (fd-returning syscalls, EMFILE/ENFILE). */
+ * fd (fd-returning syscalls, EMFILE/ENFILE), tls (OpenSSL uprobes, optional). */
 #include "ps_common.h"
 #include "lifecycle.inc.c"
+#include "tls.inc.c"
 #include "classify.inc.c"
 #include "fd.inc.c"
 

@@ -28,6 +28,8 @@ pub const EV_IO: u32 = 4;
 pub const EV_RESET: u32 = 5;
 pub const EV_FORK: u32 = 6;
 pub const EV_EXIT: u32 = 7;
+/// OpenSSL handshake done (uprobes): ts_ns = return, bytes_in = first entry.
+pub const EV_TLS_DONE: u32 = 8;
 
 /// enum ps_dir
 pub const DIR_READ: u8 = 0;

@@ -49,6 +49,8 @@ pub struct Aggregates {
     pub ws_upgrade: Histogram<u64>,
     pub first_push: Histogram<u64>,
     pub lifetime: Histogram<u64>,
+    /// TLS handshakes measured by the OpenSSL uprobes (first entry → success).
+    pub tls_exact: Histogram<u64>,
     pub srtt: Histogram<u64>,
     pub accepted: u64,
     pub closed_local: u64,
@@ -71,6 +73,7 @@ impl Default for Aggregates {
             ws_upgrade: new_hist(),
             first_push: new_hist(),
             lifetime: new_hist(),
+            tls_exact: new_hist(),
             srtt: new_hist(),
             accepted: 0,
             closed_local: 0,
@@ -98,6 +101,8 @@ pub struct ConnRecord {
     pub closed: Option<u64>,
     pub tls: Option<TlsKind>,
     pub tls_handshake: Option<Span>,
+    /// Exact handshake from the OpenSSL uprobes, when attached.
+    pub tls_exact: Option<Span>,
     pub ws_upgrade: Option<Span>,
     pub first_push: Option<Span>,
     pub closer: Option<Closer>,
@@ -134,6 +139,7 @@ struct Conn {
     accept: Option<u64>,
     io: Vec<IoRec>,
     phases: IoPhases,
+    tls_exact: Option<Span>,
     accept_wait_done: bool,
     first_close: Option<Closer>,
     reset: bool,
@@ -152,6 +158,7 @@ impl Conn {
             closed,
             tls: self.phases.tls,
             tls_handshake: self.phases.tls_handshake,
+            tls_exact: self.tls_exact,
             ws_upgrade: self.phases.ws_upgrade,
             first_push: self.phases.first_push,
             closer,
@@ -277,6 +284,7 @@ impl Tracker {
                     c.reset = true;
                 }
             }
+            abi::EV_TLS_DONE => self.on_tls_done(e),
             abi::EV_FORK => self.tasks_followed += 1,
             abi::EV_EXIT if e.tgid == self.target => self.target_exited = true,
             _ => {}
@@ -438,6 +446,25 @@ impl Tracker {
                 let _ = a.first_push.record(v);
                 a.flame.first_push += v;
             }
+        });
+    }
+
+    fn on_tls_done(&mut self, e: &Event) {
+        // A handshake whose socket was never seen cannot be attributed.
+        let Some(c) = self.conns.get_mut(&e.sk) else {
+            return;
+        };
+        if c.tls_exact.is_some() {
+            return;
+        }
+        let span = Span {
+            start: e.bytes_in,
+            end: e.ts_ns,
+        };
+        c.tls_exact = Some(span);
+        let v = us(span.ns());
+        self.both(|a| {
+            let _ = a.tls_exact.record(v);
         });
     }
 
@@ -639,6 +666,29 @@ mod tests {
         assert_eq!(o.errors, 1);
         assert_eq!(o.connect_us.len(), 1);
         assert!(o.connect_us.equivalent(o.connect_us.max(), 2000));
+    }
+
+    #[test]
+    fn exact_tls_from_uprobes_is_kept_apart() {
+        let mut t = Tracker::new(1, 24);
+        let done = Event {
+            bytes_in: 2_000_000,
+            ..ev(EV_TLS_DONE, 4, 3_500_000)
+        };
+        feed(
+            &mut t,
+            &[
+                state(4, 0, TCP_ESTABLISHED),
+                ev(EV_ACCEPT, 4, 1_000_000),
+                done,
+            ],
+        );
+        assert_eq!(t.total.tls_exact.len(), 1);
+        assert!(t.total.tls_exact.equivalent(t.total.tls_exact.max(), 1500));
+        // Unknown socks and repeats are ignored.
+        feed(&mut t, &[done, Event { sk: 99, ..done }]);
+        assert_eq!(t.total.tls_exact.len(), 1);
+        assert_eq!(t.total.tls_handshake.len(), 0);
     }
 
     #[test]

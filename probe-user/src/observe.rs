@@ -132,6 +132,8 @@ struct Shared {
     stage_started: Instant,
     started: Instant,
     target_gone: bool,
+    tls_libs: Vec<String>,
+    tls_note: Option<String>,
 }
 
 /// Attached probes plus the threads that read them.
@@ -206,6 +208,12 @@ impl Observer {
             stage_started: Instant::now(),
             started: Instant::now(),
             target_gone: false,
+            tls_libs: probes
+                .tls_libs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            tls_note: probes.tls_note.clone(),
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
@@ -505,6 +513,8 @@ fn build(
         srtt_p99_us: srtt.p99 * 1000.0,
         tls12_connections: a.tls12,
         tls13_inferred_connections: a.tls13,
+        tls_handshake_exact_ms: stats(&a.tls_exact),
+        tls_uprobe_libs: s.tls_libs.clone(),
         listen_queue_peak: samples.listen_queue_peak,
         fd_open_last: samples.last_open,
         fd_headroom_min: samples.headroom_min.unwrap_or(1.0),
@@ -521,6 +531,15 @@ fn build(
             "tls_handshake end, ws_upgrade and first_push of {} TLS 1.3 connection(s) are inferred from the turn-taking of reads and writes, not measured (see probe-user/src/phases.rs for the rule and its errors)",
             a.tls13
         ));
+    }
+    if !s.tls_libs.is_empty() {
+        notes.push(format!(
+            "tls_handshake_exact_ms is measured with uprobes on SSL_do_handshake in {} ({} handshakes)",
+            s.tls_libs.join(", "),
+            a.tls_exact.len()
+        ));
+    } else if let Some(n) = &s.tls_note {
+        notes.push(format!("no exact TLS layer: {n}"));
     }
     if c.ringbuf_drops > 0 {
         notes.push(format!(

@@ -99,6 +99,12 @@ pub struct ObserverDetails {
     pub tls12_connections: u64,
     /// TLS connections whose handshake end was inferred from turn-taking (TLS 1.3).
     pub tls13_inferred_connections: u64,
+    /// TLS handshakes measured exactly by uprobes on OpenSSL's
+    /// SSL_do_handshake (first entry → successful return), where the target
+    /// maps libssl; compare with the inferred `phases_ms.tls_handshake`.
+    pub tls_handshake_exact_ms: PhaseStats,
+    /// libssl files carrying those uprobes.
+    pub tls_uprobe_libs: Vec<String>,
     /// Deepest accept queue seen on a listener (1 Hz /proc samples).
     pub listen_queue_peak: u64,
     /// fds open at the last sample, and the headroom 1 - open/limit then.

@@ -39,6 +39,11 @@
 //! [`FINISHED_FLIGHT_MAX`]; a server sending no tickets while the request
 //! was coalesced with the Finished has its first push taken for the 101.
 //! Under TLS, first_push ends at the next write after the 101 write.
+//!
+//! Where the target maps OpenSSL's libssl, uprobes on `SSL_do_handshake`
+//! measure the handshake exactly (`tls_handshake_exact_ms`, lifecycle.rs);
+//! against NGINX the inference came out ~0.1 ms (15 %) shorter at the
+//! median, since it stops at the read of the client Finished.
 
 use crate::abi::{self, DIR_READ, DIR_WRITE};
 use serde::Serialize;

@@ -55,6 +55,7 @@ pub fn document(first: &[ConnRecord], slowest: &[ConnRecord], end_ns: u64) -> Va
         }
         for (name, span) in [
             ("tls_handshake", c.tls_handshake),
+            ("tls_handshake_exact", c.tls_exact),
             ("ws_upgrade", c.ws_upgrade),
             ("first_push", c.first_push),
         ] {
@@ -82,6 +83,7 @@ mod tests {
             closed: Some(50_000),
             tls: None,
             tls_handshake: None,
+            tls_exact: None,
             ws_upgrade: Some(Span {
                 start: 4_000,
                 end: 6_000,

@@ -6,7 +6,7 @@
 
 use pushscope_tests::{
     heavy_lock,
-    observer::{check, run_clients, tls_material, Observe},
+    observer::{check, num, run_clients, tls_material, Observe},
     pusher::http_on,
     skip_unless_root,
 };
@@ -146,4 +146,15 @@ fn observer_counts_nginx_nchan_tls_connections_by_master_pid() {
         "{summary:#}"
     );
     check(&summary, &times, true);
+    // The exact layer (uprobes on OpenSSL's SSL_do_handshake) measured every
+    // handshake; the turn-taking inference must agree with it.
+    let exact = &d["tls_handshake_exact_ms"];
+    let inferred = &summary["observer"]["phases_ms"]["tls_handshake"];
+    eprintln!("exact: {exact} inferred: {inferred}");
+    assert_eq!(num(exact, "count"), N as f64, "{d:#}");
+    let (e50, i50) = (num(exact, "p50"), num(inferred, "p50"));
+    assert!(
+        (e50 - i50).abs() <= 0.5 + 0.2 * e50,
+        "inferred TLS handshake p50 {i50} ms vs exact {e50} ms"
+    );
 }

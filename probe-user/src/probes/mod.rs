@@ -6,7 +6,7 @@
 use crate::abi;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use std::time::Duration;
@@ -73,6 +73,34 @@ pub enum ProbeError {
 pub struct Probes {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    /// libssl files whose SSL_do_handshake carries the exact TLS uprobes.
+    pub tls_libs: Vec<std::path::PathBuf>,
+    /// Why the exact TLS layer is missing, if it is.
+    pub tls_note: Option<String>,
+}
+
+/// libssl files mapped by any of `pids` (from /proc/PID/maps).
+pub fn libssl_paths(pids: &[u32]) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<std::path::PathBuf> = Vec::new();
+    for pid in pids {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        for line in maps.lines() {
+            if let Some(path) = line.split_whitespace().nth(5) {
+                let name = path.rsplit('/').next().unwrap_or("");
+                if name.starts_with("libssl.so") {
+                    // Through the process's root so containers resolve too.
+                    let p = std::path::PathBuf::from(format!("/proc/{pid}/root{path}"));
+                    if !out
+                        .iter()
+                        .any(|o| o.ends_with(path.trim_start_matches('/')))
+                    {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Per-CPU counters summed over CPUs.
@@ -124,6 +152,47 @@ pub struct ProgStats {
     pub program: String,
     pub run_count: u64,
     pub run_time: Duration,
+}
+
+/// The optional exact TLS layer: uprobes on `SSL_do_handshake` of every
+/// libssl the target maps. Never fatal: returns what is attached and why
+/// not, if nothing is.
+fn attach_tls(ebpf: &mut Ebpf, tgids: &[u32]) -> (Vec<std::path::PathBuf>, Option<String>) {
+    let libs = libssl_paths(tgids);
+    if libs.is_empty() {
+        return (
+            Vec::new(),
+            Some("the target maps no libssl: TLS phases are inferred only".to_string()),
+        );
+    }
+    let mut attached = Vec::new();
+    let mut why = None;
+    for prog in ["ps_ssl_hs_enter", "ps_ssl_hs_return"] {
+        let Some(p) = ebpf.program_mut(prog) else {
+            return (Vec::new(), Some(format!("no program {prog}")));
+        };
+        let p: &mut UProbe = match p.try_into() {
+            Ok(p) => p,
+            Err(e) => return (Vec::new(), Some(format!("{prog}: {e}"))),
+        };
+        if let Err(e) = p.load() {
+            return (Vec::new(), Some(format!("loading {prog}: {e}")));
+        }
+        for lib in &libs {
+            match p.attach(Some("SSL_do_handshake"), 0, lib, None) {
+                Ok(_) => {
+                    if !attached.contains(lib) {
+                        attached.push(lib.clone());
+                    }
+                }
+                Err(e) => why = Some(format!("uprobe on {}: {e}", lib.display())),
+            }
+        }
+    }
+    if attached.is_empty() {
+        return (Vec::new(), why);
+    }
+    (attached, None)
 }
 
 /// Mounts tracefs if nothing is mounted where aya looks for it.
@@ -239,6 +308,7 @@ impl Probes {
             p.load().map_err(attach_err)?;
             p.attach(category, name).map_err(attach_err)?;
         }
+        let (tls_libs, tls_note) = attach_tls(&mut ebpf, tgids);
         let counters = PerCpuArray::try_from(
             ebpf.take_map("counters")
                 .ok_or(ProbeError::Missing("counters"))?,
@@ -247,7 +317,12 @@ impl Probes {
             name: "counters",
             source: Box::new(source),
         })?;
-        Ok(Probes { ebpf, counters })
+        Ok(Probes {
+            ebpf,
+            counters,
+            tls_libs,
+            tls_note,
+        })
     }
 
     /// Takes the ring buffer (once) for a reader thread.

@@ -1,0 +1,103 @@
+/* Exact TLS handshake time where the target maps OpenSSL's libssl: a uprobe
+ * on SSL_do_handshake entry (first entry per SSL * starts the handshake)
+ * and a uretprobe (a return of 1 ends it; non-blocking servers return
+ * WANT_READ many times before). The SSL * is tied to its socket by the
+ * read/write the handshake does on the same thread (classify.inc.c calls
+ * ps_tls_note_fd while a handshake call is in flight). Costs ~2 uprobe
+ * traps per handshake call; nothing on the data path. Included by
+ * pushscope.bpf.c. */
+
+struct ps_ssl {
+	__u64 first_ns; /* first SSL_do_handshake entry */
+	__u64 sk;       /* socket the handshake read/wrote, 0 until seen */
+};
+
+/* SSL * -> handshake state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct ps_ssl);
+} ssls SEC(".maps");
+
+/* pid_tgid -> SSL * of the SSL_do_handshake call in flight. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} ssl_calls SEC(".maps");
+
+/* Calls in flight (slot 0): the read/write hooks only look while > 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} ssl_inflight SEC(".maps");
+
+SEC("uprobe")
+int ps_ssl_hs_enter(struct pt_regs *ctx)
+{
+	if (!ps_in_target(ps_tgid()))
+		return 0;
+	__u64 ssl = ctx->di;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ps_ssl fresh = {.first_ns = bpf_ktime_get_ns()};
+	/* only the first entry per SSL * starts the handshake */
+	bpf_map_update_elem(&ssls, &ssl, &fresh, BPF_NOEXIST);
+	if (bpf_map_update_elem(&ssl_calls, &id, &ssl, BPF_ANY)) {
+		ps_count(PS_CNT_MAP_FULL);
+		return 0;
+	}
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&ssl_inflight, &zero);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return 0;
+}
+
+SEC("uretprobe")
+int ps_ssl_hs_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *sslp = bpf_map_lookup_elem(&ssl_calls, &id);
+	if (!sslp)
+		return 0;
+	__u64 ssl = *sslp;
+	bpf_map_delete_elem(&ssl_calls, &id);
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&ssl_inflight, &zero);
+	if (n)
+		__sync_fetch_and_add(n, -1);
+	if ((int)ctx->ax != 1)
+		return 0;
+	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &ssl);
+	if (!st)
+		return 0;
+	struct ps_ssl done = *st;
+	bpf_map_delete_elem(&ssls, &ssl);
+	struct ps_event *e = ps_reserve(PS_EV_TLS_DONE, done.sk);
+	if (!e)
+		return 0;
+	e->tgid = id >> 32;
+	e->bytes_in = done.first_ns;
+	ps_submit(e);
+	return 0;
+}
+
+/* Called by the read/write hooks of an accepted socket's first calls. */
+static __always_inline void ps_tls_note_fd(__u64 sk)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&ssl_inflight, &zero);
+	if (!n || *n <= 0)
+		return;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *sslp = bpf_map_lookup_elem(&ssl_calls, &id);
+	if (!sslp)
+		return;
+	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, sslp);
+	if (st)
+		st->sk = sk;
+}
