@@ -277,22 +277,7 @@ impl Probes {
                 source: Box::new(source),
             })?;
         }
-        {
-            let mut lp: HashMap<_, u16, u32> = HashMap::try_from(
-                ebpf.map_mut("listen_ports")
-                    .ok_or(ProbeError::Missing("listen_ports"))?,
-            )
-            .map_err(|source| ProbeError::Map {
-                name: "listen_ports",
-                source: Box::new(source),
-            })?;
-            for p in ports {
-                lp.insert(p, 1, 0).map_err(|source| ProbeError::Map {
-                    name: "listen_ports",
-                    source: Box::new(source),
-                })?;
-            }
-        }
+        insert_listen_ports(&mut ebpf, ports)?;
         for (prog, category, name) in ATTACH {
             let attach_err = |source| ProbeError::Attach {
                 program: (*prog).to_string(),
@@ -365,22 +350,7 @@ impl Probes {
 
     /// Adds ports to the listening-port filter (a listener opened later).
     pub fn add_ports(&mut self, ports: &[u16]) -> Result<(), ProbeError> {
-        let mut lp: HashMap<_, u16, u32> = HashMap::try_from(
-            self.ebpf
-                .map_mut("listen_ports")
-                .ok_or(ProbeError::Missing("listen_ports"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "listen_ports",
-            source: Box::new(source),
-        })?;
-        for p in ports {
-            lp.insert(p, 1, 0).map_err(|source| ProbeError::Map {
-                name: "listen_ports",
-                source: Box::new(source),
-            })?;
-        }
-        Ok(())
+        insert_listen_ports(&mut self.ebpf, ports)
     }
 
     /// The programs' own run time and count (zero unless
@@ -398,4 +368,21 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Adds ports to the kernel's listening-port filter (`listen_ports`).
+fn insert_listen_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
+    let map_err = |source| ProbeError::Map {
+        name: "listen_ports",
+        source: Box::new(source),
+    };
+    let mut lp: HashMap<_, u16, u32> = HashMap::try_from(
+        ebpf.map_mut("listen_ports")
+            .ok_or(ProbeError::Missing("listen_ports"))?,
+    )
+    .map_err(map_err)?;
+    for p in ports {
+        lp.insert(p, 1, 0).map_err(map_err)?;
+    }
+    Ok(())
 }
