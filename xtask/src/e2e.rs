@@ -47,7 +47,7 @@ pub fn run() -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("xtask e2e: {passed} passed, {} failed", failed.len());
+    println!("e2e: {passed} passed, {} failed", failed.len());
     ensure!(
         failed.is_empty(),
         "`cargo xtask run` end to end failed: {}",
