@@ -2,8 +2,9 @@
 //! release binaries and measures the eBPF observer (needs root):
 //! 1. overhead on the target: the reference pusher's fan-out deliveries/s at
 //!    saturation (`pushscope-pusher-bench fanout`) and its CPU per delivery,
-//!    with `pushscope observe` attached ÷ without, 4 rounds alternated
-//!    (without, with, …) and averaged; plus the probes' own run time
+//!    with `pushscope observe` attached ÷ without, 8 rounds alternated
+//!    (without, with, …), median of the paired ratios; the pusher is pinned
+//!    to CPU 0, the client and the observer to CPU 1; plus the probes' own run time
 //!    (bpf_stats) as a share of the pusher's CPU time, which other load on
 //!    the machine does not blur;
 //! 2. ring-buffer drops while N (20,000) WebSocket connections are
@@ -135,9 +136,18 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
     } else {
         None
     };
+    // The pusher gets core 0 to itself; the load client and the observer's
+    // userspace share core 1. The ratio then measures what the probes cost
+    // inside the pusher's own syscalls, not who won the scheduler.
+    pin(pid, 0)?;
+    if let Some(o) = &obs {
+        pin(o.0.id(), 1)?;
+    }
     let ps = |n: &str| n.starts_with("ps_");
     let (s0, c0) = (prog_stats(&ps)?, cpu_ns(pid));
-    let out = Command::new(util::release_bin("pushscope-pusher-bench"))
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(util::release_bin("pushscope-pusher-bench"))
         .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
         .args(["--subscribers", "1000", "--seconds", seconds])
         .stderr(Stdio::inherit())
@@ -158,6 +168,19 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
         cpu_pct: m["pusher_cpu_pct"],
         probe_share,
     })
+}
+
+/// Pins every thread of `pid` to one CPU (taskset, util-linux).
+fn pin(pid: u32, cpu: u32) -> Result<()> {
+    let st = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (apt-get install -y util-linux)")?;
+    if !st.success() {
+        bail!("taskset could not pin PID {pid} to CPU {cpu}");
+    }
+    Ok(())
 }
 
 /// 20k connections at ≥ 2k/s: (flood figures, observer summary).
