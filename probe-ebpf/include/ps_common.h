@@ -34,14 +34,14 @@ enum {
 struct ps_conn {
 	__u64 sk;
 	__u32 io_seq;   /* classified calls so far */
-	__u32 max_wmem; /* max sk_wmem_queued, sampled as writes start */
-	__u64 writes;   /* write calls (the send queue is sampled every 16th) */
+	__u32 max_wmem; /* max sk_wmem_queued, sampled after sends */
+	__u64 writes;   /* sends (the send queue is sampled every 16th) */
 };
 
-/* Per-sock counters for events that only know the sock (retransmits). */
+/* Per-sock state for events that only know the sock (retransmits, sends). */
 struct ps_sock {
 	__u32 retrans;
-	__u32 _pad;
+	__u32 idx1; /* fdtab index + 1 of the connection (0: fd not tracked) */
 };
 
 /* A read in flight between sys_enter and sys_exit of one thread. */
@@ -107,7 +107,8 @@ struct {
 	__type(value, struct ps_conn);
 } fdtab SEC(".maps");
 
-/* sk -> counters of accepted socks. LRU so a lost close never fills it. */
+/* sk -> state of accepted socks (set at accept, deleted at close). LRU so a
+ * lost close never fills it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, PS_MAX_CONNS);

@@ -47,8 +47,10 @@ enum ps_dir {
 	PS_DIR_WRITE = 1,
 };
 
-/* What the first bytes of one read/write look like. Only this class (and
- * the TLS handshake type) leaves the kernel: never payload bytes. */
+/* What the first bytes of one read look like (sends are all
+ * PS_CLASS_SEND: they are seen after the fact, without a user buffer).
+ * Only this class (and the TLS handshake type) leaves the kernel: never
+ * payload bytes. */
 enum ps_class {
 	PS_CLASS_OTHER = 0,
 	PS_CLASS_TLS_HANDSHAKE = 1, /* record type 0x16; detail = handshake type */
@@ -59,6 +61,7 @@ enum ps_class {
 	PS_CLASS_HTTP_101 = 6,      /* "HTTP/1.1 101" */
 	PS_CLASS_HTTP_OTHER = 7,    /* other "HTTP/1." status or method */
 	PS_CLASS_WS_FRAME = 8,      /* plausible WebSocket frame header; detail = opcode */
+	PS_CLASS_SEND = 9,          /* a send (sock:sock_send_length): content not inspected */
 };
 
 /* One ring-buffer record (all kinds share it; unused fields are zero). */
@@ -68,7 +71,7 @@ struct ps_event {
 	__u32 kind;      /* enum ps_event_kind */
 	__u32 tgid;      /* process context tgid (0 in softirq-origin events) */
 	__u32 fd;        /* ACCEPT/CLOSE_FD/IO: fd; FORK: child pid */
-	__s32 ret;       /* IO: bytes returned */
+	__s32 ret;       /* IO: bytes read / sent */
 	__u16 old_state; /* STATE */
 	__u16 new_state; /* STATE */
 	__u16 sport;     /* STATE: local port (host order) */
@@ -82,7 +85,7 @@ struct ps_event {
 	__u32 _pad3;
 	__u64 bytes_in;  /* CLOSE_FD: tcp_sock bytes_received */
 	__u64 bytes_out; /* CLOSE_FD: tcp_sock bytes_acked */
-	__u32 max_wmem;  /* CLOSE_FD: max sk_wmem_queued seen as writes start */
+	__u32 max_wmem;  /* CLOSE_FD: max sk_wmem_queued seen after sends */
 	__u32 srtt_us;   /* CLOSE_FD: tcp_sock srtt (us) */
 	__u32 retrans;   /* CLOSE_FD: retransmits seen on this sock */
 	__u32 _pad2;

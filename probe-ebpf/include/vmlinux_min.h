@@ -163,6 +163,12 @@ struct tp_tcp_receive_reset {
 	const void *skaddr;
 };
 
+/* Raw tracepoint context: the tracepoint's own arguments, unformatted
+ * (sock:sock_send_length: struct sock *sk, int ret, int flags). */
+struct bpf_raw_tracepoint_args {
+	__u64 args[0];
+};
+
 struct tp_sched_process_fork {
 	__u64 common;
 	__u32 parent_comm_loc;

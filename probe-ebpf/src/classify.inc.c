@@ -1,15 +1,20 @@
-/* Classification of the target's socket I/O: the read family
- * (read/readv/recvfrom/recvmsg, enter + exit) and write family (write/
- * writev/sendto/sendmsg, enter only) of accepted sockets. For the first
- * `io_events_per_conn` calls at most 16 bytes are read to classify them
- * (TLS record header, GET, HTTP/1.1 101, WebSocket frame header): writes at
- * enter, reads at exit (read enter saves the buffer pointer; exits return
- * at once while no read is pending anywhere). Only the class leaves the
- * kernel, never payload bytes. Later calls cost one small-hash lookup and
- * an array access; every 16th write also samples sk_wmem_queued;
- * bytes in/out are read from tcp_sock at close, not summed per call.
- * Unrelated processes cost one small-hash miss per hooked enter.
- * Included by pushscope.bpf.c. */
+/* The target's socket I/O on accepted sockets. Reads: the read family
+ * (read/readv/recvfrom/recvmsg, enter + exit); for the first
+ * `io_events_per_conn` calls at most 16 bytes are read at exit to classify
+ * them (TLS record header, GET, WebSocket frame header; enter saves the
+ * buffer pointer; exits return at once while no read is pending anywhere).
+ * Sends: one raw tracepoint, sock:sock_send_length, which fires in
+ * sock_sendmsg_nosec (process context) after every socket send, whatever
+ * the syscall (write, writev, send, sendto, sendmsg). It gives the sock and
+ * the result but no user buffer, so sends are NOT classified: the first
+ * ones are emitted as PS_CLASS_SEND with the bytes sent, and userspace
+ * infers what they were from their order (probe-user/src/phases.rs). A
+ * raw tracepoint costs far less than the perf-event dispatch of four
+ * syscall tracepoints on every write of every process. Only the class
+ * leaves the kernel, never payload bytes. Later calls cost a tgid check,
+ * one sk-hash lookup and an array access; every 16th send also samples
+ * sk_wmem_queued; bytes in/out are read from tcp_sock at close, not summed
+ * per call. Included by pushscope.bpf.c. */
 
 #define PS_PEEK 16
 
@@ -105,35 +110,54 @@ static __always_inline void ps_emit_io(__u64 sk, __u64 buf, long ret, __u32 dir,
 	ps_submit(e);
 }
 
-/* Writes are classified at enter, where the data already is: no exit
- * hook, and after the first calls a write costs one lookup plus the
- * (every 16th) send-queue sample. The event's ret is the requested length
- * and its time the start of the write. */
-static __always_inline void ps_write_enter(__u32 fd, __u64 buf, __u64 len, __u32 kind)
+/* A send on an accepted socket of the target: after sock->ops->sendmsg
+ * returned `ret` (bytes queued, or -errno). The event's time is the end of
+ * the send. Failed sends (ret <= 0) are no I/O milestone: they only
+ * sample the send queue. */
+SEC("raw_tracepoint/sock_send_length")
+int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 idx = 0;
-	struct ps_conn *c = ps_conn_of(ps_tgid(), fd, &idx);
-	if (!c)
-		return;
-	/* Reading the sock costs a probe_read_kernel: sample every 16th write
-	 * (and the first ones). */
+	__u32 tgid = ps_tgid();
+	__u32 zero = 0;
+	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return 0;
+	/* fast path: the target itself; else one small-hash lookup */
+	if (tgid != cfg->target_tgid && !ps_in_target(tgid))
+		return 0;
+	__u64 sk = ctx->args[0];
+	long ret = (int)ctx->args[1];
+	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
+	if (!so || !so->idx1)
+		return 0;
+	__u32 idx = so->idx1 - 1;
+	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
+	if (!c || c->sk != sk)
+		return 0;
+	/* Reading the sock is a probe_read_kernel: sample every 16th send
+	 * (and those of the first calls). */
 	__u64 w = c->writes++;
 	if ((w & 15) == 0 || c->io_seq < 8) {
-		struct sock *sk = (struct sock *)c->sk;
-		int q = BPF_CORE_READ(sk, sk_wmem_queued);
+		int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
 		if (q > 0 && (__u32)q > c->max_wmem)
 			c->max_wmem = q;
 	}
-	if (!ps_classifying(c) || !buf || !len)
-		return;
-	ps_tls_note_fd(c->sk);
+	if (ret <= 0 || c->io_seq >= cfg->io_events_per_conn)
+		return 0;
+	ps_tls_note_fd(sk);
 	__u32 seq = c->io_seq;
 	c->io_seq = seq + 1;
 	ps_count(PS_CNT_IO_CALLS);
-	buf = ps_first_buf(buf, kind);
-	/* for iovec kinds len is the vector length: the first bytes suffice */
-	if (buf)
-		ps_emit_io(c->sk, buf, kind ? PS_PEEK : (long)len, PS_DIR_WRITE, seq);
+	struct ps_event *e = ps_reserve(PS_EV_IO, sk);
+	if (!e)
+		return 0;
+	e->tgid = tgid;
+	e->dir = PS_DIR_WRITE;
+	e->ret = ret;
+	e->io_seq = seq;
+	e->class_ = PS_CLASS_SEND;
+	ps_submit(e);
+	return 0;
 }
 
 /* Reads: enter saves the buffer of the first calls, exit classifies. */
@@ -230,31 +254,3 @@ int ps_exit_readv(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
 
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int ps_exit_recvmsg(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_enter_write")
-int ps_enter_write(struct tp_sys_enter *ctx)
-{
-	ps_write_enter(ctx->args[0], ctx->args[1], ctx->args[2], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int ps_enter_sendto(struct tp_sys_enter *ctx)
-{
-	ps_write_enter(ctx->args[0], ctx->args[1], ctx->args[2], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int ps_enter_writev(struct tp_sys_enter *ctx)
-{
-	ps_write_enter(ctx->args[0], ctx->args[1], ctx->args[2], 1);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int ps_enter_sendmsg(struct tp_sys_enter *ctx)
-{
-	ps_write_enter(ctx->args[0], ctx->args[1], 1, 2);
-	return 0;
-}

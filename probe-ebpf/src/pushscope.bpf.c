@@ -2,7 +2,8 @@
 /* The observer's one eBPF object. Concerns live in src/<concern>.inc.c and
  * are included here so they share maps (include/ps_common.h) without
  * pinning: lifecycle (states, accept, close, RST, retransmits, fork/exit),
- * classify (read/write family: bytes, send queue, first-bytes class),
+ * classify (read family: first-bytes class; sends at sock_send_length:
+ * bytes, send queue),
  * fd (fd-returning syscalls, EMFILE/ENFILE), tls (OpenSSL uprobes, optional). */
 #include "ps_common.h"
 #include "lifecycle.inc.c"

@@ -2,7 +2,7 @@
  * on SSL_do_handshake entry (first entry per SSL * starts the handshake)
  * and a uretprobe (a return of 1 ends it; non-blocking servers return
  * WANT_READ many times before). The SSL * is tied to its socket by the
- * read/write the handshake does on the same thread (classify.inc.c calls
+ * read/send the handshake does on the same thread (classify.inc.c calls
  * ps_tls_note_fd while a handshake call is in flight). Costs ~2 uprobe
  * traps per handshake call; nothing on the data path. Included by
  * pushscope.bpf.c. */
@@ -86,7 +86,7 @@ int ps_ssl_hs_return(struct pt_regs *ctx)
 	return 0;
 }
 
-/* Called by the read/write hooks of an accepted socket's first calls. */
+/* Called by the read/send hooks of an accepted socket's first calls. */
 static __always_inline void ps_tls_note_fd(__u64 sk)
 {
 	__u32 zero = 0;

@@ -1,44 +1,61 @@
-//! Phase reconstruction of one accepted connection from the first N
-//! read/write calls the kernel classified (`PS_EV_IO`): tls_handshake,
+//! Phase reconstruction of one accepted connection from its first N
+//! read/send calls seen by the kernel (`PS_EV_IO`): tls_handshake,
 //! ws_upgrade and first_push. Pure functions over [`IoRec`] so they are unit
 //! tested from fixtures.
 //!
+//! Reads carry a class of their first bytes (TLS record header, `GET `,
+//! WebSocket frame header). Sends do not: they are seen at the raw
+//! tracepoint `sock:sock_send_length`, after the send, without the user
+//! buffer, so every send is [`abi::CLASS_SEND`] with the bytes sent and its
+//! time is the *end* of the send. What a send was is inferred from its
+//! place in the order of calls; no send class is ever looked at.
+//!
 //! # What is exact and what is a heuristic
 //!
-//! Plain WebSocket is exact at syscall granularity: ws_upgrade runs from the
-//! read that returned `GET ` to the write that starts `HTTP/1.1 101`;
-//! first_push from that write to the next write on the socket.
+//! Plain WebSocket: ws_upgrade runs from the read that returned `GET ` to
+//! the first send after it, taken to be the `HTTP/1.1 101` response;
+//! first_push from that send to the next send on the socket. Exact at
+//! syscall granularity for a server that upgrades, but the 101 is no
+//! longer recognised by its bytes: a server answering the GET with
+//! anything else (a 4xx, a redirect) would be counted as an upgrade, and a
+//! later send on that connection as a first push. A connection whose GET
+//! was refused normally closes right away, so it shows an "upgrade" and no
+//! first push (`ws_upgrade` count above `first_push` count is the sign).
+//! Failed sends (EAGAIN) are not calls here (the kernel emits only sends
+//! that queued bytes).
 //!
-//! TLS is inferred from record headers and the turn-taking of reads and
-//! writes (a *turn* is a run of calls in one direction), because after the
-//! ServerHello a TLS 1.3 connection shows only 0x17 records:
+//! TLS is inferred from the read record headers and the turn-taking of
+//! reads and sends (a *turn* is a run of calls in one direction), because
+//! after the ServerHello a TLS 1.3 connection shows only 0x17 records:
 //!
 //! * turn 0 (read) carries the ClientHello (0x16): the handshake starts at
 //!   the first read;
-//! * turn 1 (write) is the server's first flight; turn 2 (read) the
+//! * turn 1 (send) is the server's first flight; turn 2 (read) the
 //!   client's second flight. If turn 2 starts with a handshake record (0x16:
 //!   ClientKeyExchange/Certificate) the connection is TLS 1.2: the handshake
-//!   ends at the server's CCS/Finished flight, the first write of turn 3.
+//!   ends at the server's CCS/Finished flight, the first send of turn 3.
 //!   Otherwise (0x14 compat CCS or 0x17) it is TLS 1.3: the handshake ends
 //!   at the first read of turn 2, when the client Finished arrives (the
 //!   server verifies it within that read's processing; error: the
 //!   verification time, microseconds).
-//! * TLS 1.3 servers write session tickets right after the handshake. If
+//! * TLS 1.3 servers send session tickets right after the handshake. If
 //!   turn 2 carried no more than [`FINISHED_FLIGHT_MAX`] bytes, turn 3 is
 //!   taken to be tickets and the upgrade runs from the first read of turn 4
-//!   (the request) to the first write of turn 5 (the 101). If turn 2
+//!   (the request) to the first send of turn 5 (the 101). If turn 2
 //!   carried more, the request arrived with the Finished: the upgrade
-//!   starts at the handshake end, and the 101 is the second write of turn 3
+//!   starts at the handshake end, and the 101 is the second send of turn 3
 //!   when its first read alone held the request (rustls writes all tickets
-//!   in one writev), else the first write of turn 3 (no tickets were sent).
+//!   in one writev), else the first send of turn 3 (no tickets were sent).
 //!
 //! Known errors of the TLS heuristic (the report says the TLS phases are
 //! inferred): a TLS 1.2 resumed (abbreviated) handshake looks like TLS 1.3;
 //! a HelloRetryRequest adds a round trip that shifts the turns; client
 //! certificates make the client's second flight larger than
 //! [`FINISHED_FLIGHT_MAX`]; a server sending no tickets while the request
-//! was coalesced with the Finished has its first push taken for the 101.
-//! Under TLS, first_push ends at the next write after the 101 write.
+//! was coalesced with the Finished has its first push taken for the 101;
+//! as in plain WebSocket, a refused upgrade is taken for a 101. Under TLS,
+//! first_push ends at the next send after the 101 send. Send times are the
+//! end of each send (a few µs after its start for these sizes).
 //!
 //! Where the target maps OpenSSL's libssl, uprobes on `SSL_do_handshake`
 //! measure the handshake exactly (`tls_handshake_exact_ms`, lifecycle.rs);
@@ -52,7 +69,8 @@ use serde::Serialize;
 /// certificates: CCS (6) + Finished record (5 + 4 + 48 + 1 + 16), rounded up.
 pub const FINISHED_FLIGHT_MAX: i64 = 100;
 
-/// One classified read/write of a connection (from `PS_EV_IO`).
+/// One read or send of a connection (from `PS_EV_IO`; sends are
+/// [`abi::CLASS_SEND`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoRec {
     pub ts: u64,
@@ -78,7 +96,7 @@ impl Span {
 /// How the TLS handshake end was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum TlsKind {
-    /// TLS 1.2: end at the server's CCS/Finished write (record types).
+    /// TLS 1.2 (read record types): end at the server's CCS/Finished send.
     Tls12,
     /// TLS 1.3: end inferred from turn-taking.
     Tls13Heuristic,
@@ -120,12 +138,12 @@ fn turns(io: &[IoRec]) -> Vec<Turn> {
     out
 }
 
-/// The write call after index `i` (any turn), as the end of first_push.
+/// The send after index `i` (any turn), as the end of first_push.
 fn next_write(io: &[IoRec], i: usize) -> Option<&IoRec> {
     io.iter().skip(i + 1).find(|r| r.dir == DIR_WRITE)
 }
 
-/// Derives the phases from a connection's first classified calls.
+/// Derives the phases from a connection's first read/send calls.
 pub fn derive(io: &[IoRec]) -> IoPhases {
     let Some(first_read) = io.iter().find(|r| r.dir == DIR_READ) else {
         return IoPhases::default();
@@ -145,10 +163,12 @@ fn derive_plain(io: &[IoRec]) -> IoPhases {
     else {
         return p;
     };
+    // The response to the GET: the first send after it (by order; sends
+    // carry no class).
     let Some(ui) = io
         .iter()
         .skip(gi + 1)
-        .position(|r| r.dir == DIR_WRITE && r.class == abi::CLASS_HTTP_101)
+        .position(|r| r.dir == DIR_WRITE)
         .map(|k| k + gi + 1)
     else {
         return p;
@@ -240,11 +260,12 @@ mod tests {
             ret,
         }
     }
-    fn w(ts: u64, class: u8, ret: i32) -> IoRec {
+    /// A send, as the kernel reports it: no class of its content.
+    fn w(ts: u64, ret: i32) -> IoRec {
         IoRec {
             ts,
             dir: DIR_WRITE,
-            class,
+            class: CLASS_SEND,
             detail: 0,
             ret,
         }
@@ -252,11 +273,7 @@ mod tests {
 
     #[test]
     fn plain_websocket_phases_are_exact() {
-        let io = [
-            r(100, CLASS_HTTP_GET, 220),
-            w(150, CLASS_HTTP_101, 129),
-            w(400, CLASS_WS_FRAME, 40),
-        ];
+        let io = [r(100, CLASS_HTTP_GET, 220), w(150, 129), w(400, 40)];
         let p = derive(&io);
         assert_eq!(p.tls, None);
         assert_eq!(p.tls_handshake, None);
@@ -278,12 +295,18 @@ mod tests {
 
     #[test]
     fn plain_without_push_yet_has_upgrade_only() {
-        let io = [r(1, CLASS_HTTP_GET, 200), w(2, CLASS_HTTP_101, 129)];
+        let io = [r(1, CLASS_HTTP_GET, 200), w(2, 129)];
         let p = derive(&io);
         assert!(p.ws_upgrade.is_some());
         assert_eq!(p.first_push, None);
-        // Plain HTTP that is not an upgrade: no phases.
-        let io = [r(1, CLASS_HTTP_GET, 200), w(2, CLASS_HTTP_OTHER, 300)];
+        // Sends carry no class: the first send after the GET is taken for
+        // the 101 even if it was a refusal (documented limitation).
+        let io = [r(1, CLASS_HTTP_GET, 200), w(2, 300)];
+        let p = derive(&io);
+        assert_eq!(p.ws_upgrade, Some(Span { start: 1, end: 2 }));
+        assert_eq!(p.first_push, None);
+        // No GET read: no phases.
+        let io = [r(1, CLASS_HTTP_OTHER, 200), w(2, 300)];
         assert_eq!(derive(&io), IoPhases::default());
     }
 
@@ -292,12 +315,12 @@ mod tests {
         // R(CH) W(SH..Fin) R(CCS+Fin, 80 B) W(tickets) R(GET) W(101) W(push)
         let io = [
             r(10, CLASS_TLS_HANDSHAKE, 517),
-            w(20, CLASS_TLS_HANDSHAKE, 2000),
+            w(20, 2000),
             r(30, CLASS_TLS_CCS, 80),
-            w(31, CLASS_TLS_APPDATA, 500),
+            w(31, 500),
             r(40, CLASS_TLS_APPDATA, 250),
-            w(45, CLASS_TLS_APPDATA, 151),
-            w(90, CLASS_TLS_APPDATA, 60),
+            w(45, 151),
+            w(90, 60),
         ];
         let p = derive(&io);
         assert_eq!(p.tls, Some(TlsKind::Tls13Heuristic));
@@ -311,11 +334,11 @@ mod tests {
         // Finished and GET in one read: tickets writev, then the 101.
         let io = [
             r(10, CLASS_TLS_HANDSHAKE, 517),
-            w(20, CLASS_TLS_HANDSHAKE, 2000),
+            w(20, 2000),
             r(30, CLASS_TLS_CCS, 330),
-            w(31, CLASS_TLS_APPDATA, 500),
-            w(35, CLASS_TLS_APPDATA, 151),
-            w(70, CLASS_TLS_APPDATA, 60),
+            w(31, 500),
+            w(35, 151),
+            w(70, 60),
         ];
         let p = derive(&io);
         assert_eq!(p.tls_handshake, Some(Span { start: 10, end: 30 }));
@@ -329,17 +352,17 @@ mod tests {
         let io = [
             r(10, CLASS_TLS_HANDSHAKE, 5),
             r(11, CLASS_OTHER, 512),
-            w(20, CLASS_TLS_HANDSHAKE, 1800),
+            w(20, 1800),
             r(30, CLASS_TLS_CCS, 5),
             r(31, CLASS_OTHER, 1),
             r(32, CLASS_TLS_APPDATA, 5),
             r(33, CLASS_OTHER, 53),
-            w(34, CLASS_TLS_APPDATA, 250),
-            w(35, CLASS_TLS_APPDATA, 250),
+            w(34, 250),
+            w(35, 250),
             r(50, CLASS_TLS_APPDATA, 5),
             r(51, CLASS_OTHER, 300),
-            w(60, CLASS_TLS_APPDATA, 180),
-            w(99, CLASS_TLS_APPDATA, 40),
+            w(60, 180),
+            w(99, 40),
         ];
         let p = derive(&io);
         assert_eq!(p.tls, Some(TlsKind::Tls13Heuristic));
@@ -352,12 +375,12 @@ mod tests {
     fn tls12_uses_record_types() {
         let io = [
             r(10, CLASS_TLS_HANDSHAKE, 300),
-            w(20, CLASS_TLS_HANDSHAKE, 3000),
+            w(20, 3000),
             r(30, CLASS_TLS_HANDSHAKE, 126),
-            w(40, CLASS_TLS_CCS, 51),
+            w(40, 51),
             r(50, CLASS_TLS_APPDATA, 300),
-            w(55, CLASS_TLS_APPDATA, 160),
-            w(80, CLASS_TLS_APPDATA, 40),
+            w(55, 160),
+            w(80, 40),
         ];
         let p = derive(&io);
         assert_eq!(p.tls, Some(TlsKind::Tls12));
@@ -368,10 +391,7 @@ mod tests {
 
     #[test]
     fn incomplete_tls_has_no_phases_yet() {
-        let io = [
-            r(10, CLASS_TLS_HANDSHAKE, 517),
-            w(20, CLASS_TLS_HANDSHAKE, 2000),
-        ];
+        let io = [r(10, CLASS_TLS_HANDSHAKE, 517), w(20, 2000)];
         let p = derive(&io);
         assert_eq!(p.tls_handshake, None);
         assert_eq!(p.ws_upgrade, None);

@@ -6,7 +6,7 @@
 use crate::abi;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, UProbe},
+    programs::{RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use std::time::Duration;
@@ -35,15 +35,16 @@ pub const ATTACH: &[(&str, &str, &str)] = &[
     ("ps_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
     ("ps_enter_readv", "syscalls", "sys_enter_readv"),
     ("ps_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    ("ps_enter_write", "syscalls", "sys_enter_write"),
-    ("ps_enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("ps_enter_writev", "syscalls", "sys_enter_writev"),
-    ("ps_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
     ("ps_exit_read", "syscalls", "sys_exit_read"),
     ("ps_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
     ("ps_exit_readv", "syscalls", "sys_exit_readv"),
     ("ps_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
 ];
+
+/// Programs attached to raw tracepoints (program, tracepoint). Sends are
+/// seen at `sock:sock_send_length` (every socket send, whatever the
+/// syscall) instead of four write-family syscall tracepoints.
+pub const RAW_ATTACH: &[(&str, &str)] = &[("ps_send_length", "sock_send_length")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -292,6 +293,21 @@ impl Probes {
                 .map_err(attach_err)?;
             p.load().map_err(attach_err)?;
             p.attach(category, name).map_err(attach_err)?;
+        }
+        for (prog, name) in RAW_ATTACH {
+            let attach_err = |source| ProbeError::Attach {
+                program: (*prog).to_string(),
+                category: "raw".to_string(),
+                name: (*name).to_string(),
+                source: Box::new(source),
+            };
+            let p: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::Missing("program"))?
+                .try_into()
+                .map_err(attach_err)?;
+            p.load().map_err(attach_err)?;
+            p.attach(name).map_err(attach_err)?;
         }
         let (tls_libs, tls_note) = attach_tls(&mut ebpf, tgids);
         let counters = PerCpuArray::try_from(
