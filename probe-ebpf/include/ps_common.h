@@ -28,9 +28,9 @@ enum {
 	PS_TCP_CLOSING = 11,
 };
 
-/* Kernel-side state of one accepted connection, keyed by (tgid, fd) so a
- * write costs one lookup (never leaves the kernel except summarised in
- * PS_EV_CLOSE_FD). */
+/* Kernel-side state of one accepted connection in `fdtab`, found by
+ * (tgid, fd) for reads and close, and by sk (`socks` holds its index) for
+ * sends (never leaves the kernel except summarised in PS_EV_CLOSE_FD). */
 struct ps_conn {
 	__u64 sk;
 	__u32 io_seq;   /* classified calls so far */
@@ -68,7 +68,7 @@ struct {
 
 /* Accepted connections live in an array indexed by (slot, fd): a process
  * of the target gets a slot at its first accept, so the per-call lookup of
- * a write is one small hash lookup (tgid -> slot) and one array access,
+ * a read is one small hash lookup (tgid -> slot) and one array access,
  * and an unrelated process pays one miss in a small hash. fds >= PS_FDS,
  * or processes beyond PS_SLOTS, are not tracked (counted). */
 #define PS_SLOTS 8
