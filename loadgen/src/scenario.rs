@@ -221,31 +221,79 @@ pub fn parse_source_addrs(s: &str) -> Result<Vec<Ipv4Addr>, ScenarioError> {
         .collect()
 }
 
-/// Flag values that override the file (all optional: `None` keeps the file's or default).
-#[derive(Debug, Default, Clone)]
+/// Flag values that override the scenario file (all optional: `None`
+/// keeps the file's value or the default). Also the flags of `pushscope
+/// load` and `pushscope run`.
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
+    /// WebSocket URL of the server under test (ws:// or wss://; `{channel}` is substituted).
+    #[arg(long)]
     pub url: Option<String>,
+    /// Publish URL template (http(s)://…/{channel}); derived from --url for pushscope.
+    #[arg(long)]
     pub publish_url: Option<String>,
+    /// Protocol of the server under test.
+    #[arg(long, value_enum)]
     pub protocol: Option<ProtocolKind>,
+    /// Number of channels; subscribers are spread over them round-robin.
+    #[arg(long)]
     pub channels: Option<u32>,
+    /// Total scheduled publish rate over all channels, messages per second.
+    #[arg(long)]
     pub rate: Option<f64>,
+    /// Size of each message body in bytes (the marker is never cut).
+    #[arg(long)]
     pub payload_bytes: Option<usize>,
+    /// Stages CONNECTIONS:HOLD,… (default 1000:15m,5000:15m,10000:15m,20000:15m).
+    #[arg(long)]
     pub stages: Option<String>,
+    /// New connections per second while ramping, e.g. 2000/s.
+    #[arg(long)]
     pub connect_rate: Option<String>,
+    /// WebSocket ping interval (default 5s).
+    #[arg(long)]
     pub heartbeat: Option<String>,
+    /// Missed pongs before a client reconnects (default 2).
+    #[arg(long)]
     pub max_missed: Option<u32>,
+    /// Wait after a stage before its open gaps count as lost (default 2s).
+    #[arg(long)]
     pub grace: Option<String>,
+    /// Output directory for summary.json.
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write publish and receive/ACK logs here (read by `pushscope verify`).
+    #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// Client source addresses, e.g. 127.0.0.1-127.0.0.8.
+    #[arg(long)]
     pub source_addrs: Option<String>,
+    /// Connections per process before the run is sharded over worker processes.
+    #[arg(long)]
     pub shard_cap: Option<usize>,
+    /// HTTP connections used to publish.
+    #[arg(long)]
     pub publishers: Option<usize>,
+    /// CA certificate (PEM) for wss://.
+    #[arg(long)]
     pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long)]
     pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[arg(long)]
     pub client_key: Option<PathBuf>,
+    /// Generic protocol: frame sent after the upgrade ({channel} substituted).
+    #[arg(long)]
     pub subscribe_frame: Option<String>,
+    /// Generic protocol: ACK frame ({seq}, {msg_id}, {channel} substituted).
+    #[arg(long)]
     pub ack_frame: Option<String>,
+    /// Serve live Prometheus metrics here, e.g. 127.0.0.1:9465.
+    #[arg(long)]
     pub metrics: Option<String>,
+    /// Interval of the plain live lines when stderr is not a TTY (default 5s).
+    #[arg(long)]
     pub progress_interval: Option<String>,
 }
 
