@@ -132,6 +132,8 @@ struct Shared {
     stage_started: Instant,
     started: Instant,
     target_gone: bool,
+    /// The latest /proc sample of the target (for run's timeline).
+    last_sample: Option<Sample>,
     tls_libs: Vec<String>,
     tls_note: Option<String>,
 }
@@ -197,8 +199,9 @@ impl Observer {
         let mut ring = probes.take_events().map_err(Box::new)?;
         let mut sampler = Sampler::new(pid);
         let mut first = SampleAgg::default();
-        if let Some(s) = sampler.sample() {
-            first.add(&s);
+        let first_sample = sampler.sample();
+        if let Some(s) = &first_sample {
+            first.add(s);
         }
         let shared = Arc::new(Mutex::new(Shared {
             tracker: Tracker::new(pid, opts.io_events_per_conn as usize),
@@ -208,6 +211,7 @@ impl Observer {
             stage_started: Instant::now(),
             started: Instant::now(),
             target_gone: false,
+            last_sample: first_sample,
             tls_libs: probes
                 .tls_libs
                 .iter()
@@ -277,6 +281,7 @@ impl Observer {
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                         s.stage_samples.add(&sample);
                         s.total_samples.add(&sample);
+                        s.last_sample = Some(sample);
                     }
                     // A listener opened after attach joins the port filter.
                     let fresh: Vec<u16> = target::listeners(&target::tree(pid))
@@ -331,6 +336,15 @@ impl Observer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .prog_stats()
+    }
+
+    /// The latest 1 Hz /proc sample of the target's process tree.
+    pub fn last_sample(&self) -> Option<Sample> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_sample
+            .clone()
     }
 
     /// Report of the current stage (since attach or the last reset_stage).

@@ -13,7 +13,7 @@ use crate::{
     gate::{evaluate, Thresholds},
     observe::{ObserveError, ObserveOptions, Observer},
     report::{RunSummary, StageSummary, TargetInfo, TimelinePoint, Verdict, SCHEMA_VERSION},
-    target::{self, Sampler},
+    target,
 };
 use anyhow::Context;
 use figures::{stage_figures, RssWindow};
@@ -105,14 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let load_result = rt.block_on(drive(
-        &sc,
-        observer.as_ref(),
-        args.pid,
-        t0,
-        &progress,
-        &timeline,
-    ));
+    let load_result = rt.block_on(drive(&sc, observer.as_ref(), t0, &progress, &timeline));
     // Load tasks still retrying a dead target must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(2));
 
@@ -220,7 +213,6 @@ fn default_out_dir() -> PathBuf {
 async fn drive(
     sc: &Scenario,
     observer: Option<&Observer>,
-    pid: Option<u32>,
     t0: Instant,
     progress: &RefCell<Progress>,
     timeline: &RefCell<Vec<TimelinePoint>>,
@@ -259,23 +251,22 @@ async fn drive(
         live: true,
     };
     let load = loadgen::runner::run(sc, opts, &mut on_event);
-    let watch = sample_until_target_dies(pid, observer, t0, progress, timeline);
+    let watch = sample_until_target_dies(observer, t0, progress, timeline);
     tokio::select! {
         r = load => r.map(|_| ()).map_err(anyhow::Error::new),
         () = watch => Ok(()),
     }
 }
 
-/// Samples the target every second into the timeline; returns when the
-/// target is gone (never, without a PID).
+/// Adds a timeline point every second (the observer's latest /proc sample
+/// of the target, the load's live figures); returns when the observer saw
+/// the target exit (never without a PID).
 async fn sample_until_target_dies(
-    pid: Option<u32>,
     observer: Option<&Observer>,
     t0: Instant,
     progress: &RefCell<Progress>,
     timeline: &RefCell<Vec<TimelinePoint>>,
 ) {
-    let mut sampler = pid.map(Sampler::new);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -285,19 +276,16 @@ async fn sample_until_target_dies(
             stage,
             ..Default::default()
         };
-        if let Some(s) = sampler.as_mut() {
-            match s.sample() {
-                Some(sample) => {
-                    point.cpu_pct = Some(sample.cpu_pct / cores() as f64);
-                    point.rss_bytes = Some(sample.rss_bytes as f64);
-                    point.fds_open = Some(sample.open_fds as f64);
-                    point.fd_limit = Some(sample.fd_limit as f64);
-                }
-                None => return,
+        if let Some(o) = observer {
+            if o.target_exited() {
+                return;
             }
-        }
-        if observer.is_some_and(|o| o.target_exited()) {
-            return;
+            if let Some(sample) = o.last_sample() {
+                point.cpu_pct = Some(sample.cpu_pct / cores() as f64);
+                point.rss_bytes = Some(sample.rss_bytes as f64);
+                point.fds_open = Some(sample.open_fds as f64);
+                point.fd_limit = Some(sample.fd_limit as f64);
+            }
         }
         if let Some((now, at)) = progress.borrow().live {
             point.connections = Some(now.connected as f64);
