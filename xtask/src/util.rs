@@ -57,26 +57,45 @@ const DEMO_ARGS: &[&str] = &[
     "2000",
 ];
 
-/// A child process killed and reaped when dropped.
+/// A child process stopped and reaped when dropped: SIGINT first (the
+/// observer writes its outputs and detaches on it, the pusher closes its
+/// clients), SIGKILL after 10 s.
 pub struct Guard(pub Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child, not reaped yet (checked above).
+        unsafe { kill(self.0.id() as i32, SIGINT) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// Starts the reference pusher on a free loopback port with a temporary
-/// data dir; returns the guard and its bound address.
-pub fn start_pusher(profile_dir: &str, data_dir: &std::path::Path) -> Result<(Guard, String)> {
-    let mut child = Command::new(bin(profile_dir, "pushscope-pusher"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
+const SIGINT: i32 = 2;
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Spawns `cmd` and returns it with the first line it prints on stdout
+/// (servers print their bound address first), waiting at most 15 s. The
+/// rest of stdout is drained so the child never blocks on a full pipe.
+pub fn spawn_first_line(mut cmd: Command, what: &str) -> Result<(Guard, String)> {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
-        .context("starting pushscope-pusher")?;
-    let stdout = child.stdout.take().unwrap();
+        .with_context(|| format!("starting {what}"))?;
+    let stdout = child.stdout.take().expect("piped");
     let guard = Guard(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -91,12 +110,32 @@ pub fn start_pusher(profile_dir: &str, data_dir: &std::path::Path) -> Result<(Gu
     });
     let line = rx
         .recv_timeout(Duration::from_secs(15))
-        .context("pushscope-pusher printed no address within 15 s")?;
-    let addr = line.trim().to_string();
-    if addr.is_empty() {
-        bail!("pushscope-pusher exited before printing its address");
+        .with_context(|| format!("{what} printed nothing within 15 s"))?;
+    let line = line.trim().to_string();
+    if line.is_empty() {
+        bail!("{what} exited before printing its first line");
     }
-    Ok((guard, addr))
+    Ok((guard, line))
+}
+
+/// Starts the reference pusher (binary of `profile_dir`) on a free
+/// loopback port with `data_dir`; returns the guard and its bound address.
+pub fn start_pusher(
+    profile_dir: &str,
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<(Guard, String)> {
+    let mut cmd = Command::new(bin(profile_dir, "pushscope-pusher"));
+    cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    spawn_first_line(cmd, "pushscope-pusher")
+}
+
+/// Where benchmarks write their figures and scratch data.
+pub fn bench_dir() -> PathBuf {
+    target_dir().join("bench")
 }
 
 /// `cargo xtask run`: against the user's server when `--pid`/`--url` are
@@ -130,7 +169,7 @@ pub fn run_demo(profile_dir: &str, pass: &[String]) -> Result<i32> {
     }
     let data = std::env::temp_dir().join(format!("pushscope-demo-{}", std::process::id()));
     std::fs::create_dir_all(&data)?;
-    let (pusher, addr) = start_pusher(profile_dir, &data)?;
+    let (pusher, addr) = start_pusher(profile_dir, &data, &[])?;
     eprintln!(
         "xtask: reference pusher PID {} on {addr} (data dir {})",
         pusher.0.id(),

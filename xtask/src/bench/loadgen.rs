@@ -19,25 +19,16 @@ use std::{
     io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::util;
+use crate::util::{self, Guard};
 
 /// Targets of issue 3.
 const TARGET_RSS_PER_CONN: f64 = 16.0 * 1024.0;
 const TARGET_CONNECTS_PER_S: f64 = 5_000.0;
 const TARGET_MSGS_PER_CORE: f64 = 200_000.0;
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -90,25 +81,7 @@ fn json_num(text: &str, path: &[&str]) -> f64 {
 
 fn start_pusher(dir: &Path, extra: &[&str]) -> Result<(Guard, String)> {
     let _ = std::fs::remove_dir_all(dir);
-    let mut child = Command::new(util::release_bin("pushscope-pusher"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting pushscope-pusher")?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
-        &mut line,
-    )?;
-    let addr = line.trim().to_string();
-    let guard = Guard(child);
-    if addr.is_empty() {
-        bail!("pushscope-pusher printed no address");
-    }
-    Ok((guard, addr))
+    util::start_pusher("release", dir, extra)
 }
 
 /// Runs `pushscope load` against `addr`; calls `watch(pid, metrics)` every

@@ -21,12 +21,11 @@
 //!
 //! Prints a table and writes target/bench/observer.json.
 
-use crate::util;
+use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -37,66 +36,17 @@ const TARGET_NS_PER_CALL: f64 = 100.0;
 const FLOOD_PROCS: usize = 4;
 const ROUNDS: usize = 8;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SIGINT first: the observer writes its outputs and detaches.
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc_kill(self.0.id() as i32, 2) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-fn bench_dir() -> PathBuf {
-    util::target_dir().join("bench")
-}
-
-/// Starts a process and returns it with its first stdout line.
-fn spawn_line(mut cmd: Command, what: &str) -> Result<(Proc, String)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .with_context(|| format!("reading the first line of {what}"))?;
-    if line.trim().is_empty() {
-        let _ = child.kill();
-        bail!("{what} printed nothing");
-    }
-    Ok((Proc(child), line.trim().to_string()))
-}
-
-fn pusher(dir: &Path) -> Result<(Proc, String)> {
+fn pusher(dir: &Path) -> Result<(Guard, String)> {
     let _ = std::fs::remove_dir_all(dir);
-    let mut cmd = Command::new(util::release_bin("pushscope-pusher"));
-    cmd.args(["--listen", "127.0.0.1:0", "--workers", "1", "--data-dir"])
-        .arg(dir)
-        .env("RUST_LOG", "warn");
-    spawn_line(cmd, "pushscope-pusher")
+    util::start_pusher("release", dir, &["--workers", "1"])
 }
 
-fn observe(pid: u32, out: &Path) -> Result<Proc> {
+fn observe(pid: u32, out: &Path) -> Result<Guard> {
     let mut cmd = Command::new(util::release_bin("pushscope"));
     cmd.args(["observe", "--pid", &pid.to_string(), "--out"])
         .arg(out)
         .env("RUST_LOG", "warn");
-    Ok(spawn_line(cmd, "pushscope observe")?.0)
+    Ok(util::spawn_first_line(cmd, "pushscope observe")?.0)
 }
 
 fn kv(out: &[u8]) -> BTreeMap<String, f64> {

@@ -12,65 +12,44 @@
 use anyhow::{bail, Context, Result};
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
-use crate::util;
+use crate::util::{self, bench_dir, Guard};
 
 /// Targets of issue 2.
 const TARGET_DELIVERIES_PER_S: f64 = 300_000.0;
 const TARGET_RSS_PER_CONN: f64 = 16.0 * 1024.0;
 
+/// A running pusher; its data dir goes when it does.
 struct Pusher {
-    child: Child,
+    guard: Guard,
     addr: String,
     dir: PathBuf,
 }
 
 impl Drop for Pusher {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Stop it before its data dir goes, so it cannot write there again.
+        let _ = self.guard.0.kill();
+        let _ = self.guard.0.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn bench_dir() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| util::workspace_root().join("target"));
-    target.join("bench")
 }
 
 fn start_pusher(tag: &str) -> Result<Pusher> {
     let dir = bench_dir().join(format!("pusher-data-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(util::release_bin("pushscope-pusher"))
-        .args(["--listen", "127.0.0.1:0", "--workers", "1", "--data-dir"])
-        .arg(&dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting pushscope-pusher")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .context("reading the pusher's address")?;
-    let addr = line.trim().to_string();
-    if addr.is_empty() {
-        let _ = child.kill();
-        bail!("pushscope-pusher printed no address");
-    }
-    Ok(Pusher { child, addr, dir })
+    let (guard, addr) = util::start_pusher("release", &dir, &["--workers", "1"])?;
+    Ok(Pusher { guard, addr, dir })
 }
 
 /// Runs the load client; returns its `key=value` lines.
 fn client(mode: &str, p: &Pusher, args: &[String]) -> Result<BTreeMap<String, String>> {
     let out = Command::new(util::release_bin("pushscope-pusher-bench"))
         .arg(mode)
-        .args(["--addr", &p.addr, "--pid", &p.child.id().to_string()])
+        .args(["--addr", &p.addr, "--pid", &p.guard.0.id().to_string()])
         .args(args)
         .stderr(Stdio::inherit())
         .output()
