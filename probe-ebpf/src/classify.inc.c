@@ -6,15 +6,20 @@
  * Sends: one raw tracepoint, sock:sock_send_length, which fires in
  * sock_sendmsg_nosec (process context) after every socket send, whatever
  * the syscall (write, writev, send, sendto, sendmsg). It gives the sock and
- * the result but no user buffer, so sends are NOT classified: the first
- * ones are emitted as PS_CLASS_SEND with the bytes sent, and userspace
- * infers what they were from their order (probe-user/src/phases.rs). A
- * raw tracepoint costs far less than the perf-event dispatch of four
- * syscall tracepoints on every write of every process. Only the class
- * leaves the kernel, never payload bytes. Later calls cost a tgid check,
- * one sk-hash lookup and an array access; every 16th send also samples
- * sk_wmem_queued; bytes in/out are read from tcp_sock at close, not summed
- * per call. Included by pushscope.bpf.c. */
+ * the result but no user buffer: for the first `io_events_per_conn` sends
+ * the buffer is found from the user registers saved at syscall entry
+ * (bpf_task_pt_regs: orig_ax says which syscall, si where its buffer or
+ * iovec or msghdr is) and its first 16 bytes are classified like a read
+ * (so `HTTP/1.1 101`, a refused upgrade's `HTTP/1.1 4xx` and the
+ * ServerHello are exact). Sends made outside those four syscalls
+ * (io_uring, sendfile, kernel TLS) stay PS_CLASS_SEND and userspace infers
+ * them from their order (probe-user/src/phases.rs). A raw tracepoint
+ * costs far less than the perf-event dispatch of four syscall tracepoints
+ * on every write of every process. Only the class leaves the kernel,
+ * never payload bytes. Later sends cost a tgid check, one sk-hash lookup
+ * and an array access; every 16th send also samples sk_wmem_queued; bytes
+ * in/out are read from tcp_sock at close, not summed per call. x86-64
+ * syscall numbers and registers. Included by pushscope.bpf.c. */
 
 #define PS_PEEK 16
 
@@ -110,6 +115,48 @@ static __always_inline void ps_emit_io(__u64 sk, __u64 buf, long ret, __u32 dir,
 	ps_submit(e);
 }
 
+/* x86-64 syscall numbers of the sends whose buffer can be found. */
+#define PS_NR_WRITE 1
+#define PS_NR_WRITEV 20
+#define PS_NR_SENDTO 44
+#define PS_NR_SENDMSG 46
+
+/* Classifies the send that just queued `ret` bytes from its syscall's user
+ * buffer; PS_CLASS_SEND when the send did not come from write, writev,
+ * sendto or sendmsg (or the buffer cannot be read). */
+static __always_inline __u8 ps_send_class(long ret, __u8 *detail)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	if (!regs)
+		return PS_CLASS_SEND;
+	unsigned long nr = BPF_CORE_READ(regs, orig_ax);
+	__u64 arg = BPF_CORE_READ(regs, si);
+	__u32 kind;
+	switch (nr) {
+	case PS_NR_WRITE:
+	case PS_NR_SENDTO:
+		kind = 0;
+		break;
+	case PS_NR_WRITEV:
+		kind = 1;
+		break;
+	case PS_NR_SENDMSG:
+		kind = 2;
+		break;
+	default:
+		return PS_CLASS_SEND;
+	}
+	__u64 buf = ps_first_buf(arg, kind);
+	__u8 b[PS_PEEK] = {};
+	__u64 n = (__u64)ret;
+	if (n > PS_PEEK)
+		n = PS_PEEK;
+	if (!buf || n == 0 || bpf_probe_read_user(b, n, (void *)buf))
+		return PS_CLASS_SEND;
+	return ps_classify(b, n, detail);
+}
+
 /* A send on an accepted socket of the target: after sock->ops->sendmsg
  * returned `ret` (bytes queued, or -errno). The event's time is the end of
  * the send. Failed sends (ret <= 0) are no I/O milestone: they only
@@ -148,6 +195,8 @@ int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
 	__u32 seq = c->io_seq;
 	c->io_seq = seq + 1;
 	ps_count(PS_CNT_IO_CALLS);
+	__u8 detail = 0;
+	__u8 class_ = ps_send_class(ret, &detail);
 	struct ps_event *e = ps_reserve(PS_EV_IO, sk);
 	if (!e)
 		return 0;
@@ -155,7 +204,8 @@ int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
 	e->dir = PS_DIR_WRITE;
 	e->ret = ret;
 	e->io_seq = seq;
-	e->class_ = PS_CLASS_SEND;
+	e->class_ = class_;
+	e->detail = detail;
 	ps_submit(e);
 	return 0;
 }

@@ -56,6 +56,8 @@ pub struct Aggregates {
     pub closed_local: u64,
     pub closed_peer: u64,
     pub reset: u64,
+    /// Plain GETs answered with another status than 101.
+    pub upgrade_refused: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub max_send_queue: u64,
@@ -79,6 +81,7 @@ impl Default for Aggregates {
             closed_local: 0,
             closed_peer: 0,
             reset: 0,
+            upgrade_refused: 0,
             bytes_in: 0,
             bytes_out: 0,
             max_send_queue: 0,
@@ -407,6 +410,8 @@ impl Tracker {
         // A phase counts once, when it first becomes known.
         let mut next = before;
         let mut newly: [Option<u64>; 3] = [None; 3];
+        let refused_now = now.upgrade_refused && !before.upgrade_refused;
+        next.upgrade_refused |= now.upgrade_refused;
         if before.tls_handshake.is_none() {
             if let Some(s) = now.tls_handshake {
                 next.tls_handshake = Some(s);
@@ -429,6 +434,7 @@ impl Tracker {
         c.phases = next;
         let tls = next.tls;
         self.both(|a| {
+            a.upgrade_refused += u64::from(refused_now);
             if let Some(v) = newly[0] {
                 let _ = a.tls_handshake.record(v);
                 a.flame.tls_handshake += v;

@@ -78,6 +78,11 @@ pub fn render(r: &ObserverReport) -> String {
         c.reset as f64,
     );
     gauge(
+        "pushscope_connections_upgrade_refused",
+        "Plain WebSocket upgrades answered with another status than 101",
+        c.upgrade_refused as f64,
+    );
+    gauge(
         "pushscope_connections_open",
         "Accepted and still open",
         r.details.open_connections as f64,

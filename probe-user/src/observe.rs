@@ -494,6 +494,7 @@ fn build(
             closed_local: a.closed_local,
             closed_peer: a.closed_peer,
             reset: a.reset,
+            upgrade_refused: a.upgrade_refused,
         },
         outbound,
         tcp: Tcp {

@@ -31,6 +31,9 @@ pub struct Connections {
     pub closed_local: u64,
     pub closed_peer: u64,
     pub reset: u64,
+    /// Plain WebSocket GETs answered with another status than 101.
+    #[serde(default)]
+    pub upgrade_refused: u64,
 }
 
 /// Outbound connects of the target to one destination (`ip:port`).

@@ -3,26 +3,26 @@
 //! ws_upgrade and first_push. Pure functions over [`IoRec`] so they are unit
 //! tested from fixtures.
 //!
-//! Reads carry a class of their first bytes (TLS record header, `GET `,
-//! WebSocket frame header). Sends do not: they are seen at the raw
-//! tracepoint `sock:sock_send_length`, after the send, without the user
-//! buffer, so every send is [`abi::CLASS_SEND`] with the bytes sent and its
-//! time is the *end* of the send. What a send was is inferred from its
-//! place in the order of calls; no send class is ever looked at.
+//! Reads and sends carry a class of their first bytes (TLS record header,
+//! `GET `, `HTTP/1.1 101`, other HTTP status, WebSocket frame header).
+//! Sends are seen at the raw tracepoint `sock:sock_send_length`, after the
+//! send (a send's time is its *end*); the kernel classifies them from the
+//! syscall's user buffer. A send made outside write/writev/sendto/sendmsg
+//! (io_uring, sendfile) is [`abi::CLASS_SEND`]: not inspected, and then
+//! inferred from its place in the order of calls.
 //!
 //! # What is exact and what is a heuristic
 //!
-//! Plain WebSocket: ws_upgrade runs from the read that returned `GET ` to
-//! the first send after it, taken to be the `HTTP/1.1 101` response;
-//! first_push from that send to the next send on the socket. Exact at
-//! syscall granularity for a server that upgrades, but the 101 is no
-//! longer recognised by its bytes: a server answering the GET with
-//! anything else (a 4xx, a redirect) would be counted as an upgrade, and a
-//! later send on that connection as a first push. A connection whose GET
-//! was refused normally closes right away, so it shows an "upgrade" and no
-//! first push (`ws_upgrade` count above `first_push` count is the sign).
-//! Failed sends (EAGAIN) are not calls here (the kernel emits only sends
-//! that queued bytes).
+//! Plain WebSocket is exact at syscall granularity: ws_upgrade runs from
+//! the read that returned `GET ` to the first send after it when that send
+//! starts `HTTP/1.1 101`; first_push from that send to the next send that
+//! is a WebSocket data frame (a ping or close is no push). A GET answered
+//! with any other status (4xx, a redirect) is a refused upgrade: no
+//! ws_upgrade and no first_push, counted as `upgrade_refused`. When the
+//! response was not inspected (CLASS_SEND), the first send after the GET
+//! is taken for the 101 and the next send for the first push. Failed sends
+//! (EAGAIN) are not calls here (the kernel emits only sends that queued
+//! bytes).
 //!
 //! TLS is inferred from the read record headers and the turn-taking of
 //! reads and sends (a *turn* is a run of calls in one direction), because
@@ -53,7 +53,7 @@
 //! certificates make the client's second flight larger than
 //! [`FINISHED_FLIGHT_MAX`]; a server sending no tickets while the request
 //! was coalesced with the Finished has its first push taken for the 101;
-//! as in plain WebSocket, a refused upgrade is taken for a 101. Under TLS,
+//! encrypted, a refused upgrade cannot be told from a 101. Under TLS,
 //! first_push ends at the next send after the 101 send. Send times are the
 //! end of each send (a few µs after its start for these sizes).
 //!
@@ -69,8 +69,7 @@ use serde::Serialize;
 /// certificates: CCS (6) + Finished record (5 + 4 + 48 + 1 + 16), rounded up.
 pub const FINISHED_FLIGHT_MAX: i64 = 100;
 
-/// One read or send of a connection (from `PS_EV_IO`; sends are
-/// [`abi::CLASS_SEND`]).
+/// One read or send of a connection (from `PS_EV_IO`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoRec {
     pub ts: u64,
@@ -109,6 +108,8 @@ pub struct IoPhases {
     pub tls_handshake: Option<Span>,
     pub ws_upgrade: Option<Span>,
     pub first_push: Option<Span>,
+    /// A plain GET answered with another status than 101.
+    pub upgrade_refused: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -163,8 +164,7 @@ fn derive_plain(io: &[IoRec]) -> IoPhases {
     else {
         return p;
     };
-    // The response to the GET: the first send after it (by order; sends
-    // carry no class).
+    // The response to the GET: the first send after it.
     let Some(ui) = io
         .iter()
         .skip(gi + 1)
@@ -173,14 +173,28 @@ fn derive_plain(io: &[IoRec]) -> IoPhases {
     else {
         return p;
     };
+    let inspected = io[ui].class != abi::CLASS_SEND;
+    if inspected && io[ui].class != abi::CLASS_HTTP_101 {
+        p.upgrade_refused = true;
+        return p;
+    }
     p.ws_upgrade = Some(Span {
         start: io[gi].ts,
         end: io[ui].ts,
     });
-    p.first_push = next_write(io, ui).map(|w| Span {
-        start: io[ui].ts,
-        end: w.ts,
-    });
+    // The first push: the next data frame (text, binary, continuation), or
+    // the next send at all when sends are not inspected.
+    p.first_push = io
+        .iter()
+        .skip(ui + 1)
+        .find(|r| {
+            r.dir == DIR_WRITE
+                && (r.class == abi::CLASS_SEND || (r.class == abi::CLASS_WS_FRAME && r.detail <= 2))
+        })
+        .map(|w| Span {
+            start: io[ui].ts,
+            end: w.ts,
+        });
     p
 }
 
@@ -260,23 +274,35 @@ mod tests {
             ret,
         }
     }
-    /// A send, as the kernel reports it: no class of its content.
+    /// A send the kernel could not inspect (not made by a write-family
+    /// syscall): no class of its content.
     fn w(ts: u64, ret: i32) -> IoRec {
+        wc(ts, CLASS_SEND, 0, ret)
+    }
+    /// A send classified from its syscall buffer.
+    fn wc(ts: u64, class: u8, detail: u8, ret: i32) -> IoRec {
         IoRec {
             ts,
             dir: DIR_WRITE,
-            class: CLASS_SEND,
-            detail: 0,
+            class,
+            detail,
             ret,
         }
     }
+    const TEXT: u8 = 1;
+    const PING: u8 = 9;
 
     #[test]
     fn plain_websocket_phases_are_exact() {
-        let io = [r(100, CLASS_HTTP_GET, 220), w(150, 129), w(400, 40)];
+        let io = [
+            r(100, CLASS_HTTP_GET, 220),
+            wc(150, CLASS_HTTP_101, 0, 129),
+            wc(400, CLASS_WS_FRAME, TEXT, 40),
+        ];
         let p = derive(&io);
         assert_eq!(p.tls, None);
         assert_eq!(p.tls_handshake, None);
+        assert!(!p.upgrade_refused);
         assert_eq!(
             p.ws_upgrade,
             Some(Span {
@@ -294,20 +320,57 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_before_the_first_push_is_not_the_push() {
+        let io = [
+            r(100, CLASS_HTTP_GET, 220),
+            wc(150, CLASS_HTTP_101, 0, 129),
+            wc(200, CLASS_WS_FRAME, PING, 2),
+            r(250, CLASS_WS_FRAME, 6),
+            wc(400, CLASS_WS_FRAME, TEXT, 40),
+        ];
+        let p = derive(&io);
+        assert_eq!(
+            p.first_push,
+            Some(Span {
+                start: 150,
+                end: 400
+            })
+        );
+    }
+
+    #[test]
+    fn a_refused_upgrade_is_no_upgrade_and_no_push() {
+        let io = [
+            r(1, CLASS_HTTP_GET, 200),
+            wc(2, CLASS_HTTP_OTHER, 0, 300),
+            wc(3, CLASS_OTHER, 0, 50),
+        ];
+        let p = derive(&io);
+        assert!(p.upgrade_refused);
+        assert_eq!(p.ws_upgrade, None);
+        assert_eq!(p.first_push, None);
+    }
+
+    #[test]
     fn plain_without_push_yet_has_upgrade_only() {
-        let io = [r(1, CLASS_HTTP_GET, 200), w(2, 129)];
+        let io = [r(1, CLASS_HTTP_GET, 200), wc(2, CLASS_HTTP_101, 0, 129)];
         let p = derive(&io);
         assert!(p.ws_upgrade.is_some());
         assert_eq!(p.first_push, None);
-        // Sends carry no class: the first send after the GET is taken for
-        // the 101 even if it was a refusal (documented limitation).
-        let io = [r(1, CLASS_HTTP_GET, 200), w(2, 300)];
-        let p = derive(&io);
-        assert_eq!(p.ws_upgrade, Some(Span { start: 1, end: 2 }));
-        assert_eq!(p.first_push, None);
         // No GET read: no phases.
-        let io = [r(1, CLASS_HTTP_OTHER, 200), w(2, 300)];
+        let io = [r(1, CLASS_HTTP_OTHER, 200), wc(2, CLASS_HTTP_OTHER, 0, 300)];
         assert_eq!(derive(&io), IoPhases::default());
+    }
+
+    #[test]
+    fn uninspected_sends_are_inferred_from_their_order() {
+        // io_uring or sendfile: the first send after the GET is taken for
+        // the 101 even if it was a refusal (documented limitation).
+        let io = [r(1, CLASS_HTTP_GET, 200), w(2, 300), w(9, 40)];
+        let p = derive(&io);
+        assert!(!p.upgrade_refused);
+        assert_eq!(p.ws_upgrade, Some(Span { start: 1, end: 2 }));
+        assert_eq!(p.first_push, Some(Span { start: 2, end: 9 }));
     }
 
     #[test]

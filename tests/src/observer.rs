@@ -199,6 +199,7 @@ pub fn check(summary: &serde_json::Value, times: &[ClientTimes], tls: bool) {
         + num(o, "connections.closed_peer")
         + num(o, "connections.reset");
     assert_eq!(closed, n, "{o:#}");
+    assert_eq!(num(o, "connections.upgrade_refused"), 0.0, "{o:#}");
     for phase in ["accept_wait", "ws_upgrade", "first_push", "lifetime"] {
         assert_eq!(
             num(o, &format!("phases_ms.{phase}.count")),

@@ -2,12 +2,15 @@
 //! N WebSocket subscribers made by an independent client (this test), plain
 //! and TLS → exactly N accepted, N closed, every phase counted N times, and
 //! server-side phase durations consistent with the client's own timings
-//! (containment rule and tolerance: tests/src/observer.rs).
+//! (containment rule and tolerance: tests/src/observer.rs). GETs the
+//! pusher refuses (404, 400) are counted as refused upgrades, from the
+//! response's bytes, and never as upgrades.
 
 use pushscope_tests::{
     heavy_lock,
+    observer::num,
     observer::{check, check_outputs, run_clients, tls_material, Observe},
-    pusher::{http_on, Pusher},
+    pusher::{http, http_on, Pusher},
     skip_unless_root,
 };
 use rustls::pki_types::ServerName;
@@ -77,4 +80,41 @@ async fn tls() {
     let summary = obs.stop().unwrap();
     check(&summary, &times, true);
     check_outputs(&obs.out, N, true);
+}
+
+#[test]
+fn observer_counts_refused_upgrades_exactly_needs_root() {
+    if skip_unless_root("observer_counts_refused_upgrades_exactly_needs_root") {
+        return;
+    }
+    let _l = heavy_lock();
+    block_on(refused());
+}
+
+async fn refused() {
+    let p = Pusher::start(&[]).unwrap();
+    let mut obs = Observe::start(p.pid(), &[]).unwrap();
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    for i in 0..N {
+        // Half to a path that does not exist, half to /ws without a
+        // channel: answered 404 and 400.
+        let (path, headers, status) = if i % 2 == 0 {
+            ("/nope", &upgrade[..], 404)
+        } else {
+            ("/ws", &upgrade[..], 400)
+        };
+        let a = http(p.addr, "GET", path, headers, b"").await.unwrap();
+        assert_eq!(a.status, status, "{}", a.body);
+    }
+    let summary = obs.stop().unwrap();
+    let o = &summary["observer"];
+    let n = N as f64;
+    assert_eq!(num(o, "connections.accepted"), n, "{o:#}");
+    assert_eq!(num(o, "connections.upgrade_refused"), n, "{o:#}");
+    assert_eq!(num(o, "phases_ms.ws_upgrade.count"), 0.0, "{o:#}");
+    assert_eq!(num(o, "phases_ms.first_push.count"), 0.0, "{o:#}");
 }
