@@ -76,7 +76,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
         let result = tokio::select! {
             // Boxed: the connect future is large and only lives while connecting.
             r = Box::pin(open_ws(&cfg.endpoint, &url, cfg.protocol.subprotocol(), source, cfg.connect_timeout)) => r,
-            _ = ctl.notify.notified() => break,
+            _ = ctl.stopped() => break,
         };
         match result {
             Err(e) => {
@@ -146,7 +146,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
         attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = ctl.notify.notified() => break,
+            _ = ctl.stopped() => break,
         }
     }
 }
@@ -193,10 +193,12 @@ async fn session(
     let mut unacked: u32 = 0;
     // Built into a frame only when sent (every ACK_EVERY frames or heartbeat).
     let mut ack: Option<AckPoint> = None;
+    let stop = ctl.stopped();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
-            _ = ctl.notify.notified() => {
+            _ = &mut stop => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                 return End::Intended;
             }

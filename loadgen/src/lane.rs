@@ -12,14 +12,16 @@ use crate::{
 };
 use std::{
     cell::{Cell, RefCell},
+    future::Future,
     rc::Rc,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    task::{Poll, Waker},
     time::Instant,
 };
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 
 pub enum LaneCmd {
     Schedule(Schedule),
@@ -56,17 +58,34 @@ pub struct LaneGauges {
     pub p99_us: AtomicU64,
 }
 
-/// Stop switch of one subscriber task.
+/// Stop switch of one subscriber task. Lane-local (no lock, no atomic):
+/// the session polls `stopped()` once per frame, so it must be cheap.
 #[derive(Default)]
 pub struct SubCtl {
     pub stop: Cell<bool>,
-    pub notify: Notify,
+    waker: RefCell<Option<Waker>>,
 }
 
 impl SubCtl {
     pub fn request_stop(&self) {
         self.stop.set(true);
-        self.notify.notify_one();
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Ready once a stop was requested (before or after the call).
+    pub fn stopped(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.stop.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
     }
 }
 

@@ -134,6 +134,30 @@ pub fn start_pusher(
 }
 
 /// Where benchmarks write their figures and scratch data.
+/// Pins every thread of `pid` to one CPU (taskset, util-linux).
+pub fn pin(pid: u32, cpu: u32) -> Result<()> {
+    let st = Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (apt-get install -y util-linux)")?;
+    if !st.success() {
+        bail!("taskset could not pin PID {pid} to CPU {cpu}");
+    }
+    Ok(())
+}
+
+/// utime + stime of a process in ns (USER_HZ = 100 on Linux x86-64).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (t(11) + t(12)) * 10_000_000
+}
+
 pub fn bench_dir() -> PathBuf {
     target_dir().join("bench")
 }

@@ -57,17 +57,6 @@ fn kv(out: &[u8]) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// utime + stime of a process in ns (USER_HZ = 100 on Linux x86-64).
-fn cpu_ns(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 2..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (t(11) + t(12)) * 10_000_000
-}
-
 /// One fan-out run.
 struct Fanout {
     dps: f64,
@@ -92,12 +81,12 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
     // The pusher gets core 0 to itself; the load client and the observer's
     // userspace share core 1. The ratio then measures what the probes cost
     // inside the pusher's own syscalls, not who won the scheduler.
-    pin(pid, 0)?;
+    util::pin(pid, 0)?;
     if let Some(o) = &obs {
-        pin(o.0.id(), 1)?;
+        util::pin(o.0.id(), 1)?;
     }
     let ps = |n: &str| n.starts_with("ps_");
-    let (s0, c0) = (prog_stats(&ps)?, cpu_ns(pid));
+    let (s0, c0) = (prog_stats(&ps)?, util::cpu_ns(pid));
     let out = Command::new("taskset")
         .args(["-c", "1"])
         .arg(util::release_bin("pushscope-pusher-bench"))
@@ -106,7 +95,7 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
         .stderr(Stdio::inherit())
         .output()
         .context("running pushscope-pusher-bench")?;
-    let (s1, c1) = (prog_stats(&ps)?, cpu_ns(pid));
+    let (s1, c1) = (prog_stats(&ps)?, util::cpu_ns(pid));
     let probe_share =
         with_probes.then(|| s1.1.saturating_sub(s0.1) as f64 / c1.saturating_sub(c0).max(1) as f64);
     drop(obs);
@@ -121,19 +110,6 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
         cpu_pct: m["pusher_cpu_pct"],
         probe_share,
     })
-}
-
-/// Pins every thread of `pid` to one CPU (taskset, util-linux).
-fn pin(pid: u32, cpu: u32) -> Result<()> {
-    let st = Command::new("taskset")
-        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .context("running taskset (apt-get install -y util-linux)")?;
-    if !st.success() {
-        bail!("taskset could not pin PID {pid} to CPU {cpu}");
-    }
-    Ok(())
 }
 
 /// 20k connections at ≥ 2k/s: (flood figures, observer summary).
