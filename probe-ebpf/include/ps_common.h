@@ -178,9 +178,24 @@ static __always_inline struct ps_event *ps_reserve(__u32 kind, __u64 sk)
 	return e;
 }
 
+/* Wake the reader only when a batch is waiting. A wakeup is an irq_work
+ * IPI charged to the target (a VM exit under a hypervisor: microseconds),
+ * and with the default policy every event that finds the ring drained
+ * wakes the reader: nearly every event at connection setup. The reader
+ * also polls every PS_POLL_MS (userspace), so a lone event waits at most
+ * that long. The wakeup fires when this record crosses the threshold. */
+#define PS_WAKE_BYTES (64 * (sizeof(struct ps_event) + 8))
+/* uapi linux/bpf.h flags (not in the trimmed headers) */
+#define PS_RB_NO_WAKEUP 1
+#define PS_RB_FORCE_WAKEUP 2
+#define PS_RB_AVAIL_DATA 0
+
 static __always_inline void ps_submit(struct ps_event *e)
 {
-	bpf_ringbuf_submit(e, 0);
+	__u64 avail = bpf_ringbuf_query(&events, PS_RB_AVAIL_DATA);
+	__u64 rec = sizeof(struct ps_event) + 8;
+	bool crossing = avail >= PS_WAKE_BYTES && avail < PS_WAKE_BYTES + rec;
+	bpf_ringbuf_submit(e, crossing ? PS_RB_FORCE_WAKEUP : PS_RB_NO_WAKEUP);
 	ps_count(PS_CNT_EVENTS);
 }
 

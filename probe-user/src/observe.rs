@@ -25,7 +25,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -144,9 +144,15 @@ pub struct Observer {
     probes: Arc<Mutex<Probes>>,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
+    /// Full drains of the ring buffer by the reader thread so far.
+    drained: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
     ports: Vec<u16>,
 }
+
+/// The ring-buffer reader's poll timeout (ms): the longest a lone event
+/// waits to be handled, since the probes wake the reader only for batches.
+const POLL_MS: i32 = 10;
 
 fn has_caps() -> bool {
     // CapEff bits: 21 CAP_SYS_ADMIN, 38 CAP_PERFMON, 39 CAP_BPF.
@@ -221,9 +227,10 @@ impl Observer {
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
+        let drained = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         {
-            let (shared, stop) = (shared.clone(), stop.clone());
+            let (shared, stop, drained) = (shared.clone(), stop.clone(), drained.clone());
             threads.push(std::thread::spawn(move || {
                 let fd = ring.as_raw_fd();
                 let mut batch = Vec::with_capacity(1024);
@@ -234,8 +241,11 @@ impl Observer {
                         events: libc::POLLIN,
                         revents: 0,
                     };
+                    // The probes wake this thread only once a batch is
+                    // waiting (ps_submit): a lone event waits for this
+                    // timeout (POLL_MS).
                     // SAFETY: one valid pollfd for the duration of the call.
-                    unsafe { libc::poll(&mut pfd, 1, 100) };
+                    unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
                     loop {
                         batch.clear();
                         while let Some(item) = ring.next() {
@@ -247,6 +257,7 @@ impl Observer {
                             }
                         }
                         if batch.is_empty() {
+                            drained.fetch_add(1, Ordering::Release);
                             break;
                         }
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -303,6 +314,7 @@ impl Observer {
             probes,
             shared,
             stop,
+            drained,
             threads,
             ports,
         })
@@ -347,8 +359,23 @@ impl Observer {
             .clone()
     }
 
+    /// Waits (≤ 10 POLL_MS) until every event submitted before the call has
+    /// been handled: the reader drained the ring twice since (a drain in
+    /// progress at the call may have missed the newest events).
+    fn sync_events(&self) {
+        let g0 = self.drained.load(Ordering::Acquire);
+        let deadline = Instant::now() + Duration::from_millis(10 * POLL_MS as u64);
+        while self.drained.load(Ordering::Acquire) < g0 + 2
+            && Instant::now() < deadline
+            && !self.stop.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Report of the current stage (since attach or the last reset_stage).
     pub fn snapshot(&self) -> ObserverReport {
+        self.sync_events();
         let now = self.counters();
         let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         build(
@@ -362,6 +389,7 @@ impl Observer {
 
     /// Report of the whole run since attach.
     pub fn total(&self) -> ObserverReport {
+        self.sync_events();
         let now = self.counters();
         let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         build(&s, &s.tracker.total, &s.total_samples, &now, s.started)
@@ -369,6 +397,7 @@ impl Observer {
 
     /// Ends the current stage and starts a new one now.
     pub fn reset_stage(&self) {
+        self.sync_events();
         let now = self.counters();
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         s.tracker.reset_stage();
