@@ -44,14 +44,6 @@ struct ps_sock {
 	__u32 idx1; /* fdtab index + 1 of the connection (0: fd not tracked) */
 };
 
-/* A read in flight between sys_enter and sys_exit of one thread. */
-struct ps_pending_io {
-	__u64 sk;
-	__u64 buf; /* user pointer of the first bytes */
-	__u32 idx; /* fdtab index of the connection */
-	__u32 _pad;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -123,23 +115,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __u32);
 } outs SEC(".maps");
-
-/* Entries in `pending` (slot 0): read exits return at once while it is 0,
- * which is nearly always once connections are past their first calls. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __s64);
-} pending_count SEC(".maps");
-
-/* pid_tgid -> read in flight. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, struct ps_pending_io);
-} pending SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -47,8 +47,8 @@ enum ps_dir {
 	PS_DIR_WRITE = 1,
 };
 
-/* What the first bytes of one read or send look like (a send whose
- * syscall buffer cannot be found is PS_CLASS_SEND). Only this class (and the TLS handshake type) leaves the kernel: never
+/* What the first bytes of one read or send look like (a call whose
+ * syscall buffer cannot be found is PS_CLASS_UNINSPECTED). Only this class (and the TLS handshake type) leaves the kernel: never
  * payload bytes. */
 enum ps_class {
 	PS_CLASS_OTHER = 0,
@@ -60,7 +60,7 @@ enum ps_class {
 	PS_CLASS_HTTP_101 = 6,      /* "HTTP/1.1 101" */
 	PS_CLASS_HTTP_OTHER = 7,    /* other "HTTP/1." status or method */
 	PS_CLASS_WS_FRAME = 8,      /* plausible WebSocket frame header; detail = opcode */
-	PS_CLASS_SEND = 9,          /* a send not made by write/writev/sendto/sendmsg: not inspected */
+	PS_CLASS_UNINSPECTED = 9,   /* not made by a read/write-family syscall (io_uring, sendfile) */
 };
 
 /* One ring-buffer record (all kinds share it; unused fields are zero). */

@@ -1,23 +1,21 @@
-/* The target's socket I/O on accepted sockets. Reads: the read family
- * (read/readv/recvfrom/recvmsg, enter + exit); for the first
- * `io_events_per_conn` calls at most 16 bytes are read at exit to classify
- * them (TLS record header, GET, WebSocket frame header; enter saves the
- * buffer pointer; exits return at once while no read is pending anywhere).
- * Sends: one raw tracepoint, sock:sock_send_length, which fires in
- * sock_sendmsg_nosec (process context) after every socket send, whatever
- * the syscall (write, writev, send, sendto, sendmsg). It gives the sock and
- * the result but no user buffer: for the first `io_events_per_conn` sends
- * the buffer is found from the user registers saved at syscall entry
- * (bpf_task_pt_regs: orig_ax says which syscall, si where its buffer or
- * iovec or msghdr is) and its first 16 bytes are classified like a read
- * (so `HTTP/1.1 101`, a refused upgrade's `HTTP/1.1 4xx` and the
- * ServerHello are exact). Sends made outside those four syscalls
- * (io_uring, sendfile, kernel TLS) stay PS_CLASS_SEND and userspace infers
- * them from their order (probe-user/src/phases.rs). A raw tracepoint
- * costs far less than the perf-event dispatch of four syscall tracepoints
- * on every write of every process. Only the class leaves the kernel,
- * never payload bytes. Later sends cost a tgid check, one sk-hash lookup
- * and an array access; every 16th send also samples sk_wmem_queued; bytes
+/* The target's socket I/O on accepted sockets, at two raw tracepoints
+ * that fire in process context after every socket receive and send,
+ * whatever the syscall: sock:sock_recv_length (sock_recvmsg_nosec: read,
+ * readv, recv, recvfrom, recvmsg) and sock:sock_send_length
+ * (sock_sendmsg_nosec: write, writev, send, sendto, sendmsg). They give
+ * the sock, the result and the flags, but no user buffer: for a
+ * connection's first `io_events_per_conn` calls the buffer is found from
+ * the user registers saved at syscall entry (bpf_task_pt_regs: orig_ax
+ * says which syscall, si where its buffer, iovec or msghdr is) and its
+ * first 16 bytes are classified (TLS record header, `GET `, `HTTP/1.1
+ * 101` or another status, WebSocket frame header). A call made outside
+ * those syscalls (io_uring, sendfile, kernel TLS) is
+ * PS_CLASS_UNINSPECTED. Raw tracepoints on socket calls replace eight
+ * read/write-family syscall tracepoints whose perf-event dispatch cost
+ * every read and write of every process on the machine (pipes and files
+ * included) ~70 ns. Only the class leaves the kernel, never payload bytes.
+ * Past the first calls an I/O costs a tgid check, one sk-hash lookup and
+ * an array access; every 16th send also samples sk_wmem_queued; bytes
  * in/out are read from tcp_sock at close, not summed per call. x86-64
  * syscall numbers and registers. Included by pushscope.bpf.c. */
 
@@ -41,14 +39,6 @@ static __always_inline __u64 ps_first_buf(__u64 buf, __u32 kind)
 		buf = (__u64)base;
 	}
 	return buf;
-}
-
-/* Is this call still among the connection's first classified ones? */
-static __always_inline bool ps_classifying(struct ps_conn *c)
-{
-	__u32 zero = 0;
-	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	return cfg && c->io_seq < cfg->io_events_per_conn;
 }
 
 static __always_inline bool ps_is(const __u8 *b, const char *lit, int n)
@@ -92,77 +82,80 @@ static __always_inline __u8 ps_classify(const __u8 *b, long n, __u8 *detail)
 	return PS_CLASS_OTHER;
 }
 
-/* Reads the first bytes at `buf` and sends the IO milestone. */
-static __always_inline void ps_emit_io(__u64 sk, __u64 buf, long ret, __u32 dir, __u32 seq)
-{
-	__u8 b[PS_PEEK] = {};
-	if (ret <= 0)
-		return;
-	/* unsigned clamp: the verifier needs 0 <= n <= PS_PEEK */
-	__u64 n = (__u64)ret;
-	if (n > PS_PEEK)
-		n = PS_PEEK;
-	if (bpf_probe_read_user(b, n, (void *)buf))
-		return;
-	struct ps_event *e = ps_reserve(PS_EV_IO, sk);
-	if (!e)
-		return;
-	e->tgid = ps_tgid();
-	e->dir = dir;
-	e->ret = ret;
-	e->io_seq = seq;
-	e->class_ = ps_classify(b, n, &e->detail);
-	ps_submit(e);
-}
-
-/* x86-64 syscall numbers of the sends whose buffer can be found. */
+/* x86-64 numbers of the syscalls whose buffer can be found. */
+#define PS_NR_READ 0
 #define PS_NR_WRITE 1
+#define PS_NR_READV 19
 #define PS_NR_WRITEV 20
 #define PS_NR_SENDTO 44
+#define PS_NR_RECVFROM 45
 #define PS_NR_SENDMSG 46
+#define PS_NR_RECVMSG 47
 
-/* Classifies the send that just queued `ret` bytes from its syscall's user
- * buffer; PS_CLASS_SEND when the send did not come from write, writev,
- * sendto or sendmsg (or the buffer cannot be read). */
-static __always_inline __u8 ps_send_class(long ret, __u8 *detail)
+/* MSG_PEEK receives (nginx peeks 1 byte to tell TLS from plain) consume
+ * nothing: they are neither bytes nor a turn. */
+#define PS_MSG_PEEK 2
+
+/* Classifies the call that just moved `ret` bytes in direction `dir`
+ * from its syscall's user buffer; PS_CLASS_UNINSPECTED when the call did
+ * not come from one of the eight syscalls above (or the buffer cannot be
+ * read). */
+static __always_inline __u8 ps_io_class(__u32 dir, long ret, __u8 *detail)
 {
 	struct task_struct *t = bpf_get_current_task_btf();
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
 	if (!regs)
-		return PS_CLASS_SEND;
+		return PS_CLASS_UNINSPECTED;
 	unsigned long nr = BPF_CORE_READ(regs, orig_ax);
 	__u64 arg = BPF_CORE_READ(regs, si);
 	__u32 kind;
-	switch (nr) {
-	case PS_NR_WRITE:
-	case PS_NR_SENDTO:
-		kind = 0;
-		break;
-	case PS_NR_WRITEV:
-		kind = 1;
-		break;
-	case PS_NR_SENDMSG:
-		kind = 2;
-		break;
-	default:
-		return PS_CLASS_SEND;
+	if (dir == PS_DIR_READ) {
+		switch (nr) {
+		case PS_NR_READ:
+		case PS_NR_RECVFROM:
+			kind = 0;
+			break;
+		case PS_NR_READV:
+			kind = 1;
+			break;
+		case PS_NR_RECVMSG:
+			kind = 2;
+			break;
+		default:
+			return PS_CLASS_UNINSPECTED;
+		}
+	} else {
+		switch (nr) {
+		case PS_NR_WRITE:
+		case PS_NR_SENDTO:
+			kind = 0;
+			break;
+		case PS_NR_WRITEV:
+			kind = 1;
+			break;
+		case PS_NR_SENDMSG:
+			kind = 2;
+			break;
+		default:
+			return PS_CLASS_UNINSPECTED;
+		}
 	}
 	__u64 buf = ps_first_buf(arg, kind);
 	__u8 b[PS_PEEK] = {};
+	/* unsigned clamp: the verifier needs 0 < n <= PS_PEEK */
 	__u64 n = (__u64)ret;
 	if (n > PS_PEEK)
 		n = PS_PEEK;
 	if (!buf || n == 0 || bpf_probe_read_user(b, n, (void *)buf))
-		return PS_CLASS_SEND;
+		return PS_CLASS_UNINSPECTED;
 	return ps_classify(b, n, detail);
 }
 
-/* A send on an accepted socket of the target: after sock->ops->sendmsg
- * returned `ret` (bytes queued, or -errno). The event's time is the end of
- * the send. Failed sends (ret <= 0) are no I/O milestone: they only
- * sample the send queue. */
-SEC("raw_tracepoint/sock_send_length")
-int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
+/* A receive or send on an accepted socket of the target: after
+ * sock->ops->recvmsg/sendmsg returned `ret` (bytes, or -errno). The
+ * event's time is the end of the call. Failed calls (ret <= 0: EAGAIN,
+ * EOF) are no I/O milestone; a failed send still samples the send queue. */
+static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
 {
 	__u32 tgid = ps_tgid();
 	__u32 zero = 0;
@@ -174,6 +167,8 @@ int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	__u64 sk = ctx->args[0];
 	long ret = (int)ctx->args[1];
+	if (dir == PS_DIR_READ && (ctx->args[2] & PS_MSG_PEEK))
+		return 0;
 	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
 	if (!so || !so->idx1)
 		return 0;
@@ -181,27 +176,32 @@ int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
 	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
 	if (!c || c->sk != sk)
 		return 0;
-	/* Reading the sock is a probe_read_kernel: sample every 16th send
-	 * (and those of the first calls). */
-	__u64 w = c->writes++;
-	if ((w & 15) == 0 || c->io_seq < 8) {
-		int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
-		if (q > 0 && (__u32)q > c->max_wmem)
-			c->max_wmem = q;
+	if (dir == PS_DIR_WRITE) {
+		/* Reading the sock is a probe_read_kernel: sample every 16th
+		 * send (and those of the first calls). */
+		__u64 w = c->writes++;
+		if ((w & 15) == 0 || c->io_seq < 8) {
+			int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
+			if (q > 0 && (__u32)q > c->max_wmem)
+				c->max_wmem = q;
+		}
 	}
-	if (ret <= 0 || c->io_seq >= cfg->io_events_per_conn)
+	if (c->io_seq >= cfg->io_events_per_conn)
 		return 0;
+	/* an OpenSSL handshake in flight learns its socket, even from EAGAIN */
 	ps_tls_note_fd(sk);
+	if (ret <= 0)
+		return 0;
 	__u32 seq = c->io_seq;
 	c->io_seq = seq + 1;
 	ps_count(PS_CNT_IO_CALLS);
 	__u8 detail = 0;
-	__u8 class_ = ps_send_class(ret, &detail);
+	__u8 class_ = ps_io_class(dir, ret, &detail);
 	struct ps_event *e = ps_reserve(PS_EV_IO, sk);
 	if (!e)
 		return 0;
 	e->tgid = tgid;
-	e->dir = PS_DIR_WRITE;
+	e->dir = dir;
 	e->ret = ret;
 	e->io_seq = seq;
 	e->class_ = class_;
@@ -210,97 +210,14 @@ int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* Reads: enter saves the buffer of the first calls, exit classifies. */
-static __always_inline void ps_read_enter(__u32 fd, __u64 buf, __u32 kind)
+SEC("raw_tracepoint/sock_recv_length")
+int ps_recv_length(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 idx = 0;
-	struct ps_conn *c = ps_conn_of(id >> 32, fd, &idx);
-	if (!c || !buf || !ps_classifying(c))
-		return;
-	ps_tls_note_fd(c->sk);
-	struct ps_pending_io p = {.sk = c->sk, .buf = ps_first_buf(buf, kind), .idx = idx};
-	__u32 zero = 0;
-	__s64 *n = bpf_map_lookup_elem(&pending_count, &zero);
-	if (!n)
-		return;
-	if (bpf_map_update_elem(&pending, &id, &p, BPF_NOEXIST)) {
-		/* one in flight already for this thread (or map full) */
-		if (bpf_map_update_elem(&pending, &id, &p, BPF_EXIST))
-			ps_count(PS_CNT_MAP_FULL);
-		return;
-	}
-	__sync_fetch_and_add(n, 1);
+	return ps_sock_io(ctx, PS_DIR_READ);
 }
 
-static __always_inline void ps_read_exit(long ret)
+SEC("raw_tracepoint/sock_send_length")
+int ps_send_length(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 zero = 0;
-	__s64 *n = bpf_map_lookup_elem(&pending_count, &zero);
-	if (!n || *n <= 0)
-		return;
-	__u64 id = bpf_get_current_pid_tgid();
-	struct ps_pending_io *p = bpf_map_lookup_elem(&pending, &id);
-	if (!p)
-		return;
-	struct ps_pending_io io = *p;
-	if (bpf_map_delete_elem(&pending, &id) == 0)
-		__sync_fetch_and_add(n, -1);
-	if (ret <= 0 || !io.buf)
-		return;
-	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &io.idx);
-	if (!c || c->sk != io.sk)
-		return;
-	__u32 seq = c->io_seq;
-	c->io_seq = seq + 1;
-	ps_count(PS_CNT_IO_CALLS);
-	ps_emit_io(io.sk, io.buf, ret, PS_DIR_READ, seq);
+	return ps_sock_io(ctx, PS_DIR_WRITE);
 }
-
-SEC("tracepoint/syscalls/sys_enter_read")
-int ps_enter_read(struct tp_sys_enter *ctx)
-{
-	ps_read_enter(ctx->args[0], ctx->args[1], 0);
-	return 0;
-}
-
-/* MSG_PEEK reads (nginx peeks 1 byte to tell TLS from plain) consume
- * nothing: they are neither bytes nor a turn. */
-#define PS_MSG_PEEK 2
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int ps_enter_recvfrom(struct tp_sys_enter *ctx)
-{
-	if (ctx->args[3] & PS_MSG_PEEK)
-		return 0;
-	ps_read_enter(ctx->args[0], ctx->args[1], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int ps_enter_readv(struct tp_sys_enter *ctx)
-{
-	ps_read_enter(ctx->args[0], ctx->args[1], 1);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int ps_enter_recvmsg(struct tp_sys_enter *ctx)
-{
-	if (ctx->args[2] & PS_MSG_PEEK)
-		return 0;
-	ps_read_enter(ctx->args[0], ctx->args[1], 2);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_read")
-int ps_exit_read(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int ps_exit_recvfrom(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_readv")
-int ps_exit_readv(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int ps_exit_recvmsg(struct tp_sys_exit *ctx) { ps_read_exit(ctx->ret); return 0; }

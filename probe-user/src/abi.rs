@@ -35,7 +35,7 @@ pub const EV_TLS_DONE: u32 = 8;
 pub const DIR_READ: u8 = 0;
 pub const DIR_WRITE: u8 = 1;
 
-/// enum ps_class: what the first bytes of one read or send look like (CLASS_SEND: a send not inspected).
+/// enum ps_class: what the first bytes of one read or send look like.
 pub const CLASS_OTHER: u8 = 0;
 pub const CLASS_TLS_HANDSHAKE: u8 = 1;
 pub const CLASS_TLS_CCS: u8 = 2;
@@ -45,8 +45,9 @@ pub const CLASS_HTTP_GET: u8 = 5;
 pub const CLASS_HTTP_101: u8 = 6;
 pub const CLASS_HTTP_OTHER: u8 = 7;
 pub const CLASS_WS_FRAME: u8 = 8;
-/// A send not made by write/writev/sendto/sendmsg: its content is not inspected.
-pub const CLASS_SEND: u8 = 9;
+/// A call not made by a read/write-family syscall (io_uring, sendfile):
+/// its content is not inspected.
+pub const CLASS_UNINSPECTED: u8 = 9;
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: u16 = 1;

@@ -581,8 +581,8 @@ mod tests {
                 state(7, 0, TCP_ESTABLISHED),
                 ev(EV_ACCEPT, 7, 3 * ms),
                 io(7, 4 * ms, DIR_READ, CLASS_HTTP_GET, 200),
-                io(7, 5 * ms, DIR_WRITE, CLASS_SEND, 129),
-                io(7, 9 * ms, DIR_WRITE, CLASS_SEND, 20),
+                io(7, 5 * ms, DIR_WRITE, CLASS_UNINSPECTED, 129),
+                io(7, 9 * ms, DIR_WRITE, CLASS_UNINSPECTED, 20),
                 state(7, 20 * ms, TCP_CLOSE_WAIT),
                 Event {
                     bytes_in: 200,

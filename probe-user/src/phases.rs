@@ -8,7 +8,7 @@
 //! Sends are seen at the raw tracepoint `sock:sock_send_length`, after the
 //! send (a send's time is its *end*); the kernel classifies them from the
 //! syscall's user buffer. A send made outside write/writev/sendto/sendmsg
-//! (io_uring, sendfile) is [`abi::CLASS_SEND`]: not inspected, and then
+//! (io_uring, sendfile) is [`abi::CLASS_UNINSPECTED`]: not inspected, and then
 //! inferred from its place in the order of calls.
 //!
 //! # What is exact and what is a heuristic
@@ -19,7 +19,7 @@
 //! is a WebSocket data frame (a ping or close is no push). A GET answered
 //! with any other status (4xx, a redirect) is a refused upgrade: no
 //! ws_upgrade and no first_push, counted as `upgrade_refused`. When the
-//! response was not inspected (CLASS_SEND), the first send after the GET
+//! response was not inspected (CLASS_UNINSPECTED), the first send after the GET
 //! is taken for the 101 and the next send for the first push. Failed sends
 //! (EAGAIN) are not calls here (the kernel emits only sends that queued
 //! bytes).
@@ -173,7 +173,7 @@ fn derive_plain(io: &[IoRec]) -> IoPhases {
     else {
         return p;
     };
-    let inspected = io[ui].class != abi::CLASS_SEND;
+    let inspected = io[ui].class != abi::CLASS_UNINSPECTED;
     if inspected && io[ui].class != abi::CLASS_HTTP_101 {
         p.upgrade_refused = true;
         return p;
@@ -189,7 +189,8 @@ fn derive_plain(io: &[IoRec]) -> IoPhases {
         .skip(ui + 1)
         .find(|r| {
             r.dir == DIR_WRITE
-                && (r.class == abi::CLASS_SEND || (r.class == abi::CLASS_WS_FRAME && r.detail <= 2))
+                && (r.class == abi::CLASS_UNINSPECTED
+                    || (r.class == abi::CLASS_WS_FRAME && r.detail <= 2))
         })
         .map(|w| Span {
             start: io[ui].ts,
@@ -277,7 +278,7 @@ mod tests {
     /// A send the kernel could not inspect (not made by a write-family
     /// syscall): no class of its content.
     fn w(ts: u64, ret: i32) -> IoRec {
-        wc(ts, CLASS_SEND, 0, ret)
+        wc(ts, CLASS_UNINSPECTED, 0, ret)
     }
     /// A send classified from its syscall buffer.
     fn wc(ts: u64, class: u8, detail: u8, ret: i32) -> IoRec {

@@ -31,20 +31,17 @@ pub const ATTACH: &[(&str, &str, &str)] = &[
     ("ps_exit_open", "syscalls", "sys_exit_open"),
     ("ps_exit_dup", "syscalls", "sys_exit_dup"),
     ("ps_exit_dup3", "syscalls", "sys_exit_dup3"),
-    ("ps_enter_read", "syscalls", "sys_enter_read"),
-    ("ps_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    ("ps_enter_readv", "syscalls", "sys_enter_readv"),
-    ("ps_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    ("ps_exit_read", "syscalls", "sys_exit_read"),
-    ("ps_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("ps_exit_readv", "syscalls", "sys_exit_readv"),
-    ("ps_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
 ];
 
-/// Programs attached to raw tracepoints (program, tracepoint). Sends are
-/// seen at `sock:sock_send_length` (every socket send, whatever the
-/// syscall) instead of four write-family syscall tracepoints.
-pub const RAW_ATTACH: &[(&str, &str)] = &[("ps_send_length", "sock_send_length")];
+/// Programs attached to raw tracepoints (program, tracepoint). Socket I/O
+/// is seen at `sock:sock_recv_length` and `sock:sock_send_length` (every
+/// socket receive and send, whatever the syscall) instead of eight
+/// read/write-family syscall tracepoints that every read and write of
+/// every process would pay for.
+pub const RAW_ATTACH: &[(&str, &str)] = &[
+    ("ps_recv_length", "sock_recv_length"),
+    ("ps_send_length", "sock_send_length"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
