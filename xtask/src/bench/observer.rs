@@ -15,11 +15,12 @@
 //!    (pinned to CPU 1) makes 1-byte sends and receives over a UNIX
 //!    socketpair (the raw tracepoints sock_send_length/sock_recv_length)
 //!    and opens + closes /dev/null (sys_exit_openat, sys_enter_close); the
-//!    figure is its wall time per call with the observer attached minus
-//!    without (median of 5 alternated pairs: tracepoint dispatch included);
-//!    with `kernel.bpf_stats_enabled=1`, the programs' own run time per run
-//!    (`bpftool prog show --json`) is reported beside it. Plain reads and
-//!    writes of pipes and files reach no probe at all.
+//!    figure (as the issue defines it) is the programs' own run time per
+//!    run with `kernel.bpf_stats_enabled=1` (`bpftool prog show --json`);
+//!    beside it, its wall time per call with the observer attached minus
+//!    without (median of 5 alternated pairs), which adds the kernel's
+//!    tracepoint dispatch. Plain reads and writes of pipes and files reach
+//!    no probe at all.
 //!
 //! Prints a table and writes target/bench/observer.json.
 
@@ -394,17 +395,17 @@ fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
     );
     println!(
         "{:<52} {:>12.1} {:>10} {:>7}",
-        "ns per hooked call, unrelated process (wall, with - without)",
-        ns_per_call,
+        format!("ns per hooked call, unrelated process (probe run time, bpf_stats, {calls} runs)"),
+        ns_per_run,
         "<= 100",
-        verdict(ns_per_call <= TARGET_NS_PER_CALL)
+        verdict(ns_per_run <= TARGET_NS_PER_CALL)
     );
     println!(
         "{:<52} {:>12.1} {:>10} {:>7}",
-        format!("  of which the programs' own run time ({calls} runs, bpf_stats)"),
-        ns_per_run,
-        "",
-        ""
+        "  wall time per call with - without the observer", ns_per_call, "", ""
+    );
+    println!(
+        "  (the wall figure adds the kernel's tracepoint dispatch: with any syscall tracepoint attached, every syscall of every process takes the traced entry/exit path)"
     );
     let json = format!(
         "{{\n  \"deliveries_per_s_without\": {dps0:.0},\n  \"deliveries_per_s_with\": {dps1:.0},\n  \"throughput_ratio\": {thr_ratio:.4},\n  \"cpu_per_delivery_ratio\": {cpu_ratio:.4},\n  \"probe_share_of_target_cpu\": {share:.4},\n  \"flood_established\": {established},\n  \"flood_rate_per_s\": {flood_rate:.0},\n  \"flood_accepted_observed\": {accepted},\n  \"flood_drops\": {drops},\n  \"flood_accept_wait_p99_ms\": {accept_p99},\n  \"ns_per_unrelated_call_wall\": {ns_per_call:.1},\n  \"ns_per_unrelated_call_prog_run\": {ns_per_run:.1},\n  \"unrelated_probe_runs\": {calls}\n}}\n"
