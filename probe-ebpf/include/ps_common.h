@@ -75,6 +75,18 @@ struct {
 	__type(value, __u64);
 } tgids SEC(".maps");
 
+/* A filter in front of `tgids`: slot (tgid & PS_HINT_MASK) is non-zero
+ * once some tgid of the target maps there (never cleared: a stale slot
+ * only costs the hash lookup). An unrelated process is turned away by one
+ * array access, which the verifier inlines, instead of a hash miss. */
+#define PS_HINT_MASK 0xffff
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PS_HINT_MASK + 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} tgid_hint SEC(".maps");
+
 /* Next free slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -133,9 +145,25 @@ static __always_inline __u32 ps_tgid(void)
 	return bpf_get_current_pid_tgid() >> 32;
 }
 
+/* Might `tgid` be in the target? (false: certainly not) */
+static __always_inline bool ps_hinted(__u32 tgid)
+{
+	__u32 k = tgid & PS_HINT_MASK;
+	__u32 *h = bpf_map_lookup_elem(&tgid_hint, &k);
+	return h && *h;
+}
+
+static __always_inline void ps_hint_set(__u32 tgid)
+{
+	__u32 k = tgid & PS_HINT_MASK;
+	__u32 *h = bpf_map_lookup_elem(&tgid_hint, &k);
+	if (h)
+		*h = 1;
+}
+
 static __always_inline bool ps_in_target(__u32 tgid)
 {
-	return bpf_map_lookup_elem(&tgids, &tgid) != 0;
+	return ps_hinted(tgid) && bpf_map_lookup_elem(&tgids, &tgid) != 0;
 }
 
 /* Reserves a zeroed event or counts the drop. */
@@ -188,6 +216,8 @@ static __always_inline bool ps_fd_idx(__u32 tgid, __u32 fd, bool alloc, __u32 *i
 		*idx = fd;
 		return true;
 	}
+	if (!ps_hinted(tgid))
+		return false;
 	/* 64-bit values: the BPF target has 64-bit atomics without -mcpu=v3 */
 	__u64 *slot = bpf_map_lookup_elem(&tgids, &tgid);
 	if (!slot)

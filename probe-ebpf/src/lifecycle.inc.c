@@ -223,6 +223,7 @@ int ps_fork(struct tp_sched_process_fork *ctx)
 		ps_count(PS_CNT_MAP_FULL);
 		return 0;
 	}
+	ps_hint_set(child);
 	ps_count(PS_CNT_FORKS);
 	struct ps_event *e = ps_reserve(PS_EV_FORK, 0);
 	if (!e)

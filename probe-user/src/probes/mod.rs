@@ -262,6 +262,24 @@ impl Probes {
             }
         }
         {
+            // The filter in front of `tgids` (ps_common.h).
+            let mut hint: Array<_, u32> = Array::try_from(
+                ebpf.map_mut("tgid_hint")
+                    .ok_or(ProbeError::Missing("tgid_hint"))?,
+            )
+            .map_err(|source| ProbeError::Map {
+                name: "tgid_hint",
+                source: Box::new(source),
+            })?;
+            for t in tgids {
+                hint.set(t & 0xffff, 1, 0)
+                    .map_err(|source| ProbeError::Map {
+                        name: "tgid_hint",
+                        source: Box::new(source),
+                    })?;
+            }
+        }
+        {
             let mut next: Array<_, u64> = Array::try_from(
                 ebpf.map_mut("slot_alloc")
                     .ok_or(ProbeError::Missing("slot_alloc"))?,
