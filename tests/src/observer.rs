@@ -21,11 +21,7 @@
 
 use crate::{bin_path, spawn_first_line, ChildGuard};
 use futures_util::StreamExt;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls::{
-    pki_types::{CertificateDer, ServerName},
-    ClientConfig, RootCertStore,
-};
+use rustls::{pki_types::ServerName, ClientConfig};
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -259,33 +255,9 @@ pub fn check(summary: &serde_json::Value, times: &[ClientTimes], tls: bool) {
 
 /// A CA-signed certificate for `localhost` (PEM paths) and a client config trusting it.
 pub fn tls_material(dir: &std::path::Path) -> (String, String, Arc<ClientConfig>) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, "observer test CA");
-    let ca = p.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let (c, k) = (dir.join("server.pem"), dir.join("server.key"));
-    std::fs::write(&c, leaf.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(CertificateDer::from(ca.der().to_vec())).unwrap();
-    let cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    (
-        c.to_string_lossy().to_string(),
-        k.to_string_lossy().to_string(),
-        Arc::new(cfg),
-    )
+    let ca = crate::tls::Ca::new("observer test CA");
+    let (cert, key) = ca.leaf(true).write(dir, "server");
+    (cert, key, ca.client_config(None))
 }
 
 /// The other outputs of a run with `n` closed connections: trace.json has

@@ -4,55 +4,21 @@
 //! does not trust the server's CA has every handshake failure counted by
 //! reason, and the run still completes.
 
-use pushscope_tests::{heavy_lock, loadgen::pushscope, pusher::Pusher};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use std::{path::Path, time::Duration};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn make_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    Ca {
-        cert: p.self_signed(&key).unwrap(),
-        key,
-    }
-}
-
-/// Writes a leaf signed by `ca` as `<name>.pem` / `<name>.key` in `dir`.
-fn leaf(dir: &Path, name: &str, ca: &Ca, server: bool) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-}
+use pushscope_tests::{heavy_lock, loadgen::pushscope, pusher::Pusher, tls::Ca};
+use std::time::Duration;
 
 #[test]
 fn wss_with_client_certificates_and_handshake_failures_by_reason() {
     let _heavy = heavy_lock();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = make_ca("pushscope test CA");
-    let other = make_ca("someone else's CA");
-    std::fs::write(d.join("ca.pem"), ca.cert.pem()).unwrap();
-    std::fs::write(d.join("other.pem"), other.cert.pem()).unwrap();
-    leaf(d, "server", &ca, true);
-    leaf(d, "client", &ca, false);
+    let ca = Ca::new("pushscope test CA");
+    let other = Ca::new("someone else's CA");
+    let ca_pem = ca.write(d, "ca");
+    other.write(d, "other");
+    let (cert, key) = ca.leaf(true).write(d, "server");
+    ca.leaf(false).write(d, "client");
     let path = |n: &str| d.join(n).to_str().unwrap().to_string();
-    let (cert, key, ca_pem) = (path("server.pem"), path("server.key"), path("ca.pem"));
     let p = Pusher::start(&[
         "--tls-cert",
         &cert,

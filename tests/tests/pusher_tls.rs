@@ -6,64 +6,11 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use pushscope_tests::pusher::{http_on, parse_pushed, HttpAnswer, Pusher};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use rustls::{
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
-    ClientConfig, RootCertStore,
-};
+use pushscope_tests::tls::{Ca, Leaf};
+use rustls::{pki_types::ServerName, ClientConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 use tokio_tungstenite::{client_async, tungstenite::Message};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn make_ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    Ca {
-        cert: p.self_signed(&key).unwrap(),
-        key,
-    }
-}
-
-/// A leaf signed by `ca`: (cert PEM/DER, key).
-fn leaf(ca: &Ca, server: bool) -> (rcgen::Certificate, KeyPair) {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
-    (p.signed_by(&key, &ca.cert, &ca.key).unwrap(), key)
-}
-
-fn client_config(ca: &Ca, client: Option<&(rcgen::Certificate, KeyPair)>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let b = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let cfg = match client {
-        Some((cert, key)) => b
-            .with_client_auth_cert(
-                vec![CertificateDer::from(cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap(),
-        None => b.with_no_client_auth(),
-    };
-    Arc::new(cfg)
-}
 
 async fn tls_connect(
     addr: SocketAddr,
@@ -82,26 +29,20 @@ async fn healthz(addr: SocketAddr, cfg: Arc<ClientConfig>) -> anyhow::Result<Htt
     Ok(a)
 }
 
-fn write_pems(dir: &Path, ca: &Ca, server: &(rcgen::Certificate, KeyPair)) -> [String; 3] {
-    let (c, k, a) = (
-        dir.join("server.pem"),
-        dir.join("server.key"),
-        dir.join("ca.pem"),
-    );
-    std::fs::write(&c, server.0.pem()).unwrap();
-    std::fs::write(&k, server.1.serialize_pem()).unwrap();
-    std::fs::write(&a, ca.cert.pem()).unwrap();
-    [c, k, a].map(|p| p.to_string_lossy().to_string())
+/// Server certificate and key, and the CA, as PEM files in `dir`.
+fn write_pems(dir: &Path, ca: &Ca, server: &Leaf) -> [String; 3] {
+    let (cert, key) = server.write(dir, "server");
+    [cert, key, ca.write(dir, "ca")]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_push_and_https_publish() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = make_ca("test CA");
-    let server = leaf(&ca, true);
+    let ca = Ca::new("test CA");
+    let server = ca.leaf(true);
     let [cert, key, _] = write_pems(dir.path(), &ca, &server);
     let p = Pusher::start(&["--tls-cert", &cert, "--tls-key", &key]).unwrap();
-    let cfg = client_config(&ca, None);
+    let cfg = ca.client_config(None);
 
     let s = tls_connect(p.addr, cfg.clone()).await.unwrap();
     let (mut ws, resp) = client_async("wss://localhost/ws?channel=secure", s)
@@ -142,8 +83,8 @@ async fn wss_push_and_https_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_rejects_clients_without_a_valid_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = make_ca("test CA");
-    let server = leaf(&ca, true);
+    let ca = Ca::new("test CA");
+    let server = ca.leaf(true);
     let [cert, key, ca_pem] = write_pems(dir.path(), &ca, &server);
     let p = Pusher::start(&[
         "--tls-cert",
@@ -155,28 +96,28 @@ async fn mtls_rejects_clients_without_a_valid_certificate() {
     ])
     .unwrap();
 
-    let good = leaf(&ca, false);
-    let a = healthz(p.addr, client_config(&ca, Some(&good)))
+    let good = ca.leaf(false);
+    let a = healthz(p.addr, ca.client_config(Some(&good)))
         .await
         .unwrap();
     assert_eq!(a.status, 200);
 
     // No certificate: the server aborts the handshake (TLS 1.3 surfaces it
     // on the first read), no HTTP answer ever comes.
-    let none = healthz(p.addr, client_config(&ca, None)).await;
+    let none = healthz(p.addr, ca.client_config(None)).await;
     assert!(none.is_err(), "client without certificate got {none:?}");
 
     // A certificate from another CA.
-    let rogue_ca = make_ca("rogue CA");
-    let rogue = leaf(&rogue_ca, false);
-    let bad = healthz(p.addr, client_config(&ca, Some(&rogue))).await;
+    let rogue_ca = Ca::new("rogue CA");
+    let rogue = rogue_ca.leaf(false);
+    let bad = healthz(p.addr, ca.client_config(Some(&rogue))).await;
     assert!(
         bad.is_err(),
         "client with a foreign certificate got {bad:?}"
     );
 
     // wss with the good certificate works end to end.
-    let s = tls_connect(p.addr, client_config(&ca, Some(&good)))
+    let s = tls_connect(p.addr, ca.client_config(Some(&good)))
         .await
         .unwrap();
     let (_ws, resp) = client_async("wss://localhost/ws?channel=m", s)
@@ -184,7 +125,7 @@ async fn mtls_rejects_clients_without_a_valid_certificate() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 101);
 
-    let s = tls_connect(p.addr, client_config(&ca, Some(&good)))
+    let s = tls_connect(p.addr, ca.client_config(Some(&good)))
         .await
         .unwrap();
     let m = http_on(s, "GET", "/metrics", &[], b"").await.unwrap();
