@@ -132,8 +132,9 @@ struct Shared {
     stage_started: Instant,
     started: Instant,
     target_gone: bool,
-    /// The latest /proc sample of the target (for run's timeline).
-    last_sample: Option<Sample>,
+    /// The latest /proc sample of the target and when it was taken (for
+    /// run's timeline).
+    last_sample: Option<(Instant, Sample)>,
     tls_libs: Vec<String>,
     tls_note: Option<String>,
 }
@@ -217,7 +218,7 @@ impl Observer {
             stage_started: Instant::now(),
             started: Instant::now(),
             target_gone: false,
-            last_sample: first_sample,
+            last_sample: first_sample.map(|s| (Instant::now(), s)),
             tls_libs: probes
                 .tls_libs
                 .iter()
@@ -292,7 +293,7 @@ impl Observer {
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                         s.stage_samples.add(&sample);
                         s.total_samples.add(&sample);
-                        s.last_sample = Some(sample);
+                        s.last_sample = Some((Instant::now(), sample));
                     }
                     // A listener opened after attach joins the port filter.
                     let fresh: Vec<u16> = target::listeners(&target::tree(pid))
@@ -351,7 +352,7 @@ impl Observer {
     }
 
     /// The latest 1 Hz /proc sample of the target's process tree.
-    pub fn last_sample(&self) -> Option<Sample> {
+    pub fn last_sample(&self) -> Option<(Instant, Sample)> {
         self.shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())

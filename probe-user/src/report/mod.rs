@@ -47,6 +47,10 @@ pub struct TimelinePoint {
     pub rss_bytes: Option<f64>,
     pub fds_open: Option<f64>,
     pub fd_limit: Option<f64>,
+    /// Seconds since the run started at which cpu/rss/fds were read from
+    /// /proc (the observer samples at 1 Hz: up to a second before `t_s`).
+    #[serde(default)]
+    pub sampled_t_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,6 +207,7 @@ pub(crate) mod fixtures {
                     rss_bytes: Some(1e7),
                     fds_open: Some(120.0),
                     fd_limit: Some(20000.0),
+                    sampled_t_s: Some(i as f64 - 0.5),
                 })
                 .collect(),
             not_measured: vec!["tls_handshake: the target serves plain ws://".into()],

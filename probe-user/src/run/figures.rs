@@ -24,7 +24,9 @@ pub struct RssWindow {
 
 impl RssWindow {
     /// RSS samples of the stage's hold period (timeline points of `stage`
-    /// taken at or after `hold_start_s`).
+    /// whose /proc sample was taken at or after `hold_start_s`: a point
+    /// carries the latest sample, which may predate the point by up to a
+    /// second and so the end of the ramp).
     pub fn from_timeline(
         points: &[TimelinePoint],
         stage: usize,
@@ -32,7 +34,7 @@ impl RssWindow {
     ) -> Option<RssWindow> {
         let mut hold = points
             .iter()
-            .filter(|p| p.stage == stage && p.t_s >= hold_start_s)
+            .filter(|p| p.stage == stage && p.sampled_t_s.unwrap_or(p.t_s) >= hold_start_s)
             .filter_map(|p| p.rss_bytes);
         let first = hold.next()?;
         let last = hold.next_back()?;
@@ -205,5 +207,32 @@ mod tests {
             }
         );
         assert!(RssWindow::from_timeline(&pts, 3, 0.0).is_none());
+    }
+
+    #[test]
+    fn rss_window_skips_a_sample_taken_before_the_hold() {
+        // The point at t=2 carries the /proc sample of t=1.3 (mid-ramp, RSS
+        // still low): it must not be the hold's starting RSS.
+        let point = |t_s: f64, sampled: f64, rss: f64| TimelinePoint {
+            t_s,
+            stage: 0,
+            rss_bytes: Some(rss),
+            sampled_t_s: Some(sampled),
+            ..Default::default()
+        };
+        let pts = [
+            point(1.0, 0.3, 10.0),
+            point(2.0, 1.3, 10.0),
+            point(3.0, 2.3, 100.0),
+            point(4.0, 3.3, 101.0),
+        ];
+        let w = RssWindow::from_timeline(&pts, 0, 2.0).unwrap();
+        assert_eq!(
+            w,
+            RssWindow {
+                at_hold_start: 100.0,
+                at_hold_end: 101.0
+            }
+        );
     }
 }

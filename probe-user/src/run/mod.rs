@@ -280,7 +280,12 @@ async fn sample_until_target_dies(
             if o.target_exited() {
                 return;
             }
-            if let Some(sample) = o.last_sample() {
+            if let Some((at, sample)) = o.last_sample() {
+                point.sampled_t_s = Some(if at >= t0 {
+                    (at - t0).as_secs_f64()
+                } else {
+                    -(t0 - at).as_secs_f64()
+                });
                 point.cpu_pct = Some(sample.cpu_pct / cores() as f64);
                 point.rss_bytes = Some(sample.rss_bytes as f64);
                 point.fds_open = Some(sample.open_fds as f64);
