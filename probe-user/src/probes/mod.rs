@@ -226,73 +226,29 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .load(PUSHSCOPE_OBJ)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        {
-            let mut cfg: Array<_, abi::Config> = Array::try_from(
-                ebpf.map_mut("config")
-                    .ok_or(ProbeError::Missing("config"))?,
-            )
-            .map_err(|source| ProbeError::Map {
-                name: "config",
-                source: Box::new(source),
-            })?;
-            let c = abi::Config {
-                target_tgid: tgids.first().copied().unwrap_or(0),
-                io_events_per_conn,
-            };
-            cfg.set(0, c, 0).map_err(|source| ProbeError::Map {
-                name: "config",
-                source: Box::new(source),
-            })?;
-        }
+        let config = abi::Config {
+            target_tgid: tgids.first().copied().unwrap_or(0),
+            io_events_per_conn,
+        };
+        fill_array(&mut ebpf, "config", [(0, config)])?;
         {
             let mut set: HashMap<_, u32, u64> =
                 HashMap::try_from(ebpf.map_mut("tgids").ok_or(ProbeError::Missing("tgids"))?)
-                    .map_err(|source| ProbeError::Map {
-                        name: "tgids",
-                        source: Box::new(source),
-                    })?;
+                    .map_err(map_err("tgids"))?;
             // The target itself owns fd slot 1 (the probes' fast path);
             // other processes get a slot at their first accept.
             for (i, t) in tgids.iter().enumerate() {
                 set.insert(t, u64::from(i == 0), 0)
-                    .map_err(|source| ProbeError::Map {
-                        name: "tgids",
-                        source: Box::new(source),
-                    })?;
+                    .map_err(map_err("tgids"))?;
             }
         }
-        {
-            // The filter in front of `tgids` (ps_common.h).
-            let mut hint: Array<_, u32> = Array::try_from(
-                ebpf.map_mut("tgid_hint")
-                    .ok_or(ProbeError::Missing("tgid_hint"))?,
-            )
-            .map_err(|source| ProbeError::Map {
-                name: "tgid_hint",
-                source: Box::new(source),
-            })?;
-            for t in tgids {
-                hint.set(t & 0xffff, 1, 0)
-                    .map_err(|source| ProbeError::Map {
-                        name: "tgid_hint",
-                        source: Box::new(source),
-                    })?;
-            }
-        }
-        {
-            let mut next: Array<_, u64> = Array::try_from(
-                ebpf.map_mut("slot_alloc")
-                    .ok_or(ProbeError::Missing("slot_alloc"))?,
-            )
-            .map_err(|source| ProbeError::Map {
-                name: "slot_alloc",
-                source: Box::new(source),
-            })?;
-            next.set(0, 1, 0).map_err(|source| ProbeError::Map {
-                name: "slot_alloc",
-                source: Box::new(source),
-            })?;
-        }
+        // The filter in front of `tgids` (ps_common.h).
+        fill_array(
+            &mut ebpf,
+            "tgid_hint",
+            tgids.iter().map(|t| (t & 0xffff, 1u32)),
+        )?;
+        fill_array(&mut ebpf, "slot_alloc", [(0, 1u64)])?;
         insert_listen_ports(&mut ebpf, ports)?;
         for (prog, category, name) in ATTACH {
             let attach_err = |source| ProbeError::Attach {
@@ -329,10 +285,7 @@ impl Probes {
             ebpf.take_map("counters")
                 .ok_or(ProbeError::Missing("counters"))?,
         )
-        .map_err(|source| ProbeError::Map {
-            name: "counters",
-            source: Box::new(source),
-        })?;
+        .map_err(map_err("counters"))?;
         Ok(Probes {
             ebpf,
             counters,
@@ -347,10 +300,7 @@ impl Probes {
             .ebpf
             .take_map("events")
             .ok_or(ProbeError::Missing("events"))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: "events",
-            source: Box::new(source),
-        })
+        RingBuf::try_from(map).map_err(map_err("events"))
     }
 
     /// Reads the per-CPU counters, summed.
@@ -402,18 +352,36 @@ impl Probes {
 }
 
 /// Adds ports to the kernel's listening-port filter (`listen_ports`).
-fn insert_listen_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
-    let map_err = |source| ProbeError::Map {
-        name: "listen_ports",
+/// `ProbeError::Map` for the map `name`.
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map {
+        name,
         source: Box::new(source),
-    };
+    }
+}
+
+/// Sets (index, value) pairs in the array map `name`.
+fn fill_array<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    values: impl IntoIterator<Item = (u32, V)>,
+) -> Result<(), ProbeError> {
+    let mut a: Array<_, V> = Array::try_from(ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?)
+        .map_err(map_err(name))?;
+    for (i, v) in values {
+        a.set(i, v, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn insert_listen_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
     let mut lp: HashMap<_, u16, u32> = HashMap::try_from(
         ebpf.map_mut("listen_ports")
             .ok_or(ProbeError::Missing("listen_ports"))?,
     )
-    .map_err(map_err)?;
+    .map_err(map_err("listen_ports"))?;
     for p in ports {
-        lp.insert(p, 1, 0).map_err(map_err)?;
+        lp.insert(p, 1, 0).map_err(map_err("listen_ports"))?;
     }
     Ok(())
 }
