@@ -282,3 +282,18 @@ pub fn endpoint(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> std::io::R
         tls: if secure { tls } else { None },
     })
 }
+
+/// The endpoint of a scenario URL (subscribe or publish), with the
+/// scenario's TLS settings (CA, client certificate) for wss:// and https://.
+pub fn scenario_endpoint(url: &str, sc: &crate::scenario::Scenario) -> anyhow::Result<Endpoint> {
+    let tls = if url.starts_with("wss://") || url.starts_with("https://") {
+        Some(crate::tls::client_config(
+            sc.ca_cert.as_deref(),
+            sc.client_cert.as_deref(),
+            sc.client_key.as_deref(),
+        )?)
+    } else {
+        None
+    };
+    endpoint(url, tls).map_err(|e| anyhow::anyhow!("cannot resolve {url}: {e}"))
+}

@@ -12,7 +12,6 @@ use crate::{
     oplog::LogWriter,
     protocol::Protocol,
     scenario::Scenario,
-    tls,
 };
 use serde::{Deserialize, Serialize};
 use std::{
@@ -113,17 +112,7 @@ impl LocalPool {
         shard: u32,
         shards: u32,
     ) -> anyhow::Result<LocalPool> {
-        let tls_cfg = if sc.url.starts_with("wss://") {
-            Some(tls::client_config(
-                sc.ca_cert.as_deref(),
-                sc.client_cert.as_deref(),
-                sc.client_key.as_deref(),
-            )?)
-        } else {
-            None
-        };
-        let endpoint = net::endpoint(&sc.url, tls_cfg)
-            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", sc.url))?;
+        let endpoint = net::scenario_endpoint(&sc.url, sc)?;
         let cfg = Arc::new(ClientCfg {
             protocol: Protocol::new(sc),
             endpoint,

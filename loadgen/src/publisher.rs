@@ -78,17 +78,7 @@ impl Publisher {
         schedule: Schedule,
         log: Option<LogWriter>,
     ) -> anyhow::Result<Publisher> {
-        let tls = if sc.publish_url.starts_with("https://") {
-            Some(crate::tls::client_config(
-                sc.ca_cert.as_deref(),
-                sc.client_cert.as_deref(),
-                sc.client_key.as_deref(),
-            )?)
-        } else {
-            None
-        };
-        let ep = net::endpoint(&sc.publish_url, tls)
-            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", sc.publish_url))?;
+        let ep = net::scenario_endpoint(&sc.publish_url, sc)?;
         let state = Arc::new(Mutex::new(State {
             last: vec![0; sc.channels as usize],
             done: vec![0; sc.channels as usize],
