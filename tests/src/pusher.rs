@@ -24,10 +24,21 @@ impl Pusher {
 
     /// Starts the pusher on 127.0.0.1:0 with `data_dir` (reused across restarts).
     pub fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Pusher> {
+        Self::spawn_in(data_dir, extra, None)
+    }
+
+    fn spawn_in(
+        data_dir: &std::path::Path,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<Pusher> {
         let mut cmd = Command::new(bin_path("pushscope-pusher"));
         cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra);
+        if let Some(log) = log {
+            cmd.stderr(std::fs::File::create(log)?);
+        }
         let (guard, line) = spawn_first_line(cmd, Duration::from_secs(10))?;
         let addr: SocketAddr = line
             .trim()
@@ -58,22 +69,7 @@ impl Pusher {
         extra: &[&str],
         log: &std::path::Path,
     ) -> anyhow::Result<Pusher> {
-        let mut cmd = Command::new(bin_path("pushscope-pusher"));
-        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stderr(std::fs::File::create(log)?);
-        let (guard, line) = spawn_first_line(cmd, Duration::from_secs(10))?;
-        let addr: SocketAddr = line
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("pusher's first line `{line}` is not an address: {e}"))?;
-        Ok(Pusher {
-            guard,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            _tmp: None,
-        })
+        Self::spawn_in(data_dir, extra, Some(log))
     }
 
     /// URL resuming after `last_seq`.
