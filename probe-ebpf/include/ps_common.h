@@ -29,8 +29,8 @@ enum {
 };
 
 /* Kernel-side state of one accepted connection in `fdtab`, found by
- * (tgid, fd) for reads and close, and by sk (`socks` holds its index) for
- * sends (never leaves the kernel except summarised in PS_EV_CLOSE_FD). */
+ * (tgid, fd) at close, and by sk (`socks` holds its index) for receives
+ * and sends (never leaves the kernel except summarised in PS_EV_CLOSE_FD). */
 struct ps_conn {
 	__u64 sk;
 	__u32 io_seq;   /* classified calls so far */
@@ -38,7 +38,8 @@ struct ps_conn {
 	__u64 writes;   /* sends (the send queue is sampled every 16th) */
 };
 
-/* Per-sock state for events that only know the sock (retransmits, sends). */
+/* Per-sock state for events that only know the sock (retransmits,
+ * receives, sends). */
 struct ps_sock {
 	__u32 retrans;
 	__u32 idx1; /* fdtab index + 1 of the connection (0: fd not tracked) */
@@ -59,10 +60,10 @@ struct {
 } counters SEC(".maps");
 
 /* Accepted connections live in an array indexed by (slot, fd): a process
- * of the target gets a slot at its first accept, so the per-call lookup of
- * a read is one small hash lookup (tgid -> slot) and one array access,
- * and an unrelated process pays one miss in a small hash. fds >= PS_FDS,
- * or processes beyond PS_SLOTS, are not tracked (counted). */
+ * of the target gets a slot at its first accept, so finding the connection
+ * of a close() is one small hash lookup (tgid -> slot) and one array
+ * access, and an unrelated process is turned away by `tgid_hint`. fds >=
+ * PS_FDS, or processes beyond PS_SLOTS, are not tracked (counted). */
 #define PS_SLOTS 8
 #define PS_FDS 32768
 
@@ -187,7 +188,8 @@ static __always_inline struct ps_event *ps_reserve(__u32 kind, __u64 sk)
  * wakes the reader: nearly every event at connection setup. The reader
  * also polls every PS_POLL_MS (userspace), so a lone event waits at most
  * that long. The wakeup fires when this record crosses the threshold. */
-#define PS_WAKE_BYTES (64 * (sizeof(struct ps_event) + 8))
+#define PS_REC_BYTES (sizeof(struct ps_event) + 8) /* with the ring's header */
+#define PS_WAKE_BYTES (64 * PS_REC_BYTES)
 /* uapi linux/bpf.h flags (not in the trimmed headers) */
 #define PS_RB_NO_WAKEUP 1
 #define PS_RB_FORCE_WAKEUP 2
@@ -196,8 +198,7 @@ static __always_inline struct ps_event *ps_reserve(__u32 kind, __u64 sk)
 static __always_inline void ps_submit(struct ps_event *e)
 {
 	__u64 avail = bpf_ringbuf_query(&events, PS_RB_AVAIL_DATA);
-	__u64 rec = sizeof(struct ps_event) + 8;
-	bool crossing = avail >= PS_WAKE_BYTES && avail < PS_WAKE_BYTES + rec;
+	bool crossing = avail >= PS_WAKE_BYTES && avail < PS_WAKE_BYTES + PS_REC_BYTES;
 	bpf_ringbuf_submit(e, crossing ? PS_RB_FORCE_WAKEUP : PS_RB_NO_WAKEUP);
 	ps_count(PS_CNT_EVENTS);
 }

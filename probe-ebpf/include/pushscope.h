@@ -48,8 +48,9 @@ enum ps_dir {
 };
 
 /* What the first bytes of one read or send look like (a call whose
- * syscall buffer cannot be found is PS_CLASS_UNINSPECTED). Only this class (and the TLS handshake type) leaves the kernel: never
- * payload bytes. */
+ * syscall buffer cannot be found is PS_CLASS_UNINSPECTED). Only this
+ * class (and the TLS handshake type) leaves the kernel: never payload
+ * bytes. */
 enum ps_class {
 	PS_CLASS_OTHER = 0,
 	PS_CLASS_TLS_HANDSHAKE = 1, /* record type 0x16; detail = handshake type */
@@ -60,7 +61,7 @@ enum ps_class {
 	PS_CLASS_HTTP_101 = 6,      /* "HTTP/1.1 101" */
 	PS_CLASS_HTTP_OTHER = 7,    /* other "HTTP/1." status or method */
 	PS_CLASS_WS_FRAME = 8,      /* plausible WebSocket frame header; detail = opcode */
-	PS_CLASS_UNINSPECTED = 9,   /* not made by a read/write-family syscall (io_uring, sendfile) */
+	PS_CLASS_UNINSPECTED = 9,   /* not from a read/write-family syscall: io_uring, sendfile */
 };
 
 /* One ring-buffer record (all kinds share it; unused fields are zero). */

@@ -9,7 +9,7 @@
  * says which syscall, si where its buffer, iovec or msghdr is) and its
  * first 16 bytes are classified (TLS record header, `GET `, `HTTP/1.1
  * 101` or another status, WebSocket frame header). A call made outside
- * those syscalls (io_uring, sendfile, kernel TLS) is
+ * those syscalls (io_uring, sendfile) is
  * PS_CLASS_UNINSPECTED. Raw tracepoints on socket calls replace eight
  * read/write-family syscall tracepoints whose perf-event dispatch cost
  * every read and write of every process on the machine (pipes and files

@@ -111,7 +111,7 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 	else if (bpf_map_update_elem(&fdtab, &idx, &conn, BPF_ANY))
 		ps_count(PS_CNT_MAP_FULL);
 	else
-		sock.idx1 = idx + 1; /* sends find the connection by sk */
+		sock.idx1 = idx + 1; /* receives and sends find the connection by sk */
 	if (bpf_map_update_elem(&socks, &sk, &sock, BPF_ANY))
 		ps_count(PS_CNT_MAP_FULL);
 	struct ps_event *e = ps_reserve(PS_EV_ACCEPT, sk);

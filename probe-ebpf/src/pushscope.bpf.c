@@ -2,9 +2,9 @@
 /* The observer's one eBPF object. Concerns live in src/<concern>.inc.c and
  * are included here so they share maps (include/ps_common.h) without
  * pinning: lifecycle (states, accept, close, RST, retransmits, fork/exit),
- * classify (read family: first-bytes class; sends at sock_send_length:
- * bytes, send queue),
- * fd (fd-returning syscalls, EMFILE/ENFILE), tls (OpenSSL uprobes, optional). */
+ * classify (receives and sends at sock_recv_length / sock_send_length:
+ * first-bytes class, send queue), fd (fd-returning syscalls,
+ * EMFILE/ENFILE), tls (OpenSSL uprobes, optional). */
 #include "ps_common.h"
 #include "lifecycle.inc.c"
 #include "tls.inc.c"
