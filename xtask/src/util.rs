@@ -133,7 +133,6 @@ pub fn start_pusher(
     spawn_first_line(cmd, "pushscope-pusher")
 }
 
-/// Where benchmarks write their figures and scratch data.
 /// Pins every thread of `pid` to one CPU (taskset, util-linux).
 pub fn pin(pid: u32, cpu: u32) -> Result<()> {
     let st = Command::new("taskset")
@@ -158,8 +157,25 @@ pub fn cpu_ns(pid: u32) -> u64 {
     (t(11) + t(12)) * 10_000_000
 }
 
+/// Median (NaN when empty; the mean of the middle two when even).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Where benchmarks write their figures and scratch data.
 pub fn bench_dir() -> PathBuf {
     target_dir().join("bench")
+}
+
+/// Starts the release pusher for a benchmark on an emptied `data_dir`.
+pub fn start_bench_pusher(data_dir: &std::path::Path, extra: &[&str]) -> Result<(Guard, String)> {
+    let _ = std::fs::remove_dir_all(data_dir);
+    start_pusher("release", data_dir, extra)
 }
 
 /// `cargo xtask run`: against the user's server when `--pid`/`--url` are

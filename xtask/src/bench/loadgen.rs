@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -83,11 +83,6 @@ fn json_num(text: &str, path: &[&str]) -> f64 {
         .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+')))
         .unwrap_or(rest.len());
     rest[..end].parse().unwrap_or(f64::NAN)
-}
-
-fn start_pusher(dir: &Path, extra: &[&str]) -> Result<(Guard, String)> {
-    let _ = std::fs::remove_dir_all(dir);
-    util::start_pusher("release", dir, extra)
 }
 
 /// Runs `pushscope load` against `addr` (on CPU `cpu` only, if given);
@@ -157,10 +152,6 @@ fn load(
     std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn bench_dir() -> PathBuf {
-    util::target_dir().join("bench")
-}
-
 pub fn run(args: &[String]) -> Result<()> {
     let (mut idle, mut fanout, mut seconds, mut rate) = (10_000u64, 1_000u64, 6u64, 200u64);
     let mut it = args.iter();
@@ -188,14 +179,14 @@ pub fn run(args: &[String]) -> Result<()> {
         "loadgen",
         "--bins",
     ])?;
-    let dir = bench_dir();
+    let dir = util::bench_dir();
     std::fs::create_dir_all(&dir)?;
     let load_before = std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
 
     // 1 + 2: idle connections (no publishing), opened as fast as the pusher accepts them.
-    let (_p, addr) = start_pusher(&dir.join("lg-pusher-idle"), &[])?;
+    let (_p, addr) = util::start_bench_pusher(&dir.join("lg-pusher-idle"), &[])?;
     let (mut base, mut peak) = (None::<u64>, (0u64, 0u64));
     let stages = format!("{idle}:4s");
     let idle_summary = load(
@@ -243,9 +234,7 @@ pub fn run(args: &[String]) -> Result<()> {
     for round in 0..ROUNDS {
         rounds.push(fan_round(&dir, fanout, seconds, rate, pinned, round)?);
     }
-    let mut by_core: Vec<&Round> = rounds.iter().collect();
-    by_core.sort_by(|a, b| a.per_core.total_cmp(&b.per_core));
-    let per_core = by_core[by_core.len() / 2].per_core;
+    let per_core = util::median(rounds.iter().map(|r| r.per_core).collect());
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!();
@@ -356,7 +345,7 @@ fn fan_round(
     pinned: bool,
     round: usize,
 ) -> Result<Round> {
-    let (p, addr) = start_pusher(&dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
+    let (p, addr) = util::start_bench_pusher(&dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
     if pinned {
         util::pin(p.0.id(), 0)?;
     }

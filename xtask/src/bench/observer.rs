@@ -40,8 +40,7 @@ const FLOOD_PROCS: usize = 4;
 const ROUNDS: usize = 8;
 
 fn pusher(dir: &Path) -> Result<(Guard, String)> {
-    let _ = std::fs::remove_dir_all(dir);
-    util::start_pusher("release", dir, &["--workers", "1"])
+    util::start_bench_pusher(dir, &["--workers", "1"])
 }
 
 fn observe(pid: u32, out: &Path) -> Result<Guard> {
@@ -261,7 +260,7 @@ fn syscall_cost(flag: &str) -> Result<(f64, f64, u64)> {
     }
     Ok((
         t1.saturating_sub(t0) as f64 / calls as f64,
-        median(diffs),
+        util::median(diffs),
         calls,
     ))
 }
@@ -318,7 +317,7 @@ fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
     // the median of the paired ratios resists a round disturbed by other
     // load on a shared 2-core machine better than a ratio of means.
     let paired = |f: fn(&Fanout, &Fanout) -> f64| {
-        median(without.iter().zip(&with).map(|(a, b)| f(a, b)).collect())
+        util::median(without.iter().zip(&with).map(|(a, b)| f(a, b)).collect())
     };
     let thr_ratio = paired(|a, b| b.dps / a.dps);
     let cpu_ratio = paired(|a, b| (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps));
@@ -418,13 +417,4 @@ fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
 
 extern "C" {
     fn geteuid() -> u32;
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }

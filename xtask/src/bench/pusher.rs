@@ -40,8 +40,7 @@ impl Drop for Pusher {
 
 fn start_pusher(tag: &str) -> Result<Pusher> {
     let dir = bench_dir().join(format!("pusher-data-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (guard, addr) = util::start_pusher("release", &dir, &["--workers", "1"])?;
+    let (guard, addr) = util::start_bench_pusher(&dir, &["--workers", "1"])?;
     Ok(Pusher { guard, addr, dir })
 }
 
