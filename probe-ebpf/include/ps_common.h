@@ -80,7 +80,6 @@ struct {
  * once some tgid of the target maps there (never cleared: a stale slot
  * only costs the hash lookup). An unrelated process is turned away by one
  * array access, which the verifier inlines, instead of a hash miss. */
-#define PS_HINT_MASK 0xffff
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PS_HINT_MASK + 1);

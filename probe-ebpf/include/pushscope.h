@@ -30,6 +30,10 @@ struct ps_config {
 	__u32 io_events_per_conn; /* IO milestones sent per connection, then only counted */
 };
 
+/* Map `tgid_hint` (filled by userspace at attach, by ps_fork after): slot
+ * (tgid & PS_HINT_MASK) is non-zero when a tgid of the target maps there. */
+#define PS_HINT_MASK 0xffff
+
 enum ps_event_kind {
 	PS_EV_STATE = 1,    /* inet_sock_set_state of a server-side or outbound sock */
 	PS_EV_ACCEPT = 2,   /* accept/accept4 returned fd; sk resolved */

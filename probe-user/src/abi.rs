@@ -35,6 +35,9 @@ pub const EV_TLS_DONE: u32 = 8;
 pub const DIR_READ: u8 = 0;
 pub const DIR_WRITE: u8 = 1;
 
+/// PS_HINT_MASK: slot of a tgid in the map `tgid_hint`.
+pub const HINT_MASK: u32 = 0xffff;
+
 /// enum ps_class: what the first bytes of one read or send look like.
 pub const CLASS_OTHER: u8 = 0;
 pub const CLASS_TLS_HANDSHAKE: u8 = 1;

@@ -246,7 +246,7 @@ impl Probes {
         fill_array(
             &mut ebpf,
             "tgid_hint",
-            tgids.iter().map(|t| (t & 0xffff, 1u32)),
+            tgids.iter().map(|t| (t & abi::HINT_MASK, 1u32)),
         )?;
         fill_array(&mut ebpf, "slot_alloc", [(0, 1u64)])?;
         insert_listen_ports(&mut ebpf, ports)?;
