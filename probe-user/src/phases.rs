@@ -5,11 +5,12 @@
 //!
 //! Reads and sends carry a class of their first bytes (TLS record header,
 //! `GET `, `HTTP/1.1 101`, other HTTP status, WebSocket frame header).
-//! Sends are seen at the raw tracepoint `sock:sock_send_length`, after the
-//! send (a send's time is its *end*); the kernel classifies them from the
-//! syscall's user buffer. A send made outside write/writev/sendto/sendmsg
-//! (io_uring, sendfile) is [`abi::CLASS_UNINSPECTED`]: not inspected, and then
-//! inferred from its place in the order of calls.
+//! They are seen at the raw tracepoints `sock:sock_recv_length` and
+//! `sock:sock_send_length`, after the call (a call's time is its *end*);
+//! the kernel classifies them from the syscall's user buffer. A call made
+//! outside the read/write-family syscalls (io_uring, sendfile) is
+//! [`abi::CLASS_UNINSPECTED`]: not inspected, and then inferred from its
+//! place in the order of calls.
 //!
 //! # What is exact and what is a heuristic
 //!
@@ -19,10 +20,10 @@
 //! is a WebSocket data frame (a ping or close is no push). A GET answered
 //! with any other status (4xx, a redirect) is a refused upgrade: no
 //! ws_upgrade and no first_push, counted as `upgrade_refused`. When the
-//! response was not inspected (CLASS_UNINSPECTED), the first send after the GET
-//! is taken for the 101 and the next send for the first push. Failed sends
-//! (EAGAIN) are not calls here (the kernel emits only sends that queued
-//! bytes).
+//! response was not inspected (CLASS_UNINSPECTED), the first send after
+//! the GET is taken for the 101 and the next send for the first push.
+//! Failed calls (EAGAIN, EOF) are not calls here (the kernel emits only
+//! calls that moved bytes).
 //!
 //! TLS is inferred from the read record headers and the turn-taking of
 //! reads and sends (a *turn* is a run of calls in one direction), because
