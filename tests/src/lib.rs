@@ -20,6 +20,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A loopback port nobody listens on right now (bound, read, closed): for
+/// a server to take, or to be refused on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
 /// Path of a workspace binary next to the running test executable
 /// (`target/<profile>/deps/test-xxx` → `target/<profile>/<name>`).
 pub fn bin_path(name: &str) -> PathBuf {

@@ -31,9 +31,7 @@ pub fn available() -> bool {
 impl Nginx {
     pub fn start(workers: u32) -> anyhow::Result<Nginx> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port();
         let conf = include_str!("../fixtures/nchan-load.conf")
             .replace("{{DIR}}", &dir.path().display().to_string())
             .replace("{{PORT}}", &port.to_string())

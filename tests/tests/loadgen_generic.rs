@@ -19,14 +19,7 @@ fn scrape(addr: &str) -> String {
 fn generic_templates_with_acks_and_live_metrics() {
     let _heavy = heavy_lock();
     let p = Pusher::start(&[]).unwrap();
-    let metrics = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let metrics = format!("127.0.0.1:{}", pushscope_tests::free_port());
     let out = tempfile::tempdir().unwrap();
     let (sub, publ) = (
         format!("ws://{}/ws?channel={{channel}}", p.addr),

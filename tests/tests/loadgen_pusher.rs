@@ -96,12 +96,7 @@ fn staged_run_counts_every_message_exactly() {
 
 #[test]
 fn unreachable_target_exits_3_with_one_sentence() {
-    // A port nobody listens on: bind, read the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pushscope_tests::free_port();
     let url = format!("ws://127.0.0.1:{port}/ws");
     let run = pushscope(
         &["load", "--url", &url, "--stages", "1:1s"],

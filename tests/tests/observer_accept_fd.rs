@@ -115,10 +115,7 @@ fn observer_measures_outbound_connects_per_destination() {
     const N: usize = 5;
     // A backend that accepts, and a port where nothing listens (refused).
     let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let refused = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let refused = std::net::SocketAddr::from(([127, 0, 0, 1], pushscope_tests::free_port()));
     let ok = backend.local_addr().unwrap();
     let targets = format!("{ok},{refused}");
     let (srv, addr) = server(&[], &["--connect-to", &targets, "--max-secs", "30"]);

@@ -12,7 +12,7 @@ use pushscope_tests::{
 };
 use rustls::pki_types::ServerName;
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Stdio},
@@ -47,11 +47,7 @@ impl Drop for Nginx {
 }
 
 fn start_nginx(dir: &Path, cert: &str, key: &str) -> (Nginx, SocketAddr) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pushscope_tests::free_port();
     let template = include_str!("../fixtures/nginx-nchan.conf");
     let conf = template
         .replace("{{DIR}}", &dir.to_string_lossy())

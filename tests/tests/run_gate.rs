@@ -366,12 +366,7 @@ fn run_bad_usage_exits_2_with_one_sentence() {
 #[test]
 fn run_against_unreachable_target_exits_3_and_writes_incomplete_summary() {
     let out = tempfile::tempdir().unwrap();
-    // A port nobody listens on: bind, learn it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pushscope_tests::free_port();
     let url = format!("ws://127.0.0.1:{port}/ws");
     let run = pushscope(
         &["run", "--url", &url, "--stages", "10:1s"],
