@@ -50,6 +50,15 @@ pub struct Thresholds {
     /// Probe ring-buffer drops (with drops the run is not admissible evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_drops_max: Option<u64>,
+    /// Failed connection attempts ÷ attempts (every upgrade attempt,
+    /// retries included), percent: a server that refuses connections and is
+    /// retried until all are up must not pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_failure_max_pct: Option<f64>,
+    /// Connections the observer tracked ÷ connections the target accepted,
+    /// percent: an untracked connection is unobserved evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer_coverage_min_pct: Option<f64>,
     /// Optional per-phase limits, e.g. `[phases.accept_wait] p99_ms = 5`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub phases: BTreeMap<String, PhaseLimit>,
@@ -89,6 +98,8 @@ impl Thresholds {
             rss_growth_per_10k_max_pct: Some(15.0),
             fd_headroom_min_pct: Some(15.0),
             probe_drops_max: Some(0),
+            connect_failure_max_pct: Some(0.001),
+            observer_coverage_min_pct: Some(100.0),
             phases: BTreeMap::new(),
         }
     }
@@ -101,6 +112,7 @@ impl Thresholds {
             cpu_peak_max_pct: Some(100.0),
             rss_growth_per_10k_max_pct: Some(100.0),
             stability_min_pct: Some(99.0),
+            connect_failure_max_pct: Some(1.0),
             ..Thresholds::financial()
         }
     }
@@ -152,6 +164,8 @@ impl Thresholds {
             ("duplicate_rate_max_pct", self.duplicate_rate_max_pct),
             ("stability_min_pct", self.stability_min_pct),
             ("fd_headroom_min_pct", self.fd_headroom_min_pct),
+            ("connect_failure_max_pct", self.connect_failure_max_pct),
+            ("observer_coverage_min_pct", self.observer_coverage_min_pct),
         ];
         for (key, value) in pct {
             if let Some(v) = value {
@@ -200,6 +214,12 @@ impl Thresholds {
                 .or(base.rss_growth_per_10k_max_pct),
             fd_headroom_min_pct: self.fd_headroom_min_pct.or(base.fd_headroom_min_pct),
             probe_drops_max: self.probe_drops_max.or(base.probe_drops_max),
+            connect_failure_max_pct: self
+                .connect_failure_max_pct
+                .or(base.connect_failure_max_pct),
+            observer_coverage_min_pct: self
+                .observer_coverage_min_pct
+                .or(base.observer_coverage_min_pct),
             phases,
         }
     }
@@ -212,10 +232,19 @@ pub struct StageFigures {
     pub lost: Option<u64>,
     pub duplicate_rate_pct: Option<f64>,
     pub stability_pct: Option<f64>,
+    /// Failed connection attempts ÷ attempts, percent.
+    pub connect_failure_pct: Option<f64>,
+    /// CPU peak as a share of the cores the target may use (`cpu_basis`).
     pub cpu_peak_pct: Option<f64>,
     pub rss_growth_per_10k_pct: Option<f64>,
     pub fd_headroom_pct: Option<f64>,
     pub probe_drops: Option<u64>,
+    /// Observer-tracked ÷ target-accepted connections, percent.
+    pub observer_coverage_pct: Option<f64>,
+    /// Why a criterion's figure is what it is, by criterion name (e.g. the
+    /// failed attempts by reason, the cores the CPU share was judged on).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
     /// Phase name → P99 in milliseconds.
     #[serde(default)]
     pub phase_p99_ms: BTreeMap<String, f64>,
@@ -231,12 +260,15 @@ pub struct CriterionResult {
     pub value: Option<f64>,
     pub unit: String,
     pub pass: bool,
+    /// What the figure is made of, when that helps to read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl CriterionResult {
     /// "412.0 ms > 150 ms" style explanation for failures.
     pub fn explain(&self) -> String {
-        match self.value {
+        let base = match self.value {
             Some(v) => format!(
                 "{} = {} {} (threshold {})",
                 self.name,
@@ -245,6 +277,10 @@ impl CriterionResult {
                 self.threshold
             ),
             None => format!("{}: not measured (threshold {})", self.name, self.threshold),
+        };
+        match &self.detail {
+            Some(d) => format!("{base}: {d}"),
+            None => base,
         }
     }
 }
@@ -283,6 +319,7 @@ fn judge(name: &str, unit: &str, bound: Bound, limit: f64, value: Option<f64>) -
         value: value.filter(|v| v.is_finite()),
         unit: unit.to_string(),
         pass,
+        detail: None,
     }
 }
 
@@ -314,6 +351,15 @@ pub fn evaluate(t: &Thresholds, f: &StageFigures) -> Vec<CriterionResult> {
     if let Some(l) = t.stability_min_pct {
         out.push(judge("stability", "%", Bound::Min, l, f.stability_pct));
     }
+    if let Some(l) = t.connect_failure_max_pct {
+        out.push(judge(
+            "connect_failures",
+            "%",
+            Bound::Max,
+            l,
+            f.connect_failure_pct,
+        ));
+    }
     if let Some(l) = t.cpu_peak_max_pct {
         out.push(judge("cpu_peak", "%", Bound::Max, l, f.cpu_peak_pct));
     }
@@ -338,6 +384,15 @@ pub fn evaluate(t: &Thresholds, f: &StageFigures) -> Vec<CriterionResult> {
             as_f(f.probe_drops),
         ));
     }
+    if let Some(l) = t.observer_coverage_min_pct {
+        out.push(judge(
+            "observer_coverage",
+            "%",
+            Bound::Min,
+            l,
+            f.observer_coverage_pct,
+        ));
+    }
     for (phase, limit) in &t.phases {
         let name = format!("{phase}_p99");
         out.push(judge(
@@ -347,6 +402,9 @@ pub fn evaluate(t: &Thresholds, f: &StageFigures) -> Vec<CriterionResult> {
             limit.p99_ms,
             f.phase_p99_ms.get(phase).copied(),
         ));
+    }
+    for c in &mut out {
+        c.detail = f.details.get(&c.name).cloned();
     }
     out
 }
@@ -365,7 +423,10 @@ mod tests {
             rss_growth_per_10k_pct: Some(1.0),
             fd_headroom_pct: Some(80.0),
             probe_drops: Some(0),
+            connect_failure_pct: Some(0.0),
+            observer_coverage_pct: Some(100.0),
             phase_p99_ms: [("accept_wait".to_string(), 0.5)].into(),
+            details: BTreeMap::new(),
         }
     }
 
@@ -385,6 +446,10 @@ mod tests {
             }),
             ("fd_headroom", |f| f.fd_headroom_pct = Some(14.0)),
             ("probe_drops", |f| f.probe_drops = Some(3)),
+            ("connect_failures", |f| f.connect_failure_pct = Some(0.0011)),
+            ("observer_coverage", |f| {
+                f.observer_coverage_pct = Some(99.9)
+            }),
         ];
         for (name, spoil) in cases {
             let mut f = good();
@@ -401,7 +466,7 @@ mod tests {
     #[test]
     fn unmeasured_figures_fail_never_pass() {
         let res = evaluate(&Thresholds::financial(), &StageFigures::default());
-        assert_eq!(res.len(), 8);
+        assert_eq!(res.len(), 10);
         assert!(res.iter().all(|c| !c.pass && c.value.is_none()));
         assert!(res[0].explain().contains("not measured"));
     }
@@ -433,7 +498,7 @@ mod tests {
             .map(|c| c.name.as_str())
             .collect();
         assert_eq!(failed, vec!["e2e_p99"]);
-        assert_eq!(res.len(), 9);
+        assert_eq!(res.len(), 11);
     }
 
     #[test]

@@ -53,10 +53,15 @@ pub fn is_root() -> bool {
 }
 
 /// Skips a test that needs root with a message saying so; returns true
-/// when the caller should return early.
+/// when the caller should return early. With `PUSHSCOPE_REQUIRE_ROOT=1`
+/// (CI sets it) a root-only test that cannot run fails instead: a green CI
+/// must never hide skipped probe tests.
 pub fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
+    }
+    if std::env::var("PUSHSCOPE_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+        panic!("{test} needs root (CAP_BPF + CAP_PERFMON) and PUSHSCOPE_REQUIRE_ROOT=1 is set");
     }
     eprintln!("skipped {test}: needs root (CAP_BPF + CAP_PERFMON); CI runs it as root");
     true

@@ -134,7 +134,16 @@ fn criteria_table(h: &mut String, s: &RunSummary) {
                         .value
                         .map(|v| format!("{} {}", fmt_value(v), c.unit))
                         .unwrap_or_else(|| "not measured".into());
-                    let _ = write!(h, "<td class=\"{class}\">{} · {word}</td>", esc(&value));
+                    let detail = c
+                        .detail
+                        .as_deref()
+                        .map(|d| format!("<br><small>{}</small>", esc(d)))
+                        .unwrap_or_default();
+                    let _ = write!(
+                        h,
+                        "<td class=\"{class}\">{} · {word}{detail}</td>",
+                        esc(&value)
+                    );
                 }
                 None => h.push_str("<td class=\"muted\">—</td>"),
             }
@@ -394,7 +403,7 @@ mod tests {
         assert!(html.contains("id=\"verdict\" class=\"banner rejected\""));
         assert!(html.contains("REJECTED — 1 criterion(s) failed"));
         assert_eq!(html.matches("<td class=\"fail\">").count(), 1);
-        assert_eq!(html.matches("<td class=\"pass\">").count(), 15);
+        assert_eq!(html.matches("<td class=\"pass\">").count(), 19);
         assert!(html.contains("<code>m-17</code>"));
         assert!(html.contains("src=\"data:image/svg+xml;base64,"));
         assert!(

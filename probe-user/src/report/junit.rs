@@ -64,14 +64,14 @@ mod tests {
     #[test]
     fn one_case_per_criterion_and_stage_with_failure_details() {
         let xml = super::render(&summary()).unwrap();
-        assert_eq!(xml.matches("<testcase").count(), 16, "{xml}");
+        assert_eq!(xml.matches("<testcase").count(), 20, "{xml}");
         assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
         assert!(
             xml.contains("loss = 1 messages (threshold &lt;= 0 messages)"),
             "{xml}"
         );
         assert!(
-            xml.contains("tests=\"16\"") && xml.contains("failures=\"1\""),
+            xml.contains("tests=\"20\"") && xml.contains("failures=\"1\""),
             "{xml}"
         );
     }

@@ -160,7 +160,10 @@ pub(crate) mod fixtures {
             rss_growth_per_10k_pct: Some(0.5),
             fd_headroom_pct: Some(90.0),
             probe_drops: Some(0),
+            connect_failure_pct: Some(0.0),
+            observer_coverage_pct: Some(100.0),
             phase_p99_ms: Default::default(),
+            details: Default::default(),
         };
         let bad = StageFigures {
             lost: Some(1),

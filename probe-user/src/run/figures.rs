@@ -88,9 +88,23 @@ pub fn stage_figures(
         stability_pct: stability_pct(load),
         ..StageFigures::default()
     };
+    connect_failures(load, &mut f);
     if let Some(obs) = observer {
-        f.cpu_peak_pct =
-            num(obs, &["target", "cpu_peak_pct"]).map(|per_core| per_core / cores.max(1) as f64);
+        cpu_peak(obs, cores, &mut f);
+        f.observer_coverage_pct = num(obs, &["coverage", "pct"]);
+        if let (Some(acc), Some(tracked)) = (
+            num(obs, &["coverage", "accepted"]),
+            num(obs, &["coverage", "tracked"]),
+        ) {
+            let mut d = format!("{tracked} of {acc} accepted connections tracked");
+            if let Some(Value::Object(why)) = obs.pointer("/coverage/untracked_by_reason") {
+                let reasons = by_reason(why);
+                if !reasons.is_empty() {
+                    d.push_str(&format!("; untracked: {reasons}"));
+                }
+            }
+            f.details.insert("observer_coverage".into(), d);
+        }
         let open = num(obs, &["fd", "open_peak"]);
         let limit = num(obs, &["fd", "limit"]);
         f.fd_headroom_pct = match (open, limit) {
@@ -109,6 +123,77 @@ pub fn stage_figures(
         }
     }
     f
+}
+
+/// Failed connection attempts ÷ attempts (retries included), with the
+/// reasons. No attempt and nothing open: not measured; a stage that only
+/// held earlier connections attempted nothing and failed nothing.
+fn connect_failures(load: &Value, f: &mut StageFigures) {
+    let attempts = num(load, &["connections", "attempts"]);
+    let failed = num(load, &["connections", "failed"]).unwrap_or(0.0);
+    let opened = num(load, &["connections", "opened"]).unwrap_or(0.0);
+    f.connect_failure_pct = match attempts {
+        Some(a) if a > 0.0 => Some(failed / a * 100.0),
+        Some(_) if opened > 0.0 => Some(0.0),
+        _ => None,
+    };
+    if let Some(a) = attempts.filter(|a| *a > 0.0) {
+        let mut d = format!("{failed} of {a} attempts failed");
+        if let Some(Value::Object(why)) = load.get("failed_by_reason") {
+            let reasons = by_reason(why);
+            if !reasons.is_empty() {
+                d.push_str(&format!(" ({reasons})"));
+            }
+        }
+        f.details.insert("connect_failures".into(), d);
+    }
+}
+
+/// "reason n, reason n" from a `{reason: count}` object, largest first.
+fn by_reason(m: &serde_json::Map<String, Value>) -> String {
+    let mut v: Vec<(&String, u64)> = m
+        .iter()
+        .filter_map(|(k, n)| n.as_u64().filter(|n| *n > 0).map(|n| (k, n)))
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The target's CPU peak as a share of the cores it may really use: its
+/// affinity mask or cgroup quota when the observer found one, else the
+/// machine's cores. A single-threaded server pinned at 100 % of one core
+/// must not pass a 65 % limit because the host has 16 cores.
+fn cpu_peak(obs: &Value, machine_cores: usize, f: &mut StageFigures) {
+    let Some(per_core) = num(obs, &["target", "cpu_peak_pct"]) else {
+        return;
+    };
+    let (usable, source) = match num(obs, &["target", "cpu_cores_usable"]) {
+        Some(c) if c > 0.0 => (
+            c,
+            obs.pointer("/target/cpu_cores_source")
+                .and_then(Value::as_str)
+                .unwrap_or("the target's usable cores")
+                .to_string(),
+        ),
+        _ => (
+            machine_cores.max(1) as f64,
+            format!("machine ({machine_cores} cores)"),
+        ),
+    };
+    f.cpu_peak_pct = Some(per_core / usable);
+    f.details.insert(
+        "cpu_peak".into(),
+        format!(
+            "{} % of one core = {} % of {} usable cores [{source}]; {} % of the machine's {machine_cores}",
+            crate::gate::fmt_value(per_core),
+            crate::gate::fmt_value(per_core / usable),
+            crate::gate::fmt_value(usable),
+            crate::gate::fmt_value(per_core / machine_cores.max(1) as f64),
+        ),
+    );
 }
 
 /// Stability in percent: the load generator's `stability`, a fraction
@@ -138,7 +223,7 @@ mod tests {
 
     fn load() -> Value {
         json!({
-            "connections": {"target": 1000, "opened": 1000, "failed": 0, "unexpected_disconnects": 0, "reconnects": 0, "stability": 1.0},
+            "connections": {"target": 1000, "opened": 1000, "attempts": 1000, "failed": 0, "unexpected_disconnects": 0, "reconnects": 0, "stability": 1.0},
             "messages": {"published": 100, "expected": 5000, "received": 5000, "lost": 0, "duplicates": 1, "out_of_order": 0, "duplicate_rate": 0.0002},
             "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.5, "p999": 9.0, "max": 12.0}
         })
@@ -150,6 +235,7 @@ mod tests {
                           "tls_handshake": {"count": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "max": 0.0}},
             "fd": {"open_peak": 1500, "limit": 20000, "emfile": 0, "enfile": 0},
             "target": {"cpu_peak_pct": 90.0, "rss_start_bytes": 1, "rss_peak_bytes": 2, "threads_peak": 3},
+            "coverage": {"accepted": 1000, "tracked": 1000, "pct": 100.0, "untracked_by_reason": {}},
             "drops": 0
         })
     }
@@ -165,6 +251,8 @@ mod tests {
         assert_eq!(f.lost, Some(0));
         assert!((f.duplicate_rate_pct.unwrap() - 0.02).abs() < 1e-9);
         assert_eq!(f.stability_pct, Some(100.0));
+        assert_eq!(f.connect_failure_pct, Some(0.0));
+        assert_eq!(f.observer_coverage_pct, Some(100.0));
         assert_eq!(f.cpu_peak_pct, Some(45.0));
         assert_eq!(f.fd_headroom_pct, Some(92.5));
         assert_eq!(f.probe_drops, Some(0));
@@ -186,6 +274,60 @@ mod tests {
         assert_eq!(f.fd_headroom_pct, None);
         assert_eq!(f.probe_drops, None);
         assert_eq!(f.rss_growth_per_10k_pct, None);
+    }
+
+    #[test]
+    fn refused_attempts_fail_the_establishment_criterion_with_reasons() {
+        let mut l = load();
+        l["connections"]["attempts"] = json!(142);
+        l["connections"]["failed"] = json!(42);
+        l["failed_by_reason"] = json!({"http_503": 40, "reset": 2});
+        let f = stage_figures(&l, None, None, 100, 2);
+        assert!((f.connect_failure_pct.unwrap() - 42.0 / 142.0 * 100.0).abs() < 1e-9);
+        assert_eq!(
+            f.details["connect_failures"],
+            "42 of 142 attempts failed (http_503 40, reset 2)"
+        );
+        let mut none = load();
+        none["connections"] = json!({"opened": 0, "attempts": 0, "failed": 0});
+        let f = stage_figures(&none, None, None, 100, 2);
+        assert_eq!(
+            f.connect_failure_pct, None,
+            "nothing attempted, nothing open"
+        );
+    }
+
+    #[test]
+    fn cpu_is_judged_on_the_cores_the_target_may_use() {
+        // One core busy on a 16-core host, pinned to one core: 100 %, not 6.25 %.
+        let mut o = observer();
+        o["target"]["cpu_peak_pct"] = json!(100.0);
+        o["target"]["cpu_cores_usable"] = json!(1.0);
+        o["target"]["cpu_cores_source"] = json!("affinity 1 of 16 cpus");
+        let f = stage_figures(&load(), Some(&o), None, 1000, 16);
+        assert_eq!(f.cpu_peak_pct, Some(100.0));
+        assert!(f.details["cpu_peak"].contains("affinity 1 of 16 cpus"));
+        assert!(f.details["cpu_peak"].contains("6.25 % of the machine's 16"));
+        // No sample in the stage: not measured, never 0.
+        o["target"]["cpu_peak_pct"] = json!(null);
+        let f = stage_figures(&load(), Some(&o), None, 1000, 16);
+        assert_eq!(f.cpu_peak_pct, None);
+    }
+
+    #[test]
+    fn coverage_null_when_nothing_accepted_is_not_measured() {
+        let mut o = observer();
+        o["coverage"] =
+            json!({"accepted": 0, "tracked": 0, "pct": null, "untracked_by_reason": {}});
+        let f = stage_figures(&load(), Some(&o), None, 1000, 2);
+        assert_eq!(f.observer_coverage_pct, None);
+        o["coverage"] = json!({"accepted": 10, "tracked": 9, "pct": 90.0, "untracked_by_reason": {"slots_full": 1}});
+        let f = stage_figures(&load(), Some(&o), None, 1000, 2);
+        assert_eq!(f.observer_coverage_pct, Some(90.0));
+        assert_eq!(
+            f.details["observer_coverage"],
+            "9 of 10 accepted connections tracked; untracked: slots_full 1"
+        );
     }
 
     #[test]

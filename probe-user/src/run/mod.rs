@@ -105,11 +105,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let load_result = rt.block_on(drive(&sc, observer.as_ref(), t0, &progress, &timeline));
+    // Stage cuts wait for the probes' ring buffer to drain (up to ~100 ms):
+    // they run on a thread of their own, never on the runtime the
+    // publisher shares, so the tool adds no latency at stage boundaries.
+    let (load_result, cuts) = std::thread::scope(|scope| {
+        let (cut_tx, cut_rx) = std::sync::mpsc::channel::<Cut>();
+        let cutter = scope.spawn(|| cut_stages(observer.as_ref(), cut_rx));
+        let r = rt.block_on(drive(
+            &sc,
+            cut_tx,
+            t0,
+            &progress,
+            &timeline,
+            observer.as_ref(),
+        ));
+        (r, cutter.join().unwrap_or_default())
+    });
     // Load tasks still retrying a dead target must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(2));
 
     let mut progress = progress.into_inner();
+    progress.observer = cuts;
     let timeline = timeline.into_inner();
     // Close the observer window of the stage that was running at the end.
     if let Some(o) = &observer {
@@ -209,24 +225,50 @@ fn default_out_dir() -> PathBuf {
         .join(ts.to_string())
 }
 
+/// A stage boundary for the observer's cutter thread.
+enum Cut {
+    /// The first stage starts: drop what was seen before it.
+    Start,
+    /// A later stage starts: close the running stage's window, open the next.
+    Next,
+}
+
+/// The cutter thread: one observer report per closed stage, in order.
+fn cut_stages(
+    observer: Option<&Observer>,
+    cuts: std::sync::mpsc::Receiver<Cut>,
+) -> Vec<serde_json::Value> {
+    let mut reports = Vec::new();
+    for cut in cuts {
+        let Some(o) = observer else { continue };
+        match cut {
+            Cut::Start => o.reset_stage(),
+            Cut::Next => {
+                reports.push(serde_json::to_value(o.snapshot()).unwrap_or_default());
+                o.reset_stage();
+            }
+        }
+    }
+    reports
+}
+
 /// Runs the load and the 1 Hz sampler until the load ends or the target dies.
 async fn drive(
     sc: &Scenario,
-    observer: Option<&Observer>,
+    cut: std::sync::mpsc::Sender<Cut>,
     t0: Instant,
     progress: &RefCell<Progress>,
     timeline: &RefCell<Vec<TimelinePoint>>,
+    observer: Option<&Observer>,
 ) -> anyhow::Result<()> {
     let mut on_event = |ev: StageEvent<'_>| match ev {
         StageEvent::Started { stage, at, .. } => {
             let mut p = progress.borrow_mut();
-            if let Some(o) = observer {
-                if !p.starts.is_empty() {
-                    p.observer
-                        .push(serde_json::to_value(o.snapshot()).unwrap_or_default());
-                }
-                o.reset_stage();
-            }
+            let _ = cut.send(if p.starts.is_empty() {
+                Cut::Start
+            } else {
+                Cut::Next
+            });
             p.starts.push((
                 stage as usize,
                 at.saturating_duration_since(t0).as_secs_f64(),
