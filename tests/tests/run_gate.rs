@@ -281,8 +281,20 @@ fn run_whose_target_is_killed_mid_stage_exits_3_with_partial_summary_needs_root(
     let pusher = Pusher::start(&[]).unwrap();
     let pid = pusher.pid() as i32;
     let out = tempfile::tempdir().unwrap();
+    let addr = pusher.addr;
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(5));
+        // Kill once stage 2 holds more connections than stage 1 opened.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let conns = rt
+                .block_on(pushscope_tests::pusher::metric(addr, "pusher_connections"))
+                .unwrap_or(0.0);
+            if conns > 50.0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // SAFETY: kill(2) on the pusher child we started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     });
