@@ -6,6 +6,7 @@ pub mod flame;
 pub mod gate;
 pub mod lifecycle;
 pub mod metrics;
+pub mod msgpath;
 pub mod observe;
 pub mod observe_summary;
 pub mod phases;
