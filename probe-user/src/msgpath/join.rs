@@ -3,7 +3,7 @@
 //! never guessed.
 
 use super::{ConnIo, Sample};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 /// One message's latency, leg by leg (ns). `publish_queue + publish_net +
@@ -49,7 +49,7 @@ impl Legs {
 }
 
 /// Why a sample could not be joined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unjoined {
     /// The probes saw no traced socket for the publisher connection.

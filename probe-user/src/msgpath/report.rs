@@ -3,11 +3,11 @@
 //! folded stacks for the latency flame graphs, and what was sampled.
 
 use super::join::{Joined, Legs, Unjoined};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Quantiles of one leg, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LegStats {
     pub count: u64,
     pub p50: f64,
@@ -40,10 +40,10 @@ fn leg_value(l: &Legs, name: &str) -> u64 {
 }
 
 /// `summary.json` → `stages[].message_path`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessagePath {
     /// Why the legs could not be measured at all (then every leg is empty).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_measured: Option<String>,
     /// Subscriber connections whose every message was sampled.
     pub sampled_connections: u64,

@@ -32,6 +32,7 @@ pub fn render(s: &RunSummary, flame_svg: Option<&str>) -> String {
     banner(&mut h, s);
     criteria_table(&mut h, s);
     charts(&mut h, s);
+    message_path(&mut h, s);
     phases(&mut h, s);
     flame(&mut h, flame_svg);
     slowest(&mut h, s);
@@ -225,6 +226,96 @@ const PHASE_ORDER: &[&str] = &[
     "first_push",
     "lifetime",
 ];
+
+/// Legs of a message in path order, as drawn (publish split in two).
+const PATH_LEGS: [(&str, &str); 5] = [
+    ("publish_queue", "publish: loadgen"),
+    ("publish_net", "publish: network"),
+    ("server", "server"),
+    ("delivery", "delivery"),
+    ("client", "client"),
+];
+
+fn message_path(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Where message latency goes</h2>");
+    let mut any = false;
+    for st in &s.stages {
+        let Some(mp) = &st.message_path else { continue };
+        any = true;
+        let _ = write!(h, "<h3>{}</h3>", esc(&st.name));
+        if let Some(why) = &mp.not_measured {
+            let _ = write!(h, "<p>Not measured: {}</p>", esc(why));
+            continue;
+        }
+        let unjoined: u64 = mp.unjoined.values().sum();
+        let _ = write!(
+            h,
+            "<p>Every message of {} sampled subscriber connection(s): {} deliveries joined exactly by byte offset",
+            mp.sampled_connections, mp.messages
+        );
+        if unjoined > 0 {
+            let why: Vec<String> = mp
+                .unjoined
+                .iter()
+                .map(|(k, n)| {
+                    format!(
+                        "{} {n}",
+                        serde_json::to_value(k)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            let _ = write!(h, ", {unjoined} not joined ({})", esc(&why.join(", ")));
+        }
+        h.push_str(".</p>");
+        h.push_str("<table><tr><th>leg</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th><th>tail p50 ms</th><th>tail p99 ms</th></tr>");
+        let cell = |v: Option<f64>| v.map(short).unwrap_or_else(|| "—".into());
+        for name in crate::msgpath::report::LEGS {
+            let all = mp.legs.get(name).copied().flatten();
+            let tail = mp.tail.get(name).copied().flatten();
+            let _ = write!(
+                h,
+                "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                all.map(|l| l.count.to_string()).unwrap_or_else(|| "—".into()),
+                cell(all.map(|l| l.p50)),
+                cell(all.map(|l| l.p90)),
+                cell(all.map(|l| l.p99)),
+                cell(all.map(|l| l.max)),
+                cell(tail.map(|l| l.p50)),
+                cell(tail.map(|l| l.p99)),
+            );
+        }
+        h.push_str("</table>");
+        let bar = |label: &str, m: &Option<std::collections::BTreeMap<String, f64>>| {
+            m.as_ref().map(|m| {
+                (
+                    label.to_string(),
+                    PATH_LEGS
+                        .iter()
+                        .map(|(k, n)| (n.to_string(), m.get(*k).copied().unwrap_or(0.0)))
+                        .collect::<Vec<_>>(),
+                )
+            })
+        };
+        let rows: Vec<_> = [
+            bar("p50 message", &mp.p50_message),
+            bar("p99 message", &mp.p99_message),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        h.push_str(&super::svg::stacked(
+            "a message's latency, leg by leg",
+            "ms",
+            &rows,
+        ));
+    }
+    if !any {
+        h.push_str("<p>The message path was not traced in this run.</p>");
+    }
+}
 
 fn phases(h: &mut String, s: &RunSummary) {
     h.push_str("<h2>Where connection time goes (server side, per phase)</h2>");

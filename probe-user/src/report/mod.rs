@@ -70,6 +70,10 @@ pub struct StageSummary {
     pub load: serde_json::Value,
     /// The observer's report for the stage window.
     pub observer: serde_json::Value,
+    /// Where the stage's message latency goes, leg by leg (sampled
+    /// connections); absent when the message path was not traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_path: Option<crate::msgpath::MessagePath>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,6 +185,7 @@ pub(crate) mod fixtures {
             figures: f,
             load: serde_json::json!({}),
             observer: serde_json::json!({}),
+            message_path: None,
         };
         let mut s = RunSummary {
             schema_version: SCHEMA_VERSION,

@@ -151,6 +151,75 @@ pub fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
     out
 }
 
+/// One stacked bar per row: the row's segments (label, value) laid end to
+/// end on a shared scale, e.g. a message's latency leg by leg.
+pub fn stacked(title: &str, unit: &str, rows: &[(String, Vec<(String, f64)>)]) -> String {
+    const COLORS: [&str; 6] = [
+        "#9db4d8", "#4a7bd0", "#d0734a", "#6aa56a", "#a58bd0", "#c9b24a",
+    ];
+    let total = |r: &[(String, f64)]| r.iter().map(|s| s.1).sum::<f64>();
+    if rows.iter().all(|(_, segs)| total(segs) <= 0.0) {
+        return format!(
+            "<div class=\"chart empty\"><b>{}</b><p>not measured in this run</p></div>",
+            esc(title)
+        );
+    }
+    let max = nice_ceiling(rows.iter().map(|(_, s)| total(s)).fold(0.0, f64::max));
+    let h = 44.0 + rows.len() as f64 * 22.0;
+    let mut out = format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\"><text x=\"4\" y=\"14\" class=\"ct\">{} ({})</text>",
+        esc(title),
+        esc(unit)
+    );
+    for (i, (label, segs)) in rows.iter().enumerate() {
+        let y = 22.0 + i as f64 * 22.0;
+        let _ = write!(
+            out,
+            "<text x=\"4\" y=\"{ty}\" class=\"ax\">{l}</text>",
+            ty = y + 12.0,
+            l = esc(label)
+        );
+        let mut x = 130.0;
+        for (k, (name, v)) in segs.iter().enumerate() {
+            let w = (v / max) * (W - 220.0);
+            let _ = write!(
+                out,
+                "<rect x=\"{x:.1}\" y=\"{y}\" width=\"{w:.1}\" height=\"16\" fill=\"{c}\"><title>{n}: {v}</title></rect>",
+                c = COLORS[k % COLORS.len()],
+                n = esc(name),
+                v = short(*v)
+            );
+            x += w;
+        }
+        let _ = write!(
+            out,
+            "<text x=\"{vx:.1}\" y=\"{ty}\" class=\"ax\">{v}</text>",
+            vx = x + 4.0,
+            ty = y + 12.0,
+            v = short(total(segs))
+        );
+    }
+    // Legend under the bars.
+    let ly = 30.0 + rows.len() as f64 * 22.0;
+    let names: Vec<&String> = rows
+        .first()
+        .map(|(_, s)| s.iter().map(|(n, _)| n).collect())
+        .unwrap_or_default();
+    for (k, n) in names.iter().enumerate() {
+        let lx = 130.0 + k as f64 * 110.0;
+        let _ = write!(
+            out,
+            "<rect x=\"{lx}\" y=\"{ly}\" width=\"10\" height=\"10\" fill=\"{c}\"/><text x=\"{tx}\" y=\"{ty}\" class=\"ax\">{n}</text>",
+            c = COLORS[k % COLORS.len()],
+            tx = lx + 14.0,
+            ty = ly + 9.0,
+            n = esc(n)
+        );
+    }
+    out.push_str("</svg>");
+    out
+}
+
 /// One row per connection: its setup phases laid end to end on a shared
 /// millisecond scale, so the slowest connections show where they waited.
 pub fn timelines(rows: &[serde_json::Value], phases: &[(&str, &str)]) -> String {

@@ -396,6 +396,7 @@ fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &Progress, observed:
             criteria,
             load: load_json,
             observer: obs_section.cloned().unwrap_or_else(|| empty.clone()),
+            message_path: None,
         });
     }
     if !observed {
