@@ -83,6 +83,12 @@ pub struct Opts {
     /// PEM CA bundle: require client certificates signed by it (mTLS).
     #[arg(long, requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+
+    /// Fault injection: hold every batch of publishes this many milliseconds
+    /// before fanning it out (and answering it), so a known server-side
+    /// delay can be checked against pushscope's message-path breakdown.
+    #[arg(long, default_value_t = 0)]
+    pub fault_fanout_delay_ms: u64,
 }
 
 /// Settings checked against each other; built by [`Opts::check`].
@@ -127,6 +133,12 @@ impl Opts {
                 "--send-queue-bytes {} cannot hold one maximal message: use at least {}",
                 self.send_queue_bytes,
                 MAX_BODY + 512
+            ));
+        }
+        if self.fault_fanout_delay_ms > 60_000 {
+            return Err(format!(
+                "--fault-fanout-delay-ms {} is too long: use 0..=60000",
+                self.fault_fanout_delay_ms
             ));
         }
         let workers = match self.workers {

@@ -101,6 +101,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             data_dir: opts.data_dir.clone(),
             fsync: opts.fsync,
             batch_window: settings.batch_window,
+            fanout_delay: Duration::from_millis(opts.fault_fanout_delay_ms),
         },
     )?;
     let listener =

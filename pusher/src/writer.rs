@@ -47,6 +47,8 @@ pub struct WriterConfig {
     pub data_dir: Option<PathBuf>,
     pub fsync: FsyncPolicy,
     pub batch_window: Duration,
+    /// Fault injection: hold each batch this long before fan-out.
+    pub fanout_delay: Duration,
 }
 
 struct ChanWriter {
@@ -235,6 +237,9 @@ impl State {
                     Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
+            }
+            if !self.cfg.fanout_delay.is_zero() {
+                std::thread::sleep(self.cfg.fanout_delay);
             }
             self.process(&mut batch, &mut outcome, &mut dirty);
         }
