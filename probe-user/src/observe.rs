@@ -636,6 +636,8 @@ fn build(
         forks: c.forks,
         fd_table_per_process: s.fds_per_slot,
         slots_recycled: c.slots_recycled,
+        closes_tracked: c.closes,
+        untracked_closed: c.untracked_closed,
     };
     let mut notes = vec![
         "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),

@@ -246,6 +246,10 @@ pub struct ObserverDetails {
     pub fd_table_per_process: u32,
     /// fd table slots returned by exited processes within this window.
     pub slots_recycled: u64,
+    /// close() calls of tracked connections.
+    pub closes_tracked: u64,
+    /// Kernel entries of untracked connections removed at their close().
+    pub untracked_closed: u64,
 }
 
 /// One report (a stage or the whole run).
