@@ -205,7 +205,10 @@ mod tests {
             ("PS_CNT_MAX = ", CNT_MAX),
             ("#define PS_SLOTS ", SLOTS),
         ] {
-            assert!(h.contains(&format!("{name}{v}")), "{name}{v} not in pushscope.h");
+            assert!(
+                h.contains(&format!("{name}{v}")),
+                "{name}{v} not in pushscope.h"
+            );
         }
     }
 

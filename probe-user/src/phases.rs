@@ -520,10 +520,7 @@ mod tests {
             wc(31, CLASS_TLS_APPDATA, 0, 24),
             r(40, CLASS_TLS_APPDATA, 250),
         ];
-        assert_eq!(
-            derive(&io).tls_handshake,
-            Some(Span { start: 10, end: 30 })
-        );
+        assert_eq!(derive(&io).tls_handshake, Some(Span { start: 10, end: 30 }));
     }
 
     #[test]

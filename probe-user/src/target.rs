@@ -426,7 +426,10 @@ mod tests {
             parse_cgroup2_mount(mi),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(parse_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
+            None
+        );
     }
 
     #[test]
