@@ -62,13 +62,15 @@ struct {
 /* Accepted connections live in an array indexed by (slot, fd): a process
  * of the target gets a slot at its first accept, so finding the connection
  * of a close() is one small hash lookup (tgid -> slot) and one array
- * access, and an unrelated process is turned away by `tgid_hint`. fds >=
- * PS_FDS, or processes beyond PS_SLOTS, are not tracked (counted). */
-#define PS_SLOTS 8
-#define PS_FDS 32768
+ * access, and an unrelated process is turned away by `tgid_hint`. The
+ * table has `fds_per_slot` entries per slot, sized by userspace from the
+ * target's RLIMIT_NOFILE at attach (max_entries set before load); fds
+ * beyond it, or a process finding no free slot, are not tracked (counted
+ * per reason). An exiting process returns its slot (ps_exit). */
+#define PS_FDS_DEFAULT 32768 /* only until userspace sets max_entries */
 
-/* tgid (and tids of threads: harmless) of the target and its descendants
- * -> slot + 1 (0: no accept yet). */
+/* tgid of the target and of its descendant processes -> slot (0: no
+ * accept yet). Threads are not keys: they share their process's tgid. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -87,13 +89,24 @@ struct {
 	__type(value, __u32);
 } tgid_hint SEC(".maps");
 
-/* Next free slot. */
+/* Free slots (2..PS_SLOTS, filled by userspace; slot 1 is the target's):
+ * popped at a process's first accept, pushed back when it exits, so
+ * respawned workers do not run out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, PS_SLOTS);
+	__type(value, __u32);
+} free_slots SEC(".maps");
+
+/* Slot 0: `socks` entries of untracked fds alive (approximate, never
+ * negative for long): close() resolves an untracked fd to its sock only
+ * while some may exist. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} slot_alloc SEC(".maps");
+	__type(value, __s64);
+} untracked_live SEC(".maps");
 
 /* Local TCP ports the target listens on (host order), filled by userspace. */
 struct {
@@ -103,10 +116,10 @@ struct {
 	__type(value, __u32);
 } listen_ports SEC(".maps");
 
-/* (slot * PS_FDS + fd) -> accepted connection (sk 0: none). */
+/* ((slot - 1) * fds_per_slot + fd) -> accepted connection (sk 0: none). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PS_SLOTS * PS_FDS);
+	__uint(max_entries, PS_SLOTS * PS_FDS_DEFAULT);
 	__type(key, __u32);
 	__type(value, struct ps_conn);
 } fdtab SEC(".maps");
@@ -202,49 +215,63 @@ static __always_inline void ps_submit(struct ps_event *e)
 	ps_count(PS_CNT_EVENTS);
 }
 
-/* fdtab index of (tgid, fd); false if not a tracked fd of the target.
- * With `alloc`, gives the process a slot if it has none yet. */
-static __always_inline bool ps_fd_idx(__u32 tgid, __u32 fd, bool alloc, __u32 *idx)
+/* Why (tgid, fd) has no fdtab index. */
+enum {
+	PS_IDX_OK = 0,
+	PS_IDX_NONE = 1,      /* not a process of the target, or no slot yet (no alloc) */
+	PS_IDX_FD_BEYOND = 2, /* fd >= fds_per_slot */
+	PS_IDX_NO_SLOT = 3,   /* every slot is taken */
+};
+
+/* fdtab index of (tgid, fd), or why there is none. With `alloc`, gives the
+ * process a free slot if it has none yet. */
+static __always_inline int ps_fd_idx(__u32 tgid, __u32 fd, bool alloc, __u32 *idx)
 {
-	if (fd >= PS_FDS)
-		return false;
-	/* Fast path: the target process itself always has slot 1 (set by
-	 * userspace), no hash lookup. */
 	__u32 zero = 0;
 	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (cfg && tgid == cfg->target_tgid) {
+	if (!cfg)
+		return PS_IDX_NONE;
+	__u32 fds = cfg->fds_per_slot;
+	if (fd >= fds)
+		return PS_IDX_FD_BEYOND;
+	/* Fast path: the target process itself always has slot 1 (set by
+	 * userspace), no hash lookup. */
+	if (tgid == cfg->target_tgid) {
 		*idx = fd;
-		return true;
+		return PS_IDX_OK;
 	}
 	if (!ps_hinted(tgid))
-		return false;
+		return PS_IDX_NONE;
 	/* 64-bit values: the BPF target has 64-bit atomics without -mcpu=v3 */
 	__u64 *slot = bpf_map_lookup_elem(&tgids, &tgid);
 	if (!slot)
-		return false;
+		return PS_IDX_NONE;
 	__u64 s = *slot;
 	if (!s) {
 		if (!alloc)
-			return false;
-		__u64 *next = bpf_map_lookup_elem(&slot_alloc, &zero);
-		if (!next)
-			return false;
-		s = __sync_fetch_and_add(next, 1) + 1;
+			return PS_IDX_NONE;
+		__u32 fresh = 0;
+		if (bpf_map_pop_elem(&free_slots, &fresh))
+			return PS_IDX_NO_SLOT;
 		/* another thread of the process may have won: use its slot */
-		__u64 old = __sync_val_compare_and_swap(slot, 0, s);
-		if (old)
+		__u64 old = __sync_val_compare_and_swap(slot, 0, (__u64)fresh);
+		if (old) {
+			bpf_map_push_elem(&free_slots, &fresh, 0);
 			s = old;
+		} else {
+			s = fresh;
+		}
 	}
-	if (s > PS_SLOTS)
-		return false;
-	*idx = (s - 1) * PS_FDS + fd;
-	return true;
+	if (s < 1 || s > PS_SLOTS)
+		return PS_IDX_NO_SLOT;
+	*idx = (__u32)(s - 1) * fds + fd;
+	return PS_IDX_OK;
 }
 
 /* The connection on (tgid, fd), or 0. */
 static __always_inline struct ps_conn *ps_conn_of(__u32 tgid, __u32 fd, __u32 *idx)
 {
-	if (!ps_fd_idx(tgid, fd, false, idx))
+	if (ps_fd_idx(tgid, fd, false, idx) != PS_IDX_OK)
 		return 0;
 	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, idx);
 	if (!c || !c->sk)

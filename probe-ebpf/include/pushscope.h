@@ -20,14 +20,28 @@ enum ps_counter {
 	PS_CNT_MAP_FULL = 10,     /* map updates that failed (state lost) */
 	PS_CNT_IO_CALLS = 11,     /* read/write family calls on observed sockets */
 	PS_CNT_CLOSES = 12,       /* close() of observed sockets */
-	PS_CNT_FD_UNTRACKED = 13, /* accepts not tracked: fd >= PS_FDS or no slot left */
-	PS_CNT_MAX = 16,
+	/* Accepts and why some are not tracked (observer coverage). */
+	PS_CNT_ACCEPTS = 13,            /* fds returned by accept/accept4 of the target */
+	PS_CNT_UNTRACKED_FD = 14,       /* ... fd >= fds_per_slot (beyond the fd table) */
+	PS_CNT_UNTRACKED_SLOT = 15,     /* ... process found no free slot */
+	PS_CNT_UNTRACKED_MAP_FULL = 16, /* ... `socks` or `fdtab` update failed */
+	PS_CNT_SOCKS_EVICTED = 17,      /* tracked connection whose `socks` entry was gone at close (LRU) */
+	PS_CNT_SLOTS_RECYCLED = 18,     /* slots returned by exited processes */
+	PS_CNT_UNTRACKED_CLOSED = 19,   /* `socks` entries of untracked fds deleted at close */
+	PS_CNT_TLS_ABORTED = 20,        /* SSL_do_handshake begun, socket closed before success */
+	PS_CNT_MAX = 24,
 };
+
+/* Processes of the target that get an fd table slot (slot 1: the target
+ * itself; slots of exited processes are recycled). */
+#define PS_SLOTS 8
 
 /* Target configuration written by userspace before attach (map `config`). */
 struct ps_config {
 	__u32 target_tgid;
 	__u32 io_events_per_conn; /* IO milestones sent per connection, then only counted */
+	__u32 fds_per_slot;       /* fd table entries per slot: the target's RLIMIT_NOFILE at attach */
+	__u32 _pad;
 };
 
 /* Map `tgid_hint` (filled by userspace at attach, by ps_fork after): slot
@@ -40,7 +54,7 @@ enum ps_event_kind {
 	PS_EV_CLOSE_FD = 3, /* close() of an accepted socket, with per-conn totals */
 	PS_EV_IO = 4,       /* one read/write of an accepted socket (first N only) */
 	PS_EV_RESET = 5,    /* RST sent (dir=1) or received (dir=0) on an observed sock */
-	PS_EV_FORK = 6,     /* a task of the target forked/cloned: fd = child pid */
+	PS_EV_FORK = 6,     /* a process of the target forked a process (not a thread): fd = child pid */
 	PS_EV_EXIT = 7,     /* a process of the target set exited: tgid */
 	PS_EV_TLS_DONE = 8, /* OpenSSL SSL_do_handshake returned 1 (uprobes): ts_ns = return,
 	                     * bytes_in = first entry time for that SSL *, sk = its socket (0 if unknown) */

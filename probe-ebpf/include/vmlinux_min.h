@@ -31,6 +31,7 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_QUEUE = 22,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 
@@ -164,17 +165,10 @@ struct tp_tcp_receive_reset {
 };
 
 /* Raw tracepoint context: the tracepoint's own arguments, unformatted
- * (sock:sock_send_length: struct sock *sk, int ret, int flags). */
+ * (sock:sock_send_length: struct sock *sk, int ret, int flags;
+ * sched:sched_process_fork: struct task_struct *parent, *child). */
 struct bpf_raw_tracepoint_args {
 	__u64 args[0];
-};
-
-struct tp_sched_process_fork {
-	__u64 common;
-	__u32 parent_comm_loc;
-	int parent_pid;
-	__u32 child_comm_loc;
-	int child_pid;
 };
 
 #endif

@@ -2,7 +2,8 @@
  * listening ports and known outbound socks, because server-side transitions
  * fire in softirq with a foreign pid), accept/accept4 exit (fd -> sk through
  * task->files->fdt->fd[fd]->private_data->sk), close() enter, RST and
- * retransmit tracepoints, and the target's fork/exit to follow children.
+ * retransmit tracepoints, and the target's fork (raw tracepoint, CO-RE
+ * task reads) and exit to follow child processes and recycle their slots.
  * Included by pushscope.bpf.c. */
 
 SEC("tracepoint/sock/inet_sock_set_state")
@@ -89,6 +90,14 @@ static __always_inline bool ps_fd_result(long ret)
 	return false;
 }
 
+static __always_inline void ps_untracked_live(__s64 d)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&untracked_live, &zero);
+	if (n)
+		__sync_fetch_and_add(n, d);
+}
+
 static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 {
 	__u32 tgid = ps_tgid();
@@ -97,6 +106,7 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 	long ret = ctx->ret;
 	if (!ps_fd_result(ret))
 		return 0;
+	ps_count(PS_CNT_ACCEPTS);
 	__u32 fd = ret;
 	__u64 sk = ps_fd_to_sk(fd);
 	if (!sk) {
@@ -106,14 +116,24 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 	__u32 idx = 0;
 	struct ps_conn conn = {.sk = sk};
 	struct ps_sock sock = {};
-	if (!ps_fd_idx(tgid, fd, true, &idx))
-		ps_count(PS_CNT_FD_UNTRACKED);
-	else if (bpf_map_update_elem(&fdtab, &idx, &conn, BPF_ANY))
-		ps_count(PS_CNT_MAP_FULL);
-	else
+	int why = ps_fd_idx(tgid, fd, true, &idx);
+	if (why == PS_IDX_OK)
 		sock.idx1 = idx + 1; /* receives and sends find the connection by sk */
-	if (bpf_map_update_elem(&socks, &sk, &sock, BPF_ANY))
+	else
+		ps_count(why == PS_IDX_FD_BEYOND ? PS_CNT_UNTRACKED_FD : PS_CNT_UNTRACKED_SLOT);
+	/* An untracked fd keeps a `socks` entry too (retransmits and RSTs of
+	 * its sock are counted); close() deletes it (ps_close_untracked). */
+	if (bpf_map_update_elem(&socks, &sk, &sock, BPF_ANY)) {
 		ps_count(PS_CNT_MAP_FULL);
+		if (why == PS_IDX_OK)
+			ps_count(PS_CNT_UNTRACKED_MAP_FULL);
+	} else if (why != PS_IDX_OK) {
+		ps_untracked_live(1);
+	} else if (bpf_map_update_elem(&fdtab, &idx, &conn, BPF_ANY)) {
+		ps_count(PS_CNT_MAP_FULL);
+		ps_count(PS_CNT_UNTRACKED_MAP_FULL);
+		bpf_map_delete_elem(&socks, &sk);
+	}
 	struct ps_event *e = ps_reserve(PS_EV_ACCEPT, sk);
 	if (!e)
 		return 0;
@@ -135,6 +155,28 @@ int ps_exit_accept(struct tp_sys_exit *ctx)
 	return ps_on_accept(ctx);
 }
 
+/* close() of an fd without an fdtab entry: if it is an untracked accepted
+ * socket, its `socks` entry goes (else it would linger until LRU eviction
+ * pushes out live ones). Resolving fd -> sk costs CO-RE reads, so only
+ * while untracked entries may exist. */
+static __always_inline void ps_close_untracked(__u32 tgid, __u32 fd)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&untracked_live, &zero);
+	if (!n || *n <= 0 || !ps_in_target(tgid))
+		return;
+	__u64 sk = ps_fd_to_sk(fd);
+	if (!sk)
+		return;
+	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
+	if (!so || so->idx1)
+		return;
+	bpf_map_delete_elem(&socks, &sk);
+	ps_untracked_live(-1);
+	ps_count(PS_CNT_UNTRACKED_CLOSED);
+	ps_tls_forget(sk);
+}
+
 SEC("tracepoint/syscalls/sys_enter_close")
 int ps_enter_close(struct tp_sys_enter *ctx)
 {
@@ -142,13 +184,18 @@ int ps_enter_close(struct tp_sys_enter *ctx)
 	__u32 fd = ctx->args[0];
 	__u32 idx = 0;
 	struct ps_conn *c = ps_conn_of(tgid, fd, &idx);
-	if (!c)
+	if (!c) {
+		ps_close_untracked(tgid, fd);
 		return 0;
+	}
 	struct ps_conn conn = *c;
 	c->sk = 0;
 	__u64 sk = conn.sk;
 	ps_count(PS_CNT_CLOSES);
+	ps_tls_forget(sk);
 	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
+	if (!so)
+		ps_count(PS_CNT_SOCKS_EVICTED); /* its receives/sends were lost since */
 	struct ps_event *e = ps_reserve(PS_EV_CLOSE_FD, sk);
 	if (e) {
 		e->tgid = tgid;
@@ -210,27 +257,54 @@ int ps_retransmit(struct tp_tcp_retransmit_skb *ctx)
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_process_fork")
-int ps_fork(struct tp_sched_process_fork *ctx)
+/* The raw tracepoint gives the task_structs (parent, child), read with
+ * CO-RE: the formatted tracepoint's layout (comm as __data_loc or char[16])
+ * changed across kernels. Runs in the parent's context. Threads need no
+ * entry: they share their process's tgid. */
+SEC("raw_tracepoint/sched_process_fork")
+int ps_fork(struct bpf_raw_tracepoint_args *ctx)
 {
 	if (!ps_in_target(ps_tgid()))
 		return 0;
-	__u32 child = ctx->child_pid;
-	__u64 none = 0;
-	if (bpf_map_update_elem(&tgids, &child, &none, BPF_NOEXIST) == -17 /* EEXIST */)
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	__u32 pid = BPF_CORE_READ(child, pid);
+	__u32 tgid = BPF_CORE_READ(child, tgid);
+	if (pid != tgid)
 		return 0;
-	if (!bpf_map_lookup_elem(&tgids, &child)) {
+	__u64 none = 0;
+	if (bpf_map_update_elem(&tgids, &tgid, &none, BPF_NOEXIST) == -17 /* EEXIST */)
+		return 0;
+	if (!bpf_map_lookup_elem(&tgids, &tgid)) {
 		ps_count(PS_CNT_MAP_FULL);
 		return 0;
 	}
-	ps_hint_set(child);
+	ps_hint_set(tgid);
 	ps_count(PS_CNT_FORKS);
 	struct ps_event *e = ps_reserve(PS_EV_FORK, 0);
 	if (!e)
 		return 0;
 	e->tgid = ps_tgid();
-	e->fd = child;
+	e->fd = tgid;
 	ps_submit(e);
+	return 0;
+}
+
+struct ps_clear_ctx {
+	__u32 base;
+};
+
+/* One fdtab entry of an exiting process: the kernel closes its fds without
+ * close(), so its connections' state goes here. */
+static long ps_clear_fd(__u64 i, void *arg)
+{
+	struct ps_clear_ctx *x = arg;
+	__u32 idx = x->base + (__u32)i;
+	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
+	if (c && c->sk) {
+		__u64 sk = c->sk;
+		c->sk = 0;
+		bpf_map_delete_elem(&socks, &sk);
+	}
 	return 0;
 }
 
@@ -239,11 +313,23 @@ int ps_exit(void *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32, pid = id;
-	if (!ps_in_target(pid))
+	if (pid != tgid || !ps_hinted(tgid))
+		return 0; /* a thread exits, or not the target */
+	__u64 *slot = bpf_map_lookup_elem(&tgids, &tgid);
+	if (!slot)
 		return 0;
-	bpf_map_delete_elem(&tgids, &pid);
-	if (pid != tgid)
-		return 0; /* a thread: its tid entry is gone, the process lives */
+	__u64 s = *slot;
+	bpf_map_delete_elem(&tgids, &tgid);
+	/* Slot 1 is the target's own (never in the free queue). */
+	__u32 zero = 0;
+	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (cfg && s >= 2 && s <= PS_SLOTS) {
+		struct ps_clear_ctx x = {.base = (__u32)(s - 1) * cfg->fds_per_slot};
+		bpf_loop(cfg->fds_per_slot, ps_clear_fd, &x, 0);
+		__u32 free = s;
+		bpf_map_push_elem(&free_slots, &free, 0);
+		ps_count(PS_CNT_SLOTS_RECYCLED);
+	}
 	struct ps_event *e = ps_reserve(PS_EV_EXIT, 0);
 	if (!e)
 		return 0;

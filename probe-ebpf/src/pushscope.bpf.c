@@ -6,8 +6,9 @@
  * first-bytes class, send queue), fd (fd-returning syscalls,
  * EMFILE/ENFILE), tls (OpenSSL uprobes, optional). */
 #include "ps_common.h"
-#include "lifecycle.inc.c"
+/* tls first: lifecycle's close() forgets a socket's unfinished handshake */
 #include "tls.inc.c"
+#include "lifecycle.inc.c"
 #include "classify.inc.c"
 #include "fd.inc.c"
 

@@ -3,7 +3,9 @@
  * and a uretprobe (a return of 1 ends it; non-blocking servers return
  * WANT_READ many times before). The SSL * is tied to its socket by the
  * read/send the handshake does on the same thread (classify.inc.c calls
- * ps_tls_note_fd while a handshake call is in flight). Costs ~2 uprobe
+ * ps_tls_note_fd while a handshake call is in flight); close() of that
+ * socket before success counts the handshake as aborted and drops its
+ * state (ps_tls_forget). Costs ~2 uprobe
  * traps per handshake call; nothing on the data path. Included by
  * pushscope.bpf.c. */
 
@@ -19,6 +21,16 @@ struct {
 	__type(key, __u64);
 	__type(value, struct ps_ssl);
 } ssls SEC(".maps");
+
+/* sk -> SSL * whose handshake touched it and has not succeeded yet: close()
+ * forgets that handshake (ps_tls_forget), so a failed one neither lingers
+ * nor lends its start time to a later SSL * at the same address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} ssl_socks SEC(".maps");
 
 /* pid_tgid -> SSL * of the SSL_do_handshake call in flight. */
 struct {
@@ -77,6 +89,8 @@ int ps_ssl_hs_return(struct pt_regs *ctx)
 		return 0;
 	struct ps_ssl done = *st;
 	bpf_map_delete_elem(&ssls, &ssl);
+	if (done.sk)
+		bpf_map_delete_elem(&ssl_socks, &done.sk);
 	struct ps_event *e = ps_reserve(PS_EV_TLS_DONE, done.sk);
 	if (!e)
 		return 0;
@@ -97,7 +111,26 @@ static __always_inline void ps_tls_note_fd(__u64 sk)
 	__u64 *sslp = bpf_map_lookup_elem(&ssl_calls, &id);
 	if (!sslp)
 		return;
-	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, sslp);
-	if (st)
-		st->sk = sk;
+	__u64 ssl = *sslp;
+	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &ssl);
+	if (!st || st->sk == sk)
+		return;
+	st->sk = sk;
+	bpf_map_update_elem(&ssl_socks, &sk, &ssl, BPF_ANY);
+}
+
+/* close() of socket `sk`: an OpenSSL handshake on it that never succeeded
+ * was aborted (counted); its state goes. */
+static __always_inline void ps_tls_forget(__u64 sk)
+{
+	__u64 *sslp = bpf_map_lookup_elem(&ssl_socks, &sk);
+	if (!sslp)
+		return;
+	__u64 ssl = *sslp;
+	bpf_map_delete_elem(&ssl_socks, &sk);
+	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &ssl);
+	if (st && st->sk == sk) {
+		bpf_map_delete_elem(&ssls, &ssl);
+		ps_count(PS_CNT_TLS_ABORTED);
+	}
 }

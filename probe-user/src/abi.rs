@@ -17,8 +17,19 @@ pub const CNT_FORKS: u32 = 9;
 pub const CNT_MAP_FULL: u32 = 10;
 pub const CNT_IO_CALLS: u32 = 11;
 pub const CNT_CLOSES: u32 = 12;
-pub const CNT_FD_UNTRACKED: u32 = 13;
-pub const CNT_MAX: u32 = 16;
+/// Accepts of the target and why some are not tracked (coverage).
+pub const CNT_ACCEPTS: u32 = 13;
+pub const CNT_UNTRACKED_FD: u32 = 14;
+pub const CNT_UNTRACKED_SLOT: u32 = 15;
+pub const CNT_UNTRACKED_MAP_FULL: u32 = 16;
+pub const CNT_SOCKS_EVICTED: u32 = 17;
+pub const CNT_SLOTS_RECYCLED: u32 = 18;
+pub const CNT_UNTRACKED_CLOSED: u32 = 19;
+pub const CNT_TLS_ABORTED: u32 = 20;
+pub const CNT_MAX: u32 = 24;
+
+/// PS_SLOTS: processes of the target with an fd table slot at once.
+pub const SLOTS: u32 = 8;
 
 /// enum ps_event_kind
 pub const EV_STATE: u32 = 1;
@@ -26,6 +37,7 @@ pub const EV_ACCEPT: u32 = 2;
 pub const EV_CLOSE_FD: u32 = 3;
 pub const EV_IO: u32 = 4;
 pub const EV_RESET: u32 = 5;
+/// A process of the target forked a process (not a thread): fd = child pid.
 pub const EV_FORK: u32 = 6;
 pub const EV_EXIT: u32 = 7;
 /// OpenSSL handshake done (uprobes): ts_ns = return, bytes_in = first entry.
@@ -65,6 +77,9 @@ pub const TCP_CLOSE_WAIT: u16 = 8;
 pub struct Config {
     pub target_tgid: u32,
     pub io_events_per_conn: u32,
+    /// fd table entries per slot (the target's RLIMIT_NOFILE at attach).
+    pub fds_per_slot: u32,
+    pub _pad: u32,
 }
 
 // SAFETY: repr(C), fixed-width fields, no implicit padding.
@@ -143,9 +158,10 @@ mod tests {
 
     #[test]
     fn config_layout_matches_header() {
-        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<Config>(), 16);
         assert_eq!(offset_of!(Config, target_tgid), 0);
         assert_eq!(offset_of!(Config, io_events_per_conn), 4);
+        assert_eq!(offset_of!(Config, fds_per_slot), 8);
     }
 
     #[test]
@@ -172,6 +188,28 @@ mod tests {
         assert_eq!(offset_of!(Event, srtt_us), 76);
         assert_eq!(offset_of!(Event, retrans), 80);
         assert_eq!(offset_of!(Event, daddr), 88);
+    }
+
+    #[test]
+    fn constants_match_the_header() {
+        let h = include_str!("../../probe-ebpf/include/pushscope.h");
+        for (name, v) in [
+            ("PS_CNT_ACCEPTS = ", CNT_ACCEPTS),
+            ("PS_CNT_UNTRACKED_FD = ", CNT_UNTRACKED_FD),
+            ("PS_CNT_UNTRACKED_SLOT = ", CNT_UNTRACKED_SLOT),
+            ("PS_CNT_UNTRACKED_MAP_FULL = ", CNT_UNTRACKED_MAP_FULL),
+            ("PS_CNT_SOCKS_EVICTED = ", CNT_SOCKS_EVICTED),
+            ("PS_CNT_SLOTS_RECYCLED = ", CNT_SLOTS_RECYCLED),
+            ("PS_CNT_UNTRACKED_CLOSED = ", CNT_UNTRACKED_CLOSED),
+            ("PS_CNT_TLS_ABORTED = ", CNT_TLS_ABORTED),
+            ("PS_CNT_MAX = ", CNT_MAX),
+            ("#define PS_SLOTS ", SLOTS),
+        ] {
+            assert!(
+                h.contains(&format!("{name}{v}")),
+                "{name}{v} not in pushscope.h"
+            );
+        }
     }
 
     #[test]

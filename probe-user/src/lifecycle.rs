@@ -3,9 +3,13 @@
 //! fork/exit) keyed by `struct sock *`, rebuilds each accepted connection's
 //! phases (accept_wait, tls_handshake, ws_upgrade, first_push, lifetime),
 //! who closed it, and per-connection totals, and aggregates them into HDR
-//! histograms for the current stage and for the whole run.
+//! histograms for the current stage and for the whole run. A TLS
+//! connection closed before its handshake completed is a failure counted
+//! by who closed it, never a handshake duration; values over a histogram's
+//! 1 h bound are counted as clipped.
 
 use crate::abi::{self, Event};
+use crate::observe_summary::{Clipped, FailedByCloser};
 use crate::phases::{self, IoPhases, IoRec, Span, TlsKind};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +25,13 @@ pub enum Closer {
 /// Microsecond histogram, 1 µs .. 1 h, 3 significant digits.
 pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
+}
+
+/// Records `v` or, beyond the histogram's bound, counts it in `clipped`.
+fn rec(h: &mut Histogram<u64>, clipped: &mut u64, v: u64) {
+    if h.record(v).is_err() {
+        *clipped += 1;
+    }
 }
 
 /// Per-destination outbound connects.
@@ -63,8 +74,14 @@ pub struct Aggregates {
     pub max_send_queue: u64,
     pub tls12: u64,
     pub tls13: u64,
+    /// Connections whose first read was a ClientHello.
+    pub tls_attempts: u64,
+    /// Handshakes completed (recorded or clipped in `tls_handshake`).
+    pub tls_completed: u64,
+    pub tls_failed: FailedByCloser,
     pub outbound: BTreeMap<String, OutAgg>,
     pub flame: FlameSums,
+    pub clipped: Clipped,
 }
 
 impl Default for Aggregates {
@@ -87,8 +104,12 @@ impl Default for Aggregates {
             max_send_queue: 0,
             tls12: 0,
             tls13: 0,
+            tls_attempts: 0,
+            tls_completed: 0,
+            tls_failed: FailedByCloser::default(),
             outbound: BTreeMap::new(),
             flame: FlameSums::default(),
+            clipped: Clipped::default(),
         }
     }
 }
@@ -146,6 +167,10 @@ struct Conn {
     accept_wait_done: bool,
     first_close: Option<Closer>,
     reset: bool,
+    /// The RST that came first was the peer's (received).
+    reset_by_peer: bool,
+    /// The first read was a ClientHello.
+    tls_attempt: bool,
     stats: Option<Event>,
 }
 
@@ -239,7 +264,7 @@ impl Tracker {
             total: Aggregates::default(),
             trace: TraceSample::default(),
             target_exited: false,
-            tasks_followed: 1,
+            tasks_followed: 0,
         }
     }
 
@@ -284,10 +309,14 @@ impl Tracker {
             abi::EV_CLOSE_FD => self.on_close_fd(e),
             abi::EV_RESET => {
                 if let Some(c) = self.conns.get_mut(&e.sk) {
+                    if !c.reset {
+                        c.reset_by_peer = e.dir == 0;
+                    }
                     c.reset = true;
                 }
             }
             abi::EV_TLS_DONE => self.on_tls_done(e),
+            // Processes only: the probe ignores new threads.
             abi::EV_FORK => self.tasks_followed += 1,
             abi::EV_EXIT if e.tgid == self.target => self.target_exited = true,
             _ => {}
@@ -337,14 +366,31 @@ impl Tracker {
         };
         let life = c.est.map(|est| ts.saturating_sub(est));
         let p = c.phases;
+        // A handshake that never completed failed; who ended it: a RST
+        // received is always seen (the socket is still open in the
+        // target), one the server sends at close() is not (close() already
+        // dropped the sock from the probes' map), so a close without FIN
+        // or RST seen is the server's abort.
+        let tls_failed = c.tls_attempt && p.tls_handshake.is_none();
+        let peer_rst = c.reset && c.reset_by_peer;
+        let peer_fin = !c.reset && c.first_close == Some(Closer::Peer);
         self.both(|a| {
             match closer {
                 Closer::Local => a.closed_local += 1,
                 Closer::Peer => a.closed_peer += 1,
                 Closer::Reset => a.reset += 1,
             }
+            if tls_failed {
+                if peer_rst {
+                    a.tls_failed.peer_rst += 1;
+                } else if peer_fin {
+                    a.tls_failed.peer_fin += 1;
+                } else {
+                    a.tls_failed.server += 1;
+                }
+            }
             if let Some(l) = life {
-                let _ = a.lifetime.record(us(l));
+                rec(&mut a.lifetime, &mut a.clipped.lifetime, us(l));
                 let used = [
                     c.est.zip(c.accept).map(|(e, x)| x.saturating_sub(e)),
                     p.tls_handshake.map(|s| s.ns()),
@@ -372,7 +418,7 @@ impl Tracker {
             // is reserved on another CPU: clamp at zero.
             let w = us(acc.saturating_sub(est));
             self.both(|a| {
-                let _ = a.accept_wait.record(w);
+                rec(&mut a.accept_wait, &mut a.clipped.accept_wait, w);
                 a.flame.accept_wait += w;
             });
         }
@@ -398,6 +444,9 @@ impl Tracker {
         if c.io.len() >= limit {
             return;
         }
+        let first_read = e.dir == abi::DIR_READ && c.io.iter().all(|r| r.dir != abi::DIR_READ);
+        let attempt = first_read && e.class == abi::CLASS_TLS_HANDSHAKE;
+        c.tls_attempt |= attempt;
         c.io.push(IoRec {
             ts: e.ts_ns,
             dir: e.dir,
@@ -435,8 +484,10 @@ impl Tracker {
         let tls = next.tls;
         self.both(|a| {
             a.upgrade_refused += u64::from(refused_now);
+            a.tls_attempts += u64::from(attempt);
             if let Some(v) = newly[0] {
-                let _ = a.tls_handshake.record(v);
+                a.tls_completed += 1;
+                rec(&mut a.tls_handshake, &mut a.clipped.tls_handshake, v);
                 a.flame.tls_handshake += v;
                 match tls {
                     Some(TlsKind::Tls12) => a.tls12 += 1,
@@ -445,11 +496,11 @@ impl Tracker {
                 }
             }
             if let Some(v) = newly[1] {
-                let _ = a.ws_upgrade.record(v);
+                rec(&mut a.ws_upgrade, &mut a.clipped.ws_upgrade, v);
                 a.flame.ws_upgrade += v;
             }
             if let Some(v) = newly[2] {
-                let _ = a.first_push.record(v);
+                rec(&mut a.first_push, &mut a.clipped.first_push, v);
                 a.flame.first_push += v;
             }
         });
@@ -470,7 +521,7 @@ impl Tracker {
         c.tls_exact = Some(span);
         let v = us(span.ns());
         self.both(|a| {
-            let _ = a.tls_exact.record(v);
+            rec(&mut a.tls_exact, &mut a.clipped.tls_handshake_exact, v);
         });
     }
 
@@ -481,7 +532,7 @@ impl Tracker {
             a.bytes_out += e.bytes_out;
             a.max_send_queue = a.max_send_queue.max(u64::from(e.max_wmem));
             if srtt > 0 {
-                let _ = a.srtt.record(srtt);
+                rec(&mut a.srtt, &mut a.clipped.srtt, srtt);
             }
         });
         if let Some(c) = self.conns.get_mut(&e.sk) {
@@ -516,7 +567,7 @@ impl Tracker {
                     let v = us(e.ts_ns.saturating_sub(p.start));
                     self.both(|a| {
                         if let Some(o) = a.outbound.get_mut(&p.dest) {
-                            let _ = o.connect_us.record(v);
+                            rec(&mut o.connect_us, &mut a.clipped.outbound_connect, v);
                         }
                     });
                 }
@@ -695,6 +746,65 @@ mod tests {
         feed(&mut t, &[done, Event { sk: 99, ..done }]);
         assert_eq!(t.total.tls_exact.len(), 1);
         assert_eq!(t.total.tls_handshake.len(), 0);
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_is_a_failure_by_closer_not_a_duration() {
+        let mut t = Tracker::new(1, 24);
+        // Client rejects the certificate: CCS + encrypted alert, then FIN.
+        let hs = |sk: u64| {
+            vec![
+                state(sk, 0, TCP_ESTABLISHED),
+                ev(EV_ACCEPT, sk, 10),
+                io(sk, 20, DIR_READ, CLASS_TLS_HANDSHAKE, 517),
+                io(sk, 30, DIR_WRITE, CLASS_TLS_HANDSHAKE, 2000),
+                io(sk, 40, DIR_READ, CLASS_TLS_CCS, 6),
+                io(sk, 41, DIR_READ, CLASS_TLS_APPDATA, 24),
+            ]
+        };
+        let mut evs = hs(1);
+        evs.extend([state(1, 50, TCP_CLOSE_WAIT), state(1, 60, TCP_CLOSE)]);
+        evs.extend(hs(2));
+        evs.extend([
+            Event {
+                dir: 0,
+                ..ev(EV_RESET, 2, 50)
+            },
+            state(2, 60, TCP_CLOSE),
+        ]);
+        evs.extend(hs(3));
+        evs.extend([state(3, 50, TCP_FIN_WAIT1), state(3, 60, TCP_CLOSE)]);
+        feed(&mut t, &evs);
+        let a = &t.total;
+        assert_eq!(a.tls_attempts, 3);
+        assert_eq!(a.tls_completed, 0);
+        assert_eq!(a.tls_handshake.len(), 0);
+        assert_eq!(
+            a.tls_failed,
+            FailedByCloser {
+                peer_fin: 1,
+                peer_rst: 1,
+                server: 1
+            }
+        );
+    }
+
+    #[test]
+    fn values_over_an_hour_are_counted_as_clipped() {
+        let mut t = Tracker::new(1, 24);
+        let hour = 3_600_000_000_000u64;
+        feed(
+            &mut t,
+            &[
+                state(1, 0, TCP_ESTABLISHED),
+                ev(EV_ACCEPT, 1, 10),
+                state(1, 2 * hour, TCP_CLOSE_WAIT),
+                state(1, 2 * hour + 1, TCP_CLOSE),
+            ],
+        );
+        assert_eq!(t.total.lifetime.len(), 0);
+        assert_eq!(t.total.clipped.lifetime, 1);
+        assert_eq!(t.total.clipped.total(), 1);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The live Prometheus endpoint (`--metrics 127.0.0.1:9464`): a tiny HTTP
 //! server on a thread that renders the observer's current whole-run report
-//! with the prometheus crate's TextEncoder on every scrape.
+//! with the prometheus crate's TextEncoder on every scrape. What was not
+//! measured (a phase without samples, CPU without a sample) has no series.
 
 use crate::observe_summary::ObserverReport;
 use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
@@ -44,6 +45,10 @@ pub fn render(r: &ObserverReport) -> String {
         ("first_push", &o.phases_ms.first_push),
         ("lifetime", &o.phases_ms.lifetime),
     ] {
+        let Some(p) = p else {
+            count.with_label_values(&[name]).set(0.0);
+            continue;
+        };
         for (q, v) in [
             ("0.5", p.p50),
             ("0.9", p.p90),
@@ -105,20 +110,37 @@ pub fn render(r: &ObserverReport) -> String {
     gauge("pushscope_fd_limit", "RLIMIT_NOFILE", o.fd.limit as f64);
     gauge("pushscope_fd_emfile", "EMFILE failures", o.fd.emfile as f64);
     gauge("pushscope_fd_enfile", "ENFILE failures", o.fd.enfile as f64);
+    if let Some(v) = o.target.cpu_peak_pct {
+        gauge(
+            "pushscope_target_cpu_peak_pct",
+            "Peak CPU (% of one core)",
+            v,
+        );
+    }
+    if let Some(v) = o.target.cpu_cores_usable {
+        gauge(
+            "pushscope_target_cpu_cores_usable",
+            "Cores the target may use (affinity, cgroup cpu.max)",
+            v,
+        );
+    }
+    if let Some(v) = o.target.rss_peak_bytes {
+        gauge("pushscope_target_rss_peak_bytes", "Peak RSS", v as f64);
+    }
+    if let Some(v) = o.target.threads_peak {
+        gauge("pushscope_target_threads_peak", "Peak threads", v as f64);
+    }
+    if let Some(v) = o.coverage.pct {
+        gauge(
+            "pushscope_observer_coverage_pct",
+            "Accepted connections tracked by the probes (%)",
+            v,
+        );
+    }
     gauge(
-        "pushscope_target_cpu_peak_pct",
-        "Peak CPU (% of one core)",
-        o.target.cpu_peak_pct,
-    );
-    gauge(
-        "pushscope_target_rss_peak_bytes",
-        "Peak RSS",
-        o.target.rss_peak_bytes as f64,
-    );
-    gauge(
-        "pushscope_target_threads_peak",
-        "Peak threads",
-        o.target.threads_peak as f64,
+        "pushscope_tls_failed",
+        "TLS handshakes closed before completing",
+        o.tls.failed as f64,
     );
     gauge(
         "pushscope_ringbuf_drops",
@@ -133,8 +155,9 @@ pub fn render(r: &ObserverReport) -> String {
     for (d, v) in &o.outbound {
         out.with_label_values(&[d, "count"]).set(v.count as f64);
         out.with_label_values(&[d, "errors"]).set(v.errors as f64);
-        out.with_label_values(&[d, "connect_p99_ms"])
-            .set(v.connect_p99_ms);
+        if let Some(p99) = v.connect_p99_ms {
+            out.with_label_values(&[d, "connect_p99_ms"]).set(p99);
+        }
     }
     reg.register(Box::new(out)).expect("unique metric");
     let mut buf = Vec::new();
@@ -206,7 +229,10 @@ mod tests {
     fn serves_the_report_over_http() {
         let mut r = ObserverReport::default();
         r.observer.connections.accepted = 7;
-        r.observer.phases_ms.accept_wait.p99 = 1.5;
+        r.observer.phases_ms.accept_wait = Some(crate::observe_summary::PhaseStats {
+            p99: 1.5,
+            ..Default::default()
+        });
         let srv = MetricsServer::start("127.0.0.1:0".parse().unwrap(), move || r.clone()).unwrap();
         let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();

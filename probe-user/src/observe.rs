@@ -3,10 +3,13 @@
 //! phases.rs), while sampling the target from /proc (target.rs).
 //!
 //! Library API for `pushscope run`: [`Observer::attach`], then
-//! [`Observer::snapshot`] (the current stage), [`Observer::reset_stage`]
-//! (a new stage starts now), [`Observer::total`] (the whole run),
-//! [`Observer::write_outputs`] and [`Observer::detach`]. All figures use
-//! the kernel's monotonic clock for events and wall time for stages.
+//! [`Observer::cut_stage`] (the current stage's report, and a new stage
+//! starts, in one step), or [`Observer::snapshot`] and
+//! [`Observer::reset_stage`] apart; [`Observer::total`] (the whole run),
+//! [`Observer::write_outputs`] and [`Observer::detach`]. These block for
+//! up to ~100 ms (ring-buffer drains): call them from a plain thread, not
+//! an async runtime (`Observer` is `Send + Sync`). All figures use the
+//! kernel's monotonic clock for events and wall time for stages.
 
 use crate::{
     flame,
@@ -14,7 +17,7 @@ use crate::{
     metrics::MetricsServer,
     observe_summary::*,
     probes::{Counters, ProbeError, Probes, ProgStats},
-    target::{self, Sample, Sampler},
+    target::{self, Sample, Sampler, UsableCores},
     trace,
 };
 use hdrhistogram::Histogram;
@@ -91,13 +94,13 @@ impl ObserveError {
     }
 }
 
-/// Watermarks of the /proc samples of one stage.
+/// Watermarks of the /proc samples of one stage (None: no sample).
 #[derive(Debug, Clone, Default)]
 struct SampleAgg {
-    cpu_peak: f64,
+    cpu_peak: Option<f64>,
     rss_start: Option<u64>,
-    rss_peak: u64,
-    threads_peak: u64,
+    rss_peak: Option<u64>,
+    threads_peak: Option<u64>,
     open_peak: u64,
     limit: u64,
     listen_queue_peak: u64,
@@ -107,10 +110,12 @@ struct SampleAgg {
 
 impl SampleAgg {
     fn add(&mut self, s: &Sample) {
-        self.cpu_peak = self.cpu_peak.max(s.cpu_pct);
+        if s.cpu_sampled {
+            self.cpu_peak = Some(self.cpu_peak.map_or(s.cpu_pct, |p| p.max(s.cpu_pct)));
+        }
         self.rss_start.get_or_insert(s.rss_bytes);
-        self.rss_peak = self.rss_peak.max(s.rss_bytes);
-        self.threads_peak = self.threads_peak.max(s.threads);
+        self.rss_peak = Some(self.rss_peak.map_or(s.rss_bytes, |p| p.max(s.rss_bytes)));
+        self.threads_peak = Some(self.threads_peak.map_or(s.threads, |p| p.max(s.threads)));
         if s.open_fds >= self.open_peak {
             self.open_peak = s.open_fds;
             self.limit = s.fd_limit;
@@ -137,6 +142,10 @@ struct Shared {
     last_sample: Option<(Instant, Sample)>,
     tls_libs: Vec<String>,
     tls_note: Option<String>,
+    /// Cores the target may use (latest sample).
+    cores: UsableCores,
+    tasks_at_attach: u64,
+    fds_per_slot: u32,
 }
 
 /// Attached probes plus the threads that read them.
@@ -167,18 +176,19 @@ fn has_caps() -> bool {
     (bit(38) && bit(39)) || bit(21)
 }
 
-fn stats(h: &Histogram<u64>) -> PhaseStats {
+/// Quantiles in ms; None for an empty histogram (nothing measured).
+fn stats(h: &Histogram<u64>) -> Option<PhaseStats> {
     if h.is_empty() {
-        return PhaseStats::default();
+        return None;
     }
     let ms = |us: u64| us as f64 / 1000.0;
-    PhaseStats {
+    Some(PhaseStats {
         count: h.len(),
         p50: ms(h.value_at_quantile(0.5)),
         p90: ms(h.value_at_quantile(0.9)),
         p99: ms(h.value_at_quantile(0.99)),
         max: ms(h.max()),
-    }
+    })
 }
 
 impl Observer {
@@ -201,8 +211,12 @@ impl Observer {
         if !Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err(ObserveError::NoBtf);
         }
+        // The fd table covers every fd below the tree's largest soft
+        // RLIMIT_NOFILE now; a limit raised later leaves higher fds
+        // untracked (counted in coverage).
+        let fds = crate::probes::fds_per_slot(pids.iter().filter_map(|p| target::fd_limit(*p)));
         let mut probes =
-            Probes::attach(&pids, &ports, opts.io_events_per_conn).map_err(Box::new)?;
+            Probes::attach(&pids, &ports, opts.io_events_per_conn, fds).map_err(Box::new)?;
         let mut ring = probes.take_events().map_err(Box::new)?;
         let mut sampler = Sampler::new(pid);
         let mut first = SampleAgg::default();
@@ -210,8 +224,10 @@ impl Observer {
         if let Some(s) = &first_sample {
             first.add(s);
         }
+        let mut tracker = Tracker::new(pid, opts.io_events_per_conn as usize);
+        tracker.tasks_followed = pids.len() as u64;
         let shared = Arc::new(Mutex::new(Shared {
-            tracker: Tracker::new(pid, opts.io_events_per_conn as usize),
+            tracker,
             stage_samples: first.clone(),
             total_samples: first,
             stage_base: probes.counters(),
@@ -225,6 +241,9 @@ impl Observer {
                 .map(|p| p.display().to_string())
                 .collect(),
             tls_note: probes.tls_note.clone(),
+            cores: target::usable_cores(&pids),
+            tasks_at_attach: pids.len() as u64,
+            fds_per_slot: probes.fds_per_slot,
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
@@ -289,14 +308,17 @@ impl Observer {
                         shared.lock().unwrap_or_else(|p| p.into_inner()).target_gone = true;
                         break;
                     };
+                    let tree = target::tree(pid);
+                    let cores = target::usable_cores(&tree);
                     {
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                         s.stage_samples.add(&sample);
                         s.total_samples.add(&sample);
                         s.last_sample = Some((Instant::now(), sample));
+                        s.cores = cores;
                     }
                     // A listener opened after attach joins the port filter.
-                    let fresh: Vec<u16> = target::listeners(&target::tree(pid))
+                    let fresh: Vec<u16> = target::listeners(&tree)
                         .iter()
                         .map(|l| l.port)
                         .filter(|p| !known.contains(p))
@@ -394,6 +416,30 @@ impl Observer {
         let now = self.counters();
         let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         build(&s, &s.tracker.total, &s.total_samples, &now, s.started)
+    }
+
+    /// Report of the current stage, and a new stage starts now, in one
+    /// step: the event reader and the counters are cut under one lock, so
+    /// no event or count falls between the two stages. Blocks ≤ ~100 ms
+    /// (ring-buffer drains); call it from a plain thread.
+    pub fn cut_stage(&self) -> ObserverReport {
+        self.sync_events();
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock: the reader cannot handle events between the
+        // report and the reset.
+        let now = self.counters();
+        let report = build(
+            &s,
+            &s.tracker.stage,
+            &s.stage_samples,
+            &now.since(&s.stage_base),
+            s.stage_started,
+        );
+        s.tracker.reset_stage();
+        s.stage_base = now;
+        s.stage_samples = SampleAgg::default();
+        s.stage_started = Instant::now();
+        report
     }
 
     /// Ends the current stage and starts a new one now.
@@ -505,8 +551,8 @@ fn build(
                 Outbound {
                     count: o.count,
                     errors: o.errors,
-                    connect_p50_ms: st.p50,
-                    connect_p99_ms: st.p99,
+                    connect_p50_ms: st.map(|s| s.p50),
+                    connect_p99_ms: st.map(|s| s.p99),
                 },
             )
         })
@@ -539,13 +585,34 @@ fn build(
         },
         target: Target {
             cpu_peak_pct: samples.cpu_peak,
-            rss_start_bytes: samples.rss_start.unwrap_or(0),
+            rss_start_bytes: samples.rss_start,
             rss_peak_bytes: samples.rss_peak,
             threads_peak: samples.threads_peak,
+            cpu_cores_usable: Some(s.cores.cores),
+            cpu_cores_source: Some(s.cores.source.clone()),
+            cpu_cores_machine: s.cores.machine,
         },
         drops: c.ringbuf_drops,
+        tls: Tls {
+            attempts: a.tls_attempts,
+            completed: a.tls_completed,
+            failed: a.tls_failed.peer_fin + a.tls_failed.peer_rst + a.tls_failed.server,
+            failed_by_closer: a.tls_failed,
+            exact_aborted: c.tls_aborted,
+        },
+        coverage: Coverage::new(
+            c.accepts,
+            UntrackedByReason {
+                fd_beyond_table: c.untracked_fd,
+                slots_exhausted: c.untracked_slot,
+                map_full: c.untracked_map_full,
+                no_sock: c.accept_without_sock,
+                socks_evicted: c.socks_evicted,
+            },
+        ),
+        phases_clipped: a.clipped,
     };
-    let srtt = stats(&a.srtt);
+    let srtt = stats(&a.srtt).unwrap_or_default();
     let target_exited = s.target_gone || s.tracker.target_exited;
     let details = ObserverDetails {
         seconds: since.elapsed().as_secs_f64(),
@@ -565,6 +632,12 @@ fn build(
         fd_headroom_min: samples.headroom_min.unwrap_or(1.0),
         map_full: c.map_full,
         tasks_followed: s.tracker.tasks_followed,
+        tasks_at_attach: s.tasks_at_attach,
+        forks: c.forks,
+        fd_table_per_process: s.fds_per_slot,
+        slots_recycled: c.slots_recycled,
+        closes_tracked: c.closes,
+        untracked_closed: c.untracked_closed,
     };
     let mut notes = vec![
         "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),
@@ -598,10 +671,30 @@ fn build(
             c.map_full
         ));
     }
-    if c.fd_untracked > 0 {
+    let cov = &observer.coverage;
+    if cov.tracked < cov.accepted {
         notes.push(format!(
-            "{} accepted connections had an fd >= 32768 or came from a 9th process of the target: their phases, bytes and close() are not tracked (TCP states still are)",
-            c.fd_untracked
+            "{} of {} accepted connections were not tracked (fd beyond the {}-entry fd table: {}, no free process slot: {}, map full: {}, sock unreadable: {}, evicted before close: {}): their phases, bytes and close() are missing (TCP states are not)",
+            cov.accepted - cov.tracked,
+            cov.accepted,
+            s.fds_per_slot,
+            cov.untracked_by_reason.fd_beyond_table,
+            cov.untracked_by_reason.slots_exhausted,
+            cov.untracked_by_reason.map_full,
+            cov.untracked_by_reason.no_sock,
+            cov.untracked_by_reason.socks_evicted,
+        ));
+    }
+    if observer.tls.failed > 0 {
+        notes.push(format!(
+            "{} TLS handshake(s) failed (closed before completing): counted in tls.failed, not in phases_ms.tls_handshake",
+            observer.tls.failed
+        ));
+    }
+    if a.clipped.total() > 0 {
+        notes.push(format!(
+            "{} phase value(s) exceeded the histograms' 1 h bound: counted in phases_clipped, not in the quantiles",
+            a.clipped.total()
         ));
     }
     if target_exited {
@@ -690,7 +783,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         o.connections.closed_local,
         o.connections.closed_peer,
         o.connections.reset,
-        o.phases_ms.accept_wait.p99,
+        o.phases_ms.accept_wait.map_or(0.0, |p| p.p99),
         o.drops,
         args.out.display()
     );
@@ -698,4 +791,42 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         let _ = writeln!(out, "note: {n}");
     }
     Ok(Outcome::Completed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `run` cuts stages from a plain thread through `Arc<Observer>`.
+    #[test]
+    fn observer_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Observer>();
+        send_sync::<Arc<Observer>>();
+    }
+
+    #[test]
+    fn a_window_without_samples_reports_nulls() {
+        let mut a = SampleAgg::default();
+        assert_eq!(a.cpu_peak, None);
+        // The first sample has no CPU figure (no previous sample), RSS yes.
+        a.add(&Sample {
+            rss_bytes: 10,
+            threads: 2,
+            ..Default::default()
+        });
+        assert_eq!(a.cpu_peak, None);
+        assert_eq!(a.rss_peak, Some(10));
+        a.add(&Sample {
+            cpu_pct: 40.0,
+            cpu_sampled: true,
+            rss_bytes: 5,
+            threads: 3,
+            ..Default::default()
+        });
+        assert_eq!(a.cpu_peak, Some(40.0));
+        assert_eq!((a.rss_start, a.rss_peak), (Some(10), Some(10)));
+        assert_eq!(a.threads_peak, Some(3));
+        assert_eq!(stats(&crate::lifecycle::new_hist()), None);
+    }
 }

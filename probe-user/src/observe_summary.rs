@@ -2,6 +2,10 @@
 //! (serde Serialize), plus [`ObserverReport`], which wraps it with what the
 //! section has no field for but a reader must know (notes on what is
 //! inferred rather than measured, target exit, kernel counters).
+//!
+//! What was not measured is `null`, never a zero: a phase without samples,
+//! CPU or RSS of a window without a /proc sample, coverage of a window
+//! without accepts.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,13 +20,112 @@ pub struct PhaseStats {
     pub max: f64,
 }
 
+/// Each phase is `null` when it has no sample in the window.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhasesMs {
-    pub accept_wait: PhaseStats,
-    pub tls_handshake: PhaseStats,
-    pub ws_upgrade: PhaseStats,
-    pub first_push: PhaseStats,
-    pub lifetime: PhaseStats,
+    pub accept_wait: Option<PhaseStats>,
+    pub tls_handshake: Option<PhaseStats>,
+    pub ws_upgrade: Option<PhaseStats>,
+    pub first_push: Option<PhaseStats>,
+    pub lifetime: Option<PhaseStats>,
+}
+
+/// Values dropped from a histogram because they exceeded its 1 h bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clipped {
+    pub accept_wait: u64,
+    pub tls_handshake: u64,
+    pub ws_upgrade: u64,
+    pub first_push: u64,
+    pub lifetime: u64,
+    pub tls_handshake_exact: u64,
+    pub srtt: u64,
+    pub outbound_connect: u64,
+}
+
+impl Clipped {
+    pub fn total(&self) -> u64 {
+        self.accept_wait
+            + self.tls_handshake
+            + self.ws_upgrade
+            + self.first_push
+            + self.lifetime
+            + self.tls_handshake_exact
+            + self.srtt
+            + self.outbound_connect
+    }
+}
+
+/// Who closed a TLS connection whose handshake never completed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedByCloser {
+    /// The peer's FIN came first.
+    pub peer_fin: u64,
+    /// The peer sent a RST.
+    pub peer_rst: u64,
+    /// The server closed (FIN or RST) first.
+    pub server: u64,
+}
+
+/// TLS handshakes seen server-side (inferred from the I/O, see phases.rs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tls {
+    /// Connections whose first read was a TLS handshake record (ClientHello).
+    pub attempts: u64,
+    /// Handshakes that completed (confirmed by the traffic after them):
+    /// the samples of `phases_ms.tls_handshake` (plus clipped ones).
+    pub completed: u64,
+    /// Connections closed with their handshake not completed.
+    pub failed: u64,
+    pub failed_by_closer: FailedByCloser,
+    /// OpenSSL handshakes (uprobes) begun whose socket closed before
+    /// SSL_do_handshake succeeded; 0 without the exact layer.
+    pub exact_aborted: u64,
+}
+
+/// Accepted connections that got a kernel-side fd table entry (their
+/// phases, bytes and close() are tracked) and why the others did not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UntrackedByReason {
+    /// fd at or above the fd table size (the RLIMIT_NOFILE at attach).
+    pub fd_beyond_table: u64,
+    /// Every process slot was taken.
+    pub slots_exhausted: u64,
+    /// A map update failed.
+    pub map_full: u64,
+    /// The accepted fd's sock could not be read.
+    pub no_sock: u64,
+    /// Tracked at accept, but the LRU evicted its sock entry before close
+    /// (counted at the close, in that close's window).
+    pub socks_evicted: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Accepts by the target (kernel count, exact even if events dropped).
+    pub accepted: u64,
+    /// Accepted minus every untracked reason.
+    pub tracked: u64,
+    /// tracked ÷ accepted × 100; null when nothing was accepted.
+    pub pct: Option<f64>,
+    pub untracked_by_reason: UntrackedByReason,
+}
+
+impl Coverage {
+    pub fn new(accepted: u64, why: UntrackedByReason) -> Coverage {
+        let lost = why.fd_beyond_table
+            + why.slots_exhausted
+            + why.map_full
+            + why.no_sock
+            + why.socks_evicted;
+        let tracked = accepted.saturating_sub(lost);
+        Coverage {
+            accepted,
+            tracked,
+            pct: (accepted > 0).then(|| tracked as f64 / accepted as f64 * 100.0),
+            untracked_by_reason: why,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -41,8 +144,9 @@ pub struct Connections {
 pub struct Outbound {
     pub count: u64,
     pub errors: u64,
-    pub connect_p50_ms: f64,
-    pub connect_p99_ms: f64,
+    /// null when no connect completed.
+    pub connect_p50_ms: Option<f64>,
+    pub connect_p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -63,11 +167,22 @@ pub struct Fd {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Target {
-    /// Peak CPU of the target's process tree, % of one core (1 Hz samples).
-    pub cpu_peak_pct: f64,
-    pub rss_start_bytes: u64,
-    pub rss_peak_bytes: u64,
-    pub threads_peak: u64,
+    /// Peak CPU of the target's process tree, % of one core (1 Hz samples);
+    /// null when the window had no CPU sample (a sample needs a previous
+    /// one). Judge it against `cpu_cores_usable`, not the machine.
+    pub cpu_peak_pct: Option<f64>,
+    /// null when the window had no /proc sample.
+    pub rss_start_bytes: Option<u64>,
+    pub rss_peak_bytes: Option<u64>,
+    pub threads_peak: Option<u64>,
+    /// Cores the target may really use: the smaller of its CPU affinity
+    /// (union over its tasks) and its cgroup v2 `cpu.max` quota.
+    pub cpu_cores_usable: Option<f64>,
+    /// What bounds `cpu_cores_usable`: "affinity 1 of 2 cpus", "cgroup
+    /// cpu.max 150000/100000" or "machine".
+    pub cpu_cores_source: Option<String>,
+    /// Online CPUs of the machine.
+    pub cpu_cores_machine: u32,
 }
 
 /// `summary.json` → `observer`.
@@ -81,6 +196,10 @@ pub struct ObserverSection {
     pub target: Target,
     /// Ring-buffer reserve failures: events the kernel could not deliver.
     pub drops: u64,
+    pub tls: Tls,
+    pub coverage: Coverage,
+    /// Values over a histogram's 1 h bound, per phase (not in the quantiles).
+    pub phases_clipped: Clipped,
 }
 
 /// What the observer saw beyond the section's fields.
@@ -105,7 +224,7 @@ pub struct ObserverDetails {
     /// TLS handshakes measured exactly by uprobes on OpenSSL's
     /// SSL_do_handshake (first entry → successful return), where the target
     /// maps libssl; compare with the inferred `phases_ms.tls_handshake`.
-    pub tls_handshake_exact_ms: PhaseStats,
+    pub tls_handshake_exact_ms: Option<PhaseStats>,
     /// libssl files carrying those uprobes.
     pub tls_uprobe_libs: Vec<String>,
     /// Deepest accept queue seen on a listener (1 Hz /proc samples).
@@ -115,7 +234,22 @@ pub struct ObserverDetails {
     pub fd_headroom_min: f64,
     /// Kernel-side map updates that failed (state lost).
     pub map_full: u64,
+    /// Processes of the target: its tree at attach plus every process
+    /// forked since (threads are not counted).
     pub tasks_followed: u64,
+    /// Processes of the target's tree at attach.
+    pub tasks_at_attach: u64,
+    /// Processes the target forked within this report's window.
+    pub forks: u64,
+    /// fd table entries per process (the tree's largest soft
+    /// RLIMIT_NOFILE at attach): higher fds are not tracked.
+    pub fd_table_per_process: u32,
+    /// fd table slots returned by exited processes within this window.
+    pub slots_recycled: u64,
+    /// close() calls of tracked connections.
+    pub closes_tracked: u64,
+    /// Kernel entries of untracked connections removed at their close().
+    pub untracked_closed: u64,
 }
 
 /// One report (a stage or the whole run).

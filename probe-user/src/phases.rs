@@ -39,6 +39,15 @@
 //!   at the first read of turn 2, when the client Finished arrives (the
 //!   server verifies it within that read's processing; error: the
 //!   verification time, microseconds).
+//! * A handshake counts only once the traffic after it confirms it, since
+//!   a client that rejects the certificate answers the server's first
+//!   flight with an alert that looks like the Finished (turn 2, record
+//!   type 0x14 or 0x17) and then closes: TLS 1.3 is confirmed by a turn-3
+//!   send larger than an encrypted alert ([`TLS13_ALERT_MAX`] bytes:
+//!   tickets, a response) or by a turn 4; TLS 1.2 by a turn-3 send that is
+//!   not an alert. A turn 2 (or turn-3 send) that is a plain alert record
+//!   is a failure. lifecycle.rs counts a connection closed with its
+//!   handshake unconfirmed as failed, by who closed it.
 //! * TLS 1.3 servers send session tickets right after the handshake. If
 //!   turn 2 carried no more than [`FINISHED_FLIGHT_MAX`] bytes, turn 3 is
 //!   taken to be tickets and the upgrade runs from the first read of turn 4
@@ -69,6 +78,10 @@ use serde::Serialize;
 /// Largest client second flight of a TLS 1.3 handshake without client
 /// certificates: CCS (6) + Finished record (5 + 4 + 48 + 1 + 16), rounded up.
 pub const FINISHED_FLIGHT_MAX: i64 = 100;
+
+/// Largest encrypted TLS 1.3 alert record: header (5) + alert (2) +
+/// content type (1) + AEAD tag (16).
+pub const TLS13_ALERT_MAX: i32 = 24;
 
 /// One read or send of a connection (from `PS_EV_IO`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +222,23 @@ fn derive_tls(io: &[IoRec]) -> IoPhases {
     }
     let hs_start = io[t[0].first].ts;
     let t2_first = io[t[2].first];
+    if t2_first.class == abi::CLASS_TLS_ALERT {
+        return p; // the client refused the server's flight
+    }
+    // A turn-3 send that is an alert (plain, or as small as an encrypted
+    // one) ends a failed handshake; a send that cannot be an alert, or
+    // the client speaking again (turn 4), confirms it.
+    let t3_first = t.get(3).map(|w| io[w.first]);
+    let t3_alert = t3_first.is_some_and(|w| {
+        w.class == abi::CLASS_TLS_ALERT
+            || (w.class != abi::CLASS_TLS_HANDSHAKE
+                && w.class != abi::CLASS_TLS_CCS
+                && w.ret <= TLS13_ALERT_MAX)
+    });
+    let confirmed = t3_first.is_some() && (!t3_alert || t.len() > 4);
+    if !confirmed {
+        return p;
+    }
     // Index of the 101 write and start of the upgrade, once known.
     let upgrade: Option<(u64, usize)>;
     if t2_first.class == abi::CLASS_TLS_HANDSHAKE {
@@ -455,10 +485,56 @@ mod tests {
     }
 
     #[test]
+    fn a_rejected_certificate_is_no_handshake() {
+        // rustls rejects nginx's certificate: CCS + encrypted alert, close.
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 5),
+            r(11, CLASS_OTHER, 512),
+            w(20, 1800),
+            r(30, CLASS_TLS_CCS, 5),
+            r(31, CLASS_OTHER, 1),
+            r(32, CLASS_TLS_APPDATA, 5),
+            r(33, CLASS_OTHER, 19),
+        ];
+        assert_eq!(derive(&io), IoPhases::default());
+        // A TLS 1.2 client alert in clear.
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 300),
+            w(20, 3000),
+            r(30, CLASS_TLS_ALERT, 7),
+        ];
+        assert_eq!(derive(&io), IoPhases::default());
+        // The server answers a bad Finished with an (encrypted) alert.
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 517),
+            w(20, 2000),
+            r(30, CLASS_TLS_CCS, 80),
+            wc(31, CLASS_TLS_APPDATA, 0, 24),
+        ];
+        assert_eq!(derive(&io).tls_handshake, None);
+        // A small turn-3 send followed by the client's request is no alert.
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 517),
+            w(20, 2000),
+            r(30, CLASS_TLS_CCS, 80),
+            wc(31, CLASS_TLS_APPDATA, 0, 24),
+            r(40, CLASS_TLS_APPDATA, 250),
+        ];
+        assert_eq!(derive(&io).tls_handshake, Some(Span { start: 10, end: 30 }));
+    }
+
+    #[test]
     fn incomplete_tls_has_no_phases_yet() {
         let io = [r(10, CLASS_TLS_HANDSHAKE, 517), w(20, 2000)];
         let p = derive(&io);
         assert_eq!(p.tls_handshake, None);
         assert_eq!(p.ws_upgrade, None);
+        // The Finished is read but nothing confirms it yet.
+        let io = [
+            r(10, CLASS_TLS_HANDSHAKE, 517),
+            w(20, 2000),
+            r(30, CLASS_TLS_CCS, 80),
+        ];
+        assert_eq!(derive(&io).tls_handshake, None);
     }
 }

@@ -2,9 +2,15 @@
 //! workers), the TCP ports it listens on (LISTEN sockets of
 //! /proc/PID/net/tcp{,6} whose inodes are among /proc/PID/fd), and a 1 Hz
 //! sample of CPU %, RSS, threads, open fds vs RLIMIT_NOFILE and the accept
-//! queue depth of each listener.
+//! queue depth of each listener; and the cores it may really use (CPU
+//! affinity of its tasks, cgroup v2 `cpu.max`).
 
-use std::{collections::HashSet, fs, time::Instant};
+use std::{
+    collections::{BTreeSet, HashSet},
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 /// A LISTEN socket of the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,10 +146,168 @@ fn open_fds(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU ids of a list like `0-3,6` (`Cpus_allowed_list`, `cpuset.cpus`).
+pub fn parse_cpu_list(s: &str) -> Option<BTreeSet<u32>> {
+    let mut out = BTreeSet::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+            None => {
+                let v: u32 = part.trim().parse().ok()?;
+                (v, v)
+            }
+        };
+        if b < a || b - a > 65_536 {
+            return None;
+        }
+        out.extend(a..=b);
+    }
+    Some(out)
+}
+
+/// (quota, period) of a cgroup v2 `cpu.max` (`150000 100000`); None for
+/// `max` (no quota) or anything unparsable.
+pub fn parse_cpu_max(s: &str) -> Option<(u64, u64)> {
+    let mut f = s.split_whitespace();
+    let quota = f.next()?.parse().ok()?;
+    let period: u64 = f.next()?.parse().ok()?;
+    (period > 0).then_some((quota, period))
+}
+
+/// The cgroup v2 path (`0::/a/b`) of a /proc/PID/cgroup text.
+pub fn parse_cgroup_v2(s: &str) -> Option<&str> {
+    s.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// Where cgroup2 is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+/// hybrid hosts), from a /proc/self/mountinfo text.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// Cores the target may really use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsableCores {
+    pub cores: f64,
+    /// "affinity 1 of 2 cpus", "cgroup cpu.max 150000/100000" or "machine".
+    pub source: String,
+    pub machine: u32,
+}
+
+/// The smallest cpu.max quota (in cores) of `cgroup` and its ancestors
+/// under `mount`, with its text.
+fn cgroup_quota(mount: &Path, cgroup: &str) -> Option<(f64, String)> {
+    let mut best: Option<(f64, String)> = None;
+    let mut dir = mount.join(cgroup.trim_start_matches('/'));
+    // Bounded: a path has finitely many components, stop at the mount.
+    for _ in 0..64 {
+        if let Some((q, p)) = fs::read_to_string(dir.join("cpu.max"))
+            .ok()
+            .and_then(|t| parse_cpu_max(&t))
+        {
+            let cores = q as f64 / p as f64;
+            if best.as_ref().is_none_or(|(b, _)| cores < *b) {
+                best = Some((cores, format!("cgroup cpu.max {q}/{p}")));
+            }
+        }
+        if dir == mount || !dir.pop() || !dir.starts_with(mount) {
+            break;
+        }
+    }
+    best
+}
+
+/// Online CPUs of the machine.
+pub fn machine_cpus() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as u32
+    } else {
+        1
+    }
+}
+
+/// Cores `pids` may use: the union of their tasks' CPU affinity
+/// (`Cpus_allowed_list`), bounded by the largest cgroup v2 cpu.max quota
+/// among the processes (each bounded by its ancestors').
+pub fn usable_cores(pids: &[u32]) -> UsableCores {
+    let machine = machine_cpus();
+    let mut allowed = BTreeSet::new();
+    for pid in pids {
+        let tasks: Vec<PathBuf> = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        for t in tasks {
+            let status = fs::read_to_string(t.join("status")).unwrap_or_default();
+            if let Some(set) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .and_then(parse_cpu_list)
+            {
+                allowed.extend(set);
+            }
+        }
+    }
+    let affinity = if allowed.is_empty() {
+        machine
+    } else {
+        (allowed.len() as u32).min(machine)
+    };
+    let mount = fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| parse_cgroup2_mount(&m));
+    let mut quota: Option<(f64, String)> = None;
+    if let Some(mount) = &mount {
+        for pid in pids {
+            let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let Some(cg) = parse_cgroup_v2(&text) else {
+                continue;
+            };
+            match cgroup_quota(mount, cg) {
+                // A process without a quota can use every allowed core.
+                None => {
+                    quota = None;
+                    break;
+                }
+                Some(q) if quota.as_ref().is_none_or(|(b, _)| q.0 > *b) => quota = Some(q),
+                Some(_) => {}
+            }
+        }
+    }
+    match quota {
+        Some((q, text)) if q < f64::from(affinity) => UsableCores {
+            cores: q,
+            source: text,
+            machine,
+        },
+        _ if affinity < machine => UsableCores {
+            cores: f64::from(affinity),
+            source: format!("affinity {affinity} of {machine} cpus"),
+            machine,
+        },
+        _ => UsableCores {
+            cores: f64::from(machine),
+            source: "machine".to_string(),
+            machine,
+        },
+    }
+}
+
 /// One 1 Hz sample of the target's tree.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
+    /// % of one core since the previous sample (0 in the first sample,
+    /// which has no previous: see `cpu_sampled`).
     pub cpu_pct: f64,
+    /// False in the first sample: `cpu_pct` is not a measurement.
+    pub cpu_sampled: bool,
     pub rss_bytes: u64,
     pub threads: u64,
     /// Open fds and limit of the process closest to its limit.
@@ -211,6 +375,7 @@ impl Sampler {
             let wall = now.duration_since(then).as_secs_f64();
             if wall > 0.0 {
                 s.cpu_pct = ticks.saturating_sub(prev) as f64 / self.clk_tck / wall * 100.0;
+                s.cpu_sampled = true;
             }
         }
         self.prev = Some((now, ticks));
@@ -237,6 +402,41 @@ mod tests {
                 queue: 3
             }]
         );
+    }
+
+    #[test]
+    fn parses_cpu_lists_quotas_and_cgroups() {
+        let n = |s: &str| parse_cpu_list(s).map(|c| c.len());
+        assert_eq!(n("0"), Some(1));
+        assert_eq!(n("0-1"), Some(2));
+        assert_eq!(n("0-3,6,8-9\n"), Some(7));
+        assert_eq!(n("2-1"), None);
+        assert_eq!(n("x"), None);
+        assert_eq!(parse_cpu_max("150000 100000\n"), Some((150_000, 100_000)));
+        assert_eq!(parse_cpu_max("max 100000"), None);
+        assert_eq!(parse_cpu_max("50000 0"), None);
+        assert_eq!(
+            parse_cgroup_v2("1:cpu:/\n0::/system.slice/x.service\n"),
+            Some("/system.slice/x.service")
+        );
+        assert_eq!(parse_cgroup_v2("4:memory:/a\n"), None);
+        let mi = "25 20 0:22 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw\n\
+                  30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn usable_cores_of_this_process_are_within_the_machine() {
+        let u = usable_cores(&[std::process::id()]);
+        assert!(u.cores > 0.0 && u.cores <= f64::from(u.machine), "{u:?}");
+        assert!(!u.source.is_empty());
     }
 
     #[test]

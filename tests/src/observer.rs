@@ -203,8 +203,21 @@ pub fn check(summary: &serde_json::Value, times: &[ClientTimes], tls: bool) {
             "{phase}: {o:#}"
         );
     }
-    let tls_count = num(o, "phases_ms.tls_handshake.count");
-    assert_eq!(tls_count, if tls { n } else { 0.0 }, "{o:#}");
+    if tls {
+        assert_eq!(num(o, "phases_ms.tls_handshake.count"), n, "{o:#}");
+        assert_eq!(num(o, "tls.attempts"), n, "{o:#}");
+        assert_eq!(num(o, "tls.completed"), n, "{o:#}");
+        assert_eq!(num(o, "tls.failed"), 0.0, "{o:#}");
+    } else {
+        // Nothing measured is null, not a zero count.
+        assert!(o["phases_ms"]["tls_handshake"].is_null(), "{o:#}");
+        assert_eq!(num(o, "tls.attempts"), 0.0, "{o:#}");
+    }
+    // Every accepted connection was tracked.
+    assert_eq!(num(o, "coverage.accepted"), n, "{o:#}");
+    assert_eq!(num(o, "coverage.tracked"), n, "{o:#}");
+    assert_eq!(num(o, "coverage.pct"), 100.0, "{o:#}");
+    assert_eq!(num(o, "phases_clipped.lifetime"), 0.0, "{o:#}");
     assert_eq!(num(o, "drops"), 0.0);
     // Every connection carried at least a GET in and a 101 out (> 100 B each).
     let d = &summary["observe"]["details"];

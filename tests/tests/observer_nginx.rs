@@ -3,6 +3,8 @@
 //! from tests/fixtures/nginx-nchan.conf. N WebSocket subscribers over TLS →
 //! exactly N accepted (by the workers), N closed, every phase counted N
 //! times, durations consistent with the client's (tests/src/observer.rs).
+//! A client that rejects the server's certificate: N attempts, N failures
+//! by closer, no handshake duration (inferred or exact).
 
 use pushscope_tests::{
     heavy_lock,
@@ -137,10 +139,10 @@ fn observer_counts_nginx_nchan_tls_connections_by_master_pid() {
     let times = rt.block_on(run_clients(addr, Some(cfg), "wss://localhost/sub", N));
     let summary = obs.stop().unwrap();
     let d = &summary["observe"]["details"];
-    assert!(
-        d["tasks_followed"].as_u64().unwrap_or(0) >= 1,
-        "{summary:#}"
-    );
+    // Master + 2 workers at attach, nothing forked since.
+    assert_eq!(num(d, "tasks_at_attach"), 3.0, "{d:#}");
+    assert_eq!(num(d, "forks"), 0.0, "{d:#}");
+    assert_eq!(num(d, "tasks_followed"), 3.0, "{d:#}");
     check(&summary, &times, true);
     // The exact layer (uprobes on OpenSSL's SSL_do_handshake) measured every
     // handshake; the turn-taking inference must agree with it.
@@ -153,4 +155,49 @@ fn observer_counts_nginx_nchan_tls_connections_by_master_pid() {
         (e50 - i50).abs() <= 0.5 + 0.2 * e50,
         "inferred TLS handshake p50 {i50} ms vs exact {e50} ms"
     );
+}
+
+#[test]
+fn observer_counts_rejected_certificates_as_failed_handshakes_needs_root() {
+    if skip_unless_root("observer_counts_rejected_certificates_as_failed_handshakes_needs_root") {
+        return;
+    }
+    let _l = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _trusting) = tls_material(dir.path());
+    let (ng, addr) = start_nginx(dir.path(), &cert, &key);
+    // A client that trusts another CA: it rejects nginx's certificate.
+    let rejecting = pushscope_tests::tls::Ca::new("another CA").client_config(None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut obs = Observe::start(ng.child.id(), &[]).unwrap();
+    rt.block_on(async {
+        for _ in 0..N {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let r = TlsConnector::from(rejecting.clone())
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await;
+            assert!(r.is_err(), "the client must reject the certificate");
+        }
+    });
+    let summary = obs.stop().unwrap();
+    let o = &summary["observer"];
+    let d = &summary["observe"]["details"];
+    eprintln!("tls: {} exact: {}", o["tls"], d["tls_handshake_exact_ms"]);
+    let n = N as f64;
+    assert_eq!(num(o, "connections.accepted"), n, "{o:#}");
+    assert_eq!(num(o, "coverage.tracked"), n, "{o:#}");
+    // No handshake completed: no duration, inferred or exact.
+    assert!(o["phases_ms"]["tls_handshake"].is_null(), "{o:#}");
+    assert!(d["tls_handshake_exact_ms"].is_null(), "{d:#}");
+    assert_eq!(num(o, "tls.attempts"), n, "{o:#}");
+    assert_eq!(num(o, "tls.completed"), 0.0, "{o:#}");
+    assert_eq!(num(o, "tls.failed"), n, "{o:#}");
+    let by = &o["tls"]["failed_by_closer"];
+    let sum = num(by, "peer_fin") + num(by, "peer_rst") + num(by, "server");
+    assert_eq!(sum, n, "{by:#}");
+    // The OpenSSL layer saw every handshake begin and its socket close.
+    assert_eq!(num(o, "tls.exact_aborted"), n, "{o:#}");
 }

@@ -5,7 +5,7 @@
 
 use crate::abi;
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, Queue, RingBuf},
     programs::{RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
@@ -24,7 +24,6 @@ pub const ATTACH: &[(&str, &str, &str)] = &[
     ("ps_send_reset", "tcp", "tcp_send_reset"),
     ("ps_receive_reset", "tcp", "tcp_receive_reset"),
     ("ps_retransmit", "tcp", "tcp_retransmit_skb"),
-    ("ps_fork", "sched", "sched_process_fork"),
     ("ps_exit", "sched", "sched_process_exit"),
     ("ps_exit_socket", "syscalls", "sys_exit_socket"),
     ("ps_exit_openat", "syscalls", "sys_exit_openat"),
@@ -38,9 +37,12 @@ pub const ATTACH: &[(&str, &str, &str)] = &[
 /// socket receive and send, whatever the syscall) instead of eight
 /// read/write-family syscall tracepoints that every read and write of
 /// every process would pay for.
+/// `sched:sched_process_fork` is raw too: its task_struct arguments are
+/// read with CO-RE instead of a formatted layout that changed across kernels.
 pub const RAW_ATTACH: &[(&str, &str)] = &[
     ("ps_recv_length", "sock_recv_length"),
     ("ps_send_length", "sock_send_length"),
+    ("ps_fork", "sched_process_fork"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,20 @@ pub struct Probes {
     pub tls_libs: Vec<std::path::PathBuf>,
     /// Why the exact TLS layer is missing, if it is.
     pub tls_note: Option<String>,
+    /// fd table entries per process slot (`ps_config.fds_per_slot`).
+    pub fds_per_slot: u32,
+}
+
+/// Largest fd table per slot: 8 slots × 2^18 × 24 B = 48 MiB of kernel
+/// memory at most; fds beyond are counted as untracked.
+pub const MAX_FDS_PER_SLOT: u32 = 1 << 18;
+
+/// fd table entries per slot for processes whose soft RLIMIT_NOFILE are
+/// `limits`: the largest (an fd is always below its process's limit),
+/// clamped to [64, MAX_FDS_PER_SLOT].
+pub fn fds_per_slot(limits: impl IntoIterator<Item = u64>) -> u32 {
+    let max = limits.into_iter().max().unwrap_or(1024);
+    max.clamp(64, u64::from(MAX_FDS_PER_SLOT)) as u32
 }
 
 /// libssl files mapped by any of `pids` (from /proc/PID/maps).
@@ -117,29 +133,48 @@ pub struct Counters {
     pub map_full: u64,
     pub io_calls: u64,
     pub closes: u64,
-    pub fd_untracked: u64,
+    /// Accepts of the target (every fd accept/accept4 returned).
+    pub accepts: u64,
+    /// Accepts not tracked because the fd was beyond the fd table.
+    pub untracked_fd: u64,
+    /// ... because the process found no free slot.
+    pub untracked_slot: u64,
+    /// ... because a map update failed.
+    pub untracked_map_full: u64,
+    /// Tracked connections whose `socks` entry was evicted (seen at close).
+    pub socks_evicted: u64,
+    pub slots_recycled: u64,
+    pub untracked_closed: u64,
+    /// OpenSSL handshakes begun whose socket closed before success.
+    pub tls_aborted: u64,
 }
 
 impl Counters {
     /// Counts since `base` (saturating: counters only grow).
     pub fn since(&self, base: &Counters) -> Counters {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
         Counters {
-            events: self.events.saturating_sub(base.events),
-            ringbuf_drops: self.ringbuf_drops.saturating_sub(base.ringbuf_drops),
-            fd_ok: self.fd_ok.saturating_sub(base.fd_ok),
-            emfile: self.emfile.saturating_sub(base.emfile),
-            enfile: self.enfile.saturating_sub(base.enfile),
-            retransmits: self.retransmits.saturating_sub(base.retransmits),
-            resets_sent: self.resets_sent.saturating_sub(base.resets_sent),
-            resets_received: self.resets_received.saturating_sub(base.resets_received),
-            accept_without_sock: self
-                .accept_without_sock
-                .saturating_sub(base.accept_without_sock),
-            forks: self.forks.saturating_sub(base.forks),
-            map_full: self.map_full.saturating_sub(base.map_full),
-            io_calls: self.io_calls.saturating_sub(base.io_calls),
-            closes: self.closes.saturating_sub(base.closes),
-            fd_untracked: self.fd_untracked.saturating_sub(base.fd_untracked),
+            events: d(self.events, base.events),
+            ringbuf_drops: d(self.ringbuf_drops, base.ringbuf_drops),
+            fd_ok: d(self.fd_ok, base.fd_ok),
+            emfile: d(self.emfile, base.emfile),
+            enfile: d(self.enfile, base.enfile),
+            retransmits: d(self.retransmits, base.retransmits),
+            resets_sent: d(self.resets_sent, base.resets_sent),
+            resets_received: d(self.resets_received, base.resets_received),
+            accept_without_sock: d(self.accept_without_sock, base.accept_without_sock),
+            forks: d(self.forks, base.forks),
+            map_full: d(self.map_full, base.map_full),
+            io_calls: d(self.io_calls, base.io_calls),
+            closes: d(self.closes, base.closes),
+            accepts: d(self.accepts, base.accepts),
+            untracked_fd: d(self.untracked_fd, base.untracked_fd),
+            untracked_slot: d(self.untracked_slot, base.untracked_slot),
+            untracked_map_full: d(self.untracked_map_full, base.untracked_map_full),
+            socks_evicted: d(self.socks_evicted, base.socks_evicted),
+            slots_recycled: d(self.slots_recycled, base.slots_recycled),
+            untracked_closed: d(self.untracked_closed, base.untracked_closed),
+            tls_aborted: d(self.tls_aborted, base.tls_aborted),
         }
     }
 }
@@ -214,21 +249,27 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
 }
 
 impl Probes {
-    /// Loads the object, writes the config, the target set and the listening
+    /// Loads the object with an fd table of `fds_per_slot` entries per
+    /// process slot, writes the config, the target set and the listening
     /// ports, and attaches every program. On any error everything already
     /// attached is detached again (dropping the partially built `Ebpf`).
     pub fn attach(
         tgids: &[u32],
         ports: &[u16],
         io_events_per_conn: u32,
+        fds_per_slot: u32,
     ) -> Result<Probes, ProbeError> {
         ensure_tracefs()?;
+        let fds_per_slot = fds_per_slot.clamp(1, MAX_FDS_PER_SLOT);
         let mut ebpf = EbpfLoader::new()
+            .set_max_entries("fdtab", abi::SLOTS * fds_per_slot)
             .load(PUSHSCOPE_OBJ)
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         let config = abi::Config {
             target_tgid: tgids.first().copied().unwrap_or(0),
             io_events_per_conn,
+            fds_per_slot,
+            _pad: 0,
         };
         fill_array(&mut ebpf, "config", [(0, config)])?;
         {
@@ -248,7 +289,18 @@ impl Probes {
             "tgid_hint",
             tgids.iter().map(|t| (t & abi::HINT_MASK, 1u32)),
         )?;
-        fill_array(&mut ebpf, "slot_alloc", [(0, 1u64)])?;
+        {
+            // Slot 1 is the target's; the others go to processes at their
+            // first accept and come back when they exit.
+            let mut free: Queue<_, u32> = Queue::try_from(
+                ebpf.map_mut("free_slots")
+                    .ok_or(ProbeError::Missing("free_slots"))?,
+            )
+            .map_err(map_err("free_slots"))?;
+            for s in 2..=abi::SLOTS {
+                free.push(s, 0).map_err(map_err("free_slots"))?;
+            }
+        }
         insert_listen_ports(&mut ebpf, ports)?;
         for (prog, category, name) in ATTACH {
             let attach_err = |source| ProbeError::Attach {
@@ -291,6 +343,7 @@ impl Probes {
             counters,
             tls_libs,
             tls_note,
+            fds_per_slot,
         })
     }
 
@@ -325,7 +378,14 @@ impl Probes {
             map_full: get(abi::CNT_MAP_FULL),
             io_calls: get(abi::CNT_IO_CALLS),
             closes: get(abi::CNT_CLOSES),
-            fd_untracked: get(abi::CNT_FD_UNTRACKED),
+            accepts: get(abi::CNT_ACCEPTS),
+            untracked_fd: get(abi::CNT_UNTRACKED_FD),
+            untracked_slot: get(abi::CNT_UNTRACKED_SLOT),
+            untracked_map_full: get(abi::CNT_UNTRACKED_MAP_FULL),
+            socks_evicted: get(abi::CNT_SOCKS_EVICTED),
+            slots_recycled: get(abi::CNT_SLOTS_RECYCLED),
+            untracked_closed: get(abi::CNT_UNTRACKED_CLOSED),
+            tls_aborted: get(abi::CNT_TLS_ABORTED),
         }
     }
 
@@ -351,7 +411,6 @@ impl Probes {
     }
 }
 
-/// Adds ports to the kernel's listening-port filter (`listen_ports`).
 /// `ProbeError::Map` for the map `name`.
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
     move |source| ProbeError::Map {
@@ -374,6 +433,7 @@ fn fill_array<V: aya::Pod>(
     Ok(())
 }
 
+/// Adds ports to the kernel's listening-port filter (`listen_ports`).
 fn insert_listen_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError> {
     let mut lp: HashMap<_, u16, u32> = HashMap::try_from(
         ebpf.map_mut("listen_ports")
@@ -384,4 +444,17 @@ fn insert_listen_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), ProbeError>
         lp.insert(p, 1, 0).map_err(map_err("listen_ports"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_table_follows_the_largest_soft_limit() {
+        assert_eq!(fds_per_slot([64, 1024, 256]), 1024);
+        assert_eq!(fds_per_slot([8]), 64);
+        assert_eq!(fds_per_slot([1 << 30]), MAX_FDS_PER_SLOT);
+        assert_eq!(fds_per_slot([]), 1024);
+    }
 }
