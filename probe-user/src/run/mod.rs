@@ -244,8 +244,7 @@ fn cut_stages(
         match cut {
             Cut::Start => o.reset_stage(),
             Cut::Next => {
-                reports.push(serde_json::to_value(o.snapshot()).unwrap_or_default());
-                o.reset_stage();
+                reports.push(serde_json::to_value(o.cut_stage()).unwrap_or_default());
             }
         }
     }
