@@ -36,6 +36,9 @@ struct ps_conn {
 	__u32 io_seq;   /* classified calls so far */
 	__u32 max_wmem; /* max sk_wmem_queued, sampled after sends */
 	__u64 writes;   /* sends (the send queue is sampled every 16th) */
+	__u64 bytes[2]; /* cumulative bytes received [PS_DIR_READ] and sent [PS_DIR_WRITE] */
+	__u32 trace_port; /* msgpath: the peer port when every call is marked, else 0 */
+	__u32 _pad;
 };
 
 /* Per-sock state for events that only know the sock (retransmits,

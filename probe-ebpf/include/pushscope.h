@@ -29,6 +29,7 @@ enum ps_counter {
 	PS_CNT_SLOTS_RECYCLED = 18,     /* slots returned by exited processes */
 	PS_CNT_UNTRACKED_CLOSED = 19,   /* `socks` entries of untracked fds deleted at close */
 	PS_CNT_TLS_ABORTED = 20,        /* SSL_do_handshake begun, socket closed before success */
+	PS_CNT_MSGPATH_TRACED = 21,     /* connections whose every call is marked (msgpath) */
 	PS_CNT_MAX = 24,
 };
 
@@ -41,7 +42,7 @@ struct ps_config {
 	__u32 target_tgid;
 	__u32 io_events_per_conn; /* IO milestones sent per connection, then only counted */
 	__u32 fds_per_slot;       /* fd table entries per slot: the target's RLIMIT_NOFILE at attach */
-	__u32 _pad;
+	__u32 msgpath;            /* 1 once userspace put a peer port in `trace_ports` */
 };
 
 /* Map `tgid_hint` (filled by userspace at attach, by ps_fork after): slot
@@ -58,6 +59,9 @@ enum ps_event_kind {
 	PS_EV_EXIT = 7,     /* a process of the target set exited: tgid */
 	PS_EV_TLS_DONE = 8, /* OpenSSL SSL_do_handshake returned 1 (uprobes): ts_ns = return,
 	                     * bytes_in = first entry time for that SSL *, sk = its socket (0 if unknown) */
+	PS_EV_IO_MARK = 9,  /* msgpath: a receive/send of a traced connection: dir, ret,
+	                     * dport = its peer port, bytes_in = the connection's cumulative
+	                     * bytes in that direction after the call */
 };
 
 enum ps_dir {

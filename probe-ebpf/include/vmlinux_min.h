@@ -62,7 +62,14 @@ struct task_struct {
 	struct files_struct *files;
 };
 
+/* skc_dport sits in an anonymous struct of a union in the kernel's
+ * sock_common: CO-RE finds it by name through anonymous members. */
+struct sock_common {
+	__be16 skc_dport;
+};
+
 struct sock {
+	struct sock_common __sk_common;
 	int sk_wmem_queued;
 };
 

@@ -186,6 +186,11 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 				c->max_wmem = q;
 		}
 	}
+	if (ret > 0) {
+		if (c->io_seq == 0 && cfg->msgpath)
+			ps_msgpath_check(c, sk);
+		ps_msgpath_io(c, sk, tgid, dir, ret);
+	}
 	if (c->io_seq >= cfg->io_events_per_conn)
 		return 0;
 	/* an OpenSSL handshake in flight learns its socket, even from EAGAIN */

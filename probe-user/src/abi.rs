@@ -26,6 +26,8 @@ pub const CNT_SOCKS_EVICTED: u32 = 17;
 pub const CNT_SLOTS_RECYCLED: u32 = 18;
 pub const CNT_UNTRACKED_CLOSED: u32 = 19;
 pub const CNT_TLS_ABORTED: u32 = 20;
+/// Connections whose every call is marked for the message path.
+pub const CNT_MSGPATH_TRACED: u32 = 21;
 pub const CNT_MAX: u32 = 24;
 
 /// PS_SLOTS: processes of the target with an fd table slot at once.
@@ -42,6 +44,9 @@ pub const EV_FORK: u32 = 6;
 pub const EV_EXIT: u32 = 7;
 /// OpenSSL handshake done (uprobes): ts_ns = return, bytes_in = first entry.
 pub const EV_TLS_DONE: u32 = 8;
+/// Message path: one receive/send of a traced connection: dir, ret, dport =
+/// its peer port, bytes_in = cumulative bytes in that direction after it.
+pub const EV_IO_MARK: u32 = 9;
 
 /// enum ps_dir
 pub const DIR_READ: u8 = 0;
@@ -79,7 +84,8 @@ pub struct Config {
     pub io_events_per_conn: u32,
     /// fd table entries per slot (the target's RLIMIT_NOFILE at attach).
     pub fds_per_slot: u32,
-    pub _pad: u32,
+    /// 1 once a peer port is in `trace_ports` (message path).
+    pub msgpath: u32,
 }
 
 // SAFETY: repr(C), fixed-width fields, no implicit padding.
@@ -162,6 +168,7 @@ mod tests {
         assert_eq!(offset_of!(Config, target_tgid), 0);
         assert_eq!(offset_of!(Config, io_events_per_conn), 4);
         assert_eq!(offset_of!(Config, fds_per_slot), 8);
+        assert_eq!(offset_of!(Config, msgpath), 12);
     }
 
     #[test]
@@ -202,6 +209,8 @@ mod tests {
             ("PS_CNT_SLOTS_RECYCLED = ", CNT_SLOTS_RECYCLED),
             ("PS_CNT_UNTRACKED_CLOSED = ", CNT_UNTRACKED_CLOSED),
             ("PS_CNT_TLS_ABORTED = ", CNT_TLS_ABORTED),
+            ("PS_CNT_MSGPATH_TRACED = ", CNT_MSGPATH_TRACED),
+            ("PS_EV_IO_MARK = ", EV_IO_MARK),
             ("PS_CNT_MAX = ", CNT_MAX),
             ("#define PS_SLOTS ", SLOTS),
         ] {

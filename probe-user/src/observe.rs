@@ -146,6 +146,8 @@ struct Shared {
     cores: UsableCores,
     tasks_at_attach: u64,
     fds_per_slot: u32,
+    /// Message path: calls of traced connections.
+    marks: crate::msgpath::collect::MarkStore,
 }
 
 /// Attached probes plus the threads that read them.
@@ -244,6 +246,7 @@ impl Observer {
             cores: target::usable_cores(&pids),
             tasks_at_attach: pids.len() as u64,
             fds_per_slot: probes.fds_per_slot,
+            marks: Default::default(),
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
@@ -282,7 +285,11 @@ impl Observer {
                         }
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                         for e in &batch {
-                            s.tracker.handle(e);
+                            if e.kind == crate::abi::EV_IO_MARK {
+                                s.marks.record(e);
+                            } else {
+                                s.tracker.handle(e);
+                            }
                         }
                     }
                     if stopping {
@@ -394,6 +401,24 @@ impl Observer {
         {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    /// Message path: trace every call of the target's connection from the
+    /// load generator's local port `port` (call before the client sends
+    /// its first byte).
+    pub fn trace_port(&self, port: u16) -> Result<(), crate::probes::ProbeError> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .trace_port(port)
+    }
+
+    /// Message path: the traced connections' calls so far, by peer port
+    /// (after draining the ring buffer), and how many marks did not fit.
+    pub fn take_marks(&self) -> (std::collections::HashMap<u16, crate::msgpath::ConnIo>, u64) {
+        self.sync_events();
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        (s.marks.take(), s.marks.over_cap)
     }
 
     /// Report of the current stage (since attach or the last reset_stage).

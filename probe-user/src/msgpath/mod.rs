@@ -17,6 +17,7 @@
 //! differences of one chain of stamps, so they add up to the end-to-end
 //! latency the gate judges, to the nanosecond.
 
+pub mod collect;
 pub mod join;
 pub mod report;
 

@@ -79,9 +79,11 @@ pub struct Probes {
     pub tls_note: Option<String>,
     /// fd table entries per process slot (`ps_config.fds_per_slot`).
     pub fds_per_slot: u32,
+    /// What `config` holds (rewritten when the message path is switched on).
+    config: abi::Config,
 }
 
-/// Largest fd table per slot: 8 slots × 2^18 × 24 B = 48 MiB of kernel
+/// Largest fd table per slot: 8 slots × 2^18 × 48 B = 96 MiB of kernel
 /// memory at most; fds beyond are counted as untracked.
 pub const MAX_FDS_PER_SLOT: u32 = 1 << 18;
 
@@ -269,7 +271,7 @@ impl Probes {
             target_tgid: tgids.first().copied().unwrap_or(0),
             io_events_per_conn,
             fds_per_slot,
-            _pad: 0,
+            msgpath: 0,
         };
         fill_array(&mut ebpf, "config", [(0, config)])?;
         {
@@ -344,6 +346,7 @@ impl Probes {
             tls_libs,
             tls_note,
             fds_per_slot,
+            config,
         })
     }
 
@@ -387,6 +390,25 @@ impl Probes {
             untracked_closed: get(abi::CNT_UNTRACKED_CLOSED),
             tls_aborted: get(abi::CNT_TLS_ABORTED),
         }
+    }
+
+    /// Traces every call of the connection whose peer port is `port` (the
+    /// load generator's local port), from its first byte: call before the
+    /// client sends anything on it.
+    pub fn trace_port(&mut self, port: u16) -> Result<(), ProbeError> {
+        let mut tp: HashMap<_, u16, u32> = HashMap::try_from(
+            self.ebpf
+                .map_mut("trace_ports")
+                .ok_or(ProbeError::Missing("trace_ports"))?,
+        )
+        .map_err(map_err("trace_ports"))?;
+        tp.insert(port, 1, 0).map_err(map_err("trace_ports"))?;
+        if self.config.msgpath == 0 {
+            self.config.msgpath = 1;
+            let config = self.config;
+            fill_array(&mut self.ebpf, "config", [(0, config)])?;
+        }
+        Ok(())
     }
 
     /// Adds ports to the listening-port filter (a listener opened later).
