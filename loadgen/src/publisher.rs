@@ -6,7 +6,8 @@
 //! deadline; what still failed is reported so it is not counted as lost.
 
 use crate::{
-    marker::{now_ns, Marker, Schedule},
+    clock::mono_ns,
+    marker::{Marker, Schedule},
     net::{self, Endpoint, Phases},
     oplog::LogWriter,
     protocol::Protocol,
@@ -107,7 +108,7 @@ impl Publisher {
                 return;
             }
             let base_instant = tokio::time::Instant::now();
-            let base_ns = now_ns();
+            let base_ns = mono_ns();
             let mut i: u64 = 0;
             loop {
                 let due = schedule.sched_ns(i);
@@ -116,7 +117,7 @@ impl Publisher {
                         .await;
                 }
                 // Everything due by now goes out in one batch.
-                let now = now_ns();
+                let now = mono_ns();
                 let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
                 if s.stopped {
                     return;
@@ -127,6 +128,7 @@ impl Publisher {
                     s.last[channel as usize] = pseq;
                     s.in_flight += 1;
                     let marker = Marker {
+                        run: schedule.run,
                         channel,
                         pseq,
                         msg_id: i + 1,
@@ -240,7 +242,7 @@ async fn post(
     let req = hyper::Request::post(path)
         .header("host", ep.host.as_str())
         .header("content-type", "text/plain")
-        .header("x-msg-id", job.marker.msg_id.to_string())
+        .header("x-msg-id", job.marker.wire_id())
         .body(Full::new(job.body.clone()))
         .map_err(|e| (false, format!("request: {e}")))?;
     let exchange = async {
@@ -310,7 +312,7 @@ async fn worker(
                     sender = None;
                     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                     *s.errors.entry(reason).or_default() += 1;
-                    if !retry || now_ns() > give_up || s.stopped && attempt > 20 {
+                    if !retry || mono_ns() > give_up || s.stopped && attempt > 20 {
                         break Err(());
                     }
                 }

@@ -82,9 +82,9 @@ pub struct ScenarioFile {
     /// `"1000:60s,5000:60s"` or `["1000:60s", "5000:60s"]`.
     pub stages: Option<StagesValue>,
     pub connect_rate: Option<String>,
-    pub heartbeat: Option<String>,
+    pub heartbeat: Option<DurationValue>,
     pub max_missed: Option<u32>,
-    pub grace: Option<String>,
+    pub grace: Option<DurationValue>,
     pub out: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,
     pub source_addrs: Option<String>,
@@ -96,7 +96,7 @@ pub struct ScenarioFile {
     pub subscribe_frame: Option<String>,
     pub ack_frame: Option<String>,
     pub metrics: Option<String>,
-    pub progress_interval: Option<String>,
+    pub progress_interval: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,33 +126,29 @@ fn invalid(msg: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid(msg.into())
 }
 
-/// Parses `5s`, `250ms`, `15m`, `1h`, `2.5s`.
+/// [`crate::duration::parse_duration`] with the scenario's error type.
 pub fn parse_duration(s: &str) -> Result<Duration, ScenarioError> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        invalid(format!(
-            "`{s}` is not a duration: write e.g. 500ms, 5s, 15m or 1h"
-        ))
-    })?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(invalid(format!(
-                "`{s}` has an unknown unit `{unit}`: use ms, s, m or h"
-            )))
+    crate::duration::parse_duration(s).map_err(ScenarioError::Invalid)
+}
+
+/// A duration key of the scenario file: `"15m"`, `"500ms"` or a bare
+/// number of seconds (`grace = 2`, `grace = 2.5`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Text(String),
+    Secs(u64),
+    SecsF(f64),
+}
+
+impl DurationValue {
+    fn text(self) -> String {
+        match self {
+            DurationValue::Text(s) => s,
+            DurationValue::Secs(n) => n.to_string(),
+            DurationValue::SecsF(f) => f.to_string(),
         }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(invalid(format!("`{s}` is not a valid duration")));
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parses `2000/s`, `2000` (per second) or `120000/m`.
@@ -373,12 +369,20 @@ impl Scenario {
                 .or(file.connect_rate)
                 .unwrap_or("2000/s".into()),
         )?;
-        let heartbeat = parse_duration(&o.heartbeat.or(file.heartbeat).unwrap_or("5s".into()))?;
+        let heartbeat = parse_duration(
+            &o.heartbeat
+                .or(file.heartbeat.map(DurationValue::text))
+                .unwrap_or("5s".into()),
+        )?;
         if heartbeat < Duration::from_millis(50) {
             return Err(invalid("--heartbeat must be at least 50ms"));
         }
         let max_missed = o.max_missed.or(file.max_missed).unwrap_or(2).max(1);
-        let grace = parse_duration(&o.grace.or(file.grace).unwrap_or("2s".into()))?;
+        let grace = parse_duration(
+            &o.grace
+                .or(file.grace.map(DurationValue::text))
+                .unwrap_or("2s".into()),
+        )?;
         let source_addrs = match o.source_addrs.or(file.source_addrs) {
             Some(s) => parse_source_addrs(&s)?,
             None => Vec::new(),
@@ -409,7 +413,7 @@ impl Scenario {
         };
         let progress_interval = parse_duration(
             &o.progress_interval
-                .or(file.progress_interval)
+                .or(file.progress_interval.map(DurationValue::text))
                 .unwrap_or("5s".into()),
         )?;
         Ok(Scenario {
