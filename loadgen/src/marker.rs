@@ -132,7 +132,7 @@ impl Schedule {
     }
 
     pub fn pseq(&self, i: u64) -> u64 {
-        i / self.c() + 1
+        (i / self.c()).saturating_add(1)
     }
 
     /// Scheduled time of `pseq` (≥ 1) on `channel`.
@@ -156,7 +156,7 @@ impl Schedule {
             ((t_ns - self.t0_ns) as f64 * self.rate / 1e9).ceil() as u64
         };
         let i = i_min.saturating_add((u64::from(channel) % c + c - i_min % c) % c);
-        i / c + 1
+        (i / c).saturating_add(1)
     }
 }
 
