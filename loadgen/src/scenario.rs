@@ -549,4 +549,57 @@ mod tests {
         o.client_cert = Some("c.pem".into());
         assert!(Scenario::build(ScenarioFile::default(), o).is_err());
     }
+
+    #[test]
+    fn durations_take_bare_seconds_in_flags_stages_and_toml() {
+        let s = parse_stages("1000:60s,5000:60,10:500ms,20:15m,30:1h").unwrap();
+        let holds: Vec<u64> = s.iter().map(|s| s.hold.as_millis() as u64).collect();
+        assert_eq!(holds, [60_000, 60_000, 500, 900_000, 3_600_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(
+            &p,
+            "url = \"ws://127.0.0.1:1/ws\"\ngrace = 3\nheartbeat = 1.5\nprogress_interval = \"500ms\"\n",
+        )
+        .unwrap();
+        let sc = Scenario::build(ScenarioFile::load(&p).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(sc.grace, Duration::from_secs(3));
+        assert_eq!(sc.heartbeat, Duration::from_millis(1500));
+        assert_eq!(sc.progress_interval, Duration::from_millis(500));
+        let mut o = base();
+        o.grace = Some("12".into());
+        o.heartbeat = Some("12s".into());
+        let sc = Scenario::build(ScenarioFile::default(), o).unwrap();
+        assert_eq!(
+            (sc.grace, sc.heartbeat),
+            (Duration::from_secs(12), Duration::from_secs(12))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_the_parsers(s in "\\PC{0,40}", t in "[0-9:,.smh /-]{0,40}") {
+            for x in [&s, &t] {
+                let _ = parse_stages(x);
+                let _ = parse_rate(x);
+                let _ = parse_source_addrs(x);
+                let _ = toml::from_str::<ScenarioFile>(x);
+                let mut o = base();
+                o.stages = Some(x.clone());
+                o.connect_rate = Some(x.clone());
+                let _ = Scenario::build(ScenarioFile::default(), o);
+            }
+        }
+
+        #[test]
+        fn stages_round_trip(stages in proptest::collection::vec((0usize..1_000_000, 0u64..100_000, proptest::sample::select(vec!["ms", "s", "m", "h", ""])), 1..6)) {
+            let text: Vec<String> = stages.iter().map(|(c, n, u)| format!("{c}:{n}{u}")).collect();
+            let parsed = parse_stages(&text.join(",")).unwrap();
+            proptest::prop_assert_eq!(parsed.len(), stages.len());
+            for (p, (c, n, u)) in parsed.iter().zip(&stages) {
+                proptest::prop_assert_eq!(p.connections, *c);
+                proptest::prop_assert_eq!(p.hold, crate::duration::parse_duration(&format!("{n}{u}")).unwrap());
+            }
+        }
+    }
 }

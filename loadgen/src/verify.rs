@@ -312,4 +312,41 @@ mod tests {
         assert!(!r.is_clean());
         assert!(r.render().contains("lost msg_id=4 subscriber=7"));
     }
+
+    #[test]
+    fn a_subscriber_judged_below_its_baseline_expects_nothing() {
+        // Upgraded late, received nothing, judged to 3 while its baseline
+        // is 9 (most upgrades refused): used to panic on an inverted range.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pubs: String = (1..=12).map(|i| format!("p {i} 0 {i} 100 -\n")).collect();
+        std::fs::write(d.join("publish.log"), format!("run 5\n{pubs}")).unwrap();
+        std::fs::write(
+            d.join("recv-0-0.log"),
+            "y 1 2\nf 1 4 3\ns 1 0 9 3\ns 2 0 - 0\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("ids.txt"), "5-1\n4-1\n").unwrap();
+        let r = verify(d, Some(&d.join("ids.txt"))).unwrap();
+        assert_eq!((r.expected, r.lost.len(), r.subscribers), (0, 0, 2));
+        assert_eq!((r.replayed, r.foreign, r.run), (1, 1, Some(5)));
+        assert_eq!(r.server_other_runs, 1, "run 4's id is not this run's");
+        assert_eq!(r.server_missing.len(), 11);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_logs_never_panic(publog in "([pyfsar]|run)( [0-9-]{0,21}){0,6}(\n([pyfsar]|run)( [0-9-]{0,21}){0,6}){0,8}",
+                                      recv in "([pyfsar]|run)( [0-9-]{0,21}){0,6}(\n([pyfsar]|run)( [0-9-]{0,21}){0,6}){0,8}",
+                                      ids in "[0-9-]{0,22}(\n[0-9-]{0,22}){0,4}") {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            std::fs::write(d.join("publish.log"), &publog).unwrap();
+            std::fs::write(d.join("recv-0-0.log"), &recv).unwrap();
+            std::fs::write(d.join("ids.txt"), &ids).unwrap();
+            if let Ok(r) = verify(d, Some(&d.join("ids.txt"))) {
+                let _ = r.render();
+            }
+        }
+    }
 }
