@@ -240,13 +240,14 @@ pub struct Overrides {
     /// Size of each message body in bytes (the marker is never cut).
     #[arg(long)]
     pub payload_bytes: Option<usize>,
-    /// Stages CONNECTIONS:HOLD,… (default 1000:15m,5000:15m,10000:15m,20000:15m).
+    /// Stages CONNECTIONS:HOLD,… (default 1000:15m,5000:15m,10000:15m,20000:15m);
+    /// HOLD like every duration: 12 (seconds), 500ms, 12s, 15m, 1h.
     #[arg(long)]
     pub stages: Option<String>,
     /// New connections per second while ramping, e.g. 2000/s.
     #[arg(long)]
     pub connect_rate: Option<String>,
-    /// WebSocket ping interval (default 5s).
+    /// WebSocket ping interval (default 5s; durations: 12, 500ms, 12s, 15m, 1h).
     #[arg(long)]
     pub heartbeat: Option<String>,
     /// Missed pongs before a client reconnects (default 2).
@@ -466,7 +467,7 @@ mod dur_secs {
         d: D,
     ) -> Result<std::time::Duration, D::Error> {
         let secs = <f64 as serde::Deserialize>::deserialize(d)?;
-        Ok(std::time::Duration::from_secs_f64(secs.max(0.0)))
+        std::time::Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }
 
