@@ -280,12 +280,14 @@ fn on_frame(lane: &Lane, local: usize, id: u64, text: &str) -> Option<AckPoint> 
         sub.last_message_id.push_str(id);
     }
     let channel = st.subs[local].channel;
-    let Some(m) = Marker::find(text).filter(|m| m.channel == channel) else {
+    // Another run's marker is foreign whatever its channel.
+    let run = st.schedule.run;
+    let Some(m) = Marker::find(text).filter(|m| m.channel == channel || m.run != run) else {
         let k = st.stage;
         st.stage_stats(k).unmarked += 1;
         return None;
     };
-    let verdict = st.subs[local].on_marker(&m, st.schedule.run, &st.schedule, cfg.settle_ns);
+    let verdict = st.subs[local].on_marker(&m, run, &st.schedule, cfg.settle_ns);
     let k = st.stage;
     match verdict {
         // Neither is a delivery of this run to judge: count and move on.

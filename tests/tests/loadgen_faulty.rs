@@ -4,13 +4,16 @@
 //! attempts by reason — and faults that are not the server's (a push
 //! before the publish is answered, history replay, a previous run's
 //! messages) must not show as loss, duplicates or latency. One channel, so
-//! server seq = publisher seq = msg_id.
+//! server seq = publisher seq = msg_id. The last test runs the server as
+//! its own process (`faulty_server` binary), as `pushscope run --pid` needs.
 
 use pushscope_tests::{
+    bin_path,
     faulty_server::{Faults, FaultyServer},
     heavy_lock,
     loadgen::{pushscope, LoadRun},
     pusher::Pusher,
+    spawn_first_line,
 };
 use std::{path::Path, time::Duration};
 
@@ -203,5 +206,59 @@ fn a_second_run_against_the_same_reference_pusher_loses_nothing() {
         assert_eq!(m("duplicates"), 0, "round {round}: {s}");
         assert_eq!(m("received"), m("expected"), "round {round}: {s}");
         assert_eq!(m("foreign"), 0, "round {round}: {s}");
+    }
+}
+
+#[test]
+fn the_faulty_server_binary_serves_a_load_run_and_hands_its_ids_to_verify_on_sigterm() {
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("server-ids.txt");
+    let mut cmd = std::process::Command::new(bin_path("faulty_server"));
+    cmd.args(["--drop", "7", "--repeat", "9", "--ids-file"])
+        .arg(&ids);
+    let (mut guard, line) = spawn_first_line(cmd, Duration::from_secs(10)).unwrap();
+    let addr = line
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("first line `{line}`"));
+    let logs = dir.path().join("logs");
+    let run = load(
+        &format!("ws://{addr}/ws"),
+        "1:2s",
+        "10",
+        dir.path(),
+        Some(&logs),
+    );
+    assert_eq!(run.stage_u64(0, "messages", "lost"), 1, "{}", run.stage(0));
+    assert_eq!(
+        run.stage_u64(0, "messages", "duplicates"),
+        1,
+        "{}",
+        run.stage(0)
+    );
+    guard.signal(libc::SIGTERM);
+    let status = guard
+        .wait_timeout(Duration::from_secs(10))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let v = pushscope(
+        &[
+            "verify",
+            "--log-dir",
+            logs.to_str().unwrap(),
+            "--server-ids",
+            ids.to_str().unwrap(),
+        ],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(v.code, Some(1), "{}\n{}", v.stdout, v.stderr);
+    for line in [
+        "lost msg_id=7 subscriber=0",
+        "duplicated msg_id=9 subscriber=0 received=2",
+        "(1 lost, 1 duplicated, 0 unexpected, 0 missing on server, 0 unexpected on server)",
+    ] {
+        assert!(v.stdout.contains(line), "{line}:\n{}", v.stdout);
     }
 }
