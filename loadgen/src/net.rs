@@ -333,3 +333,35 @@ pub fn scenario_endpoint(url: &str, sc: &crate::scenario::Scenario) -> anyhow::R
     };
     endpoint(url, tls).map_err(|e| anyhow::anyhow!("cannot resolve {url}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_are_short_stable_keys() {
+        let tcp = |errno| ConnectError::Tcp {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        assert_eq!(tcp(libc::ECONNREFUSED).reason(), "refused");
+        assert_eq!(tcp(libc::ECONNRESET).reason(), "reset");
+        assert_eq!(tcp(libc::EMFILE).reason(), "fd_exhausted");
+        assert_eq!(tcp(libc::EADDRNOTAVAIL).reason(), "no_source_port");
+        assert_eq!(ConnectError::Http(503).reason(), "http_503");
+        assert_eq!(
+            ConnectError::Timeout(Duration::from_secs(1)).reason(),
+            "timeout"
+        );
+        let closed = ConnectError::from_handshake(tungstenite::Error::ConnectionClosed);
+        assert_eq!(closed.reason(), "reset");
+        let resp = tungstenite::http::Response::builder()
+            .status(429)
+            .body(None)
+            .unwrap();
+        assert_eq!(
+            ConnectError::from_handshake(tungstenite::Error::Http(resp)).reason(),
+            "http_429"
+        );
+    }
+}

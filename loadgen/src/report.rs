@@ -42,9 +42,6 @@ pub struct Messages {
     /// Frames carrying another run's marker (e.g. a previous run's
     /// messages still buffered by the server). Never accounted.
     pub foreign: u64,
-    /// Arrivals in a span of declared losses too long to remember one by
-    /// one (more than 10,000 per subscriber): each is late or a duplicate.
-    pub late_untracked: u64,
 }
 
 /// Quantiles in milliseconds; `None` when nothing was measured.
@@ -117,6 +114,9 @@ pub struct StageReport {
     pub disconnects_by_reason: BTreeMap<String, u64>,
     /// Received after their gap had been declared lost.
     pub late: u64,
+    /// Arrivals in a span of declared losses too long to remember one by
+    /// one (past 10,000 per subscriber): each is late or a duplicate.
+    pub late_untracked: u64,
     /// Second copies of messages the publisher re-posted after a failed POST
     /// (not counted as duplicates: the server accepted two publishes).
     pub republished: u64,
@@ -197,7 +197,6 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
             },
             replayed: s.replayed,
             foreign: s.foreign,
-            late_untracked: s.late_untracked,
         },
         latency_ms: Latency {
             p50: q(&s.latency, 0.5),
@@ -219,6 +218,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
         failed_by_reason: s.failed_by_reason.clone(),
         disconnects_by_reason: s.disconnects_by_reason.clone(),
         late: s.late,
+        late_untracked: s.late_untracked,
         republished: s.republished,
         unmarked: s.unmarked,
         loadgen: LoadgenHealth {
@@ -256,7 +256,7 @@ pub fn write_summary(
 pub fn stage_line(r: &StageReport) -> String {
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     format!(
-        "stage {}: {}/{} connections ({} failed, {} unexpected disconnects, stability {:.5}); messages published {} expected {} received {} lost {} duplicates {} out-of-order {}; latency ms p50 {} p99 {} max {}",
+        "stage {}: {}/{} connections ({} failed, {} unexpected disconnects, stability {:.5}); messages published {} expected {} received {} lost {} duplicates {} out-of-order {} replayed {} foreign {}; latency ms p50 {} p99 {} max {}",
         r.stage,
         r.connections.opened,
         r.connections.target,
@@ -269,6 +269,8 @@ pub fn stage_line(r: &StageReport) -> String {
         r.messages.lost,
         r.messages.duplicates,
         r.messages.out_of_order,
+        r.messages.replayed,
+        r.messages.foreign,
         f(r.latency_ms.p50),
         f(r.latency_ms.p99),
         f(r.latency_ms.max),
