@@ -1,6 +1,7 @@
 //! Per-message accounting: one `SubAcct` per subscriber judges every
-//! received marker (fresh, duplicate, out of order, late) and, when a stage
-//! is closed (stage end + grace), turns still-open gaps into losses.
+//! received marker (fresh, duplicate, out of order, late; or not to be
+//! judged: history replay, another run's, below the baseline) and, when a
+//! stage is closed (stage end + grace), turns still-open gaps into losses.
 //! `StageStats` holds one stage's counters and HDR histograms; it merges
 //! exactly across lanes and worker processes (histograms travel as V2
 //! serialized bytes).

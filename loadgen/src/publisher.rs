@@ -1,7 +1,8 @@
 //! Open-model publisher: message `i` is due at `t0 + i/rate` whatever the
 //! server does (no coordinated omission). The scheduler stamps each message
-//! with its stage and scheduled time and hands it to the HTTP connection its
-//! channel is pinned to, so per-channel order is the schedule's order.
+//! with the run id, its stage and scheduled time (CLOCK_MONOTONIC) and hands
+//! it to the HTTP connection its channel is pinned to, so per-channel order
+//! is the schedule's order; it is posted with `X-Msg-Id: <run>-<msg_id>`.
 //! Failed publishes are retried (same body, same scheduled time) until a
 //! deadline; what still failed is reported so it is not counted as lost.
 
