@@ -1,11 +1,12 @@
 //! Per-message accounting: one `SubAcct` per subscriber judges every
-//! received marker (fresh, duplicate, out of order, late) and, when a stage
-//! is closed (stage end + grace), turns still-open gaps into losses.
+//! received marker (fresh, duplicate, out of order, late; or not to be
+//! judged: history replay, another run's, below the baseline) and, when a
+//! stage is closed (stage end + grace), turns still-open gaps into losses.
 //! `StageStats` holds one stage's counters and HDR histograms; it merges
 //! exactly across lanes and worker processes (histograms travel as V2
 //! serialized bytes).
 
-use crate::marker::Schedule;
+use crate::marker::{Marker, Schedule};
 use hdrhistogram::{
     serialization::{Deserializer, Serializer, V2Serializer},
     Histogram,
@@ -20,9 +21,11 @@ pub fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("static bounds")
 }
 
-/// Records a duration in µs, clamped to the histogram's range.
-pub fn record_us(h: &mut Histogram<u64>, us: u64) {
+/// Records a duration in µs, clamped to the histogram's range; true when
+/// it was above the range (recorded as the maximum: count it).
+pub fn record_us(h: &mut Histogram<u64>, us: u64) -> bool {
     let _ = h.record(us.clamp(1, HIST_MAX_US));
+    us > HIST_MAX_US
 }
 
 /// What one received message was, for one subscriber.
@@ -34,8 +37,16 @@ pub enum Verdict {
     Duplicate,
     /// Arrived after its gap had already been declared lost.
     Late,
+    /// Arrived where losses were declared but no longer remembered one by
+    /// one (past the lost-set cap): late or duplicate, cannot tell.
+    LateUntracked,
     /// Older than what this subscriber was ever expected to see.
     PreBaseline,
+    /// Scheduled before the subscriber's first upgrade: the server's
+    /// history (e.g. nchan's buffer), not a delivery to judge.
+    Replay,
+    /// A marker of another run.
+    Foreign,
 }
 
 /// One subscriber's view of its channel's per-channel publish seqs.
@@ -51,9 +62,14 @@ pub struct SubAcct {
     ahead: BTreeSet<u64>,
     /// Declared lost; a later arrival counts as late, not duplicate.
     lost_set: BTreeSet<u64>,
+    /// Most pseqs `lost_set` remembers.
+    lost_cap: usize,
+    /// Smallest range holding every declared-lost pseq `lost_set` had no
+    /// room for: an arrival there is `LateUntracked`.
+    untracked: Option<(u64, u64)>,
     /// Highest pseq already judged by a stage close.
     closed_hi: u64,
-    /// Unix ns when the first WebSocket upgrade completed.
+    /// CLOCK_MONOTONIC ns when the first WebSocket upgrade completed.
     pub up_ns: Option<u64>,
     /// Last server seq received (resume point for protocols that have one).
     pub last_server_seq: Option<u64>,
@@ -66,6 +82,11 @@ pub struct SubAcct {
 
 impl SubAcct {
     pub fn new(channel: u32) -> Self {
+        Self::with_lost_cap(channel, LOST_SET_CAP)
+    }
+
+    /// A subscriber remembering at most `lost_cap` declared-lost pseqs.
+    pub fn with_lost_cap(channel: u32, lost_cap: usize) -> Self {
         SubAcct {
             channel,
             baseline: None,
@@ -73,6 +94,8 @@ impl SubAcct {
             max_seen: 0,
             ahead: BTreeSet::new(),
             lost_set: BTreeSet::new(),
+            lost_cap,
+            untracked: None,
             closed_hi: 0,
             up_ns: None,
             last_server_seq: None,
@@ -87,6 +110,11 @@ impl SubAcct {
 
     pub fn closed_hi(&self) -> u64 {
         self.closed_hi
+    }
+
+    /// Records an upgrade: only the first one sets `up_ns`.
+    pub fn upgraded(&mut self, now_ns: u64) {
+        self.up_ns.get_or_insert(now_ns);
     }
 
     /// The subscriber was closed on purpose: expect nothing beyond what it
@@ -106,17 +134,32 @@ impl SubAcct {
         if self.baseline.is_none() {
             let by_time = self
                 .up_ns
-                .map(|t| sched.first_pseq_at_or_after(self.channel, t + settle_ns));
+                .map(|t| sched.first_pseq_at_or_after(self.channel, t.saturating_add(settle_ns)));
             let b = match (first_seen, by_time) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             }?;
-            // Gaps already closed by earlier stages are not this subscriber's.
-            let b = b.max(self.closed_hi + 1);
+            // Gaps already closed by earlier stages are not this subscriber's;
+            // pseqs start at 1.
+            let b = b.max(self.closed_hi.saturating_add(1)).max(1);
             self.baseline = Some(b);
             self.contig = b - 1;
         }
         self.baseline
+    }
+
+    /// Judges one marker of this subscriber's channel: another run's marker
+    /// is `Foreign`, one scheduled before the first upgrade is `Replay`;
+    /// neither touches the accounting (a replay must not become the
+    /// baseline, or the server's whole history would be expected).
+    pub fn on_marker(&mut self, m: &Marker, run: u32, sched: &Schedule, settle_ns: u64) -> Verdict {
+        if m.run != run {
+            return Verdict::Foreign;
+        }
+        if self.up_ns.is_some_and(|up| m.sched_ns < up) {
+            return Verdict::Replay;
+        }
+        self.on_receive(m.pseq, sched, settle_ns)
     }
 
     pub fn on_receive(&mut self, pseq: u64, sched: &Schedule, settle_ns: u64) -> Verdict {
@@ -130,13 +173,16 @@ impl SubAcct {
             return Verdict::Late;
         }
         if pseq <= self.contig || self.ahead.contains(&pseq) {
+            if self.untracked.is_some_and(|(a, b)| a <= pseq && pseq <= b) {
+                return Verdict::LateUntracked;
+            }
             return Verdict::Duplicate;
         }
         let out_of_order = pseq < self.max_seen;
         self.max_seen = self.max_seen.max(pseq);
-        if pseq == self.contig + 1 {
+        if pseq == self.contig.saturating_add(1) {
             self.contig = pseq;
-            while self.ahead.remove(&(self.contig + 1)) {
+            while self.contig < u64::MAX && self.ahead.remove(&(self.contig + 1)) {
                 self.contig += 1;
             }
         } else {
@@ -147,7 +193,8 @@ impl SubAcct {
 
     /// Judges all pseqs up to `hi` (the stage's last published pseq on this
     /// channel): returns (expected, lost). `failed` says which pseqs the
-    /// publisher never managed to publish.
+    /// publisher never managed to publish. Pseqs received before their
+    /// publish was answered (so above `hi`) stay received for the next close.
     pub fn close(
         &mut self,
         hi: u64,
@@ -168,31 +215,45 @@ impl SubAcct {
         let expected = (hi - lo) - failed_in(lo + 1, hi);
         // Everything ≤ contig is settled; walk only the gaps between the
         // pseqs received ahead of it, so judging costs O(gaps), not O(messages).
+        let cap = self.lost_cap;
         let mut lost = 0;
-        let mut gap = |from: u64, to: u64, lost_set: &mut BTreeSet<u64>| {
+        let mut gap = |from: u64, to: u64, acct: &mut SubAcct| {
             if from > to {
                 return;
             }
             lost += (to - from + 1) - failed_in(from, to);
             for p in from..=to {
-                if lost_set.len() >= LOST_SET_CAP {
+                if acct.lost_set.len() >= cap {
+                    // No room: remember the span of what is left, exactly.
+                    let first = (p..=to).find(|q| !failed.contains(q));
+                    let last = (p..=to).rev().find(|q| !failed.contains(q));
+                    if let (Some(a), Some(b)) = (first, last) {
+                        acct.untracked = Some(match acct.untracked {
+                            Some((x, y)) => (x.min(a), y.max(b)),
+                            None => (a, b),
+                        });
+                    }
                     break;
                 }
                 if !failed.contains(&p) {
-                    lost_set.insert(p);
+                    acct.lost_set.insert(p);
                 }
             }
         };
-        let mut next = self.contig.max(lo) + 1;
-        let received: Vec<u64> = self.ahead.range(next..=hi).copied().collect();
-        for p in received {
-            gap(next, p - 1, &mut self.lost_set);
-            self.ahead.remove(&p);
-            next = p + 1;
+        let mut next = self.contig.max(lo).saturating_add(1);
+        // A server may push before it answers the publish: then `contig`
+        // is already past `hi` and there is no gap to walk.
+        if next <= hi {
+            let received: Vec<u64> = self.ahead.range(next..=hi).copied().collect();
+            for p in received {
+                gap(next, p - 1, self);
+                self.ahead.remove(&p);
+                next = p + 1;
+            }
+            gap(next, hi, self);
         }
-        gap(next, hi, &mut self.lost_set);
         self.contig = self.contig.max(hi);
-        while self.ahead.remove(&(self.contig + 1)) {
+        while self.contig < u64::MAX && self.ahead.remove(&(self.contig + 1)) {
             self.contig += 1;
         }
         self.closed_hi = hi;
@@ -201,12 +262,15 @@ impl SubAcct {
 }
 
 /// Declared-lost pseqs remembered per subscriber (to tell late arrivals
-/// from duplicates); beyond it a late arrival counts as a duplicate.
-const LOST_SET_CAP: usize = 10_000;
+/// from duplicates); beyond it an arrival in the forgotten span counts as
+/// `late_untracked`.
+pub const LOST_SET_CAP: usize = 10_000;
 
 /// One stage's figures from one lane, process or the whole run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageStats {
+    /// Connection attempts that finished in the stage (opened + reconnects + failed).
+    pub attempts: u64,
     pub opened: u64,
     pub failed: u64,
     pub failed_by_reason: BTreeMap<String, u64>,
@@ -224,6 +288,14 @@ pub struct StageStats {
     pub republished: u64,
     pub out_of_order: u64,
     pub late: u64,
+    /// Arrivals in a span of declared losses no longer remembered one by one.
+    pub late_untracked: u64,
+    /// Frames of the server's history: scheduled before the subscriber's first upgrade.
+    pub replayed: u64,
+    /// Frames carrying another run's marker.
+    pub foreign: u64,
+    /// Latencies above the histogram's range (recorded as its maximum).
+    pub latency_clipped: u64,
     /// Frames without a marker (or not parseable).
     pub unmarked: u64,
     /// CPU used by each process during the stage, % of one core.
@@ -243,6 +315,7 @@ pub struct StageStats {
 impl Default for StageStats {
     fn default() -> Self {
         StageStats {
+            attempts: 0,
             opened: 0,
             failed: 0,
             failed_by_reason: BTreeMap::new(),
@@ -258,6 +331,10 @@ impl Default for StageStats {
             republished: 0,
             out_of_order: 0,
             late: 0,
+            late_untracked: 0,
+            replayed: 0,
+            foreign: 0,
+            latency_clipped: 0,
             unmarked: 0,
             cpu_pct: Vec::new(),
             latency: new_hist(),
@@ -272,6 +349,7 @@ impl Default for StageStats {
 impl StageStats {
     /// Exact merge: counters add, histograms add bucket by bucket.
     pub fn merge(&mut self, o: &StageStats) {
+        self.attempts += o.attempts;
         self.opened += o.opened;
         self.failed += o.failed;
         for (k, v) in &o.failed_by_reason {
@@ -291,6 +369,10 @@ impl StageStats {
         self.republished += o.republished;
         self.out_of_order += o.out_of_order;
         self.late += o.late;
+        self.late_untracked += o.late_untracked;
+        self.replayed += o.replayed;
+        self.foreign += o.foreign;
+        self.latency_clipped += o.latency_clipped;
         self.unmarked += o.unmarked;
         self.cpu_pct.extend_from_slice(&o.cpu_pct);
         for (a, b) in [
@@ -342,6 +424,7 @@ mod tests {
 
     fn sched() -> Schedule {
         Schedule {
+            run: 1,
             t0_ns: 0,
             rate: 1000.0,
             channels: 1,
@@ -416,7 +499,55 @@ mod tests {
         assert_eq!(a.close(50_000_000, &[7], &s, 0), (49_999_999, 49_999_997));
         assert!(t.elapsed() < std::time::Duration::from_millis(500));
         assert_eq!(a.on_receive(5, &s, 0), Verdict::Late);
-        assert_eq!(a.on_receive(1_000_000, &s, 0), Verdict::Duplicate);
+        // Past LOST_SET_CAP losses only their span is kept: an arrival in
+        // it is counted as late_untracked, whatever it was.
+        assert_eq!(a.on_receive(1_000_000, &s, 0), Verdict::LateUntracked);
+        assert_eq!(a.on_receive(40_000_000, &s, 0), Verdict::LateUntracked);
+        assert_eq!(a.on_receive(1, &s, 0), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn push_before_the_publish_answer_never_panics() {
+        // The stage is judged up to pseq 3 (publishes answered), but the
+        // server already pushed 1..=5.
+        let s = sched();
+        let mut a = SubAcct::new(0);
+        a.up_ns = Some(0);
+        for p in 1..=5 {
+            a.on_receive(p, &s, 0);
+        }
+        assert_eq!(a.close(3, &[], &s, 0), (3, 0));
+        assert_eq!(a.close(6, &[], &s, 0), (3, 1));
+        assert_eq!(a.on_receive(6, &s, 0), Verdict::Late);
+    }
+
+    #[test]
+    fn replay_and_foreign_markers_are_not_accounted() {
+        let s = sched(); // 1000/s: pseq p is due at (p - 1) ms
+        let mut a = SubAcct::new(0);
+        a.upgraded(10_000_000); // first upgrade at 10 ms
+        a.upgraded(50_000_000); // a reconnect does not move it
+        let m = |pseq: u64, run: u32| Marker {
+            run,
+            channel: 0,
+            pseq,
+            msg_id: pseq,
+            stage: 0,
+            sched_ns: s.sched_of(0, pseq),
+            attempt: 0,
+        };
+        assert_eq!(a.on_marker(&m(3, 1), 1, &s, 0), Verdict::Replay);
+        assert_eq!(a.baseline(), None, "a replay never becomes the baseline");
+        assert_eq!(a.on_marker(&m(12, 2), 1, &s, 0), Verdict::Foreign);
+        assert_eq!(
+            a.on_marker(&m(12, 1), 1, &s, 0),
+            Verdict::Fresh {
+                out_of_order: false
+            }
+        );
+        assert_eq!(a.baseline(), Some(11), "by time: due at or after 10 ms");
+        assert_eq!(a.on_marker(&m(3, 1), 1, &s, 0), Verdict::Replay);
+        assert_eq!(a.close(12, &[], &s, 0), (2, 1));
     }
 
     #[test]

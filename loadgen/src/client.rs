@@ -7,8 +7,9 @@
 
 use crate::{
     accounting::{record_us, StageStats, Verdict},
+    clock::mono_ns,
     lane::{bump, Lane, SubCtl},
-    marker::{now_ns, Marker},
+    marker::Marker,
     net::{open_ws, Endpoint, Ws},
     protocol::{AckPoint, Protocol, Resume},
 };
@@ -83,6 +84,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 let mut st = lane.state.borrow_mut();
                 let k = st.stage;
                 let s = st.stage_stats(k);
+                s.attempts += 1;
                 s.failed += 1;
                 StageStats::count_reason(&mut s.failed_by_reason, &e.reason());
                 bump(&lane.gauges.errors);
@@ -95,11 +97,10 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 {
                     let mut st = lane.state.borrow_mut();
                     st.connected_delta(true);
-                    if st.subs[local].up_ns.is_none() {
-                        st.subs[local].up_ns = Some(now_ns());
-                    }
+                    st.subs[local].upgraded(mono_ns());
                     let k = st.stage;
                     let s = st.stage_stats(k);
+                    s.attempts += 1;
                     if ever_connected {
                         s.reconnects += 1;
                     } else {
@@ -265,7 +266,7 @@ fn unmarked(lane: &Lane) {
 /// Only numbers are kept from the frame (copied out), never its bytes.
 fn on_frame(lane: &Lane, local: usize, id: u64, text: &str) -> Option<AckPoint> {
     let cfg = &lane.cfg;
-    let now = now_ns();
+    let now = mono_ns();
     let server_seq = cfg.protocol.server_seq(text);
     let mut st = lane.state.borrow_mut();
     let st = &mut *st;
@@ -279,12 +280,35 @@ fn on_frame(lane: &Lane, local: usize, id: u64, text: &str) -> Option<AckPoint> 
         sub.last_message_id.push_str(id);
     }
     let channel = st.subs[local].channel;
-    let Some(m) = Marker::find(text).filter(|m| m.channel == channel) else {
+    // Another run's marker is foreign whatever its channel.
+    let run = st.schedule.run;
+    let Some(m) = Marker::find(text).filter(|m| m.channel == channel || m.run != run) else {
         let k = st.stage;
         st.stage_stats(k).unmarked += 1;
         return None;
     };
-    let verdict = st.subs[local].on_receive(m.pseq, &st.schedule, cfg.settle_ns);
+    let verdict = st.subs[local].on_marker(&m, run, &st.schedule, cfg.settle_ns);
+    let k = st.stage;
+    match verdict {
+        // Neither is a delivery of this run to judge: count and move on.
+        Verdict::Replay => {
+            if let Some(log) = st.log.as_mut() {
+                log.replayed(id, m.msg_id);
+            }
+            st.stage_stats(k).replayed += 1;
+            bump(&lane.gauges.received);
+            return None;
+        }
+        Verdict::Foreign => {
+            if let Some(log) = st.log.as_mut() {
+                log.foreign(id, m.run, m.msg_id);
+            }
+            st.stage_stats(k).foreign += 1;
+            bump(&lane.gauges.received);
+            return None;
+        }
+        _ => {}
+    }
     if let Some(log) = st.log.as_mut() {
         log.received(id, m.msg_id, m.attempt);
     }
@@ -293,13 +317,16 @@ fn on_frame(lane: &Lane, local: usize, id: u64, text: &str) -> Option<AckPoint> 
         Verdict::Fresh { out_of_order } => {
             s.received += 1;
             s.out_of_order += u64::from(out_of_order);
-            record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000);
+            if record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000) {
+                s.latency_clipped += 1;
+            }
         }
         // A re-posted copy is the publisher's duplicate, not the server's.
         Verdict::Duplicate if m.attempt > 0 => s.republished += 1,
         Verdict::Duplicate => s.duplicates += 1,
         Verdict::Late => s.late += 1,
-        Verdict::PreBaseline => {}
+        Verdict::LateUntracked => s.late_untracked += 1,
+        Verdict::PreBaseline | Verdict::Replay | Verdict::Foreign => {}
     }
     bump(&lane.gauges.received);
     cfg.protocol.acks().then_some(AckPoint {

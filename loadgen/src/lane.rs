@@ -169,6 +169,7 @@ async fn lane_main(
             stage: 0,
             first_open: 0,
             schedule: Schedule {
+                run: 0,
                 t0_ns: 0,
                 rate: 0.0,
                 channels: 1,

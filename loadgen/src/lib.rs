@@ -8,6 +8,8 @@
 
 pub mod accounting;
 pub mod client;
+pub mod clock;
+pub mod duration;
 pub mod lane;
 pub mod live;
 pub mod marker;

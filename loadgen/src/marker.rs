@@ -1,19 +1,25 @@
 //! The marker each published message carries inside its body, and the
 //! open-model publish schedule. The marker is plain ASCII so it survives any
 //! server that forwards the body as text:
-//! `psm1.<channel>.<pseq>.<msg_id>.<stage>.<scheduled_unix_ns>.<attempt>.` then padding.
-//! `pseq` is the publisher's own per-channel sequence (1, 2, …), so loss and
-//! order are judged the same way for every protocol; the scheduled time is
-//! the send time the schedule *intended*, so replayed or late messages keep it.
-//! `attempt` > 0 marks a re-publish after a failed POST: if the first POST
-//! was in fact accepted, the copy is the publisher's duplicate, not the server's.
+//! `psm2.<run>.<channel>.<pseq>.<msg_id>.<stage>.<scheduled_mono_ns>.<attempt>.`
+//! then padding. `run` is a random nonzero id drawn per run: a frame from
+//! another run (a server's history, a previous run on the same server) is
+//! told apart, and the id sent to the server (`<run>-<msg_id>`) never
+//! repeats across runs, so an idempotent server never mistakes a new run's
+//! message for a retry. `pseq` is the publisher's own per-channel sequence
+//! (1, 2, …), so loss and order are judged the same way for every protocol;
+//! the scheduled time (CLOCK_MONOTONIC, see `clock`) is the send time the
+//! schedule *intended*, so replayed or late messages keep it. `attempt` > 0
+//! marks a re-publish after a failed POST: if the first POST was in fact
+//! accepted, the copy is the publisher's duplicate, not the server's.
 
 use serde::{Deserialize, Serialize};
 
-pub const PREFIX: &str = "psm1.";
+pub const PREFIX: &str = "psm2.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Marker {
+    pub run: u32,
     pub channel: u32,
     pub pseq: u64,
     pub msg_id: u64,
@@ -26,8 +32,8 @@ impl Marker {
     /// The message body: marker padded with `x` up to `payload_bytes`.
     pub fn body(&self, payload_bytes: usize) -> String {
         let mut s = format!(
-            "{PREFIX}{}.{}.{}.{}.{}.{}.",
-            self.channel, self.pseq, self.msg_id, self.stage, self.sched_ns, self.attempt
+            "{PREFIX}{}.{}.{}.{}.{}.{}.{}.",
+            self.run, self.channel, self.pseq, self.msg_id, self.stage, self.sched_ns, self.attempt
         );
         if s.len() < payload_bytes {
             s.extend(std::iter::repeat_n('x', payload_bytes - s.len()));
@@ -35,20 +41,66 @@ impl Marker {
         s
     }
 
-    /// Finds and parses the marker anywhere in a received frame.
+    /// The id sent to the server (`X-Msg-Id`): unique across runs.
+    pub fn wire_id(&self) -> String {
+        wire_id(self.run, self.msg_id)
+    }
+
+    /// Finds and parses the marker anywhere in a received frame: the first
+    /// occurrence of the prefix followed by seven numbers each ended by a
+    /// dot (a cut-off marker is not taken for a shorter number).
     pub fn find(frame: &str) -> Option<Marker> {
-        let start = frame.find(PREFIX)? + PREFIX.len();
-        let mut it = frame[start..].splitn(7, '.');
-        let mut next = || it.next()?.parse::<u64>().ok();
-        Some(Marker {
+        let mut rest = frame;
+        // Bounded by the frame's length: each round moves past one prefix.
+        while let Some(at) = rest.find(PREFIX) {
+            rest = &rest[at + PREFIX.len()..];
+            if let Some(m) = Self::parse_fields(rest) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    fn parse_fields(s: &str) -> Option<Marker> {
+        let mut it = s.splitn(8, '.');
+        let mut next = || {
+            let f = it.next()?;
+            // Digits only: `parse` would also take a leading `+`.
+            if f.is_empty() || f.len() > 20 || !f.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            f.parse::<u64>().ok()
+        };
+        let m = Marker {
+            run: u32::try_from(next()?).ok()?,
             channel: u32::try_from(next()?).ok()?,
             pseq: next()?,
             msg_id: next()?,
             stage: u32::try_from(next()?).ok()?,
             sched_ns: next()?,
             attempt: u32::try_from(next()?).ok()?,
-        })
+        };
+        // The dot after `attempt` must be there.
+        it.next()?;
+        Some(m)
     }
+}
+
+/// `X-Msg-Id` of message `msg_id` of run `run`.
+pub fn wire_id(run: u32, msg_id: u64) -> String {
+    format!("{run}-{msg_id}")
+}
+
+/// Inverse of [`wire_id`]: `(run, msg_id)`.
+pub fn parse_wire_id(s: &str) -> Option<(u32, u64)> {
+    let (r, m) = s.trim().split_once('-')?;
+    Some((r.parse().ok()?, m.parse().ok()?))
+}
+
+/// A random nonzero run id.
+pub fn new_run_id() -> u32 {
+    use rand::Rng;
+    rand::thread_rng().gen_range(1..=u32::MAX)
 }
 
 /// Message `i` (0-based) is due at `t0 + i/rate`, goes to channel `i % C`
@@ -57,6 +109,9 @@ impl Marker {
 /// without asking the publisher.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Schedule {
+    /// Run id stamped in every marker (nonzero).
+    pub run: u32,
+    /// CLOCK_MONOTONIC ns of message 0.
     pub t0_ns: u64,
     pub rate: f64,
     pub channels: u32,
@@ -64,15 +119,29 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn sched_ns(&self, i: u64) -> u64 {
-        self.t0_ns + (i as f64 * 1e9 / self.rate) as u64
+        self.t0_ns
+            .saturating_add((i as f64 * 1e9 / self.rate) as u64)
+    }
+
+    fn c(&self) -> u64 {
+        u64::from(self.channels.max(1))
     }
 
     pub fn channel(&self, i: u64) -> u32 {
-        (i % u64::from(self.channels)) as u32
+        (i % self.c()) as u32
     }
 
     pub fn pseq(&self, i: u64) -> u64 {
-        i / u64::from(self.channels) + 1
+        (i / self.c()).saturating_add(1)
+    }
+
+    /// Scheduled time of `pseq` (≥ 1) on `channel`.
+    pub fn sched_of(&self, channel: u32, pseq: u64) -> u64 {
+        let i = pseq
+            .saturating_sub(1)
+            .saturating_mul(self.c())
+            .saturating_add(u64::from(channel));
+        self.sched_ns(i)
     }
 
     /// First per-channel seq of `channel` scheduled at or after `t_ns`.
@@ -80,23 +149,15 @@ impl Schedule {
         if self.rate <= 0.0 {
             return u64::MAX;
         }
-        let c = u64::from(self.channels);
+        let c = self.c();
         let i_min = if t_ns <= self.t0_ns {
             0
         } else {
             ((t_ns - self.t0_ns) as f64 * self.rate / 1e9).ceil() as u64
         };
-        let i = i_min + (u64::from(channel) + c - i_min % c) % c;
-        i / c + 1
+        let i = i_min.saturating_add((u64::from(channel) % c + c - i_min % c) % c);
+        (i / c).saturating_add(1)
     }
-}
-
-/// Wall clock in unix nanoseconds: shared by publisher and worker processes.
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -106,6 +167,7 @@ mod tests {
     #[test]
     fn marker_roundtrips_inside_json_and_pads() {
         let m = Marker {
+            run: 77,
             channel: 3,
             pseq: 42,
             msg_id: 4242,
@@ -119,13 +181,26 @@ mod tests {
             format!("{{\"channel\":\"ch3\",\"seq\":9,\"id\":\"4242\",\"data\":\"{body}\"}}");
         assert_eq!(Marker::find(&frame), Some(m));
         assert_eq!(Marker::find("no marker"), None);
-        assert_eq!(Marker::find("psm1.1.2.x"), None);
+        assert_eq!(Marker::find("psm2.1.2.x"), None);
+        // Cut off after the attempt's digits: not taken for a shorter number.
+        assert_eq!(Marker::find("psm2.1.0.5.5.0.123.1"), None);
+        // A broken first occurrence does not hide a good second one.
+        assert_eq!(Marker::find(&format!("psm2.9.{}", m.body(0))), Some(m));
+        assert_eq!(
+            Marker::find("psm1.0.1.1.0.5.0."),
+            None,
+            "the old version is not this run's"
+        );
+        assert_eq!(m.wire_id(), "77-4242");
+        assert_eq!(parse_wire_id("77-4242"), Some((77, 4242)));
+        assert_eq!(parse_wire_id("4242"), None);
         assert!(m.body(10).len() > 10, "marker is never truncated");
     }
 
     #[test]
     fn schedule_is_deterministic() {
         let s = Schedule {
+            run: 1,
             t0_ns: 1_000_000_000,
             rate: 100.0,
             channels: 4,
@@ -138,5 +213,32 @@ mod tests {
         assert_eq!(s.first_pseq_at_or_after(2, 1_060_000_000), 2);
         assert_eq!(s.first_pseq_at_or_after(2, 1_061_000_000), 3);
         assert_eq!(s.first_pseq_at_or_after(0, 0), 1);
+        assert_eq!(s.sched_of(2, 2), 1_060_000_000);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic(frame in "\\PC{0,120}", bytes in proptest::collection::vec(0u8..=255, 0..120)) {
+            let _ = Marker::find(&frame);
+            let _ = Marker::find(&String::from_utf8_lossy(&bytes));
+            let _ = Marker::find(&format!("psm2.{frame}"));
+            let _ = parse_wire_id(&frame);
+        }
+
+        #[test]
+        fn markers_round_trip_anywhere(run in 1u32.., channel: u32, pseq: u64, msg_id: u64, stage: u32,
+                                       sched_ns: u64, attempt: u32, pad in 0usize..300,
+                                       before in "[a-z{}\":, ]{0,20}", after in "[a-z{}\":, ]{0,20}") {
+            let m = Marker { run, channel, pseq, msg_id, stage, sched_ns, attempt };
+            let frame = format!("{before}{}{after}", m.body(pad));
+            proptest::prop_assert_eq!(Marker::find(&frame), Some(m));
+        }
+
+        #[test]
+        fn schedule_math_never_panics(t0: u64, rate in 0.001f64..1e7, channels: u32, ch: u32, t: u64, i: u64, pseq: u64) {
+            let s = Schedule { run: 1, t0_ns: t0, rate, channels };
+            let _ = (s.sched_ns(i), s.channel(i), s.pseq(i), s.sched_of(ch, pseq));
+            let _ = s.first_pseq_at_or_after(ch, t);
+        }
     }
 }

@@ -13,7 +13,10 @@ use std::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::{tungstenite::protocol::WebSocketConfig, WebSocketStream};
+use tokio_tungstenite::{
+    tungstenite::{self, protocol::WebSocketConfig},
+    WebSocketStream,
+};
 
 pub type Ws = WebSocketStream<Io>;
 
@@ -104,6 +107,10 @@ pub enum ConnectError {
         host: String,
         source: std::io::Error,
     },
+    #[error("WebSocket upgrade refused with HTTP {0}")]
+    Http(u16),
+    #[error("the server closed or reset the connection during the upgrade: {0}")]
+    UpgradeReset(String),
     #[error("WebSocket upgrade failed: {0}")]
     Upgrade(String),
     #[error("connection attempt timed out after {0:?}")]
@@ -111,10 +118,13 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// A short, stable label for counting failures by kind.
+    /// A short, stable label for counting failures by kind:
+    /// `refused`, `reset`, `timeout`, `http_<status>` (e.g. `http_503`),
+    /// `tls: <what rustls said>`, `no_source_port`, `fd_exhausted`,
+    /// `tcp: <io error kind>`, `upgrade: <what tungstenite said>`.
     pub fn reason(&self) -> String {
         match self {
-            ConnectError::Tcp { source, .. } => format!("tcp: {}", io_kind(source)),
+            ConnectError::Tcp { source, .. } => io_kind(source),
             ConnectError::Tls { source, .. } => {
                 let inner = source
                     .get_ref()
@@ -122,22 +132,48 @@ impl ConnectError {
                     .unwrap_or_else(|| io_kind(source));
                 format!("tls: {}", inner.chars().take(80).collect::<String>())
             }
+            ConnectError::Http(status) => format!("http_{status}"),
+            ConnectError::UpgradeReset(_) => "reset".into(),
             ConnectError::Upgrade(m) => {
                 format!("upgrade: {}", m.chars().take(60).collect::<String>())
             }
             ConnectError::Timeout(_) => "timeout".into(),
         }
     }
+
+    /// What a failed handshake of tungstenite's was.
+    fn from_handshake(e: tungstenite::Error) -> ConnectError {
+        use tungstenite::{error::ProtocolError, Error as E};
+        match e {
+            E::Http(resp) => ConnectError::Http(resp.status().as_u16()),
+            E::Io(io) => match io.raw_os_error() {
+                Some(libc::ECONNRESET) | Some(libc::EPIPE) => {
+                    ConnectError::UpgradeReset(io.to_string())
+                }
+                _ if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    ConnectError::UpgradeReset(io.to_string())
+                }
+                _ => ConnectError::Upgrade(io.to_string()),
+            },
+            E::ConnectionClosed
+            | E::AlreadyClosed
+            | E::Protocol(ProtocolError::HandshakeIncomplete)
+            | E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                ConnectError::UpgradeReset(e.to_string())
+            }
+            e => ConnectError::Upgrade(e.to_string()),
+        }
+    }
 }
 
 fn io_kind(e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "connection refused".into(),
-        Some(libc::ECONNRESET) => "connection reset".into(),
-        Some(libc::EADDRNOTAVAIL) => "no free source port".into(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors".into(),
-        Some(libc::ETIMEDOUT) => "timed out".into(),
-        _ => format!("{:?}", e.kind()).to_lowercase(),
+        Some(libc::ECONNREFUSED) => "refused".into(),
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => "reset".into(),
+        Some(libc::EADDRNOTAVAIL) => "no_source_port".into(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "fd_exhausted".into(),
+        Some(libc::ETIMEDOUT) => "timeout".into(),
+        _ => format!("tcp: {:?}", e.kind()).to_lowercase(),
     }
 }
 
@@ -239,7 +275,7 @@ pub async fn open_ws(
         let (ws, _resp) =
             tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
                 .await
-                .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
+                .map_err(ConnectError::from_handshake)?;
         phases.upgrade = t.elapsed();
         Ok((ws, phases))
     };
@@ -296,4 +332,36 @@ pub fn scenario_endpoint(url: &str, sc: &crate::scenario::Scenario) -> anyhow::R
         None
     };
     endpoint(url, tls).map_err(|e| anyhow::anyhow!("cannot resolve {url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_reasons_are_short_stable_keys() {
+        let tcp = |errno| ConnectError::Tcp {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        assert_eq!(tcp(libc::ECONNREFUSED).reason(), "refused");
+        assert_eq!(tcp(libc::ECONNRESET).reason(), "reset");
+        assert_eq!(tcp(libc::EMFILE).reason(), "fd_exhausted");
+        assert_eq!(tcp(libc::EADDRNOTAVAIL).reason(), "no_source_port");
+        assert_eq!(ConnectError::Http(503).reason(), "http_503");
+        assert_eq!(
+            ConnectError::Timeout(Duration::from_secs(1)).reason(),
+            "timeout"
+        );
+        let closed = ConnectError::from_handshake(tungstenite::Error::ConnectionClosed);
+        assert_eq!(closed.reason(), "reset");
+        let resp = tungstenite::http::Response::builder()
+            .status(429)
+            .body(None)
+            .unwrap();
+        assert_eq!(
+            ConnectError::from_handshake(tungstenite::Error::Http(resp)).reason(),
+            "http_429"
+        );
+    }
 }

@@ -1,8 +1,13 @@
 //! `--log-dir` operation logs, one line per event so `verify` (and a
 //! person with grep) can read them:
-//! `publish.log`: `p <msg_id> <channel> <pseq> <scheduled_ns> <server_seq|->`;
+//! `publish.log`: first `run <run_id>`, then
+//! `p <msg_id> <channel> <pseq> <scheduled_mono_ns> <server_seq|->` (the
+//! server was sent `X-Msg-Id: <run_id>-<msg_id>`);
 //! `recv-<shard>-<lane>.log`: `r <subscriber> <msg_id> [<attempt>]` per received frame
-//! (attempt > 0: a copy the publisher re-posted),
+//! of this run (attempt > 0: a copy the publisher re-posted),
+//! `y <subscriber> <msg_id>` per replayed frame (scheduled before the
+//! subscriber's first upgrade), `f <subscriber> <run_id> <msg_id>` per frame
+//! of another run,
 //! `a <subscriber> <seq>` per ACK sent, and at the end one
 //! `s <subscriber> <channel> <baseline_pseq|-> <judged_up_to_pseq>` per subscriber.
 
@@ -31,6 +36,19 @@ impl LogWriter {
         } else {
             writeln!(self.out, "r {sub} {msg_id} {attempt}")
         };
+    }
+
+    pub fn replayed(&mut self, sub: u64, msg_id: u64) {
+        let _ = writeln!(self.out, "y {sub} {msg_id}");
+    }
+
+    pub fn foreign(&mut self, sub: u64, run: u32, msg_id: u64) {
+        let _ = writeln!(self.out, "f {sub} {run} {msg_id}");
+    }
+
+    /// The first line of `publish.log`.
+    pub fn run_header(&mut self, run: u32) {
+        let _ = writeln!(self.out, "run {run}");
     }
 
     pub fn acked(&mut self, sub: u64, seq: u64) {

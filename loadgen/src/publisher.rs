@@ -1,12 +1,14 @@
 //! Open-model publisher: message `i` is due at `t0 + i/rate` whatever the
 //! server does (no coordinated omission). The scheduler stamps each message
-//! with its stage and scheduled time and hands it to the HTTP connection its
-//! channel is pinned to, so per-channel order is the schedule's order.
+//! with the run id, its stage and scheduled time (CLOCK_MONOTONIC) and hands
+//! it to the HTTP connection its channel is pinned to, so per-channel order
+//! is the schedule's order; it is posted with `X-Msg-Id: <run>-<msg_id>`.
 //! Failed publishes are retried (same body, same scheduled time) until a
 //! deadline; what still failed is reported so it is not counted as lost.
 
 use crate::{
-    marker::{now_ns, Marker, Schedule},
+    clock::mono_ns,
+    marker::{Marker, Schedule},
     net::{self, Endpoint, Phases},
     oplog::LogWriter,
     protocol::Protocol,
@@ -107,7 +109,7 @@ impl Publisher {
                 return;
             }
             let base_instant = tokio::time::Instant::now();
-            let base_ns = now_ns();
+            let base_ns = mono_ns();
             let mut i: u64 = 0;
             loop {
                 let due = schedule.sched_ns(i);
@@ -116,7 +118,7 @@ impl Publisher {
                         .await;
                 }
                 // Everything due by now goes out in one batch.
-                let now = now_ns();
+                let now = mono_ns();
                 let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
                 if s.stopped {
                     return;
@@ -127,6 +129,7 @@ impl Publisher {
                     s.last[channel as usize] = pseq;
                     s.in_flight += 1;
                     let marker = Marker {
+                        run: schedule.run,
                         channel,
                         pseq,
                         msg_id: i + 1,
@@ -240,7 +243,7 @@ async fn post(
     let req = hyper::Request::post(path)
         .header("host", ep.host.as_str())
         .header("content-type", "text/plain")
-        .header("x-msg-id", job.marker.msg_id.to_string())
+        .header("x-msg-id", job.marker.wire_id())
         .body(Full::new(job.body.clone()))
         .map_err(|e| (false, format!("request: {e}")))?;
     let exchange = async {
@@ -310,7 +313,7 @@ async fn worker(
                     sender = None;
                     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
                     *s.errors.entry(reason).or_default() += 1;
-                    if !retry || now_ns() > give_up || s.stopped && attempt > 20 {
+                    if !retry || mono_ns() > give_up || s.stopped && attempt > 20 {
                         break Err(());
                     }
                 }

@@ -14,6 +14,10 @@ pub struct Connections {
     pub target: u64,
     /// Subscribers connected at least once by the end of the stage (and not closed on purpose).
     pub opened: u64,
+    /// Connection attempts (WebSocket upgrades tried, retries included)
+    /// that finished in the stage: `new_connections + reconnects + failed`.
+    pub attempts: u64,
+    /// Attempts that failed (by reason in `failed_by_reason`).
     pub failed: u64,
     pub unexpected_disconnects: u64,
     pub reconnects: u64,
@@ -31,6 +35,13 @@ pub struct Messages {
     pub duplicates: u64,
     pub out_of_order: u64,
     pub duplicate_rate: f64,
+    /// Frames of the server's history: scheduled before the receiving
+    /// subscriber's first upgrade (nchan sends its buffer to new
+    /// subscribers). Neither latency nor loss/duplicate accounting.
+    pub replayed: u64,
+    /// Frames carrying another run's marker (e.g. a previous run's
+    /// messages still buffered by the server). Never accounted.
+    pub foreign: u64,
 }
 
 /// Quantiles in milliseconds; `None` when nothing was measured.
@@ -41,6 +52,8 @@ pub struct Latency {
     pub p99: Option<f64>,
     pub p999: Option<f64>,
     pub max: Option<f64>,
+    /// Latencies above 60 s, recorded as 60 s (quantiles at 60 s are clipped).
+    pub clipped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,6 +94,12 @@ pub struct StageReport {
     pub hold_s: f64,
     /// Ramp part of the stage (connections opened at the connect rate).
     pub ramp_s: f64,
+    /// Stage start and end, CLOCK_MONOTONIC ns (the clock of every
+    /// latency stamp and of the kernel's `bpf_ktime_get_ns`).
+    pub started_mono_ns: u64,
+    pub ended_mono_ns: u64,
+    /// The same instants as unix ns, for display only (wall clock at the
+    /// run's start + monotonic offset: an NTP step moves nothing).
     pub started_unix_ns: u64,
     pub ended_unix_ns: u64,
     pub connections: Connections,
@@ -95,6 +114,9 @@ pub struct StageReport {
     pub disconnects_by_reason: BTreeMap<String, u64>,
     /// Received after their gap had been declared lost.
     pub late: u64,
+    /// Arrivals in a span of declared losses too long to remember one by
+    /// one (past 10,000 per subscriber): each is late or a duplicate.
+    pub late_untracked: u64,
     /// Second copies of messages the publisher re-posted after a failed POST
     /// (not counted as duplicates: the server accepted two publishes).
     pub republished: u64,
@@ -126,12 +148,14 @@ pub struct StageMeta {
     pub opened_total: u64,
     /// Seconds from the stage start until its connections were opened.
     pub ramp_s: f64,
-    pub started_unix_ns: u64,
-    pub ended_unix_ns: u64,
+    pub started_mono_ns: u64,
+    pub ended_mono_ns: u64,
+    /// Converts the monotonic instants to unix time for display.
+    pub anchor: crate::clock::Anchor,
 }
 
 pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> StageReport {
-    let dur_s = (meta.ended_unix_ns.saturating_sub(meta.started_unix_ns)) as f64 / 1e9;
+    let dur_s = (meta.ended_mono_ns.saturating_sub(meta.started_mono_ns)) as f64 / 1e9;
     let conn_s = s.connection_ns as f64 / 1e9;
     let held = if dur_s > 0.0 { conn_s / dur_s } else { 0.0 };
     let stability = if held > 0.0 {
@@ -146,11 +170,14 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
         stage: meta.stage,
         hold_s: (dur_s - meta.ramp_s).max(0.0),
         ramp_s: meta.ramp_s,
-        started_unix_ns: meta.started_unix_ns,
-        ended_unix_ns: meta.ended_unix_ns,
+        started_mono_ns: meta.started_mono_ns,
+        ended_mono_ns: meta.ended_mono_ns,
+        started_unix_ns: meta.anchor.unix_of(meta.started_mono_ns),
+        ended_unix_ns: meta.anchor.unix_of(meta.ended_mono_ns),
         connections: Connections {
             target: meta.target,
             opened: meta.opened_total,
+            attempts: s.attempts,
             failed: s.failed,
             unexpected_disconnects: s.unexpected_disconnects,
             reconnects: s.reconnects,
@@ -168,6 +195,8 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
             } else {
                 0.0
             },
+            replayed: s.replayed,
+            foreign: s.foreign,
         },
         latency_ms: Latency {
             p50: q(&s.latency, 0.5),
@@ -175,6 +204,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
             p99: q(&s.latency, 0.99),
             p999: q(&s.latency, 0.999),
             max: max(&s.latency),
+            clipped: s.latency_clipped,
         },
         client_phases_ms: ClientPhases {
             connect: phase(&s.connect),
@@ -188,6 +218,7 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
         failed_by_reason: s.failed_by_reason.clone(),
         disconnects_by_reason: s.disconnects_by_reason.clone(),
         late: s.late,
+        late_untracked: s.late_untracked,
         republished: s.republished,
         unmarked: s.unmarked,
         loadgen: LoadgenHealth {
@@ -225,7 +256,7 @@ pub fn write_summary(
 pub fn stage_line(r: &StageReport) -> String {
     let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
     format!(
-        "stage {}: {}/{} connections ({} failed, {} unexpected disconnects, stability {:.5}); messages published {} expected {} received {} lost {} duplicates {} out-of-order {}; latency ms p50 {} p99 {} max {}",
+        "stage {}: {}/{} connections ({} failed, {} unexpected disconnects, stability {:.5}); messages published {} expected {} received {} lost {} duplicates {} out-of-order {} replayed {} foreign {}; latency ms p50 {} p99 {} max {}",
         r.stage,
         r.connections.opened,
         r.connections.target,
@@ -238,6 +269,8 @@ pub fn stage_line(r: &StageReport) -> String {
         r.messages.lost,
         r.messages.duplicates,
         r.messages.out_of_order,
+        r.messages.replayed,
+        r.messages.foreign,
         f(r.latency_ms.p50),
         f(r.latency_ms.p99),
         f(r.latency_ms.max),

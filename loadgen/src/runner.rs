@@ -6,8 +6,9 @@
 
 use crate::{
     accounting::StageStats,
+    clock::{mono_ns, Anchor},
     live::Live,
-    marker::{now_ns, Schedule},
+    marker::{new_run_id, Schedule},
     net,
     oplog::LogWriter,
     pool::{process_cpu_s, LiveSnap, LocalPool, PoolCmd, PoolReply},
@@ -19,11 +20,13 @@ use crate::{
 use std::{collections::VecDeque, time::Duration};
 use tokio::time::Instant;
 
-/// Stage boundaries as they happen (one clock: `Instant` plus unix ns).
+/// Stage boundaries as they happen (one clock: `Instant`, i.e.
+/// CLOCK_MONOTONIC, also given in ns as `mono_ns`; `unix_ns` is for display).
 pub enum StageEvent<'a> {
     Started {
         stage: u32,
         at: std::time::Instant,
+        mono_ns: u64,
         unix_ns: u64,
     },
     Ended {
@@ -107,6 +110,8 @@ struct Driver<'f> {
     /// Subscribers connected at least once minus those closed on purpose.
     opened_total: u64,
     next_tick: Instant,
+    /// Wall clock at a monotonic instant: unix times in reports are display only.
+    anchor: Anchor,
 }
 
 /// Checks that the target answers before any load is started. Only "no
@@ -166,8 +171,10 @@ pub async fn run(
             "{max} connections need more than the fd limit {fd_limit}: lower --shard-cap to shard"
         ));
     }
+    let anchor = Anchor::now();
     let schedule = Schedule {
-        t0_ns: now_ns() + 300_000_000,
+        run: new_run_id(),
+        t0_ns: mono_ns() + 300_000_000,
         rate: sc.rate,
         channels: sc.channels,
     };
@@ -197,7 +204,9 @@ pub async fn run(
         Some(d) => {
             std::fs::create_dir_all(d)
                 .map_err(|e| setup(&format!("creating {}: {e}", d.display())))?;
-            Some(LogWriter::create(&d.join("publish.log")).map_err(|e| setup(&e))?)
+            let mut l = LogWriter::create(&d.join("publish.log")).map_err(|e| setup(&e))?;
+            l.run_header(schedule.run);
+            Some(l)
         }
         None => None,
     };
@@ -214,6 +223,7 @@ pub async fn run(
         live,
         opened_total: 0,
         next_tick: Instant::now(),
+        anchor,
     };
     let result = d.stages().await;
     for p in d.pools.iter_mut() {
@@ -304,12 +314,13 @@ impl Driver<'_> {
         for (k, stage) in stages.iter().enumerate() {
             let k = k as u32;
             let started = std::time::Instant::now();
-            let started_ns = now_ns();
+            let started_ns = mono_ns();
             let coord_cpu0 = process_cpu_s();
             (self.on_event)(StageEvent::Started {
                 stage: k,
                 at: started,
-                unix_ns: started_ns,
+                mono_ns: started_ns,
+                unix_ns: self.anchor.unix_of(started_ns),
             });
             self.live.stage(k, stage.connections);
             let target = stage.connections;
@@ -335,7 +346,7 @@ impl Driver<'_> {
             let ramp_s = started.elapsed().as_secs_f64();
             self.idle_until(Instant::now() + stage.hold).await?;
             let ended = std::time::Instant::now();
-            let ended_ns = now_ns();
+            let ended_ns = mono_ns();
             let his = if k as usize == last {
                 self.publisher.stop_scheduling()
             } else {
@@ -352,8 +363,9 @@ impl Driver<'_> {
                     target: target as u64,
                     opened_total: 0,
                     ramp_s,
-                    started_unix_ns: started_ns,
-                    ended_unix_ns: ended_ns,
+                    started_mono_ns: started_ns,
+                    ended_mono_ns: ended_ns,
+                    anchor: self.anchor,
                 },
                 deadline: Instant::now() + self.sc.grace,
                 his,

@@ -82,9 +82,9 @@ pub struct ScenarioFile {
     /// `"1000:60s,5000:60s"` or `["1000:60s", "5000:60s"]`.
     pub stages: Option<StagesValue>,
     pub connect_rate: Option<String>,
-    pub heartbeat: Option<String>,
+    pub heartbeat: Option<DurationValue>,
     pub max_missed: Option<u32>,
-    pub grace: Option<String>,
+    pub grace: Option<DurationValue>,
     pub out: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,
     pub source_addrs: Option<String>,
@@ -96,7 +96,7 @@ pub struct ScenarioFile {
     pub subscribe_frame: Option<String>,
     pub ack_frame: Option<String>,
     pub metrics: Option<String>,
-    pub progress_interval: Option<String>,
+    pub progress_interval: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,33 +126,29 @@ fn invalid(msg: impl Into<String>) -> ScenarioError {
     ScenarioError::Invalid(msg.into())
 }
 
-/// Parses `5s`, `250ms`, `15m`, `1h`, `2.5s`.
+/// [`crate::duration::parse_duration`] with the scenario's error type.
 pub fn parse_duration(s: &str) -> Result<Duration, ScenarioError> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| {
-        invalid(format!(
-            "`{s}` is not a duration: write e.g. 500ms, 5s, 15m or 1h"
-        ))
-    })?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(invalid(format!(
-                "`{s}` has an unknown unit `{unit}`: use ms, s, m or h"
-            )))
+    crate::duration::parse_duration(s).map_err(ScenarioError::Invalid)
+}
+
+/// A duration key of the scenario file: `"15m"`, `"500ms"` or a bare
+/// number of seconds (`grace = 2`, `grace = 2.5`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DurationValue {
+    Text(String),
+    Secs(u64),
+    SecsF(f64),
+}
+
+impl DurationValue {
+    fn text(self) -> String {
+        match self {
+            DurationValue::Text(s) => s,
+            DurationValue::Secs(n) => n.to_string(),
+            DurationValue::SecsF(f) => f.to_string(),
         }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(invalid(format!("`{s}` is not a valid duration")));
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Parses `2000/s`, `2000` (per second) or `120000/m`.
@@ -244,13 +240,14 @@ pub struct Overrides {
     /// Size of each message body in bytes (the marker is never cut).
     #[arg(long)]
     pub payload_bytes: Option<usize>,
-    /// Stages CONNECTIONS:HOLD,… (default 1000:15m,5000:15m,10000:15m,20000:15m).
+    /// Stages CONNECTIONS:HOLD,… (default 1000:15m,5000:15m,10000:15m,20000:15m);
+    /// HOLD like every duration: 12 (seconds), 500ms, 12s, 15m, 1h.
     #[arg(long)]
     pub stages: Option<String>,
     /// New connections per second while ramping, e.g. 2000/s.
     #[arg(long)]
     pub connect_rate: Option<String>,
-    /// WebSocket ping interval (default 5s).
+    /// WebSocket ping interval (default 5s; durations: 12, 500ms, 12s, 15m, 1h).
     #[arg(long)]
     pub heartbeat: Option<String>,
     /// Missed pongs before a client reconnects (default 2).
@@ -373,12 +370,20 @@ impl Scenario {
                 .or(file.connect_rate)
                 .unwrap_or("2000/s".into()),
         )?;
-        let heartbeat = parse_duration(&o.heartbeat.or(file.heartbeat).unwrap_or("5s".into()))?;
+        let heartbeat = parse_duration(
+            &o.heartbeat
+                .or(file.heartbeat.map(DurationValue::text))
+                .unwrap_or("5s".into()),
+        )?;
         if heartbeat < Duration::from_millis(50) {
             return Err(invalid("--heartbeat must be at least 50ms"));
         }
         let max_missed = o.max_missed.or(file.max_missed).unwrap_or(2).max(1);
-        let grace = parse_duration(&o.grace.or(file.grace).unwrap_or("2s".into()))?;
+        let grace = parse_duration(
+            &o.grace
+                .or(file.grace.map(DurationValue::text))
+                .unwrap_or("2s".into()),
+        )?;
         let source_addrs = match o.source_addrs.or(file.source_addrs) {
             Some(s) => parse_source_addrs(&s)?,
             None => Vec::new(),
@@ -409,7 +414,7 @@ impl Scenario {
         };
         let progress_interval = parse_duration(
             &o.progress_interval
-                .or(file.progress_interval)
+                .or(file.progress_interval.map(DurationValue::text))
                 .unwrap_or("5s".into()),
         )?;
         Ok(Scenario {
@@ -462,7 +467,7 @@ mod dur_secs {
         d: D,
     ) -> Result<std::time::Duration, D::Error> {
         let secs = <f64 as serde::Deserialize>::deserialize(d)?;
-        Ok(std::time::Duration::from_secs_f64(secs.max(0.0)))
+        std::time::Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }
 }
 
@@ -544,5 +549,58 @@ mod tests {
         let mut o = base();
         o.client_cert = Some("c.pem".into());
         assert!(Scenario::build(ScenarioFile::default(), o).is_err());
+    }
+
+    #[test]
+    fn durations_take_bare_seconds_in_flags_stages_and_toml() {
+        let s = parse_stages("1000:60s,5000:60,10:500ms,20:15m,30:1h").unwrap();
+        let holds: Vec<u64> = s.iter().map(|s| s.hold.as_millis() as u64).collect();
+        assert_eq!(holds, [60_000, 60_000, 500, 900_000, 3_600_000]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(
+            &p,
+            "url = \"ws://127.0.0.1:1/ws\"\ngrace = 3\nheartbeat = 1.5\nprogress_interval = \"500ms\"\n",
+        )
+        .unwrap();
+        let sc = Scenario::build(ScenarioFile::load(&p).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(sc.grace, Duration::from_secs(3));
+        assert_eq!(sc.heartbeat, Duration::from_millis(1500));
+        assert_eq!(sc.progress_interval, Duration::from_millis(500));
+        let mut o = base();
+        o.grace = Some("12".into());
+        o.heartbeat = Some("12s".into());
+        let sc = Scenario::build(ScenarioFile::default(), o).unwrap();
+        assert_eq!(
+            (sc.grace, sc.heartbeat),
+            (Duration::from_secs(12), Duration::from_secs(12))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics_the_parsers(s in "\\PC{0,40}", t in "[0-9:,.smh /-]{0,40}") {
+            for x in [&s, &t] {
+                let _ = parse_stages(x);
+                let _ = parse_rate(x);
+                let _ = parse_source_addrs(x);
+                let _ = toml::from_str::<ScenarioFile>(x);
+                let mut o = base();
+                o.stages = Some(x.clone());
+                o.connect_rate = Some(x.clone());
+                let _ = Scenario::build(ScenarioFile::default(), o);
+            }
+        }
+
+        #[test]
+        fn stages_round_trip(stages in proptest::collection::vec((0usize..1_000_000, 0u64..100_000, proptest::sample::select(vec!["ms", "s", "m", "h", ""])), 1..6)) {
+            let text: Vec<String> = stages.iter().map(|(c, n, u)| format!("{c}:{n}{u}")).collect();
+            let parsed = parse_stages(&text.join(",")).unwrap();
+            proptest::prop_assert_eq!(parsed.len(), stages.len());
+            for (p, (c, n, u)) in parsed.iter().zip(&stages) {
+                proptest::prop_assert_eq!(p.connections, *c);
+                proptest::prop_assert_eq!(p.hold, crate::duration::parse_duration(&format!("{n}{u}")).unwrap());
+            }
+        }
     }
 }

@@ -1,8 +1,11 @@
 //! `pushscope verify`: replays the `--log-dir` logs of a load run (see
 //! `oplog`) and compares msg_id sets per subscriber: every message published
 //! on its channel between its baseline and the last judged seq must have
-//! arrived exactly once. Optionally compares the publish log with a
-//! server-side list of msg_ids. Prints lost / duplicated / unexpected ids.
+//! arrived exactly once (copies of messages below the baseline, history
+//! replays and other runs' frames are not judged, as in `SubAcct`).
+//! Optionally compares the publish log with a server-side list of ids
+//! (`<run>-<msg_id>` as sent in `X-Msg-Id`; other runs' ids are counted
+//! apart). Prints lost / duplicated / unexpected ids.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -32,6 +35,8 @@ pub enum VerifyError {
 
 #[derive(Debug, Default)]
 pub struct VerifyResult {
+    /// Run id from the publish log's `run` line (None: a log without one).
+    pub run: Option<u32>,
     pub published: usize,
     pub subscribers: usize,
     pub expected: u64,
@@ -48,6 +53,11 @@ pub struct VerifyResult {
     pub server_missing: Vec<u64>,
     /// In the server's list but never published.
     pub server_unexpected: Vec<u64>,
+    /// Ids of other runs in the server's list (not this run's business).
+    pub server_other_runs: u64,
+    /// Frames logged as history replay (`y`) and as other runs' (`f`).
+    pub replayed: u64,
+    pub foreign: u64,
 }
 
 impl VerifyResult {
@@ -62,10 +72,11 @@ impl VerifyResult {
     pub fn render(&self) -> String {
         const LIMIT: usize = 1000;
         let mut s = String::new();
+        let run = self.run.map_or("-".to_string(), |r| r.to_string());
         let _ = writeln!(
             s,
-            "verify: {} published, {} subscribers, {} expected deliveries, {} received",
-            self.published, self.subscribers, self.expected, self.received
+            "verify: run {run}: {} published, {} subscribers, {} expected deliveries, {} received ({} replayed, {} of other runs not judged)",
+            self.published, self.subscribers, self.expected, self.received, self.replayed, self.foreign
         );
         fn list<T>(s: &mut String, items: &[T], f: impl Fn(&T) -> String) {
             for it in items.iter().take(LIMIT) {
@@ -129,17 +140,22 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
         line,
         text: text.into(),
     };
-    // channel → pseq → msg_id; msg_id → channel
+    // channel → pseq → msg_id; msg_id → (channel, pseq)
     let mut by_channel: HashMap<u32, BTreeMap<u64, u64>> = HashMap::new();
-    let mut channel_of: HashMap<u64, u32> = HashMap::new();
+    let mut channel_of: HashMap<u64, (u32, u64)> = HashMap::new();
+    let mut run: Option<u32> = None;
     let pub_path = dir.join("publish.log");
     for (n, l) in lines(&pub_path)? {
         let f: Vec<&str> = l.split(' ').collect();
         let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
         match (f.first(), parse(1), parse(2), parse(3)) {
+            (Some(&"run"), Some(r), None, None) if n == 1 && f.len() == 2 => {
+                run = Some(u32::try_from(r).map_err(|_| bad(&pub_path, n, &l))?);
+            }
             (Some(&"p"), Some(id), Some(ch), Some(pseq)) => {
-                by_channel.entry(ch as u32).or_default().insert(pseq, id);
-                channel_of.insert(id, ch as u32);
+                let ch = u32::try_from(ch).map_err(|_| bad(&pub_path, n, &l))?;
+                by_channel.entry(ch).or_default().insert(pseq, id);
+                channel_of.insert(id, (ch, pseq));
             }
             _ => return Err(bad(&pub_path, n, &l)),
         }
@@ -164,6 +180,7 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
     let mut got: HashMap<u64, HashMap<u64, (u64, u64)>> = HashMap::new();
     let mut subs: BTreeMap<u64, Sub> = BTreeMap::new();
     let mut result = VerifyResult {
+        run,
         published: channel_of.len(),
         ..Default::default()
     };
@@ -179,13 +196,16 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
                     result.received += 1;
                 }
                 (Some(&"a"), Some(_), Some(_)) => {}
+                (Some(&"y"), Some(_), Some(_)) => result.replayed += 1,
+                (Some(&"f"), Some(_), Some(_)) if parse(3).is_some() => result.foreign += 1,
                 (Some(&"s"), Some(sub), Some(ch)) => {
                     let baseline = f.get(3).and_then(|v| v.parse().ok());
                     let judged_to = parse(4).ok_or_else(|| bad(path, n, &l))?;
+                    let channel = u32::try_from(ch).map_err(|_| bad(path, n, &l))?;
                     subs.insert(
                         sub,
                         Sub {
-                            channel: ch as u32,
+                            channel,
                             baseline,
                             judged_to,
                         },
@@ -200,8 +220,10 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
     for (&sub, s) in &subs {
         let published = by_channel.get(&s.channel).unwrap_or(&empty);
         let mine = got.remove(&sub).unwrap_or_default();
-        if let Some(b) = s.baseline {
-            for (_, &id) in published.range(b..=s.judged_to.max(b.saturating_sub(1))) {
+        // A subscriber that never received anything can have been judged
+        // up to below its baseline: then nothing was expected of it.
+        if let Some(b) = s.baseline.filter(|&b| b <= s.judged_to) {
+            for (_, &id) in published.range(b..=s.judged_to) {
                 result.expected += 1;
                 if !mine.contains_key(&id) {
                     result.lost.push((sub, id));
@@ -211,9 +233,15 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
         let mut ids: Vec<_> = mine.into_iter().collect();
         ids.sort_unstable();
         for (id, (count, reposted)) in ids {
-            if channel_of.get(&id) != Some(&s.channel) {
+            let Some(&(_, pseq)) = channel_of.get(&id).filter(|(ch, _)| *ch == s.channel) else {
                 result.unexpected.push((sub, id));
-            } else if count - reposted.min(count - 1) > 1 {
+                continue;
+            };
+            if s.baseline.is_none_or(|b| pseq < b) {
+                // Below what this subscriber had to see: not judged.
+                continue;
+            }
+            if count - reposted.min(count - 1) > 1 {
                 result.duplicated.push((sub, id, count));
             } else if count > 1 {
                 result.republished.push((sub, id));
@@ -235,7 +263,17 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
             if t.is_empty() {
                 continue;
             }
-            server.insert(t.parse::<u64>().map_err(|_| bad(path, n, &l))?);
+            // `<run>-<msg_id>` as sent; a bare number is a msg_id (logs
+            // without a run line).
+            let id = match crate::marker::parse_wire_id(t) {
+                Some((r, id)) if Some(r) == run || run.is_none() => id,
+                Some(_) => {
+                    result.server_other_runs += 1;
+                    continue;
+                }
+                None => t.parse::<u64>().map_err(|_| bad(path, n, &l))?,
+            };
+            server.insert(id);
         }
         let published: BTreeSet<u64> = channel_of.keys().copied().collect();
         result.server_missing = published.difference(&server).copied().collect();
@@ -273,5 +311,42 @@ mod tests {
         assert_eq!(r.expected, 5);
         assert!(!r.is_clean());
         assert!(r.render().contains("lost msg_id=4 subscriber=7"));
+    }
+
+    #[test]
+    fn a_subscriber_judged_below_its_baseline_expects_nothing() {
+        // Upgraded late, received nothing, judged to 3 while its baseline
+        // is 9 (most upgrades refused): used to panic on an inverted range.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pubs: String = (1..=12).map(|i| format!("p {i} 0 {i} 100 -\n")).collect();
+        std::fs::write(d.join("publish.log"), format!("run 5\n{pubs}")).unwrap();
+        std::fs::write(
+            d.join("recv-0-0.log"),
+            "y 1 2\nf 1 4 3\ns 1 0 9 3\ns 2 0 - 0\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("ids.txt"), "5-1\n4-1\n").unwrap();
+        let r = verify(d, Some(&d.join("ids.txt"))).unwrap();
+        assert_eq!((r.expected, r.lost.len(), r.subscribers), (0, 0, 2));
+        assert_eq!((r.replayed, r.foreign, r.run), (1, 1, Some(5)));
+        assert_eq!(r.server_other_runs, 1, "run 4's id is not this run's");
+        assert_eq!(r.server_missing.len(), 11);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_logs_never_panic(publog in "([pyfsar]|run)( [0-9-]{0,21}){0,6}(\n([pyfsar]|run)( [0-9-]{0,21}){0,6}){0,8}",
+                                      recv in "([pyfsar]|run)( [0-9-]{0,21}){0,6}(\n([pyfsar]|run)( [0-9-]{0,21}){0,6}){0,8}",
+                                      ids in "[0-9-]{0,22}(\n[0-9-]{0,22}){0,4}") {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path();
+            std::fs::write(d.join("publish.log"), &publog).unwrap();
+            std::fs::write(d.join("recv-0-0.log"), &recv).unwrap();
+            std::fs::write(d.join("ids.txt"), &ids).unwrap();
+            if let Ok(r) = verify(d, Some(&d.join("ids.txt"))) {
+                let _ = r.render();
+            }
+        }
     }
 }

@@ -220,8 +220,8 @@ fn run_rejects_impossible_thresholds_with_junit_failures_needs_root() {
 fn run_rejects_a_server_that_loses_a_message_and_names_it() {
     let _heavy = heavy_lock();
     let server = FaultyServer::start(Faults {
-        drop_seq: Some(20),
-        repeat_seq: None,
+        drop_seqs: vec![20],
+        ..Default::default()
     })
     .unwrap();
     let out = tempfile::tempdir().unwrap();

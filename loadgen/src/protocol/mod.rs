@@ -192,4 +192,35 @@ mod tests {
         assert_eq!(n.subprotocol(), Some("ws+meta.nchan"));
         assert!(n.ack_frame("c", at(None)).is_none() && !n.acks());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic_any_protocol(frame in "\\PC{0,80}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80), id in "\\PC{0,20}", seq: u64) {
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            let protos = [
+                proto(ProtocolKind::Pushscope, "ws://h:1/ws", None, None),
+                proto(ProtocolKind::Nchan, "ws://h:1/sub/{channel}", Some("http://h:1/pub/{channel}"), None),
+                proto(ProtocolKind::Generic, "ws://h:1/s/{channel}", Some("http://h:1/p/{channel}"), Some("{seq}:{msg_id}:{channel}")),
+            ];
+            for p in &protos {
+                for text in [&frame, &lossy, &format!("id: {frame}"), &format!("{{\"seq\":{frame}")] {
+                    let server_seq = p.server_seq(text);
+                    let _ = p.message_id(text);
+                    let _ = p.ack_frame(&frame, AckPoint { server_seq, pseq: seq, msg_id: seq });
+                }
+                let _ = p.subscribe_url(&frame, Some(Resume::Id(&id)));
+                let _ = p.subscribe_url(&frame, Some(Resume::Seq(seq)));
+                let _ = p.subscribe_frame(&frame);
+            }
+            // What nchan is sent back is exactly the id, percent-encoded.
+            let url = nchan::subscribe_url("ws://h/sub/{channel}", "c", Some(&id));
+            proptest::prop_assert!(url.is_ascii());
+        }
+
+        #[test]
+        fn pushscope_seq_is_read_back(seq: u64, data in "[a-z0-9 .]{0,30}") {
+            let f = format!("{{\"channel\":\"c\",\"seq\":{seq},\"id\":\"1-2\",\"data\":\"{data}\"}}");
+            proptest::prop_assert_eq!(pushscope::server_seq(&f), Some(seq));
+        }
+    }
 }
