@@ -148,6 +148,27 @@ struct Shared {
     fds_per_slot: u32,
     /// Message path: calls of traced connections.
     marks: crate::msgpath::collect::MarkStore,
+    /// A stage boundary (CLOCK_MONOTONIC ns) the reader cuts at when it
+    /// meets the first event at or after it, and the report it cut.
+    pending_cut: Option<u64>,
+    cut_report: Option<ObserverReport>,
+}
+
+/// Report of the current stage and a new stage from now, under the lock
+/// that the event reader needs: no event falls between the two.
+fn cut_locked(s: &mut Shared, now: Counters) -> ObserverReport {
+    let report = build(
+        s,
+        &s.tracker.stage,
+        &s.stage_samples,
+        &now.since(&s.stage_base),
+        s.stage_started,
+    );
+    s.tracker.reset_stage();
+    s.stage_base = now;
+    s.stage_samples = SampleAgg::default();
+    s.stage_started = Instant::now();
+    report
 }
 
 /// Attached probes plus the threads that read them.
@@ -247,6 +268,8 @@ impl Observer {
             tasks_at_attach: pids.len() as u64,
             fds_per_slot: probes.fds_per_slot,
             marks: Default::default(),
+            pending_cut: None,
+            cut_report: None,
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
@@ -254,6 +277,7 @@ impl Observer {
         let mut threads = Vec::new();
         {
             let (shared, stop, drained) = (shared.clone(), stop.clone(), drained.clone());
+            let probes = probes.clone();
             threads.push(std::thread::spawn(move || {
                 let fd = ring.as_raw_fd();
                 let mut batch = Vec::with_capacity(1024);
@@ -285,6 +309,13 @@ impl Observer {
                         }
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                         for e in &batch {
+                            if s.pending_cut.is_some_and(|t| e.ts_ns >= t) {
+                                s.pending_cut = None;
+                                let now =
+                                    probes.lock().unwrap_or_else(|p| p.into_inner()).counters();
+                                let report = cut_locked(&mut s, now);
+                                s.cut_report = Some(report);
+                            }
                             if e.kind == crate::abi::EV_IO_MARK {
                                 s.marks.record(e);
                             } else {
@@ -453,18 +484,29 @@ impl Observer {
         // Read under the lock: the reader cannot handle events between the
         // report and the reset.
         let now = self.counters();
-        let report = build(
-            &s,
-            &s.tracker.stage,
-            &s.stage_samples,
-            &now.since(&s.stage_base),
-            s.stage_started,
-        );
-        s.tracker.reset_stage();
-        s.stage_base = now;
-        s.stage_samples = SampleAgg::default();
-        s.stage_started = Instant::now();
-        report
+        cut_locked(&mut s, now)
+    }
+
+    /// Like `cut_stage`, at a past instant `mono_ns` (CLOCK_MONOTONIC, the
+    /// probes' clock): events stamped before it belong to the stage that
+    /// ends, the rest to the next, however late the call comes. The
+    /// reader cuts when it meets the first event at or after `mono_ns`;
+    /// if none came yet, the cut happens here once every earlier event is
+    /// handled. Blocks ≤ ~100 ms; call it from a plain thread.
+    pub fn cut_stage_at(&self, mono_ns: u64) -> ObserverReport {
+        {
+            let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.cut_report = None;
+            s.pending_cut = Some(mono_ns);
+        }
+        self.sync_events();
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.pending_cut = None;
+        if let Some(r) = s.cut_report.take() {
+            return r;
+        }
+        let now = self.counters();
+        cut_locked(&mut s, now)
     }
 
     /// Ends the current stage and starts a new one now.

@@ -77,7 +77,7 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
     assert_eq!(s["stages"].as_array().unwrap().len(), 2);
     for k in 0..2 {
         let c = criteria(s, k);
-        assert_eq!(c.len(), 8, "{c:?}");
+        assert_eq!(c.len(), 10, "{c:?}");
         assert!(c.iter().all(|(_, pass)| *pass), "{c:?}");
         let stage = &s["stages"][k];
         let target = [100, 200][k];
@@ -102,6 +102,13 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
                 >= new_conns
         );
         assert_eq!(stage["figures"]["probe_drops"], 0);
+        // Every attempt connected, every accepted connection was tracked.
+        assert_eq!(stage["figures"]["connect_failure_pct"], 0.0);
+        assert_eq!(
+            stage["load"]["connections"]["attempts"].as_u64(),
+            Some(new_conns)
+        );
+        assert_eq!(stage["figures"]["observer_coverage_pct"], 100.0);
     }
     assert!(
         s["timeline"].as_array().unwrap().len() >= 5,
@@ -117,7 +124,7 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
         assert!(out.path().join(f).exists(), "{f} missing");
     }
     let junit = std::fs::read_to_string(out.path().join("junit.xml")).unwrap();
-    assert_eq!(junit.matches("<testcase").count(), 16);
+    assert_eq!(junit.matches("<testcase").count(), 20);
     assert_eq!(junit.matches("<failure").count(), 0);
 
     // The report renders in headless Chromium with its verdict and criteria.
@@ -129,7 +136,7 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
         &dom[..dom.len().min(2000)]
     );
     assert!(dom.contains("id=\"criteria\""));
-    assert_eq!(dom.matches("<td class=\"pass\">").count(), 16);
+    assert_eq!(dom.matches("<td class=\"pass\">").count(), 20);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-artifacts");
     std::fs::create_dir_all(&shots).unwrap();
     let png = shots.join("report.png");

@@ -24,7 +24,10 @@ impl MarkStore {
             self.over_cap += 1;
             return;
         }
-        let entry = self.conns.entry(e.dport).or_insert((e.sk, ConnIo::default()));
+        let entry = self
+            .conns
+            .entry(e.dport)
+            .or_insert((e.sk, ConnIo::default()));
         if entry.0 != e.sk {
             // The port was reused by a newer connection: its stream starts
             // again at byte 0, the older one's marks no longer apply.
@@ -79,9 +82,21 @@ mod tests {
         m.record(&ev(2, 6000, DIR_WRITE, 50, 13));
         m.record(&ev(3, 6000, DIR_WRITE, 20, 14));
         let io = m.take();
-        assert_eq!(io[&5000].recvs, vec![IoMark { end_offset: 100, t_ns: 10 }]);
+        assert_eq!(
+            io[&5000].recvs,
+            vec![IoMark {
+                end_offset: 100,
+                t_ns: 10
+            }]
+        );
         assert_eq!(io[&5000].sends.len(), 2);
-        assert_eq!(io[&6000].sends, vec![IoMark { end_offset: 20, t_ns: 14 }]);
+        assert_eq!(
+            io[&6000].sends,
+            vec![IoMark {
+                end_offset: 20,
+                t_ns: 14
+            }]
+        );
         assert!(m.take().is_empty());
     }
 }

@@ -225,12 +225,14 @@ fn default_out_dir() -> PathBuf {
         .join(ts.to_string())
 }
 
-/// A stage boundary for the observer's cutter thread.
+/// A stage boundary for the observer's cutter thread, at the stage's
+/// start on CLOCK_MONOTONIC (the probes' clock): the cut lands exactly
+/// there however late the thread gets to it.
 enum Cut {
     /// The first stage starts: drop what was seen before it.
-    Start,
+    Start(u64),
     /// A later stage starts: close the running stage's window, open the next.
-    Next,
+    Next(u64),
 }
 
 /// The cutter thread: one observer report per closed stage, in order.
@@ -242,9 +244,11 @@ fn cut_stages(
     for cut in cuts {
         let Some(o) = observer else { continue };
         match cut {
-            Cut::Start => o.reset_stage(),
-            Cut::Next => {
-                reports.push(serde_json::to_value(o.cut_stage()).unwrap_or_default());
+            Cut::Start(at) => {
+                o.cut_stage_at(at);
+            }
+            Cut::Next(at) => {
+                reports.push(serde_json::to_value(o.cut_stage_at(at)).unwrap_or_default());
             }
         }
     }
@@ -261,12 +265,14 @@ async fn drive(
     observer: Option<&Observer>,
 ) -> anyhow::Result<()> {
     let mut on_event = |ev: StageEvent<'_>| match ev {
-        StageEvent::Started { stage, at, .. } => {
+        StageEvent::Started {
+            stage, at, mono_ns, ..
+        } => {
             let mut p = progress.borrow_mut();
             let _ = cut.send(if p.starts.is_empty() {
-                Cut::Start
+                Cut::Start(mono_ns)
             } else {
-                Cut::Next
+                Cut::Next(mono_ns)
             });
             p.starts.push((
                 stage as usize,
