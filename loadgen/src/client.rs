@@ -29,6 +29,8 @@ pub struct ClientCfg {
     /// A subscriber must see every message scheduled this long after its upgrade.
     pub settle_ns: u64,
     pub connect_timeout: Duration,
+    /// Message-path sampling (in-process runs under `pushscope run`).
+    pub tracer: Option<std::sync::Arc<crate::msgpath::Tracer>>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -57,6 +59,10 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
     let source = (!cfg.sources.is_empty()).then(|| cfg.sources[id as usize % cfg.sources.len()]);
     let mut ever_connected = false;
     let mut attempt: u32 = 0;
+    let tracer = cfg
+        .tracer
+        .as_deref()
+        .filter(|t| t.samples_subscriber(id));
     loop {
         if ctl.stop.get() {
             break;
@@ -76,7 +82,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
         };
         let result = tokio::select! {
             // Boxed: the connect future is large and only lives while connecting.
-            r = Box::pin(open_ws(&cfg.endpoint, &url, cfg.protocol.subprotocol(), source, cfg.connect_timeout)) => r,
+            r = Box::pin(open_ws(&cfg.endpoint, &url, cfg.protocol.subprotocol(), source, cfg.connect_timeout, tracer)) => r,
             _ = ctl.stopped() => break,
         };
         match result {
@@ -93,7 +99,11 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 }
                 log::debug!("subscriber {id}: {e}");
             }
-            Ok((ws, phases)) => {
+            Ok((mut ws, phases)) => {
+                if let (Some(t), Some(_)) = (tracer, ws.get_mut().counted()) {
+                    t.sampled_connections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 {
                     let mut st = lane.state.borrow_mut();
                     st.connected_delta(true);
@@ -212,17 +222,22 @@ async fn session(
                         Ok(t) => t,
                         Err(_) => { unmarked(lane); continue; }
                     },
-                    Some(Ok(Message::Pong(_))) => { outstanding = 0; continue; }
+                    Some(Ok(Message::Pong(_))) => { claim_control(&mut ws); outstanding = 0; continue; }
                     Some(Ok(Message::Close(_))) => return End::Unexpected("server close"),
-                    Some(Ok(_)) => continue,
+                    Some(Ok(_)) => { claim_control(&mut ws); continue; }
                 };
+                // A sampled connection: where this message's frame ended, and when it was read.
+                let wire = ws
+                    .get_mut()
+                    .counted()
+                    .and_then(|c| Some((c.port, c.frames.claim_message()?)));
                 if first {
                     first = false;
                     let mut st = lane.state.borrow_mut();
                     let k = st.stage;
                     record_us(&mut st.stage_stats(k).first_message, up_at.elapsed().as_micros() as u64);
                 }
-                if let Some(a) = on_frame(lane, local, id, text.as_str()) {
+                if let Some(a) = on_frame(lane, local, id, text.as_str(), wire) {
                     ack = Some(a);
                     unacked += 1;
                     if unacked >= ACK_EVERY {
@@ -262,9 +277,23 @@ fn unmarked(lane: &Lane) {
     st.stage_stats(k).unmarked += 1;
 }
 
+/// A control frame reached the session: its end is not a message's.
+fn claim_control(ws: &mut Ws) {
+    if let Some(c) = ws.get_mut().counted() {
+        c.frames.claim_control();
+    }
+}
+
 /// Accounts for one pushed frame; returns the ACK frame to send, if any.
 /// Only numbers are kept from the frame (copied out), never its bytes.
-fn on_frame(lane: &Lane, local: usize, id: u64, text: &str) -> Option<AckPoint> {
+/// `wire`: on a sampled connection, its local port and where the frame ended.
+fn on_frame(
+    lane: &Lane,
+    local: usize,
+    id: u64,
+    text: &str,
+    wire: Option<(u16, crate::msgpath::FrameEnd)>,
+) -> Option<AckPoint> {
     let cfg = &lane.cfg;
     let now = mono_ns();
     let server_seq = cfg.protocol.server_seq(text);
@@ -319,6 +348,19 @@ fn on_frame(lane: &Lane, local: usize, id: u64, text: &str) -> Option<AckPoint> 
             s.out_of_order += u64::from(out_of_order);
             if record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000) {
                 s.latency_clipped += 1;
+            }
+            if let (Some(t), Some((port, end))) = (cfg.tracer.as_deref(), wire) {
+                // The same `now` as the latency just recorded: the legs add up to it.
+                t.delivered(crate::msgpath::DeliveryMark {
+                    msg_id: m.msg_id,
+                    attempt: m.attempt,
+                    stage: m.stage,
+                    sched_ns: m.sched_ns,
+                    port,
+                    frame_end_offset: end.end_offset,
+                    read_ns: end.read_ns,
+                    accounted_ns: now,
+                });
             }
         }
         // A re-posted copy is the publisher's duplicate, not the server's.

@@ -13,6 +13,7 @@ pub mod duration;
 pub mod lane;
 pub mod live;
 pub mod marker;
+pub mod msgpath;
 pub mod net;
 pub mod oplog;
 pub mod outcome;
@@ -88,6 +89,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
     let opts = RunOptions {
         worker: None,
         live: true,
+        tracer: None,
     };
     // Judged stages are kept as they come, so a run that fails midway
     // still leaves what it measured (marked incomplete).

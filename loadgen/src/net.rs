@@ -27,6 +27,30 @@ pub type Ws = WebSocketStream<Io>;
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A plain stream sampled for the message path: its bytes are counted
+    /// (and its pushed frames' boundaries followed) as they pass.
+    Counted(Box<Counted>),
+}
+
+/// A sampled plain stream: what was written and read, when, and where
+/// each pushed frame ended (never the bytes themselves beyond frame headers).
+pub struct Counted {
+    tcp: TcpStream,
+    pub port: u16,
+    /// Follow WebSocket frames in what is read (subscribers).
+    scan_frames: bool,
+    pub frames: crate::msgpath::FrameScanner,
+    pub writes: Arc<crate::msgpath::WriteCount>,
+}
+
+impl Io {
+    /// The sampled stream's counters, when this stream is sampled.
+    pub fn counted(&mut self) -> Option<&mut Counted> {
+        match self {
+            Io::Counted(c) => Some(c),
+            _ => None,
+        }
+    }
 }
 
 impl AsyncRead for Io {
@@ -38,6 +62,15 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Counted(c) => {
+                let before = buf.filled().len();
+                let r = std::pin::Pin::new(&mut c.tcp).poll_read(cx, buf);
+                if c.scan_frames && buf.filled().len() > before {
+                    c.frames
+                        .feed(&buf.filled()[before..], crate::clock::mono_ns());
+                }
+                r
+            }
         }
     }
 }
@@ -51,6 +84,17 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Counted(c) => {
+                let r = std::pin::Pin::new(&mut c.tcp).poll_write(cx, buf);
+                if let std::task::Poll::Ready(Ok(n)) = r {
+                    if n > 0 {
+                        use std::sync::atomic::Ordering::Release;
+                        c.writes.bytes.fetch_add(n as u64, Release);
+                        c.writes.last_ns.store(crate::clock::mono_ns(), Release);
+                    }
+                }
+                r
+            }
         }
     }
 
@@ -61,6 +105,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Counted(c) => std::pin::Pin::new(&mut c.tcp).poll_flush(cx),
         }
     }
 
@@ -71,6 +116,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Counted(c) => std::pin::Pin::new(&mut c.tcp).poll_shutdown(cx),
         }
     }
 }
@@ -217,11 +263,22 @@ pub async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> std::io:
     Ok(stream)
 }
 
-/// Opens a plain or TLS stream (used by the publisher too).
+/// How a new stream is sampled for the message path.
+#[derive(Clone, Copy)]
+pub struct Sampling<'a> {
+    pub tracer: &'a crate::msgpath::Tracer,
+    /// Follow pushed WebSocket frames (a subscriber) or not (a publisher).
+    pub frames: bool,
+}
+
+/// Opens a plain or TLS stream (used by the publisher too). A plain stream
+/// to be sampled is registered with the tracer (its local port) before it
+/// sends its first byte, and counted.
 pub async fn open_stream(
     ep: &Endpoint,
     source: Option<Ipv4Addr>,
     phases: &mut Phases,
+    sampling: Option<Sampling<'_>>,
 ) -> Result<Io, ConnectError> {
     let t = Instant::now();
     let tcp = tcp_connect(ep.addr, source)
@@ -232,6 +289,18 @@ pub async fn open_stream(
         })?;
     phases.connect = t.elapsed();
     let Some(cfg) = &ep.tls else {
+        if let Some(sm) = sampling {
+            let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+            if port != 0 && sm.tracer.register(port) {
+                return Ok(Io::Counted(Box::new(Counted {
+                    tcp,
+                    port,
+                    scan_frames: sm.frames,
+                    frames: Default::default(),
+                    writes: Default::default(),
+                })));
+            }
+        }
         return Ok(Io::Plain(tcp));
     };
     let t = Instant::now();
@@ -259,6 +328,7 @@ pub async fn open_ws(
     subprotocol: Option<&str>,
     source: Option<Ipv4Addr>,
     timeout: Duration,
+    tracer: Option<&crate::msgpath::Tracer>,
 ) -> Result<(Ws, Phases), ConnectError> {
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
     let mut req = url
@@ -270,7 +340,11 @@ pub async fn open_ws(
     }
     let fut = async {
         let mut phases = Phases::default();
-        let stream = open_stream(ep, source, &mut phases).await?;
+        let sampling = tracer.map(|tracer| Sampling {
+            tracer,
+            frames: true,
+        });
+        let stream = open_stream(ep, source, &mut phases, sampling).await?;
         let t = Instant::now();
         let (ws, _resp) =
             tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))

@@ -111,6 +111,7 @@ impl LocalPool {
         schedule: Schedule,
         shard: u32,
         shards: u32,
+        tracer: Option<Arc<crate::msgpath::Tracer>>,
     ) -> anyhow::Result<LocalPool> {
         let endpoint = net::scenario_endpoint(&sc.url, sc)?;
         let cfg = Arc::new(ClientCfg {
@@ -121,6 +122,7 @@ impl LocalPool {
             sources: sc.source_addrs.clone(),
             settle_ns: SETTLE.as_nanos() as u64,
             connect_timeout: Duration::from_secs(10),
+            tracer,
         });
         let n = std::thread::available_parallelism()
             .map_or(2, |n| n.get())

@@ -79,6 +79,7 @@ impl Publisher {
         sc: &Scenario,
         schedule: Schedule,
         log: Option<LogWriter>,
+        tracer: Option<Arc<crate::msgpath::Tracer>>,
     ) -> anyhow::Result<Publisher> {
         let ep = net::scenario_endpoint(&sc.publish_url, sc)?;
         let state = Arc::new(Mutex::new(State {
@@ -97,6 +98,7 @@ impl Publisher {
                 sc.payload_bytes,
                 rx,
                 ep.clone(),
+                tracer.clone(),
                 proto.clone(),
                 state.clone(),
                 log.clone(),
@@ -218,11 +220,22 @@ impl Publisher {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(ep: &Endpoint) -> Result<Sender, String> {
+/// A sampled publisher connection: its local port and its write counter.
+type Sampled = Option<(u16, Arc<crate::msgpath::WriteCount>)>;
+
+async fn connect(
+    ep: &Endpoint,
+    tracer: Option<&crate::msgpath::Tracer>,
+) -> Result<(Sender, Sampled), String> {
     let mut ph = Phases::default();
-    let stream = net::open_stream(ep, None, &mut ph)
+    let sampling = tracer.map(|tracer| net::Sampling {
+        tracer,
+        frames: false,
+    });
+    let mut stream = net::open_stream(ep, None, &mut ph, sampling)
         .await
         .map_err(|e| e.reason())?;
+    let sampled = stream.counted().map(|c| (c.port, c.writes.clone()));
     let io = hyper_util::rt::TokioIo::new(stream);
     let (sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
@@ -230,7 +243,7 @@ async fn connect(ep: &Endpoint) -> Result<Sender, String> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(sender)
+    Ok((sender, sampled))
 }
 
 /// Posts one message; Ok(server seq if the reply has one), Err((retryable, reason)).
@@ -282,11 +295,12 @@ async fn worker(
     payload: usize,
     mut rx: mpsc::UnboundedReceiver<Job>,
     ep: Endpoint,
+    tracer: Option<Arc<crate::msgpath::Tracer>>,
     proto: Arc<Protocol>,
     state: Arc<Mutex<State>>,
     log: Option<Arc<Mutex<LogWriter>>>,
 ) {
-    let mut sender: Option<Sender> = None;
+    let mut sender: Option<(Sender, Sampled)> = None;
     while let Some(job) = rx.recv().await {
         let url = proto.publish_url(&format!("ch{}", job.marker.channel));
         let path = url
@@ -298,8 +312,8 @@ async fn worker(
         let mut job = job;
         let outcome = loop {
             let res = match sender.as_mut() {
-                Some(s) => post(s, &ep, &path, &job).await,
-                None => match connect(&ep).await {
+                Some((s, _)) => post(s, &ep, &path, &job).await,
+                None => match connect(&ep, tracer.as_deref()).await {
                     Ok(s) => {
                         sender = Some(s);
                         continue;
@@ -308,7 +322,21 @@ async fn worker(
                 },
             };
             match res {
-                Ok(seq) => break Ok(seq),
+                Ok(seq) => {
+                    // The whole request was written before its answer came:
+                    // the counter now ends at its last byte.
+                    if let (Some(t), Some((_, Some((port, wc))))) = (&tracer, &sender) {
+                        use std::sync::atomic::Ordering::Acquire;
+                        t.published(crate::msgpath::PublishMark {
+                            msg_id: job.marker.msg_id,
+                            attempt: job.marker.attempt,
+                            port: *port,
+                            end_offset: wc.bytes.load(Acquire),
+                            written_ns: wc.last_ns.load(Acquire),
+                        });
+                    }
+                    break Ok(seq);
+                }
                 Err((retry, reason)) => {
                     sender = None;
                     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());

@@ -51,6 +51,9 @@ pub struct RunOptions {
     pub worker: Option<WorkerCommand>,
     /// Print live progress on stderr.
     pub live: bool,
+    /// Message-path sampling (`pushscope run` with an observer): in-process
+    /// runs only; a run sharded over worker processes samples nothing.
+    pub tracer: Option<std::sync::Arc<crate::msgpath::Tracer>>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,7 +123,7 @@ struct Driver<'f> {
 async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<Option<String>, LoadError> {
     let proto = crate::protocol::Protocol::new(sc);
     let url = proto.subscribe_url("ch0", None);
-    match net::open_ws(ep, &url, proto.subprotocol(), None, Duration::from_secs(5)).await {
+    match net::open_ws(ep, &url, proto.subprotocol(), None, Duration::from_secs(5), None).await {
         Ok((mut ws, _)) => {
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
             Ok(None)
@@ -180,7 +183,8 @@ pub async fn run(
     };
     let mut pools = Vec::new();
     if shards == 1 {
-        let p = LocalPool::new(sc, schedule, 0, 1).map_err(|e| setup(&format!("{e:#}")))?;
+        let p = LocalPool::new(sc, schedule, 0, 1, opts.tracer.clone())
+            .map_err(|e| setup(&format!("{e:#}")))?;
         pools.push(AnyPool::Local(Box::new(p)));
     } else {
         let cmd = match opts.worker.clone() {
@@ -210,7 +214,10 @@ pub async fn run(
         }
         None => None,
     };
-    let publisher = Publisher::start(sc, schedule, log).map_err(|e| setup(&format!("{e:#}")))?;
+    // Publishes are sampled only when subscribers are (one process).
+    let pub_tracer = opts.tracer.clone().filter(|_| shards == 1);
+    let publisher =
+        Publisher::start(sc, schedule, log, pub_tracer).map_err(|e| setup(&format!("{e:#}")))?;
     let live = Live::new(sc, opts.live);
     let mut d = Driver {
         sc: sc.clone(),

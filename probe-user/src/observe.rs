@@ -444,6 +444,19 @@ impl Observer {
             .trace_port(port)
     }
 
+    /// Message path: a registration hook for the load generator (`'static`:
+    /// it holds the probes, not the observer).
+    pub fn port_tracer(&self) -> loadgen::msgpath::TraceHook {
+        let probes = self.probes.clone();
+        std::sync::Arc::new(move |port| {
+            probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .trace_port(port)
+                .is_ok()
+        })
+    }
+
     /// Message path: the traced connections' calls so far, by peer port
     /// (after draining the ring buffer), and how many marks did not fit.
     pub fn take_marks(&self) -> (std::collections::HashMap<u16, crate::msgpath::ConnIo>, u64) {

@@ -64,13 +64,86 @@ pub fn document(first: &[ConnRecord], slowest: &[ConnRecord], end_ns: u64) -> Va
             }
         }
     }
-    json!({ "traceEvents": ev, "displayTimeUnit": "ms" })
+    // The base lets other tracks (sampled messages) join this timeline.
+    json!({ "traceEvents": ev, "displayTimeUnit": "ms", "otherData": {"base_mono_ns": base} })
+}
+
+/// Adds sampled messages to a trace document as Perfetto flows: one track
+/// per subscriber connection, a slice per leg (publish, server, delivery,
+/// client), and a flow arrow from the target's read of the publish to its
+/// write of the frame to the client's read, on the connections' timeline.
+pub fn add_messages(doc: &mut Value, legs: &[crate::msgpath::Legs]) {
+    let base = doc
+        .pointer("/otherData/base_mono_ns")
+        .and_then(Value::as_u64)
+        .filter(|b| *b > 0)
+        .or_else(|| legs.iter().map(|l| l.sched_ns).min())
+        .unwrap_or(0);
+    let Some(ev) = doc.get_mut("traceEvents").and_then(Value::as_array_mut) else {
+        return;
+    };
+    const PID: u32 = 0x6d73; // "ms": a process of its own for message tracks
+    ev.push(json!({"name": "process_name", "ph": "M", "pid": PID, "args": {"name": "sampled messages"}}));
+    let mut named = std::collections::HashSet::new();
+    let us = |t: u64| t.saturating_sub(base) as f64 / 1000.0;
+    for l in legs {
+        let tid = l.sub_port as usize;
+        if named.insert(tid) {
+            ev.push(json!({"name": "thread_name", "ph": "M", "pid": PID, "tid": tid,
+                "args": {"name": format!("subscriber port {}", l.sub_port)}}));
+        }
+        let [sched, written, read, sent, got, acc] = l.stamps();
+        for (name, a, b) in [
+            ("publish", sched, read),
+            ("server", read, sent),
+            ("delivery", sent, got),
+            ("client", got, acc),
+        ] {
+            ev.push(x(
+                name,
+                a,
+                b,
+                PID,
+                tid,
+                base,
+                json!({"msg_id": l.msg_id, "publisher_wrote_at_us": us(written)}),
+            ));
+        }
+        for (ph, t) in [("s", read), ("t", sent), ("f", got)] {
+            ev.push(json!({"name": "message", "cat": "msgpath", "ph": ph, "id": l.msg_id,
+                "pid": PID, "tid": tid, "ts": us(t), "bp": "e"}));
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::phases::Span;
+
+    #[test]
+    fn sampled_messages_are_slices_and_flows_on_the_same_timeline() {
+        let mut d = document(&[], &[], 0);
+        d["otherData"]["base_mono_ns"] = json!(1_000_000);
+        let l = crate::msgpath::Legs {
+            msg_id: 9,
+            sub_port: 5000,
+            sched_ns: 2_000_000,
+            publish_queue: 1_000,
+            publish_net: 1_000,
+            server: 5_000_000,
+            delivery: 100_000,
+            client: 10_000,
+        };
+        add_messages(&mut d, &[l]);
+        let ev = d["traceEvents"].as_array().unwrap();
+        let server = ev.iter().find(|e| e["name"] == "server").unwrap();
+        assert_eq!(server["ts"], 1002.0);
+        assert_eq!(server["dur"], 5000.0);
+        let flows: Vec<_> = ev.iter().filter(|e| e["cat"] == "msgpath").collect();
+        assert_eq!(flows.len(), 3);
+        assert!(flows.iter().all(|f| f["id"] == 9));
+    }
 
     #[test]
     fn one_track_per_connection_with_phases() {
@@ -101,6 +174,7 @@ mod tests {
         let ev = d["traceEvents"].as_array().unwrap();
         // metadata + connection + accept_wait + ws_upgrade, deduplicated.
         assert_eq!(ev.len(), 4);
+        assert_eq!(d["otherData"]["base_mono_ns"], 1_000);
         assert_eq!(ev[2]["name"], "accept_wait");
         assert_eq!(ev[2]["ts"], 0.0);
         assert_eq!(ev[2]["dur"], 2.0);

@@ -52,6 +52,9 @@ impl Legs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unjoined {
+    /// The load generator has no record of the publish request that
+    /// carried the message (e.g. beyond its record cap).
+    PublishNotRecorded,
     /// The probes saw no traced socket for the publisher connection.
     PublisherNotTraced,
     /// The probes saw no traced socket for the subscriber connection.

@@ -88,3 +88,37 @@ impl Sample {
         self.accounted_ns.saturating_sub(self.sched_ns)
     }
 }
+
+/// Builds the join's samples from the load generator's marks: every
+/// accounted delivery of a sampled subscriber with the publish request
+/// that carried its message (same msg_id and attempt), by stage. A
+/// delivery whose publish was not recorded is counted, per stage.
+pub fn samples(
+    publishes: &[loadgen::msgpath::PublishMark],
+    deliveries: &[loadgen::msgpath::DeliveryMark],
+) -> std::collections::BTreeMap<u32, (Vec<Sample>, u64)> {
+    let by_id: std::collections::HashMap<(u64, u32), &loadgen::msgpath::PublishMark> = publishes
+        .iter()
+        .map(|p| ((p.msg_id, p.attempt), p))
+        .collect();
+    let mut out: std::collections::BTreeMap<u32, (Vec<Sample>, u64)> = Default::default();
+    for d in deliveries {
+        let slot = out.entry(d.stage).or_default();
+        let Some(p) = by_id.get(&(d.msg_id, d.attempt)) else {
+            slot.1 += 1;
+            continue;
+        };
+        slot.0.push(Sample {
+            msg_id: d.msg_id,
+            sched_ns: d.sched_ns,
+            pub_port: p.port,
+            pub_end_offset: p.end_offset,
+            pub_written_ns: p.written_ns,
+            sub_port: d.port,
+            frame_end_offset: d.frame_end_offset,
+            read_ns: d.read_ns,
+            accounted_ns: d.accounted_ns,
+        });
+    }
+    out
+}

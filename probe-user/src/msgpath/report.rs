@@ -221,3 +221,20 @@ mod tests {
         assert!(mp.p50_message.is_none());
     }
 }
+
+/// Writes `<name>.folded` and `<name>.svg` (inferno) into `dir`.
+pub fn write_flame(dir: &std::path::Path, name: &str, title: &str, lines: &[String]) -> std::io::Result<()> {
+    use std::io::BufWriter;
+    std::fs::write(dir.join(format!("{name}.folded")), lines.join("\n") + "\n")?;
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_string();
+    opts.count_name = "µs".to_string();
+    let svg = BufWriter::new(std::fs::File::create(dir.join(format!("{name}.svg")))?);
+    let input: Vec<&str> = if lines.is_empty() {
+        // inferno refuses empty input; an explicit empty graph says "no data".
+        vec!["no_sampled_messages 1"]
+    } else {
+        lines.iter().map(String::as_str).collect()
+    };
+    inferno::flamegraph::from_lines(&mut opts, input, svg).map_err(std::io::Error::other)
+}

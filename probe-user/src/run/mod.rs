@@ -18,6 +18,7 @@ use crate::{
 use anyhow::Context;
 use figures::{stage_figures, RssWindow};
 use loadgen::{
+    msgpath::Tracer,
     outcome::{usage, Outcome},
     pool::LiveSnap,
     runner::{RunOptions, StageEvent},
@@ -27,6 +28,7 @@ use std::{
     cell::RefCell,
     net::SocketAddr,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -48,6 +50,11 @@ pub struct RunArgs {
     /// Serve the observer's live Prometheus metrics here (loopback by default).
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
     pub observer_metrics: Option<SocketAddr>,
+    /// Message path: trace every message of this many subscriber
+    /// connections (the first ones opened); default: 64 or 1 % of the
+    /// largest stage, whichever is more; 0: no message-path tracing.
+    #[arg(long)]
+    pub trace_sample: Option<u64>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -98,6 +105,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let (tracer, msgpath_off) = match message_path_tracer(&args, &sc, observer.as_ref()) {
+        Ok(t) => (Some(t), None),
+        Err(reason) => (None, Some(reason)),
+    };
     let t0 = Instant::now();
     let progress = RefCell::new(Progress::default());
     let timeline = RefCell::new(Vec::<TimelinePoint>::new());
@@ -118,6 +129,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             &progress,
             &timeline,
             observer.as_ref(),
+            tracer.clone(),
         ));
         (r, cutter.join().unwrap_or_default())
     });
@@ -167,6 +179,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         slowest_connections: serde_json::Value::Array(Vec::new()),
     };
     build_stages(&mut summary, &sc, &progress, observer.is_some());
+    let traced_legs = match (&observer, &tracer) {
+        (Some(o), Some(t)) => message_path(&mut summary, o, t, &out),
+        _ => {
+            let why = msgpath_off.unwrap_or_default();
+            for st in &mut summary.stages {
+                st.message_path = Some(crate::msgpath::MessagePath::not_measured(why.clone()));
+            }
+            Vec::new()
+        }
+    };
     if let Some(o) = &observer {
         // lifecycle.folded/.svg and trace.json of the whole run; the run's
         // own summary.json (written below) replaces the observer's.
@@ -174,6 +196,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             .write_outputs(&out)
             .with_context(|| format!("writing observer outputs to {}", out.display()))?;
         summary.not_measured.extend(total.notes.iter().cloned());
+        add_messages_to_trace(&out, &traced_legs);
         summary.slowest_connections = slowest_connections(&out);
     }
     if let Some(dir) = &sc.log_dir {
@@ -263,6 +286,7 @@ async fn drive(
     progress: &RefCell<Progress>,
     timeline: &RefCell<Vec<TimelinePoint>>,
     observer: Option<&Observer>,
+    tracer: Option<Arc<Tracer>>,
 ) -> anyhow::Result<()> {
     let mut on_event = |ev: StageEvent<'_>| match ev {
         StageEvent::Started {
@@ -296,6 +320,7 @@ async fn drive(
     let opts = RunOptions {
         worker: None,
         live: true,
+        tracer,
     };
     let load = loadgen::runner::run(sc, opts, &mut on_event);
     let watch = sample_until_target_dies(observer, t0, progress, timeline);
@@ -351,6 +376,123 @@ async fn sample_until_target_dies(
             }
         }
         timeline.borrow_mut().push(point);
+    }
+}
+
+/// The load generator's message-path sampling for this run, or why the
+/// message path is not measured.
+fn message_path_tracer(
+    args: &RunArgs,
+    sc: &Scenario,
+    observer: Option<&Observer>,
+) -> Result<Arc<Tracer>, String> {
+    let Some(o) = observer else {
+        return Err("the target was not observed (no --pid)".into());
+    };
+    let largest = sc.max_connections() as u64;
+    let sample = args
+        .trace_sample
+        .unwrap_or_else(|| largest.div_ceil(100).max(64));
+    if sample == 0 {
+        return Err("--trace-sample 0".into());
+    }
+    let tls = |u: &str| u.starts_with("wss://") || u.starts_with("https://");
+    if tls(&sc.url) || tls(&sc.publish_url) {
+        return Err(
+            "TLS: the kernel sees ciphertext, whose offsets are not the frames'; pushscope does not yet follow plaintext offsets through the target's TLS library"
+                .into(),
+        );
+    }
+    if sc.max_connections().div_ceil(sc.shard_cap) > 1 {
+        return Err(format!(
+            "the load is sharded over worker processes (more than --shard-cap {} connections); message-path sampling runs in-process only",
+            sc.shard_cap
+        ));
+    }
+    Ok(Arc::new(Tracer::new(o.port_tracer(), sample)))
+}
+
+/// Joins the load generator's samples with the probes' marks, stage by
+/// stage; writes latency.folded/.svg and latency-tail.folded/.svg.
+/// Returns the joined messages to draw in trace.json.
+fn message_path(
+    summary: &mut RunSummary,
+    observer: &Observer,
+    tracer: &Tracer,
+    out: &Path,
+) -> Vec<crate::msgpath::Legs> {
+    use crate::msgpath::{self, report::folded, MessagePath, Unjoined};
+    let (publishes, deliveries) = tracer.take();
+    let (io, marks_over_cap) = observer.take_marks();
+    let by_stage = msgpath::samples(&publishes, &deliveries);
+    let (mut all_lines, mut tail_lines, mut traced) = (Vec::new(), Vec::new(), Vec::new());
+    for st in &mut summary.stages {
+        let (samples, unrecorded) = by_stage
+            .get(&(st.index as u32))
+            .cloned()
+            .unwrap_or_default();
+        let mut joined = msgpath::join(&samples, &io);
+        if unrecorded > 0 {
+            joined.unjoined.insert(Unjoined::PublishNotRecorded, unrecorded);
+        }
+        let conns = samples
+            .iter()
+            .map(|s| s.sub_port)
+            .collect::<std::collections::HashSet<_>>()
+            .len() as u64;
+        let mp = MessagePath::from_joined(&joined, conns, st.figures.e2e_p99_ms);
+        all_lines.extend(folded(&st.name, &joined.legs));
+        if let Some(t) = mp.tail_from_ms {
+            let tail = joined
+                .legs
+                .iter()
+                .filter(|l| l.total() as f64 / 1e6 >= t);
+            tail_lines.extend(folded(&st.name, tail));
+        }
+        // The trace keeps the slowest 50 and 50 more spread over the rest.
+        let mut legs = joined.legs;
+        legs.sort_by_key(|l| std::cmp::Reverse(l.total()));
+        let step = (legs.len() / 50).max(1);
+        traced.extend(legs.iter().take(50).copied());
+        traced.extend(legs.iter().skip(50).step_by(step).take(50).copied());
+        st.message_path = Some(mp);
+    }
+    let dropped = tracer.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    if dropped + marks_over_cap > 0 {
+        summary.not_measured.push(format!(
+            "message path: {dropped} load-side records and {marks_over_cap} probe marks beyond the record caps were not kept"
+        ));
+    }
+    let write = |name: &str, title: &str, lines: &[String]| {
+        if let Err(e) = msgpath::report::write_flame(out, name, title, lines) {
+            eprintln!("pushscope run: cannot write {name}.svg: {e}");
+        }
+    };
+    write(
+        "latency",
+        "pushscope: where message latency goes (µs, summed over sampled messages)",
+        &all_lines,
+    );
+    write(
+        "latency-tail",
+        "pushscope: where the tail's latency goes (messages at or above the stage's e2e p99)",
+        &tail_lines,
+    );
+    traced
+}
+
+/// Sampled messages join trace.json's connection timeline as flows.
+fn add_messages_to_trace(out: &Path, legs: &[crate::msgpath::Legs]) {
+    let path = out.join("trace.json");
+    let Some(mut doc) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return;
+    };
+    crate::trace::add_messages(&mut doc, legs);
+    if let Ok(text) = serde_json::to_vec(&doc) {
+        let _ = std::fs::write(&path, text);
     }
 }
 
