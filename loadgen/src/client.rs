@@ -277,6 +277,32 @@ fn unmarked(lane: &Lane) {
     st.stage_stats(k).unmarked += 1;
 }
 
+/// Fault injection for testing pushscope itself:
+/// `PUSHSCOPE_FAULT_CLIENT_STALL=<duration>/<n>` blocks the lane thread for
+/// `<duration>` before accounting every `<n>`th frame of the process, a
+/// known stall of the load generator that the message path must put in
+/// its `client` leg (frame read → accounted).
+fn client_stall() {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock,
+    };
+    static STALL: OnceLock<Option<(Duration, u64)>> = OnceLock::new();
+    static FRAMES: AtomicU64 = AtomicU64::new(0);
+    let stall = STALL.get_or_init(|| {
+        let v = std::env::var("PUSHSCOPE_FAULT_CLIENT_STALL").ok()?;
+        let (d, n) = v.split_once('/')?;
+        let d = crate::duration::parse_duration(d).ok()?;
+        let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+        Some((d, n))
+    });
+    if let Some((d, n)) = stall {
+        if (FRAMES.fetch_add(1, Ordering::Relaxed) + 1) % n == 0 {
+            std::thread::sleep(*d);
+        }
+    }
+}
+
 /// A control frame reached the session: its end is not a message's.
 fn claim_control(ws: &mut Ws) {
     if let Some(c) = ws.get_mut().counted() {
@@ -295,6 +321,7 @@ fn on_frame(
     wire: Option<(u16, crate::msgpath::FrameEnd)>,
 ) -> Option<AckPoint> {
     let cfg = &lane.cfg;
+    client_stall();
     let now = mono_ns();
     let server_seq = cfg.protocol.server_seq(text);
     let mut st = lane.state.borrow_mut();

@@ -33,7 +33,8 @@ pub struct PublishMark {
     pub port: u16,
     /// Cumulative bytes written on that connection through the request's last byte.
     pub end_offset: u64,
-    /// When the write of that last byte returned.
+    /// When the write call that carried that last byte began (on loopback
+    /// the target may read the bytes before the call returns).
     pub written_ns: u64,
 }
 
@@ -122,7 +123,7 @@ impl std::fmt::Debug for Tracer {
     }
 }
 
-/// Bytes written on a counted connection and when the last write returned.
+/// Bytes written on a counted connection and when the last write began.
 #[derive(Debug, Default)]
 pub struct WriteCount {
     pub bytes: AtomicU64,

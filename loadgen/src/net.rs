@@ -85,12 +85,15 @@ impl AsyncWrite for Io {
             Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
             Io::Counted(c) => {
+                // Stamped at the call's start: on loopback the peer can
+                // read the bytes before this call returns.
+                let start = crate::clock::mono_ns();
                 let r = std::pin::Pin::new(&mut c.tcp).poll_write(cx, buf);
                 if let std::task::Poll::Ready(Ok(n)) = r {
                     if n > 0 {
                         use std::sync::atomic::Ordering::Release;
                         c.writes.bytes.fetch_add(n as u64, Release);
-                        c.writes.last_ns.store(crate::clock::mono_ns(), Release);
+                        c.writes.last_ns.store(start, Release);
                     }
                 }
                 r

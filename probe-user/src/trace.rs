@@ -134,6 +134,7 @@ mod tests {
             server: 5_000_000,
             delivery: 100_000,
             client: 10_000,
+            e2e: 5_112_000,
         };
         add_messages(&mut d, &[l]);
         let ev = d["traceEvents"].as_array().unwrap();

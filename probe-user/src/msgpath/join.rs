@@ -26,6 +26,9 @@ pub struct Legs {
     pub delivery: u64,
     /// That read → accounted.
     pub client: u64,
+    /// The load generator's own e2e latency of this message (accounted −
+    /// scheduled), which the gate's histogram holds; the legs add up to it.
+    pub e2e: u64,
 }
 
 impl Legs {
@@ -117,6 +120,7 @@ fn join_one(s: &Sample, io: &HashMap<u16, ConnIo>) -> Result<Legs, Unjoined> {
         server: chain[3] - chain[2],
         delivery: chain[4] - chain[3],
         client: chain[5] - chain[4],
+        e2e: s.e2e_ns(),
     })
 }
 
@@ -248,6 +252,7 @@ mod tests {
             for l in &j.legs {
                 let s = samples[l.msg_id as usize];
                 prop_assert_eq!(l.total(), s.e2e_ns());
+                prop_assert_eq!(l.e2e, s.e2e_ns());
                 let read = first(&conn[&1].recvs, s.pub_end_offset).unwrap();
                 let sent = first(&conn[&2].sends, s.frame_end_offset).unwrap();
                 prop_assert_eq!(l.publish_net, read - s.pub_written_ns);

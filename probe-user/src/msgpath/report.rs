@@ -176,6 +176,7 @@ mod tests {
                 server: server_ms * 1_000_000,
                 delivery: 200_000,
                 client: 10_000,
+                e2e: 160_000 + server_ms * 1_000_000 + 200_000,
             })
             .collect()
     }
@@ -220,6 +221,35 @@ mod tests {
         assert_eq!(mp.legs["server"], None);
         assert!(mp.p50_message.is_none());
     }
+}
+
+/// message_path.csv: every joined message, leg by leg (ns), with the load
+/// generator's own e2e beside the legs' sum.
+pub fn write_csv(path: &std::path::Path, stages: &[(usize, &[Legs])]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        w,
+        "stage,msg_id,subscriber_port,sched_ns,publish_queue_ns,publish_net_ns,server_ns,delivery_ns,client_ns,e2e_ns"
+    )?;
+    for (stage, legs) in stages {
+        for l in legs.iter() {
+            writeln!(
+                w,
+                "{stage},{},{},{},{},{},{},{},{},{}",
+                l.msg_id,
+                l.sub_port,
+                l.sched_ns,
+                l.publish_queue,
+                l.publish_net,
+                l.server,
+                l.delivery,
+                l.client,
+                l.e2e
+            )?;
+        }
+    }
+    w.flush()
 }
 
 /// Writes `<name>.folded` and `<name>.svg` (inferno) into `dir`.

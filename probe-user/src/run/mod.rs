@@ -426,6 +426,7 @@ fn message_path(
     let (io, marks_over_cap) = observer.take_marks();
     let by_stage = msgpath::samples(&publishes, &deliveries);
     let (mut all_lines, mut tail_lines, mut traced) = (Vec::new(), Vec::new(), Vec::new());
+    let mut per_stage = Vec::new();
     for st in &mut summary.stages {
         let (samples, unrecorded) = by_stage
             .get(&(st.index as u32))
@@ -451,6 +452,7 @@ fn message_path(
         }
         // The trace keeps the slowest 50 and 50 more spread over the rest.
         let mut legs = joined.legs;
+        per_stage.push((st.index, legs.clone()));
         legs.sort_by_key(|l| std::cmp::Reverse(l.total()));
         let step = (legs.len() / 50).max(1);
         traced.extend(legs.iter().take(50).copied());
@@ -478,6 +480,11 @@ fn message_path(
         "pushscope: where the tail's latency goes (messages at or above the stage's e2e p99)",
         &tail_lines,
     );
+    let rows: Vec<(usize, &[crate::msgpath::Legs])> =
+        per_stage.iter().map(|(k, l)| (*k, l.as_slice())).collect();
+    if let Err(e) = msgpath::report::write_csv(&out.join("message_path.csv"), &rows) {
+        eprintln!("pushscope run: cannot write message_path.csv: {e}");
+    }
     traced
 }
 
