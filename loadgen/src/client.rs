@@ -59,10 +59,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
     let source = (!cfg.sources.is_empty()).then(|| cfg.sources[id as usize % cfg.sources.len()]);
     let mut ever_connected = false;
     let mut attempt: u32 = 0;
-    let tracer = cfg
-        .tracer
-        .as_deref()
-        .filter(|t| t.samples_subscriber(id));
+    let tracer = cfg.tracer.as_deref().filter(|t| t.samples_subscriber(id));
     loop {
         if ctl.stop.get() {
             break;

@@ -31,6 +31,9 @@ pub struct PublishMark {
     pub attempt: u32,
     /// Local port of the publisher connection that carried it.
     pub port: u16,
+    /// When the publisher began this request (its connection is free only
+    /// once the previous publish on it was answered).
+    pub began_ns: u64,
     /// Cumulative bytes written on that connection through the request's last byte.
     pub end_offset: u64,
     /// When the write call that carried that last byte began (on loopback

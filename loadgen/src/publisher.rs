@@ -310,9 +310,13 @@ async fn worker(
         let give_up = job.marker.sched_ns + RETRY_WINDOW.as_nanos() as u64;
         let mut attempt = 0u32;
         let mut job = job;
+        let mut began = 0;
         let outcome = loop {
             let res = match sender.as_mut() {
-                Some((s, _)) => post(s, &ep, &path, &job).await,
+                Some((s, _)) => {
+                    began = mono_ns();
+                    post(s, &ep, &path, &job).await
+                }
                 None => match connect(&ep, tracer.as_deref()).await {
                     Ok(s) => {
                         sender = Some(s);
@@ -331,6 +335,7 @@ async fn worker(
                             msg_id: job.marker.msg_id,
                             attempt: job.marker.attempt,
                             port: *port,
+                            began_ns: began,
                             end_offset: wc.bytes.load(Acquire),
                             written_ns: wc.last_ns.load(Acquire),
                         });

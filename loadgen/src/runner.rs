@@ -123,7 +123,16 @@ struct Driver<'f> {
 async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<Option<String>, LoadError> {
     let proto = crate::protocol::Protocol::new(sc);
     let url = proto.subscribe_url("ch0", None);
-    match net::open_ws(ep, &url, proto.subprotocol(), None, Duration::from_secs(5), None).await {
+    match net::open_ws(
+        ep,
+        &url,
+        proto.subprotocol(),
+        None,
+        Duration::from_secs(5),
+        None,
+    )
+    .await
+    {
         Ok((mut ws, _)) => {
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
             Ok(None)

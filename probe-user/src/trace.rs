@@ -89,10 +89,12 @@ pub fn add_messages(doc: &mut Value, legs: &[crate::msgpath::Legs]) {
     for l in legs {
         let tid = l.sub_port as usize;
         if named.insert(tid) {
-            ev.push(json!({"name": "thread_name", "ph": "M", "pid": PID, "tid": tid,
-                "args": {"name": format!("subscriber port {}", l.sub_port)}}));
+            ev.push(
+                json!({"name": "thread_name", "ph": "M", "pid": PID, "tid": tid,
+                "args": {"name": format!("subscriber port {}", l.sub_port)}}),
+            );
         }
-        let [sched, written, read, sent, got, acc] = l.stamps();
+        let [sched, _began, written, read, sent, got, acc] = l.stamps();
         for (name, a, b) in [
             ("publish", sched, read),
             ("server", read, sent),
@@ -110,8 +112,10 @@ pub fn add_messages(doc: &mut Value, legs: &[crate::msgpath::Legs]) {
             ));
         }
         for (ph, t) in [("s", read), ("t", sent), ("f", got)] {
-            ev.push(json!({"name": "message", "cat": "msgpath", "ph": ph, "id": l.msg_id,
-                "pid": PID, "tid": tid, "ts": us(t), "bp": "e"}));
+            ev.push(
+                json!({"name": "message", "cat": "msgpath", "ph": ph, "id": l.msg_id,
+                "pid": PID, "tid": tid, "ts": us(t), "bp": "e"}),
+            );
         }
     }
 }
@@ -129,7 +133,8 @@ mod tests {
             msg_id: 9,
             sub_port: 5000,
             sched_ns: 2_000_000,
-            publish_queue: 1_000,
+            publish_wait: 500,
+            publish_send: 500,
             publish_net: 1_000,
             server: 5_000_000,
             delivery: 100_000,

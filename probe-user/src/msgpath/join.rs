@@ -6,8 +6,9 @@ use super::{ConnIo, Sample};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
-/// One message's latency, leg by leg (ns). `publish_queue + publish_net +
-/// server + delivery + client` is the message's e2e latency exactly.
+/// One message's latency, leg by leg (ns). `publish_wait + publish_send +
+/// publish_net + server + delivery + client` is the message's e2e latency
+/// exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Legs {
     pub msg_id: u64,
@@ -15,9 +16,15 @@ pub struct Legs {
     /// Scheduled time (ns, CLOCK_MONOTONIC), to place the message on the
     /// trace's timeline.
     pub sched_ns: u64,
-    /// Scheduled time → the publisher's write of the request's last byte.
-    pub publish_queue: u64,
-    /// That write → the target's read of the request's last byte.
+    /// Scheduled time → the publisher began the request: waiting behind
+    /// earlier publishes on its connection (each waits for the target's
+    /// answer) and the load generator's scheduling.
+    pub publish_wait: u64,
+    /// Began → the write call carrying the request's last byte began (the
+    /// load generator's HTTP stack).
+    pub publish_send: u64,
+    /// That write → the target's read of the request's last byte: transit
+    /// and the time the request waited for the target to read it.
     pub publish_net: u64,
     /// The target's read of the request → its write of the frame to this
     /// subscriber.
@@ -33,21 +40,23 @@ pub struct Legs {
 
 impl Legs {
     pub fn publish(&self) -> u64 {
-        self.publish_queue + self.publish_net
+        self.publish_wait + self.publish_send + self.publish_net
     }
 
     pub fn total(&self) -> u64 {
         self.publish() + self.server + self.delivery + self.client
     }
 
-    /// The legs' absolute stamps, in order: scheduled, written, read by the
-    /// target, written by the target, read by the client, accounted.
-    pub fn stamps(&self) -> [u64; 6] {
-        let w = self.sched_ns + self.publish_queue;
+    /// The legs' absolute stamps, in order: scheduled, publish began,
+    /// written, read by the target, written by the target, read by the
+    /// client, accounted.
+    pub fn stamps(&self) -> [u64; 7] {
+        let b = self.sched_ns + self.publish_wait;
+        let w = b + self.publish_send;
         let r = w + self.publish_net;
         let s = r + self.server;
         let d = s + self.delivery;
-        [self.sched_ns, w, r, s, d, d + self.client]
+        [self.sched_ns, b, w, r, s, d, d + self.client]
     }
 }
 
@@ -102,6 +111,7 @@ fn join_one(s: &Sample, io: &HashMap<u16, ConnIo>) -> Result<Legs, Unjoined> {
         .ok_or(Unjoined::FrameWriteMissing)?;
     let chain = [
         s.sched_ns,
+        s.pub_began_ns,
         s.pub_written_ns,
         read,
         sent,
@@ -115,11 +125,12 @@ fn join_one(s: &Sample, io: &HashMap<u16, ConnIo>) -> Result<Legs, Unjoined> {
         msg_id: s.msg_id,
         sub_port: s.sub_port,
         sched_ns: s.sched_ns,
-        publish_queue: chain[1] - chain[0],
-        publish_net: chain[2] - chain[1],
-        server: chain[3] - chain[2],
-        delivery: chain[4] - chain[3],
-        client: chain[5] - chain[4],
+        publish_wait: chain[1] - chain[0],
+        publish_send: chain[2] - chain[1],
+        publish_net: chain[3] - chain[2],
+        server: chain[4] - chain[3],
+        delivery: chain[5] - chain[4],
+        client: chain[6] - chain[5],
         e2e: s.e2e_ns(),
     })
 }
@@ -140,6 +151,7 @@ mod tests {
             sched_ns: 1_000,
             pub_port: 40_000,
             pub_end_offset: 300,
+            pub_began_ns: 1_060,
             pub_written_ns: 1_100,
             sub_port: 50_000,
             frame_end_offset: 450,
@@ -176,16 +188,20 @@ mod tests {
         let l = j.legs[0];
         assert_eq!(
             (
-                l.publish_queue,
+                l.publish_wait,
+                l.publish_send,
                 l.publish_net,
                 l.server,
                 l.delivery,
                 l.client
             ),
-            (100, 100, 500, 300, 50)
+            (60, 40, 100, 500, 300, 50)
         );
         assert_eq!(l.total(), sample().e2e_ns());
-        assert_eq!(l.stamps(), [1_000, 1_100, 1_200, 1_700, 2_000, 2_050]);
+        assert_eq!(
+            l.stamps(),
+            [1_000, 1_060, 1_100, 1_200, 1_700, 2_000, 2_050]
+        );
     }
 
     #[test]
@@ -222,7 +238,7 @@ mod tests {
             sends in proptest::collection::vec((1u64..50, 0u64..1_000), 0..20),
             recvs in proptest::collection::vec((1u64..50, 0u64..1_000), 0..20),
             samples in proptest::collection::vec(
-                (0u64..5_000, 0u64..3_000, 0u64..3_000, 0u64..600, 0u64..600, 0u64..3_000, 0u64..3_000, any::<bool>()),
+                (0u64..5_000, 0u64..3_000, 0u64..3_000, 0u64..600, 0u64..600, 0u64..3_000, (0u64..3_000, 0u64..100), any::<bool>()),
                 0..20,
             ),
         ) {
@@ -235,11 +251,12 @@ mod tests {
                 (1u16, ConnIo { sends: vec![], recvs: cum(&recvs) }),
                 (2u16, ConnIo { sends: cum(&sends), recvs: vec![] }),
             ]);
-            let samples: Vec<Sample> = samples.iter().enumerate().map(|(i, &(sched, w, rd, po, fo, acc_after, rdd, traced))| Sample {
+            let samples: Vec<Sample> = samples.iter().enumerate().map(|(i, &(sched, w, rd, po, fo, acc_after, (rdd, began), traced))| Sample {
                 msg_id: i as u64,
                 sched_ns: sched,
                 pub_port: 1,
                 pub_end_offset: po,
+                pub_began_ns: sched + began.min(w),
                 pub_written_ns: sched + w,
                 sub_port: if traced { 2 } else { 3 },
                 frame_end_offset: fo,

@@ -69,7 +69,10 @@ pub struct Sample {
     /// the publish request's last byte on it.
     pub pub_port: u16,
     pub pub_end_offset: u64,
-    /// When the publisher's write of that last byte returned.
+    /// When the publisher began the request (its connection was free: the
+    /// previous publish on it had been answered).
+    pub pub_began_ns: u64,
+    /// When the publisher's write call carrying that last byte began.
     pub pub_written_ns: u64,
     /// Subscriber connection (its local port) and the cumulative offset of
     /// the frame's last byte on it.
@@ -113,6 +116,7 @@ pub fn samples(
             sched_ns: d.sched_ns,
             pub_port: p.port,
             pub_end_offset: p.end_offset,
+            pub_began_ns: p.began_ns,
             pub_written_ns: p.written_ns,
             sub_port: d.port,
             frame_end_offset: d.frame_end_offset,

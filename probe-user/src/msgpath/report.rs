@@ -16,10 +16,12 @@ pub struct LegStats {
     pub max: f64,
 }
 
-/// Leg names in path order; `publish` is `publish_queue + publish_net`.
-pub const LEGS: [&str; 7] = [
+/// Leg names in path order; `publish` is `publish_wait + publish_send +
+/// publish_net`.
+pub const LEGS: [&str; 8] = [
     "publish",
-    "publish_queue",
+    "publish_wait",
+    "publish_send",
     "publish_net",
     "server",
     "delivery",
@@ -30,7 +32,8 @@ pub const LEGS: [&str; 7] = [
 fn leg_value(l: &Legs, name: &str) -> u64 {
     match name {
         "publish" => l.publish(),
-        "publish_queue" => l.publish_queue,
+        "publish_wait" => l.publish_wait,
+        "publish_send" => l.publish_send,
         "publish_net" => l.publish_net,
         "server" => l.server,
         "delivery" => l.delivery,
@@ -146,7 +149,8 @@ pub fn folded<'a>(prefix: &str, legs: impl IntoIterator<Item = &'a Legs>) -> Vec
     let mut sums: BTreeMap<&str, u64> = BTreeMap::new();
     for l in legs {
         for (stack, ns) in [
-            ("e2e;publish;queue", l.publish_queue),
+            ("e2e;publish;wait", l.publish_wait),
+            ("e2e;publish;send", l.publish_send),
             ("e2e;publish;network", l.publish_net),
             ("e2e;server", l.server),
             ("e2e;delivery", l.delivery),
@@ -161,6 +165,58 @@ pub fn folded<'a>(prefix: &str, legs: impl IntoIterator<Item = &'a Legs>) -> Vec
         .collect()
 }
 
+/// message_path.csv: every joined message, leg by leg (ns), with the load
+/// generator's own e2e beside the legs' sum.
+pub fn write_csv(path: &std::path::Path, stages: &[(usize, &[Legs])]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        w,
+        "stage,msg_id,subscriber_port,sched_ns,publish_wait_ns,publish_send_ns,publish_net_ns,server_ns,delivery_ns,client_ns,e2e_ns"
+    )?;
+    for (stage, legs) in stages {
+        for l in legs.iter() {
+            writeln!(
+                w,
+                "{stage},{},{},{},{},{},{},{},{},{},{}",
+                l.msg_id,
+                l.sub_port,
+                l.sched_ns,
+                l.publish_wait,
+                l.publish_send,
+                l.publish_net,
+                l.server,
+                l.delivery,
+                l.client,
+                l.e2e
+            )?;
+        }
+    }
+    w.flush()
+}
+
+/// Writes `<name>.folded` and `<name>.svg` (inferno) into `dir`.
+pub fn write_flame(
+    dir: &std::path::Path,
+    name: &str,
+    title: &str,
+    lines: &[String],
+) -> std::io::Result<()> {
+    use std::io::BufWriter;
+    std::fs::write(dir.join(format!("{name}.folded")), lines.join("\n") + "\n")?;
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_string();
+    opts.count_name = "µs".to_string();
+    let svg = BufWriter::new(std::fs::File::create(dir.join(format!("{name}.svg")))?);
+    let input: Vec<&str> = if lines.is_empty() {
+        // inferno refuses empty input; an explicit empty graph says "no data".
+        vec!["no_sampled_messages 1"]
+    } else {
+        lines.iter().map(String::as_str).collect()
+    };
+    inferno::flamegraph::from_lines(&mut opts, input, svg).map_err(std::io::Error::other)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +227,8 @@ mod tests {
                 msg_id: i,
                 sub_port: 1,
                 sched_ns: i,
-                publish_queue: 100_000,
+                publish_wait: 60_000,
+                publish_send: 40_000,
                 publish_net: 50_000,
                 server: server_ms * 1_000_000,
                 delivery: 200_000,
@@ -210,7 +267,8 @@ mod tests {
     fn folded_stacks_weigh_legs_in_microseconds() {
         let f = folded("stage 1", &legs(2, 3));
         assert!(f.contains(&"stage 1;e2e;server 6000".to_string()), "{f:?}");
-        assert!(f.contains(&"stage 1;e2e;publish;queue 300".to_string()));
+        assert!(f.contains(&"stage 1;e2e;publish;wait 180".to_string()));
+        assert!(f.contains(&"stage 1;e2e;publish;send 120".to_string()));
         assert!(f.contains(&"stage 1;e2e;client 30".to_string()));
     }
 
@@ -221,50 +279,4 @@ mod tests {
         assert_eq!(mp.legs["server"], None);
         assert!(mp.p50_message.is_none());
     }
-}
-
-/// message_path.csv: every joined message, leg by leg (ns), with the load
-/// generator's own e2e beside the legs' sum.
-pub fn write_csv(path: &std::path::Path, stages: &[(usize, &[Legs])]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    writeln!(
-        w,
-        "stage,msg_id,subscriber_port,sched_ns,publish_queue_ns,publish_net_ns,server_ns,delivery_ns,client_ns,e2e_ns"
-    )?;
-    for (stage, legs) in stages {
-        for l in legs.iter() {
-            writeln!(
-                w,
-                "{stage},{},{},{},{},{},{},{},{},{}",
-                l.msg_id,
-                l.sub_port,
-                l.sched_ns,
-                l.publish_queue,
-                l.publish_net,
-                l.server,
-                l.delivery,
-                l.client,
-                l.e2e
-            )?;
-        }
-    }
-    w.flush()
-}
-
-/// Writes `<name>.folded` and `<name>.svg` (inferno) into `dir`.
-pub fn write_flame(dir: &std::path::Path, name: &str, title: &str, lines: &[String]) -> std::io::Result<()> {
-    use std::io::BufWriter;
-    std::fs::write(dir.join(format!("{name}.folded")), lines.join("\n") + "\n")?;
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = title.to_string();
-    opts.count_name = "µs".to_string();
-    let svg = BufWriter::new(std::fs::File::create(dir.join(format!("{name}.svg")))?);
-    let input: Vec<&str> = if lines.is_empty() {
-        // inferno refuses empty input; an explicit empty graph says "no data".
-        vec!["no_sampled_messages 1"]
-    } else {
-        lines.iter().map(String::as_str).collect()
-    };
-    inferno::flamegraph::from_lines(&mut opts, input, svg).map_err(std::io::Error::other)
 }

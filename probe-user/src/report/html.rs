@@ -228,9 +228,10 @@ const PHASE_ORDER: &[&str] = &[
 ];
 
 /// Legs of a message in path order, as drawn (publish split in two).
-const PATH_LEGS: [(&str, &str); 5] = [
-    ("publish_queue", "publish: loadgen"),
-    ("publish_net", "publish: network"),
+const PATH_LEGS: [(&str, &str); 6] = [
+    ("publish_wait", "publish: wait"),
+    ("publish_send", "publish: send"),
+    ("publish_net", "publish: to target read"),
     ("server", "server"),
     ("delivery", "delivery"),
     ("client", "client"),

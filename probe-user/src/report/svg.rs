@@ -165,7 +165,9 @@ pub fn stacked(title: &str, unit: &str, rows: &[(String, Vec<(String, f64)>)]) -
         );
     }
     let max = nice_ceiling(rows.iter().map(|(_, s)| total(s)).fold(0.0, f64::max));
-    let h = 44.0 + rows.len() as f64 * 22.0;
+    // Bars, then the legend in rows of three.
+    let legend_rows = rows.first().map_or(0, |(_, s)| s.len().div_ceil(3)) as f64;
+    let h = 30.0 + rows.len() as f64 * 22.0 + legend_rows * 16.0;
     let mut out = format!(
         "<svg class=\"chart\" viewBox=\"0 0 {W} {h}\" width=\"{W}\" height=\"{h}\" role=\"img\"><text x=\"4\" y=\"14\" class=\"ct\">{} ({})</text>",
         esc(title),
@@ -206,7 +208,8 @@ pub fn stacked(title: &str, unit: &str, rows: &[(String, Vec<(String, f64)>)]) -
         .map(|(_, s)| s.iter().map(|(n, _)| n).collect())
         .unwrap_or_default();
     for (k, n) in names.iter().enumerate() {
-        let lx = 130.0 + k as f64 * 110.0;
+        let lx = 4.0 + (k % 3) as f64 * 180.0;
+        let ly = ly + (k / 3) as f64 * 16.0;
         let _ = write!(
             out,
             "<rect x=\"{lx}\" y=\"{ly}\" width=\"10\" height=\"10\" fill=\"{c}\"/><text x=\"{tx}\" y=\"{ty}\" class=\"ax\">{n}</text>",

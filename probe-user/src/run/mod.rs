@@ -434,7 +434,9 @@ fn message_path(
             .unwrap_or_default();
         let mut joined = msgpath::join(&samples, &io);
         if unrecorded > 0 {
-            joined.unjoined.insert(Unjoined::PublishNotRecorded, unrecorded);
+            joined
+                .unjoined
+                .insert(Unjoined::PublishNotRecorded, unrecorded);
         }
         let conns = samples
             .iter()
@@ -444,10 +446,7 @@ fn message_path(
         let mp = MessagePath::from_joined(&joined, conns, st.figures.e2e_p99_ms);
         all_lines.extend(folded(&st.name, &joined.legs));
         if let Some(t) = mp.tail_from_ms {
-            let tail = joined
-                .legs
-                .iter()
-                .filter(|l| l.total() as f64 / 1e6 >= t);
+            let tail = joined.legs.iter().filter(|l| l.total() as f64 / 1e6 >= t);
             tail_lines.extend(folded(&st.name, tail));
         }
         // The trace keeps the slowest 50 and 50 more spread over the rest.
