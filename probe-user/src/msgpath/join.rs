@@ -85,6 +85,9 @@ pub enum Unjoined {
 pub struct Joined {
     pub legs: Vec<Legs>,
     pub unjoined: BTreeMap<Unjoined, u64>,
+    /// Joined messages whose frame the client read before the target's send
+    /// call returned (delivery counted as 0).
+    pub overlapped: u64,
 }
 
 /// Joins samples with the target's traced I/O per connection (keyed by the
@@ -93,22 +96,31 @@ pub fn join(samples: &[Sample], io: &HashMap<u16, ConnIo>) -> Joined {
     let mut out = Joined::default();
     for s in samples {
         match join_one(s, io) {
-            Ok(l) => out.legs.push(l),
+            Ok((l, overlapped)) => {
+                out.overlapped += u64::from(overlapped);
+                out.legs.push(l)
+            }
             Err(why) => *out.unjoined.entry(why).or_default() += 1,
         }
     }
     out
 }
 
-fn join_one(s: &Sample, io: &HashMap<u16, ConnIo>) -> Result<Legs, Unjoined> {
+/// The legs of one sample, and whether its read overlapped the send.
+fn join_one(s: &Sample, io: &HashMap<u16, ConnIo>) -> Result<(Legs, bool), Unjoined> {
     let publisher = io.get(&s.pub_port).ok_or(Unjoined::PublisherNotTraced)?;
     let subscriber = io.get(&s.sub_port).ok_or(Unjoined::SubscriberNotTraced)?;
     let read = publisher
         .read_at(s.pub_end_offset)
         .ok_or(Unjoined::PublishReadMissing)?;
-    let sent = subscriber
+    let sent_end = subscriber
         .sent_at(s.frame_end_offset)
         .ok_or(Unjoined::FrameWriteMissing)?;
+    // The probes stamp a send when the call returns; on one host the
+    // client can read the bytes before that (they are delivered inside the
+    // call). The frame was written by the time it was read: the earlier of
+    // the two is when it was out (delivery 0 for such overlaps).
+    let sent = sent_end.min(s.read_ns);
     let chain = [
         s.sched_ns,
         s.pub_began_ns,
@@ -121,7 +133,7 @@ fn join_one(s: &Sample, io: &HashMap<u16, ConnIo>) -> Result<Legs, Unjoined> {
     if chain.windows(2).any(|w| w[0] > w[1]) {
         return Err(Unjoined::OutOfOrder);
     }
-    Ok(Legs {
+    let legs = Legs {
         msg_id: s.msg_id,
         sub_port: s.sub_port,
         sched_ns: s.sched_ns,
@@ -132,7 +144,8 @@ fn join_one(s: &Sample, io: &HashMap<u16, ConnIo>) -> Result<Legs, Unjoined> {
         delivery: chain[5] - chain[4],
         client: chain[6] - chain[5],
         e2e: s.e2e_ns(),
-    })
+    };
+    Ok((legs, sent < sent_end))
 }
 
 #[cfg(test)]
@@ -205,6 +218,18 @@ mod tests {
     }
 
     #[test]
+    fn a_read_before_the_send_call_returned_is_an_overlap_not_a_negative_leg() {
+        let mut io = io();
+        // The target's writev returned at 2_100, after the client's read at 2_000.
+        io.get_mut(&50_000).unwrap().sends[1].t_ns = 2_100;
+        let j = join(&[sample()], &io);
+        assert_eq!(j.overlapped, 1);
+        let l = j.legs[0];
+        assert_eq!((l.server, l.delivery), (800, 0));
+        assert_eq!(l.total(), sample().e2e_ns());
+    }
+
+    #[test]
     fn what_cannot_be_joined_is_counted_by_reason() {
         let mut s = sample();
         let mut cases = vec![];
@@ -271,7 +296,7 @@ mod tests {
                 prop_assert_eq!(l.total(), s.e2e_ns());
                 prop_assert_eq!(l.e2e, s.e2e_ns());
                 let read = first(&conn[&1].recvs, s.pub_end_offset).unwrap();
-                let sent = first(&conn[&2].sends, s.frame_end_offset).unwrap();
+                let sent = first(&conn[&2].sends, s.frame_end_offset).unwrap().min(s.read_ns);
                 prop_assert_eq!(l.publish_net, read - s.pub_written_ns);
                 prop_assert_eq!(l.server, sent - read);
                 prop_assert_eq!(l.delivery, s.read_ns - sent);

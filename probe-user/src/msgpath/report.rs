@@ -54,6 +54,10 @@ pub struct MessagePath {
     pub messages: u64,
     /// Sampled deliveries that could not be joined exactly, by reason.
     pub unjoined: BTreeMap<Unjoined, u64>,
+    /// Joined deliveries read by the client before the target's send call
+    /// returned (same-host overlap: their delivery leg is 0).
+    #[serde(default)]
+    pub overlapped: u64,
     /// The e2e latency (ms) at or above which a message is in the tail.
     pub tail_from_ms: Option<f64>,
     /// Per leg over all joined messages (null: no message).
@@ -126,6 +130,7 @@ impl MessagePath {
             sampled_connections,
             messages: all.len() as u64,
             unjoined: j.unjoined.clone(),
+            overlapped: j.overlapped,
             tail_from_ms,
             legs: per_leg(&all),
             tail: per_leg(&tail),
@@ -246,6 +251,7 @@ mod tests {
         let j = Joined {
             legs: all,
             unjoined: BTreeMap::from([(Unjoined::OutOfOrder, 2)]),
+            overlapped: 3,
         };
         let mp = MessagePath::from_joined(&j, 64, Some(400.0));
         assert_eq!(mp.messages, 1000);
@@ -257,6 +263,7 @@ mod tests {
         assert_eq!(leg(&mp.tail, "delivery").p50, 0.2);
         assert_eq!(leg(&mp.legs, "publish").p50, 0.15);
         assert_eq!(mp.unjoined[&Unjoined::OutOfOrder], 2);
+        assert_eq!(mp.overlapped, 3);
         let p99 = mp.p99_message.clone().unwrap();
         assert_eq!(p99["server"], 1.0, "the 990th of 1000 is still fast");
         let json = serde_json::to_value(&mp).unwrap();
