@@ -40,9 +40,10 @@ pub struct ObserveArgs {
     /// PID of the server to observe (its threads and children are followed).
     #[arg(long)]
     pub pid: u32,
-    /// Stop after this many seconds (default: until Ctrl-C or the target exits).
-    #[arg(long)]
-    pub duration: Option<f64>,
+    /// Stop after this long: `12` (seconds), `500ms`, `12s`, `15m`
+    /// (default: until Ctrl-C or the target exits).
+    #[arg(long, value_parser = loadgen::duration::parse_duration)]
+    pub duration: Option<Duration>,
     /// Directory for summary.json, lifecycle.folded/.svg and trace.json.
     #[arg(long, default_value = "pushscope-observe")]
     pub out: PathBuf,
@@ -838,10 +839,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         if obs.target_exited() {
             break "target exited";
         }
-        if args
-            .duration
-            .is_some_and(|d| started.elapsed().as_secs_f64() >= d)
-        {
+        if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break "duration reached";
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -878,6 +876,52 @@ mod tests {
     use super::*;
 
     /// `run` cuts stages from a plain thread through `Arc<Observer>`.
+    #[test]
+    fn every_duration_flag_takes_seconds_or_a_unit() {
+        use clap::Parser;
+        let dur = |v: &str| match crate::Opts::try_parse_from([
+            "pushscope",
+            "observe",
+            "--pid",
+            "1",
+            "--duration",
+            v,
+        ]) {
+            Ok(crate::Opts {
+                command: crate::Command::Observe(a),
+            }) => a.duration,
+            _ => None,
+        };
+        assert_eq!(dur("12"), Some(Duration::from_secs(12)));
+        assert_eq!(dur("12s"), Some(Duration::from_secs(12)));
+        assert_eq!(dur("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(dur("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(dur("12parsecs"), None);
+        // The load flags of `run` take the same forms.
+        let run = crate::Opts::try_parse_from([
+            "pushscope",
+            "run",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--heartbeat",
+            "5s",
+            "--grace",
+            "500ms",
+            "--stages",
+            "10:12,20:1m",
+        ]);
+        match run {
+            Ok(crate::Opts {
+                command: crate::Command::Run(a),
+            }) => {
+                let sc = a.load.scenario().expect("durations parse");
+                assert_eq!(sc.heartbeat, Duration::from_secs(5));
+                assert_eq!(sc.grace, Duration::from_millis(500));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn observer_is_send_and_sync() {
         fn send_sync<T: Send + Sync>() {}
