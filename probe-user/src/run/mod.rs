@@ -552,11 +552,57 @@ fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &Progress, observed:
             message_path: None,
         });
     }
+    let notes: Vec<String> = summary.stages.iter().flat_map(stage_caveats).collect();
+    summary.not_measured.extend(notes);
     if !observed {
         summary.not_measured.push(
             "the target was not observed (no --pid): server-side phases, CPU, RSS, fds and probe drops are not measured".into(),
         );
     }
+}
+
+/// What a stage's figures leave out, in plain words: clipped values and
+/// frames counted apart from the judged ones. Silent clipping would be a
+/// figure that looks measured and is not.
+fn stage_caveats(st: &StageSummary) -> Vec<String> {
+    let n = |v: &serde_json::Value, p: &str| {
+        v.pointer(p)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    let mut say = |count: u64, what: &str| {
+        if count > 0 {
+            out.push(format!("{}: {count} {what}", st.name));
+        }
+    };
+    say(
+        n(&st.load, "/latency_ms/clipped"),
+        "e2e latencies above 60 s were recorded as 60 s (the quantiles there are a floor)",
+    );
+    say(
+        n(&st.load, "/late_untracked"),
+        "arrivals fell in a loss span too long to remember one by one (late or duplicate: not told apart)",
+    );
+    say(
+        n(&st.load, "/messages/replayed"),
+        "frames of the server's history (scheduled before the subscriber's first upgrade) were counted apart: not latency, not loss",
+    );
+    say(
+        n(&st.load, "/messages/foreign"),
+        "frames of another run's messages were counted apart, never accounted",
+    );
+    if let Some(serde_json::Value::Object(c)) = st.observer.get("phases_clipped") {
+        for (phase, v) in c {
+            say(
+                v.as_u64().unwrap_or(0),
+                &format!(
+                    "{phase} values above the observer's 1 h bound were left out of its quantiles"
+                ),
+            );
+        }
+    }
+    out
 }
 
 /// msg_ids lost or duplicated, from the run's publish/receive logs.
@@ -690,4 +736,37 @@ fn print_verdict(s: &RunSummary, out: &Path) {
     println!("report:  {}", out.join("report.html").display());
     println!("junit:   {}", out.join("junit.xml").display());
     println!("summary: {}", out.join("summary.json").display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clipped_and_set_apart_figures_are_said_never_silent() {
+        let st = StageSummary {
+            index: 0,
+            name: "stage 1 (10 conns)".into(),
+            connections: 10,
+            start_s: 0.0,
+            end_s: 1.0,
+            complete: true,
+            pass: false,
+            figures: Default::default(),
+            criteria: Vec::new(),
+            load: serde_json::json!({
+                "latency_ms": {"clipped": 3},
+                "late_untracked": 0,
+                "messages": {"replayed": 40, "foreign": 2}
+            }),
+            observer: serde_json::json!({"phases_clipped": {"lifetime": 1, "accept_wait": 0}}),
+            message_path: None,
+        };
+        let c = stage_caveats(&st);
+        assert_eq!(c.len(), 4, "{c:?}");
+        assert!(c[0].starts_with("stage 1 (10 conns): 3 e2e latencies above 60 s"));
+        assert!(c[1].contains("40 frames of the server's history"));
+        assert!(c[2].contains("2 frames of another run"));
+        assert!(c[3].contains("1 lifetime values above"));
+    }
 }
