@@ -162,6 +162,18 @@ mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};
 
+    proptest::proptest! {
+        /// Arbitrary ring-buffer records (any length, any bytes) decode or
+        /// are refused, never panic; a full record round-trips.
+        #[test]
+        fn arbitrary_records_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            match Event::decode(&bytes) {
+                Some(e) => proptest::prop_assert_eq!(&e.to_bytes()[..], &bytes[..EVENT_SIZE]),
+                None => proptest::prop_assert!(bytes.len() < EVENT_SIZE),
+            }
+        }
+    }
+
     #[test]
     fn config_layout_matches_header() {
         assert_eq!(size_of::<Config>(), 16);

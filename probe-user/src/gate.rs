@@ -501,6 +501,49 @@ mod tests {
         assert_eq!(res.len(), 11);
     }
 
+    proptest::proptest! {
+        /// Arbitrary text (and arbitrary values of known keys) never
+        /// panics the parser: it parses or says why.
+        #[test]
+        fn arbitrary_thresholds_text_never_panics(
+            text in ".{0,200}",
+            key in proptest::sample::select(vec!["e2e_p99_ms", "lost_max", "stability_min_pct",
+                "connect_failure_max_pct", "observer_coverage_min_pct", "extends", "[phases.accept_wait]\np99_ms"]),
+            value in ".{0,20}",
+        ) {
+            let _ = Thresholds::parse(&text, "fuzz.toml");
+            let _ = Thresholds::parse(&format!("{key} = {value}\n"), "fuzz.toml");
+        }
+
+        /// Any figures: evaluation never panics, one result per set
+        /// threshold, and a missing figure never passes.
+        #[test]
+        fn evaluation_never_passes_missing_evidence(
+            v in proptest::collection::vec(proptest::option::of(-1e9f64..1e9), 10),
+        ) {
+            let f = StageFigures {
+                e2e_p99_ms: v[0],
+                lost: v[1].map(|x| x.abs() as u64),
+                duplicate_rate_pct: v[2],
+                stability_pct: v[3],
+                connect_failure_pct: v[4],
+                cpu_peak_pct: v[5],
+                rss_growth_per_10k_pct: v[6],
+                fd_headroom_pct: v[7],
+                probe_drops: v[8].map(|x| x.abs() as u64),
+                observer_coverage_pct: v[9],
+                ..Default::default()
+            };
+            let res = evaluate(&Thresholds::financial(), &f);
+            proptest::prop_assert_eq!(res.len(), 10);
+            for c in &res {
+                if c.value.is_none() {
+                    proptest::prop_assert!(!c.pass, "{c:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn documented_example_parses() {
         let t = Thresholds::parse(

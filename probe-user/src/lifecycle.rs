@@ -591,6 +591,103 @@ mod tests {
     use super::*;
     use crate::abi::*;
 
+    /// A small model of what the tracker must count: an accept opens a
+    /// connection (a second accept or a second ESTABLISHED of an accepted
+    /// sock starts it over), a CLOSE of an accepted connection ends it.
+    #[derive(Default, Clone, Copy)]
+    struct ModelConn {
+        accepted: bool,
+        est: bool,
+    }
+
+    proptest::proptest! {
+        /// Arbitrary interleavings of every event kind over a few socks,
+        /// with arbitrary times and stage cuts: never panics, and accepts,
+        /// closes and lifetimes agree with the model in every stage and in
+        /// total.
+        #[test]
+        fn arbitrary_event_streams_agree_with_the_model(
+            evs in proptest::collection::vec(
+                (0u8..12, 1u64..5, 0u64..1_000_000_000, 0u8..10, proptest::prelude::any::<u8>()),
+                0..200,
+            ),
+            cuts in proptest::collection::vec(0usize..200, 0..4),
+        ) {
+            let mut t = Tracker::new(1, 8);
+            let mut model: HashMap<u64, ModelConn> = HashMap::new();
+            let (mut acc, mut closes) = (vec![0u64], vec![0u64]);
+            for (i, &(kind, sk, ts, class, b)) in evs.iter().enumerate() {
+                if cuts.contains(&i) {
+                    t.reset_stage();
+                    acc.push(0);
+                    closes.push(0);
+                }
+                let mut e = ev(EV_STATE, sk, ts);
+                match kind {
+                    0 => e.new_state = TCP_ESTABLISHED,
+                    1 => e.new_state = TCP_FIN_WAIT1,
+                    2 => e.new_state = TCP_CLOSE_WAIT,
+                    3 => e.new_state = TCP_CLOSE,
+                    4 => e.kind = EV_ACCEPT,
+                    5 | 6 => {
+                        e.kind = EV_IO;
+                        e.dir = kind - 5;
+                        e.class = class;
+                        e.detail = b;
+                        e.ret = i32::from(b) - 20;
+                    }
+                    7 => e.kind = EV_CLOSE_FD,
+                    8 => {
+                        e.kind = EV_RESET;
+                        e.dir = b & 1;
+                    }
+                    9 => e.kind = EV_TLS_DONE,
+                    10 => {
+                        e.kind = EV_STATE;
+                        e.dir = 1;
+                        e.new_state = if b & 1 == 0 { TCP_SYN_SENT } else { TCP_CLOSE };
+                    }
+                    _ => e.kind = u32::from(b),
+                }
+                t.handle(&e);
+                let k = acc.len() - 1;
+                match (e.kind, e.dir, e.new_state) {
+                    (EV_ACCEPT, _, _) => {
+                        let c = model.entry(sk).or_default();
+                        if c.accepted {
+                            *c = ModelConn::default();
+                        }
+                        c.accepted = true;
+                        acc[k] += 1;
+                    }
+                    (EV_STATE, 0, TCP_ESTABLISHED) => {
+                        let c = model.entry(sk).or_default();
+                        if c.accepted && c.est {
+                            *c = ModelConn::default();
+                        }
+                        c.est = true;
+                    }
+                    (EV_STATE, 0, TCP_CLOSE) => {
+                        if model.remove(&sk).is_some_and(|c| c.accepted) {
+                            closes[k] += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let closed = |a: &Aggregates| a.closed_local + a.closed_peer + a.reset;
+            proptest::prop_assert_eq!(t.stage.accepted, *acc.last().unwrap());
+            proptest::prop_assert_eq!(closed(&t.stage), *closes.last().unwrap());
+            proptest::prop_assert_eq!(t.total.accepted, acc.iter().sum::<u64>());
+            proptest::prop_assert_eq!(closed(&t.total), closes.iter().sum::<u64>());
+            proptest::prop_assert!(t.total.lifetime.len() <= closed(&t.total));
+            proptest::prop_assert_eq!(
+                t.open_connections(),
+                model.values().filter(|c| c.accepted).count() as u64
+            );
+        }
+    }
+
     fn ev(kind: u32, sk: u64, ts: u64) -> Event {
         Event {
             kind,

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Bumped whenever a field of `RunSummary` changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: CPU judged on the target's usable cores, unmeasured figures are
+/// null, connect_failures and observer_coverage criteria, message_path.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
