@@ -667,10 +667,8 @@ mod tests {
                         }
                         c.est = true;
                     }
-                    (EV_STATE, 0, TCP_CLOSE) => {
-                        if model.remove(&sk).is_some_and(|c| c.accepted) {
-                            closes[k] += 1;
-                        }
+                    (EV_STATE, 0, TCP_CLOSE) if model.remove(&sk).is_some_and(|c| c.accepted) => {
+                        closes[k] += 1;
                     }
                     _ => {}
                 }
