@@ -46,9 +46,13 @@ pub struct OutAgg {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FlameSums {
     pub accept_wait: u64,
-    pub tls_handshake: u64,
+    /// The TLS handshake, split by whose turn it was (phases::time_by_turn).
+    pub tls_target_turns: u64,
+    pub tls_peer_turns: u64,
     pub ws_upgrade: u64,
     pub first_push: u64,
+    /// Lifetime after setup: not drawn in the setup graph (it would dwarf
+    /// setup), kept for the record.
     pub rest_of_lifetime: u64,
 }
 
@@ -456,6 +460,10 @@ impl Tracker {
         });
         let before = c.phases;
         let now = phases::derive(&c.io);
+        let tls_turns = match (before.tls_handshake, now.tls_handshake) {
+            (None, Some(s)) => phases::time_by_turn(&c.io, s),
+            _ => (0, 0),
+        };
         // A phase counts once, when it first becomes known.
         let mut next = before;
         let mut newly: [Option<u64>; 3] = [None; 3];
@@ -488,7 +496,8 @@ impl Tracker {
             if let Some(v) = newly[0] {
                 a.tls_completed += 1;
                 rec(&mut a.tls_handshake, &mut a.clipped.tls_handshake, v);
-                a.flame.tls_handshake += v;
+                a.flame.tls_target_turns += us(tls_turns.0);
+                a.flame.tls_peer_turns += us(tls_turns.1);
                 match tls {
                     Some(TlsKind::Tls12) => a.tls12 += 1,
                     Some(TlsKind::Tls13Heuristic) => a.tls13 += 1,

@@ -106,6 +106,35 @@ impl Span {
     }
 }
 
+/// Whose turn the time of `span` was, from the target's calls inside it:
+/// after the target read something the ball is in its court until it
+/// writes (its own work), after it wrote it waits for the peer until its
+/// next read. Returns (target's turns, peer's turns) in ns; they add up to
+/// the span.
+pub fn time_by_turn(io: &[IoRec], span: Span) -> (u64, u64) {
+    let (mut target, mut peer) = (0, 0);
+    // The span opens with the target's read of the peer's first record.
+    let mut at = span.start;
+    let mut targets_turn = true;
+    for r in io.iter().filter(|r| r.ts > span.start && r.ts <= span.end) {
+        let d = r.ts - at;
+        if targets_turn {
+            target += d;
+        } else {
+            peer += d;
+        }
+        at = r.ts;
+        targets_turn = r.dir == abi::DIR_READ;
+    }
+    let rest = span.end.saturating_sub(at);
+    if targets_turn {
+        target += rest;
+    } else {
+        peer += rest;
+    }
+    (target, peer)
+}
+
 /// How the TLS handshake end was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum TlsKind {
@@ -290,6 +319,36 @@ fn derive_tls(io: &[IoRec]) -> IoPhases {
         });
     }
     p
+}
+
+#[cfg(test)]
+mod turn_tests {
+    use super::*;
+
+    #[test]
+    fn a_span_splits_into_the_targets_and_the_peers_turns() {
+        let io = |ts, dir| IoRec {
+            ts,
+            dir,
+            class: 0,
+            detail: 0,
+            ret: 1,
+        };
+        // ClientHello read at 100; server flight written at 400 (target
+        // worked 300), client Finished read at 1_000 (peer 600), then the
+        // target's last write ends the span at 1_050 (target 50).
+        let calls = [
+            io(100, DIR_READ),
+            io(400, DIR_WRITE),
+            io(1_000, DIR_READ),
+            io(1_050, DIR_WRITE),
+        ];
+        let span = Span {
+            start: 100,
+            end: 1_050,
+        };
+        assert_eq!(time_by_turn(&calls, span), (350, 600));
+    }
 }
 
 #[cfg(test)]
