@@ -110,6 +110,25 @@ impl Tracer {
         self.push(&self.deliveries, m);
     }
 
+    /// The deliveries of one stage recorded so far and every publish, left
+    /// in place (for a stage's join while the run goes on).
+    pub fn stage_snapshot(&self, stage: u32) -> (Vec<PublishMark>, Vec<DeliveryMark>) {
+        let d: Vec<DeliveryMark> = self
+            .deliveries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|d| d.stage == stage)
+            .copied()
+            .collect();
+        let p = self
+            .publishes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (p, d)
+    }
+
     /// Everything recorded so far (the tracer starts empty again).
     pub fn take(&self) -> (Vec<PublishMark>, Vec<DeliveryMark>) {
         let p = std::mem::take(&mut *self.publishes.lock().unwrap_or_else(|p| p.into_inner()));

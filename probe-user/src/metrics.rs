@@ -160,6 +160,20 @@ pub fn render(r: &ObserverReport) -> String {
         }
     }
     reg.register(Box::new(out)).expect("unique metric");
+    if !r.leg_p99_ms.is_empty() {
+        let legs = GaugeVec::new(
+            Opts::new(
+                "pushscope_message_leg_p99_ms",
+                "Message-path leg p99 of each judged stage (sampled connections, ms)",
+            ),
+            &["stage", "leg"],
+        )
+        .expect("valid metric");
+        for (stage, leg, v) in &r.leg_p99_ms {
+            legs.with_label_values(&[stage, leg]).set(*v);
+        }
+        reg.register(Box::new(legs)).expect("unique metric");
+    }
     let mut buf = Vec::new();
     TextEncoder::new()
         .encode(&reg.gather(), &mut buf)

@@ -153,6 +153,8 @@ struct Shared {
     /// meets the first event at or after it, and the report it cut.
     pending_cut: Option<u64>,
     cut_report: Option<ObserverReport>,
+    /// Message-path leg p99s of judged stages (run sets them), served live.
+    leg_p99_ms: Vec<(String, String, f64)>,
 }
 
 /// Report of the current stage and a new stage from now, under the lock
@@ -271,6 +273,7 @@ impl Observer {
             marks: Default::default(),
             pending_cut: None,
             cut_report: None,
+            leg_p99_ms: Vec::new(),
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
@@ -456,6 +459,26 @@ impl Observer {
                 .trace_port(port)
                 .is_ok()
         })
+    }
+
+    /// Message path: the traced connections' calls so far, left in place
+    /// (for a stage's join while the run goes on).
+    pub fn marks_snapshot(&self) -> std::collections::HashMap<u16, crate::msgpath::ConnIo> {
+        self.sync_events();
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .marks
+            .snapshot()
+    }
+
+    /// Message path: a judged stage's leg p99s (ms), served live on the
+    /// metrics endpoint from now on.
+    pub fn set_leg_p99s(&self, stage: &str, legs: &[(String, f64)]) {
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.leg_p99_ms.retain(|(st, _, _)| st != stage);
+        s.leg_p99_ms
+            .extend(legs.iter().map(|(l, v)| (stage.to_string(), l.clone(), *v)));
     }
 
     /// Message path: the traced connections' calls so far, by peer port
@@ -786,6 +809,7 @@ fn build(
         details,
         target_exited,
         notes,
+        leg_p99_ms: s.leg_p99_ms.clone(),
     }
 }
 

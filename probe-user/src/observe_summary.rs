@@ -261,4 +261,8 @@ pub struct ObserverReport {
     pub target_exited: bool,
     /// Honest caveats: what is inferred, sampled, or could not be measured.
     pub notes: Vec<String>,
+    /// Message-path leg p99s (ms) of the stages judged so far, as
+    /// (stage, leg, p99), for the live Prometheus endpoint only.
+    #[serde(skip)]
+    pub leg_p99_ms: Vec<(String, String, f64)>,
 }

@@ -95,9 +95,25 @@ fn legs_add_up_to_e2e_and_join_exactly_on_the_reference_pusher_needs_root() {
     let p = Pusher::start(&[]).unwrap();
     let out = tempfile::tempdir().unwrap();
     let url = format!("ws://{}/ws", p.addr);
+    let port = pushscope_tests::free_port();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Live: stage 1's leg p99s appear on the metrics endpoint once it is judged.
+    let live = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let name = r#"pushscope_message_leg_p99_ms{leg="server",stage="1"}"#;
+            if let Ok(v) = rt.block_on(metric(metrics, name)) {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    });
+    let m = metrics.to_string();
     let r = run(
         p.pid(),
-        &["--url", &url],
+        &["--url", &url, "--observer-metrics", &m],
         &[
             "--stages",
             "40:3s,80:3s",
@@ -113,6 +129,11 @@ fn legs_add_up_to_e2e_and_join_exactly_on_the_reference_pusher_needs_root() {
     assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
     let s = r.summary.as_ref().unwrap();
     assert_exact(s, out.path(), 2, 32);
+    let live = live
+        .join()
+        .unwrap()
+        .expect("live leg p99 on the metrics endpoint");
+    assert!(live > 0.0 && live < 1000.0, "{live}");
     for f in [
         "latency.folded",
         "latency.svg",

@@ -46,6 +46,14 @@ impl MarkStore {
         self.kept += 1;
     }
 
+    /// Everything recorded so far, by peer port, left in place.
+    pub fn snapshot(&self) -> HashMap<u16, ConnIo> {
+        self.conns
+            .iter()
+            .map(|(port, (_, io))| (*port, io.clone()))
+            .collect()
+    }
+
     /// Everything recorded so far, by peer port (the store starts empty).
     pub fn take(&mut self) -> HashMap<u16, ConnIo> {
         self.kept = 0;

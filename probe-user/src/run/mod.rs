@@ -121,7 +121,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     // publisher shares, so the tool adds no latency at stage boundaries.
     let (load_result, cuts) = std::thread::scope(|scope| {
         let (cut_tx, cut_rx) = std::sync::mpsc::channel::<Cut>();
-        let cutter = scope.spawn(|| cut_stages(observer.as_ref(), cut_rx));
+        let cutter = scope.spawn(|| cut_stages(observer.as_ref(), tracer.as_deref(), cut_rx));
         let r = rt.block_on(drive(
             &sc,
             cut_tx,
@@ -256,17 +256,26 @@ enum Cut {
     Start(u64),
     /// A later stage starts: close the running stage's window, open the next.
     Next(u64),
+    /// A stage was judged (its e2e p99 in ms): its message path so far is
+    /// joined and its leg p99s go live on the metrics endpoint.
+    Judged(u32, Option<f64>),
 }
 
 /// The cutter thread: one observer report per closed stage, in order.
 fn cut_stages(
     observer: Option<&Observer>,
+    tracer: Option<&Tracer>,
     cuts: std::sync::mpsc::Receiver<Cut>,
 ) -> Vec<serde_json::Value> {
     let mut reports = Vec::new();
     for cut in cuts {
         let Some(o) = observer else { continue };
         match cut {
+            Cut::Judged(stage, p99) => {
+                if let Some(t) = tracer {
+                    live_legs(o, t, stage, p99);
+                }
+            }
             Cut::Start(at) => {
                 o.cut_stage_at(at);
             }
@@ -305,6 +314,7 @@ async fn drive(
             p.load.push(None);
         }
         StageEvent::Ended { report, .. } => {
+            let _ = cut.send(Cut::Judged(report.stage, report.latency_ms.p99));
             let mut p = progress.borrow_mut();
             let i = report.stage as usize;
             if p.load.len() <= i {
@@ -485,6 +495,25 @@ fn message_path(
         eprintln!("pushscope run: cannot write message_path.csv: {e}");
     }
     traced
+}
+
+/// A judged stage's leg p99s, joined from what was recorded so far, served
+/// live as `pushscope_message_leg_p99_ms{stage, leg}`.
+fn live_legs(o: &Observer, t: &Tracer, stage: u32, p99: Option<f64>) {
+    use crate::msgpath::{self, MessagePath};
+    let (publishes, deliveries) = t.stage_snapshot(stage);
+    let by_stage = msgpath::samples(&publishes, &deliveries);
+    let Some((samples, _)) = by_stage.get(&stage) else {
+        return;
+    };
+    let joined = msgpath::join(samples, &o.marks_snapshot());
+    let mp = MessagePath::from_joined(&joined, 0, p99);
+    let legs: Vec<(String, f64)> = mp
+        .legs
+        .iter()
+        .filter_map(|(leg, s)| s.map(|s| (leg.clone(), s.p99)))
+        .collect();
+    o.set_leg_p99s(&(stage + 1).to_string(), &legs);
 }
 
 /// Sampled messages join trace.json's connection timeline as flows.
