@@ -43,6 +43,8 @@ struct ps_config {
 	__u32 io_events_per_conn; /* IO milestones sent per connection, then only counted */
 	__u32 fds_per_slot;       /* fd table entries per slot: the target's RLIMIT_NOFILE at attach */
 	__u32 msgpath;            /* 1 once userspace put a peer port in `trace_ports` */
+	__u32 trace_one_in;       /* bench: also trace 1 in N connections (by sk hash); 0 = off */
+	__u32 _pad;
 };
 
 /* Map `tgid_hint` (filled by userspace at attach, by ps_fork after): slot

@@ -187,8 +187,8 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 		}
 	}
 	if (ret > 0) {
-		if (c->io_seq == 0 && cfg->msgpath)
-			ps_msgpath_check(c, sk);
+		if (c->io_seq == 0 && (cfg->msgpath || cfg->trace_one_in))
+			ps_msgpath_check(c, sk, cfg->trace_one_in);
 		ps_msgpath_io(c, sk, tgid, dir, ret);
 	}
 	if (c->io_seq >= cfg->io_events_per_conn)

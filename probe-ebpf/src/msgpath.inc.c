@@ -20,11 +20,14 @@ struct {
 } trace_ports SEC(".maps");
 
 /* The connection's first successful call: trace it if its peer port was
- * registered. */
-static __always_inline void ps_msgpath_check(struct ps_conn *c, __u64 sk)
+ * registered (or, for the observer bench, 1 in `one_in` connections by a
+ * hash of the sock's address, to measure the cost of sampling without a
+ * load generator that registers ports). */
+static __always_inline void ps_msgpath_check(struct ps_conn *c, __u64 sk, __u32 one_in)
 {
 	__u16 port = bpf_ntohs(BPF_CORE_READ((struct sock *)sk, __sk_common.skc_dport));
-	if (bpf_map_lookup_elem(&trace_ports, &port)) {
+	bool sampled = one_in && ((sk >> 8) * 0x9E3779B97F4A7C15ULL >> 40) % one_in == 0;
+	if (sampled || bpf_map_lookup_elem(&trace_ports, &port)) {
 		c->trace_port = port;
 		ps_count(PS_CNT_MSGPATH_TRACED);
 	}

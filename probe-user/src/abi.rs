@@ -86,6 +86,9 @@ pub struct Config {
     pub fds_per_slot: u32,
     /// 1 once a peer port is in `trace_ports` (message path).
     pub msgpath: u32,
+    /// Bench: also trace 1 in N connections (0: off).
+    pub trace_one_in: u32,
+    pub _pad: u32,
 }
 
 // SAFETY: repr(C), fixed-width fields, no implicit padding.
@@ -176,11 +179,12 @@ mod tests {
 
     #[test]
     fn config_layout_matches_header() {
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 24);
         assert_eq!(offset_of!(Config, target_tgid), 0);
         assert_eq!(offset_of!(Config, io_events_per_conn), 4);
         assert_eq!(offset_of!(Config, fds_per_slot), 8);
         assert_eq!(offset_of!(Config, msgpath), 12);
+        assert_eq!(offset_of!(Config, trace_one_in), 16);
     }
 
     #[test]

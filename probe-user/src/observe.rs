@@ -53,6 +53,10 @@ pub struct ObserveArgs {
     /// Classified read/write calls per connection sent to userspace.
     #[arg(long, default_value_t = 24)]
     pub io_events: u32,
+    /// Bench only: mark every call of 1 in N connections as the message
+    /// path does (cost measurement without a load generator).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub bench_trace_one_in: u32,
 }
 
 /// Options of [`Observer::attach`].
@@ -60,6 +64,8 @@ pub struct ObserveArgs {
 pub struct ObserveOptions {
     pub io_events_per_conn: u32,
     pub sample_every: Duration,
+    /// Bench: trace every call of 1 in N connections (0: off).
+    pub trace_one_in: u32,
 }
 
 impl Default for ObserveOptions {
@@ -67,6 +73,7 @@ impl Default for ObserveOptions {
         ObserveOptions {
             io_events_per_conn: 24,
             sample_every: Duration::from_secs(1),
+            trace_one_in: 0,
         }
     }
 }
@@ -241,8 +248,14 @@ impl Observer {
         // RLIMIT_NOFILE now; a limit raised later leaves higher fds
         // untracked (counted in coverage).
         let fds = crate::probes::fds_per_slot(pids.iter().filter_map(|p| target::fd_limit(*p)));
-        let mut probes =
-            Probes::attach(&pids, &ports, opts.io_events_per_conn, fds).map_err(Box::new)?;
+        let mut probes = Probes::attach(
+            &pids,
+            &ports,
+            opts.io_events_per_conn,
+            fds,
+            opts.trace_one_in,
+        )
+        .map_err(Box::new)?;
         let mut ring = probes.take_events().map_err(Box::new)?;
         let mut sampler = Sampler::new(pid);
         let mut first = SampleAgg::default();
@@ -583,6 +596,8 @@ impl Observer {
                 "target_exited": report.target_exited,
                 "notes": report.notes,
                 "probe_run_time": prog,
+                "msgpath_marks": s.marks.kept(),
+                "msgpath_marks_over_cap": s.marks.over_cap,
             },
         });
         std::fs::write(
@@ -823,6 +838,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     let opts = ObserveOptions {
         io_events_per_conn: args.io_events.clamp(4, 64),
+        trace_one_in: args.bench_trace_one_in,
         ..Default::default()
     };
     let obs = match Observer::attach(args.pid, opts) {

@@ -46,6 +46,11 @@ impl MarkStore {
         self.kept += 1;
     }
 
+    /// Marks kept now.
+    pub fn kept(&self) -> usize {
+        self.kept
+    }
+
     /// Everything recorded so far, by peer port, left in place.
     pub fn snapshot(&self) -> HashMap<u16, ConnIo> {
         self.conns

@@ -260,6 +260,7 @@ impl Probes {
         ports: &[u16],
         io_events_per_conn: u32,
         fds_per_slot: u32,
+        trace_one_in: u32,
     ) -> Result<Probes, ProbeError> {
         ensure_tracefs()?;
         let fds_per_slot = fds_per_slot.clamp(1, MAX_FDS_PER_SLOT);
@@ -272,6 +273,8 @@ impl Probes {
             io_events_per_conn,
             fds_per_slot,
             msgpath: 0,
+            trace_one_in,
+            _pad: 0,
         };
         fill_array(&mut ebpf, "config", [(0, config)])?;
         {
