@@ -117,13 +117,14 @@ pub fn time_by_turn(io: &[IoRec], span: Span) -> (u64, u64) {
     let mut at = span.start;
     let mut targets_turn = true;
     for r in io.iter().filter(|r| r.ts > span.start && r.ts <= span.end) {
-        let d = r.ts - at;
+        // Calls from several CPUs may arrive slightly out of time order.
+        let d = r.ts.saturating_sub(at);
         if targets_turn {
             target += d;
         } else {
             peer += d;
         }
-        at = r.ts;
+        at = at.max(r.ts);
         targets_turn = r.dir == abi::DIR_READ;
     }
     let rest = span.end.saturating_sub(at);
