@@ -13,7 +13,8 @@ pub mod pusher;
 pub mod tls;
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
     sync::{Mutex, MutexGuard},
@@ -27,6 +28,38 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("binding 127.0.0.1:0")
         .port()
+}
+
+/// Polls `check` every 50 ms until it returns `Ok` and returns that value;
+/// panics after `timeout` saying what was awaited (`what`) and the last
+/// state `check` described in its `Err`. Tests wait with this instead of
+/// sleeping for a guessed time.
+pub fn poll_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() >= timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// `GET /metrics` on `addr` (Prometheus text; read with
+/// [`pusher::metric_in`]), with the whole answer as text.
+pub fn scrape_metrics(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Path of a workspace binary next to the running test executable

@@ -2,30 +2,26 @@
 //! marker found in the frame) against the reference pusher, with the live
 //! Prometheus endpoint scraped during the run.
 
-use pushscope_tests::{heavy_lock, loadgen::pushscope, pusher::metric, pusher::Pusher};
-use std::{io::Read, io::Write, time::Duration};
-
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text
-}
+use pushscope_tests::{
+    heavy_lock,
+    loadgen::pushscope,
+    poll_until,
+    pusher::{metric, metric_in, Pusher},
+    scrape_metrics,
+};
+use std::{net::SocketAddr, time::Duration};
 
 #[test]
 fn generic_templates_with_acks_and_live_metrics() {
     let _heavy = heavy_lock();
     let p = Pusher::start(&[]).unwrap();
-    let metrics = format!("127.0.0.1:{}", pushscope_tests::free_port());
+    let metrics: SocketAddr = ([127, 0, 0, 1], pushscope_tests::free_port()).into();
     let out = tempfile::tempdir().unwrap();
     let (sub, publ) = (
         format!("ws://{}/ws?channel={{channel}}", p.addr),
         format!("http://{}/publish/{{channel}}", p.addr),
     );
-    let (m, o) = (metrics.clone(), out.path().to_path_buf());
+    let (m, o) = (metrics.to_string(), out.path().to_path_buf());
     let run = std::thread::spawn(move || {
         pushscope(
             &[
@@ -56,14 +52,31 @@ fn generic_templates_with_acks_and_live_metrics() {
         )
         .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(2500));
-    let text = scrape(&metrics);
-    assert!(text.contains("pushscope_load_connections 10\n"), "{text}");
-    assert!(
-        text.contains("pushscope_load_target_connections 10\n"),
-        "{text}"
+    // The live endpoint shows the stage's 10 connections open while the run
+    // holds them (polled: how long the ramp takes is not ours to guess).
+    let seen = poll_until(
+        "the live metrics to show 10 of 10 connections",
+        Duration::from_secs(20),
+        || {
+            if run.is_finished() {
+                return Ok(false);
+            }
+            let text = scrape_metrics(metrics).map_err(|e| e.to_string())?;
+            let open = metric_in(&text, "pushscope_load_connections");
+            let target = metric_in(&text, "pushscope_load_target_connections");
+            if open == Some(10.0) && target == Some(10.0) {
+                Ok(true)
+            } else {
+                Err(text)
+            }
+        },
     );
     let run = run.join().unwrap();
+    assert!(
+        seen,
+        "the run ended before its live metrics showed 10 of 10 connections; stderr:\n{}",
+        run.stderr
+    );
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     let s = run.stage(0);
     assert_eq!(run.stage_u64(0, "messages", "lost"), 0, "{s}");

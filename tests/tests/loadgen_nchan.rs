@@ -3,8 +3,10 @@
 //! exact counts, and 20,000 connections sharded over worker processes
 //! (nchan's two workers hold 10k each: one process stays under the fd limit).
 
-use pushscope_tests::{heavy_lock, loadgen::pushscope, nginx};
-use std::time::Duration;
+use pushscope_tests::{
+    heavy_lock, loadgen::pushscope, nginx, poll_until, pusher::metric_in, scrape_metrics,
+};
+use std::{net::SocketAddr, time::Duration};
 
 fn skip() -> bool {
     if nginx::available() {
@@ -131,7 +133,9 @@ fn nchan_subscribers_resume_by_message_id_after_a_freeze() {
     let _heavy = heavy_lock();
     let ng = nginx::Nginx::start(2).unwrap();
     let out = tempfile::tempdir().unwrap();
+    let metrics: SocketAddr = ([127, 0, 0, 1], pushscope_tests::free_port()).into();
     let (sub, publ, o) = (ng.sub_url(), ng.pub_url(), out.path().to_path_buf());
+    let m = metrics.to_string();
     let run = std::thread::spawn(move || {
         pushscope(
             &[
@@ -152,14 +156,51 @@ fn nchan_subscribers_resume_by_message_id_after_a_freeze() {
                 "500ms",
                 "--grace",
                 "2s",
+                "--metrics",
+                &m,
+                "--progress-interval",
+                "200ms",
             ],
             Some(&o),
             Duration::from_secs(60),
         )
         .unwrap()
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // Freeze only once all 20 subscribers are connected and messages flow
+    // to every one of them (each has a message id to resume from): the
+    // received count grew by 100 since all were connected, i.e. about ten
+    // messages over both channels, each reaching its channel's 10 subscribers.
+    let mut received_at_full: Option<f64> = None;
+    let flowing = poll_until(
+        "20 of 20 nchan subscribers connected and receiving (live metrics)",
+        Duration::from_secs(20),
+        || {
+            if run.is_finished() {
+                return Ok(false);
+            }
+            let text = scrape_metrics(metrics).map_err(|e| e.to_string())?;
+            let open = metric_in(&text, "pushscope_load_connections");
+            let received = metric_in(&text, "pushscope_load_received_total");
+            match (received, received_at_full) {
+                (Some(r), Some(base)) if open == Some(20.0) && r >= base + 100.0 => Ok(true),
+                (Some(r), None) if open == Some(20.0) => {
+                    received_at_full = Some(r);
+                    Err(text)
+                }
+                _ => Err(text),
+            }
+        },
+    );
+    if !flowing {
+        let run = run.join().unwrap();
+        panic!(
+            "the run ended before 20 subscribers were connected and receiving; stderr:\n{}",
+            run.stderr
+        );
+    }
     ng.signal_all(libc::SIGSTOP);
+    // The injected freeze (not a wait for anything): NGINX stays stopped
+    // for 2.5 s, well past the 500 ms heartbeat's detection.
     std::thread::sleep(Duration::from_millis(2500));
     ng.signal_all(libc::SIGCONT);
     let run = run.join().unwrap();

@@ -5,9 +5,10 @@
 //! per connection.
 
 use pushscope_tests::{
-    bin_path, heavy_lock, loadgen::pushscope, loadgen::LoadRun, pusher::Pusher, spawn_first_line,
+    bin_path, heavy_lock, loadgen::pushscope, loadgen::LoadRun, poll_until, pusher::metric_in,
+    pusher::Pusher, scrape_metrics, spawn_first_line,
 };
-use std::{path::PathBuf, process::Command, thread, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::Command, thread, time::Duration};
 
 const CONNS: u64 = 20;
 
@@ -42,6 +43,45 @@ fn load(url: String, out: PathBuf, hold: &'static str) -> thread::JoinHandle<Loa
     })
 }
 
+/// Polls the pusher's `/metrics` until all `CONNS` subscribers are
+/// connected and deliveries flow to them (100 more since all were
+/// connected: every subscriber has messages to resume after). Panics with
+/// the run's stderr if it ended first.
+fn wait_all_receiving(
+    addr: SocketAddr,
+    run: thread::JoinHandle<LoadRun>,
+) -> thread::JoinHandle<LoadRun> {
+    let mut deliveries_at_full: Option<f64> = None;
+    let flowing = poll_until(
+        "all subscribers connected to the pusher and receiving (its /metrics)",
+        Duration::from_secs(20),
+        || {
+            if run.is_finished() {
+                return Ok(false);
+            }
+            let text = scrape_metrics(addr).map_err(|e| e.to_string())?;
+            let all = metric_in(&text, "pusher_connections") == Some(CONNS as f64);
+            let delivered = metric_in(&text, "pusher_deliveries_total");
+            match (delivered, deliveries_at_full) {
+                (Some(d), Some(base)) if all && d >= base + 100.0 => Ok(true),
+                (Some(d), None) if all => {
+                    deliveries_at_full = Some(d);
+                    Err(text)
+                }
+                _ => Err(text),
+            }
+        },
+    );
+    if !flowing {
+        let run = run.join().unwrap();
+        panic!(
+            "the load run ended before all {CONNS} subscribers were receiving; stderr:\n{}",
+            run.stderr
+        );
+    }
+    run
+}
+
 fn assert_recovered(run: &LoadRun, reason: &[&str]) {
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     let s = run.stage(0);
@@ -68,9 +108,10 @@ fn sigstop_longer_than_two_heartbeats_reconnects_and_resumes_without_loss() {
     let p = Pusher::start(&["--heartbeat-ms", "1000"]).unwrap();
     let out = tempfile::tempdir().unwrap();
     let run = load(format!("ws://{}/ws", p.addr), out.path().into(), "9s");
-    thread::sleep(Duration::from_secs(3));
+    let run = wait_all_receiving(p.addr, run);
     p.guard.signal(libc::SIGSTOP);
-    // 2 missed pongs at 500 ms take 1.5 s; stay frozen well past it.
+    // The injected freeze (not a wait for anything): 2 missed pongs at
+    // 500 ms take 1.5 s; stay frozen well past it.
     thread::sleep(Duration::from_millis(2500));
     p.guard.signal(libc::SIGCONT);
     let run = run.join().unwrap();
@@ -85,15 +126,25 @@ fn kill_9_and_restart_on_same_data_dir_loses_nothing() {
     let addr = p.addr;
     let out = tempfile::tempdir().unwrap();
     let run = load(format!("ws://{addr}/ws"), out.path().into(), "8s");
-    thread::sleep(Duration::from_secs(3));
+    let run = wait_all_receiving(addr, run);
+    // SIGKILL and reap: once kill() returns the process is gone and its
+    // listening socket closed.
     p.guard.kill();
-    thread::sleep(Duration::from_millis(500));
-    let mut cmd = Command::new(bin_path("pushscope-pusher"));
-    cmd.arg("--listen")
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(dir.path());
-    let (_restarted, line) = spawn_first_line(cmd, Duration::from_secs(10)).unwrap();
+    // Restart on the same address. The pusher binds with SO_REUSEADDR, so
+    // the old connections' TIME_WAIT does not block it; should the address
+    // still be taken, the new pusher exits without printing it and we retry.
+    let (_restarted, line) = poll_until(
+        "the restarted pusher to listen on the old address",
+        Duration::from_secs(10),
+        || {
+            let mut cmd = Command::new(bin_path("pushscope-pusher"));
+            cmd.arg("--listen")
+                .arg(addr.to_string())
+                .arg("--data-dir")
+                .arg(dir.path());
+            spawn_first_line(cmd, Duration::from_secs(10)).map_err(|e| e.to_string())
+        },
+    );
     assert_eq!(line, addr.to_string());
     let run = run.join().unwrap();
     assert_recovered(&run, &["eof", "connection reset"]);

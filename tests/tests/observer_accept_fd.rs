@@ -6,7 +6,9 @@
 use pushscope_tests::{
     bin_path, heavy_lock,
     observer::{num, Observe},
-    skip_unless_root, spawn_first_line,
+    poll_until,
+    pusher::metric_in,
+    scrape_metrics, skip_unless_root, spawn_first_line,
 };
 use std::{
     io::Read,
@@ -80,13 +82,29 @@ fn observer_counts_emfile_under_a_low_fd_limit() {
         &["prlimit", "--nofile=64:64"],
         &["--hold", "--max-secs", "30"],
     );
-    let mut obs = Observe::start(srv.pid(), &[]).unwrap();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], pushscope_tests::free_port()));
+    let mut obs = Observe::start(srv.pid(), &[&format!("--metrics={metrics}")]).unwrap();
     // 100 connections > 64 fds: the server's accept() hits EMFILE and retries.
     let conns: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
-    // Hold them across two 1 Hz /proc samples.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Hold them until the observer has counted EMFILE and a 1 Hz /proc
+    // sample has seen the fd table full (the peak and the headroom below
+    // come from such a sample).
+    poll_until(
+        "the observer's live metrics to show EMFILE and >= 60 open fds sampled",
+        Duration::from_secs(20),
+        || {
+            let text = scrape_metrics(metrics).map_err(|e| e.to_string())?;
+            let emfile = metric_in(&text, "pushscope_fd_emfile").unwrap_or(0.0);
+            let open_peak = metric_in(&text, "pushscope_fd_open_peak").unwrap_or(0.0);
+            if emfile >= 1.0 && open_peak >= 60.0 {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    );
     let s = obs.stop().unwrap();
     drop(conns);
     let o = &s["observer"];

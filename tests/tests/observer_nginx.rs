@@ -9,6 +9,7 @@
 use pushscope_tests::{
     heavy_lock,
     observer::{check, num, run_clients, tls_material, Observe},
+    poll_until,
     pusher::http_on,
     skip_unless_root,
 };
@@ -102,6 +103,27 @@ fn pushscope_children(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Server-side TCP sockets on local `port` that are neither the listener
+/// nor in TIME_WAIT (/proc/net/tcp lines): connections still being torn down.
+fn connections_not_yet_closed(port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    const TIME_WAIT: &str = "06";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && f.get(3).is_some_and(|st| *st != LISTEN && *st != TIME_WAIT)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn observer_counts_nginx_nchan_tls_connections_by_master_pid() {
     if skip_unless_root("observer_counts_nginx_nchan_tls_connections_by_master_pid") {
@@ -134,7 +156,17 @@ fn observer_counts_nginx_nchan_tls_connections_by_master_pid() {
             a.body
         );
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // The publish connection must be gone on NGINX's side (closed, or in
+    // TIME_WAIT: its last state change done) before the observer attaches,
+    // so none of its teardown is seen.
+    poll_until(
+        "NGINX to finish closing the publish connection",
+        Duration::from_secs(10),
+        || match connections_not_yet_closed(addr.port()) {
+            open if open.is_empty() => Ok(()),
+            open => Err(open.join("\n")),
+        },
+    );
     let mut obs = Observe::start(ng.child.id(), &[]).unwrap();
     let times = rt.block_on(run_clients(addr, Some(cfg), "wss://localhost/sub", N));
     let summary = obs.stop().unwrap();
