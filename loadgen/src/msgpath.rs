@@ -6,8 +6,8 @@
 //! port before the connection sends its first byte, records the target's
 //! calls on the same streams; the run joins both by offset.
 //!
-//! Only plain TCP streams are counted: over TLS the kernel sees ciphertext
-//! whose offsets are not the frames'.
+//! Offsets are of the application's bytes (above TLS): over TLS the
+//! observer matches them with the target's OpenSSL reads and writes.
 
 use std::{
     collections::VecDeque,

@@ -32,10 +32,12 @@ pub enum Io {
     Counted(Box<Counted>),
 }
 
-/// A sampled plain stream: what was written and read, when, and where
-/// each pushed frame ended (never the bytes themselves beyond frame headers).
+/// A sampled stream: what was written and read (plaintext, above TLS),
+/// when, and where each pushed frame ended (never the bytes themselves
+/// beyond frame headers).
 pub struct Counted {
-    tcp: TcpStream,
+    /// The plain or TLS stream underneath.
+    inner: Io,
     pub port: u16,
     /// Follow WebSocket frames in what is read (subscribers).
     scan_frames: bool,
@@ -64,7 +66,7 @@ impl AsyncRead for Io {
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
             Io::Counted(c) => {
                 let before = buf.filled().len();
-                let r = std::pin::Pin::new(&mut c.tcp).poll_read(cx, buf);
+                let r = std::pin::Pin::new(&mut c.inner).poll_read(cx, buf);
                 if c.scan_frames && buf.filled().len() > before {
                     c.frames
                         .feed(&buf.filled()[before..], crate::clock::mono_ns());
@@ -88,7 +90,7 @@ impl AsyncWrite for Io {
                 // Stamped at the call's start: on loopback the peer can
                 // read the bytes before this call returns.
                 let start = crate::clock::mono_ns();
-                let r = std::pin::Pin::new(&mut c.tcp).poll_write(cx, buf);
+                let r = std::pin::Pin::new(&mut c.inner).poll_write(cx, buf);
                 if let std::task::Poll::Ready(Ok(n)) = r {
                     if n > 0 {
                         use std::sync::atomic::Ordering::Release;
@@ -108,7 +110,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-            Io::Counted(c) => std::pin::Pin::new(&mut c.tcp).poll_flush(cx),
+            Io::Counted(c) => std::pin::Pin::new(&mut c.inner).poll_flush(cx),
         }
     }
 
@@ -119,7 +121,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-            Io::Counted(c) => std::pin::Pin::new(&mut c.tcp).poll_shutdown(cx),
+            Io::Counted(c) => std::pin::Pin::new(&mut c.inner).poll_shutdown(cx),
         }
     }
 }
@@ -291,20 +293,24 @@ pub async fn open_stream(
             source,
         })?;
     phases.connect = t.elapsed();
+    // A sampled stream is registered before its first byte (the TLS
+    // ClientHello or the HTTP request) and counted above TLS.
+    let sampled = sampling.and_then(|sm| {
+        let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        (port != 0 && sm.tracer.register(port)).then_some((port, sm.frames))
+    });
+    let counted = |inner: Io| match sampled {
+        Some((port, frames)) => Io::Counted(Box::new(Counted {
+            inner,
+            port,
+            scan_frames: frames,
+            frames: Default::default(),
+            writes: Default::default(),
+        })),
+        None => inner,
+    };
     let Some(cfg) = &ep.tls else {
-        if let Some(sm) = sampling {
-            let port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-            if port != 0 && sm.tracer.register(port) {
-                return Ok(Io::Counted(Box::new(Counted {
-                    tcp,
-                    port,
-                    scan_frames: sm.frames,
-                    frames: Default::default(),
-                    writes: Default::default(),
-                })));
-            }
-        }
-        return Ok(Io::Plain(tcp));
+        return Ok(counted(Io::Plain(tcp)));
     };
     let t = Instant::now();
     let name = rustls::pki_types::ServerName::try_from(ep.host.clone()).map_err(|e| {
@@ -321,7 +327,7 @@ pub async fn open_stream(
             source,
         })?;
     phases.tls = Some(t.elapsed());
-    Ok(Io::Tls(Box::new(tls)))
+    Ok(counted(Io::Tls(Box::new(tls))))
 }
 
 /// Opens a WebSocket to `url`, timing every phase, within `timeout`.

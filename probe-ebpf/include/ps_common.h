@@ -37,6 +37,7 @@ struct ps_conn {
 	__u32 max_wmem; /* max sk_wmem_queued, sampled after sends */
 	__u64 writes;   /* sends (the send queue is sampled every 16th) */
 	__u64 bytes[2]; /* cumulative bytes received [PS_DIR_READ] and sent [PS_DIR_WRITE] */
+	__u64 plain[2]; /* msgpath over OpenSSL: cumulative plaintext of SSL_read/SSL_write */
 	__u32 trace_port; /* msgpath: the peer port when every call is marked, else 0 */
 	__u32 _pad;
 };

@@ -37,12 +37,17 @@ enum ps_counter {
  * itself; slots of exited processes are recycled). */
 #define PS_SLOTS 8
 
+/* ps_config.msgpath bits: a peer port is in `trace_ports`; the OpenSSL
+ * SSL_read/SSL_write uprobes are attached (plaintext marks). */
+#define PS_MSGPATH_PORTS 1
+#define PS_MSGPATH_SSL 2
+
 /* Target configuration written by userspace before attach (map `config`). */
 struct ps_config {
 	__u32 target_tgid;
 	__u32 io_events_per_conn; /* IO milestones sent per connection, then only counted */
 	__u32 fds_per_slot;       /* fd table entries per slot: the target's RLIMIT_NOFILE at attach */
-	__u32 msgpath;            /* 1 once userspace put a peer port in `trace_ports` */
+	__u32 msgpath;            /* PS_MSGPATH_* bits, set by userspace */
 	__u32 trace_one_in;       /* bench: also trace 1 in N connections (by sk hash); 0 = off */
 	__u32 _pad;
 };
@@ -63,7 +68,8 @@ enum ps_event_kind {
 	                     * bytes_in = first entry time for that SSL *, sk = its socket (0 if unknown) */
 	PS_EV_IO_MARK = 9,  /* msgpath: a receive/send of a traced connection: dir, ret,
 	                     * dport = its peer port, bytes_in = the connection's cumulative
-	                     * bytes in that direction after the call */
+	                     * bytes in that direction after the call; class_ 1: plaintext
+	                     * of an OpenSSL SSL_read/SSL_write (uprobes), 0: the socket's */
 };
 
 enum ps_dir {

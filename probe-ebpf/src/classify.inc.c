@@ -191,6 +191,8 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 			ps_msgpath_check(c, sk, cfg->trace_one_in);
 		ps_msgpath_io(c, sk, tgid, dir, ret);
 	}
+	if (cfg->msgpath & PS_MSGPATH_SSL)
+		ps_msgpath_ssl_note(sk);
 	if (c->io_seq >= cfg->io_events_per_conn)
 		return 0;
 	/* an OpenSSL handshake in flight learns its socket, even from EAGAIN */

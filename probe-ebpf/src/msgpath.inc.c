@@ -51,3 +51,109 @@ static __always_inline void ps_msgpath_io(struct ps_conn *c, __u64 sk, __u32 tgi
 	e->bytes_in = cum;
 	ps_submit(e);
 }
+
+/* Over TLS the socket carries ciphertext, whose offsets are not the
+ * frames'. Where the target maps OpenSSL's libssl, uprobes on SSL_read and
+ * SSL_write (attached by userspace only once the message path is on) mark
+ * their plaintext with its own cumulative count. The SSL * is tied to its
+ * socket by the receive/send the call makes on the same thread (a read
+ * served from OpenSSL's buffer makes none: the tie from an earlier call
+ * stands). */
+struct ps_ssl_call {
+	__u64 ssl;
+	__u32 dir;
+	__u32 _pad;
+};
+
+/* pid_tgid -> SSL_read/SSL_write call in flight. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct ps_ssl_call);
+} ssl_io_calls SEC(".maps");
+
+/* SSL * -> its socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} ssl_io_socks SEC(".maps");
+
+static __always_inline int ps_ssl_io_enter(struct pt_regs *ctx, __u32 dir)
+{
+	if (!ps_in_target(ps_tgid()))
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ps_ssl_call call = {.ssl = ctx->di, .dir = dir};
+	if (bpf_map_update_elem(&ssl_io_calls, &id, &call, BPF_ANY))
+		ps_count(PS_CNT_MAP_FULL);
+	return 0;
+}
+
+SEC("uprobe")
+int ps_ssl_write_enter(struct pt_regs *ctx)
+{
+	return ps_ssl_io_enter(ctx, PS_DIR_WRITE);
+}
+
+SEC("uprobe")
+int ps_ssl_read_enter(struct pt_regs *ctx)
+{
+	return ps_ssl_io_enter(ctx, PS_DIR_READ);
+}
+
+/* A socket call of the target while the message path is on: tie the
+ * thread's SSL_read/SSL_write in flight, if any, to this socket, and so
+ * the handshake's (tls.inc.c): with read-ahead (nginx) the handshake's
+ * reads may already hold the first request, which SSL_read then returns
+ * from OpenSSL's buffer without a socket call of its own. */
+static __always_inline void ps_msgpath_ssl_note(__u64 sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ps_ssl_call *call = bpf_map_lookup_elem(&ssl_io_calls, &id);
+	if (call)
+		bpf_map_update_elem(&ssl_io_socks, &call->ssl, &sk, BPF_ANY);
+	__u64 *hs = bpf_map_lookup_elem(&ssl_calls, &id);
+	if (hs)
+		bpf_map_update_elem(&ssl_io_socks, hs, &sk, BPF_ANY);
+}
+
+SEC("uretprobe")
+int ps_ssl_io_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ps_ssl_call *callp = bpf_map_lookup_elem(&ssl_io_calls, &id);
+	if (!callp)
+		return 0;
+	struct ps_ssl_call call = *callp;
+	bpf_map_delete_elem(&ssl_io_calls, &id);
+	long ret = (int)ctx->ax;
+	if (ret <= 0)
+		return 0;
+	__u64 *skp = bpf_map_lookup_elem(&ssl_io_socks, &call.ssl);
+	if (!skp)
+		return 0;
+	__u64 sk = *skp;
+	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
+	if (!so || !so->idx1)
+		return 0;
+	__u32 idx = so->idx1 - 1;
+	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
+	if (!c || c->sk != sk || !c->trace_port)
+		return 0;
+	__u64 cum = c->plain[call.dir & 1] + (__u64)ret;
+	c->plain[call.dir & 1] = cum;
+	struct ps_event *e = ps_reserve(PS_EV_IO_MARK, sk);
+	if (!e)
+		return 0;
+	e->tgid = id >> 32;
+	e->dir = call.dir;
+	e->class_ = 1;
+	e->ret = ret;
+	e->dport = c->trace_port;
+	e->bytes_in = cum;
+	ps_submit(e);
+	return 0;
+}

@@ -52,6 +52,10 @@ pub const EV_IO_MARK: u32 = 9;
 pub const DIR_READ: u8 = 0;
 pub const DIR_WRITE: u8 = 1;
 
+/// ps_config.msgpath bits: ports registered; OpenSSL I/O uprobes attached.
+pub const MSGPATH_PORTS: u32 = 1;
+pub const MSGPATH_SSL: u32 = 2;
+
 /// PS_HINT_MASK: slot of a tgid in the map `tgid_hint`.
 pub const HINT_MASK: u32 = 0xffff;
 
@@ -84,7 +88,7 @@ pub struct Config {
     pub io_events_per_conn: u32,
     /// fd table entries per slot (the target's RLIMIT_NOFILE at attach).
     pub fds_per_slot: u32,
-    /// 1 once a peer port is in `trace_ports` (message path).
+    /// MSGPATH_* bits (message path).
     pub msgpath: u32,
     /// Bench: also trace 1 in N connections (0: off).
     pub trace_one_in: u32,
@@ -227,6 +231,8 @@ mod tests {
             ("PS_CNT_TLS_ABORTED = ", CNT_TLS_ABORTED),
             ("PS_CNT_MSGPATH_TRACED = ", CNT_MSGPATH_TRACED),
             ("PS_EV_IO_MARK = ", EV_IO_MARK),
+            ("#define PS_MSGPATH_PORTS ", MSGPATH_PORTS),
+            ("#define PS_MSGPATH_SSL ", MSGPATH_SSL),
             ("PS_CNT_MAX = ", CNT_MAX),
             ("#define PS_SLOTS ", SLOTS),
         ] {

@@ -476,13 +476,29 @@ impl Observer {
 
     /// Message path: the traced connections' calls so far, left in place
     /// (for a stage's join while the run goes on).
-    pub fn marks_snapshot(&self) -> std::collections::HashMap<u16, crate::msgpath::ConnIo> {
+    /// Over TLS (`tls`) only OpenSSL's plaintext marks count.
+    pub fn marks_snapshot(
+        &self,
+        tls: bool,
+    ) -> std::collections::HashMap<u16, crate::msgpath::ConnIo> {
         self.sync_events();
         self.shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .marks
-            .snapshot()
+            .snapshot(tls)
+    }
+
+    /// Message path over TLS: whether the target's OpenSSL reads and writes
+    /// are marked in plaintext, or why not.
+    pub fn msgpath_plaintext(&self) -> Result<(), String> {
+        let p = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        if p.msgpath_plaintext() {
+            return Ok(());
+        }
+        Err(p.msgpath_tls_note.clone().unwrap_or_else(|| {
+            "the target maps no OpenSSL libssl whose SSL_read/SSL_write can be uprobed (e.g. rustls or a static TLS library)".into()
+        }))
     }
 
     /// Message path: a judged stage's leg p99s (ms), served live on the
@@ -496,10 +512,14 @@ impl Observer {
 
     /// Message path: the traced connections' calls so far, by peer port
     /// (after draining the ring buffer), and how many marks did not fit.
-    pub fn take_marks(&self) -> (std::collections::HashMap<u16, crate::msgpath::ConnIo>, u64) {
+    /// Over TLS (`tls`) only OpenSSL's plaintext marks count.
+    pub fn take_marks(
+        &self,
+        tls: bool,
+    ) -> (std::collections::HashMap<u16, crate::msgpath::ConnIo>, u64) {
         self.sync_events();
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        (s.marks.take(), s.marks.over_cap)
+        (s.marks.take(tls), s.marks.over_cap)
     }
 
     /// Report of the current stage (since attach or the last reset_stage).

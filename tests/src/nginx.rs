@@ -16,6 +16,8 @@ pub struct Nginx {
     pub guard: ChildGuard,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// Serving TLS (wss://, https://) with OpenSSL.
+    pub tls: bool,
 }
 
 /// True when nginx and the nchan module are installed (CI installs them).
@@ -30,12 +32,30 @@ pub fn available() -> bool {
 
 impl Nginx {
     pub fn start(workers: u32) -> anyhow::Result<Nginx> {
+        Nginx::start_with(workers, None)
+    }
+
+    /// The same server over TLS (OpenSSL) with this certificate and key.
+    pub fn start_tls(workers: u32, cert: &str, key: &str) -> anyhow::Result<Nginx> {
+        Nginx::start_with(workers, Some((cert, key)))
+    }
+
+    fn start_with(workers: u32, tls: Option<(&str, &str)>) -> anyhow::Result<Nginx> {
         let dir = tempfile::tempdir()?;
         let port = crate::free_port();
+        let (ssl, ssl_conf) = match tls {
+            Some((cert, key)) => (
+                " ssl".to_string(),
+                format!("ssl_certificate {cert};\n        ssl_certificate_key {key};"),
+            ),
+            None => (String::new(), String::new()),
+        };
         let conf = include_str!("../fixtures/nchan-load.conf")
             .replace("{{DIR}}", &dir.path().display().to_string())
             .replace("{{PORT}}", &port.to_string())
-            .replace("{{WORKERS}}", &workers.to_string());
+            .replace("{{WORKERS}}", &workers.to_string())
+            .replace("{{SSL}}", &ssl)
+            .replace("{{SSL_CONF}}", &ssl_conf);
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf)?;
         let child = Command::new("nginx")
@@ -62,7 +82,12 @@ impl Nginx {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Nginx { guard, port, dir })
+        Ok(Nginx {
+            guard,
+            port,
+            dir,
+            tls: tls.is_some(),
+        })
     }
 
     /// Sends `sig` to the master and every worker (e.g. SIGSTOP to freeze nchan).
@@ -83,11 +108,13 @@ impl Nginx {
     }
 
     pub fn sub_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/sub/{{channel}}", self.port)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}/sub/{{channel}}", self.port)
     }
 
     pub fn pub_url(&self) -> String {
-        format!("http://127.0.0.1:{}/pub/{{channel}}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/pub/{{channel}}", self.port)
     }
 }
 

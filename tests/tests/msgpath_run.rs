@@ -353,3 +353,92 @@ fn a_stopped_target_shows_before_and_at_the_target_not_after_needs_root() {
         assert!(send + delivery + client < 100_000_000, "{:?}", r.legs);
     }
 }
+
+#[test]
+fn legs_join_exactly_over_tls_through_openssl_plaintext_on_nginx_needs_root() {
+    if skip_unless_root("legs_join_exactly_over_tls_through_openssl_plaintext_on_nginx_needs_root")
+        || !nginx::available()
+    {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pushscope_tests::tls::Ca::new("pushscope test CA");
+    let (cert, key) = ca.leaf(true).write(dir.path(), "nginx");
+    let ca_pem = ca.write(dir.path(), "ca");
+    let ng = nginx::Nginx::start_tls(2, &cert, &key).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (sub, publ) = (ng.sub_url(), ng.pub_url());
+    assert!(sub.starts_with("wss://") && publ.starts_with("https://"));
+    let r = run(
+        ng.guard.pid(),
+        &[
+            "--protocol",
+            "nchan",
+            "--url",
+            &sub,
+            "--publish-url",
+            &publ,
+            "--ca-cert",
+            &ca_pem,
+        ],
+        &[
+            "--stages",
+            "30:3s",
+            "--rate",
+            "150",
+            "--channels",
+            "3",
+            "--trace-sample",
+            "12",
+        ],
+        out.path(),
+    );
+    let s = r.summary.as_ref().expect("summary.json");
+    assert_eq!(
+        s["stages"][0]["load"]["messages"]["lost"], 0,
+        "{}",
+        r.stderr
+    );
+    // Over TLS the socket offsets are ciphertext's: the legs come from
+    // OpenSSL's SSL_read/SSL_write plaintext, joined exactly.
+    assert_exact(s, out.path(), 1, 12);
+}
+
+#[test]
+fn over_tls_without_openssl_the_message_path_is_not_measured_and_says_why_needs_root() {
+    if skip_unless_root(
+        "over_tls_without_openssl_the_message_path_is_not_measured_and_says_why_needs_root",
+    ) {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pushscope_tests::tls::Ca::new("pushscope test CA");
+    let (cert, key) = ca.leaf(true).write(dir.path(), "pusher");
+    let ca_pem = ca.write(dir.path(), "ca");
+    // The reference pusher speaks TLS with rustls: nothing to uprobe.
+    let p = Pusher::start(&["--tls-cert", &cert, "--tls-key", &key]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("wss://127.0.0.1:{}/ws", p.addr.port());
+    let r = run(
+        p.pid(),
+        &["--url", &url, "--ca-cert", &ca_pem],
+        &["--stages", "10:2s", "--rate", "50", "--channels", "2"],
+        out.path(),
+    );
+    let s = r.summary.as_ref().expect("summary.json");
+    assert_eq!(
+        s["stages"][0]["load"]["messages"]["lost"], 0,
+        "{}",
+        r.stderr
+    );
+    let why = s["stages"][0]["message_path"]["not_measured"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{:#}", s["stages"][0]["message_path"]));
+    assert!(
+        why.starts_with("TLS: the target maps no OpenSSL libssl"),
+        "{why}"
+    );
+    assert!(!out.path().join("message_path.csv").exists());
+}

@@ -81,6 +81,8 @@ pub struct Probes {
     pub fds_per_slot: u32,
     /// What `config` holds (rewritten when the message path is switched on).
     config: abi::Config,
+    /// Why the OpenSSL plaintext marks could not be attached, if they could not.
+    pub msgpath_tls_note: Option<String>,
 }
 
 /// Largest fd table per slot: 8 slots × 2^18 × 48 B = 96 MiB of kernel
@@ -230,6 +232,34 @@ fn attach_tls(ebpf: &mut Ebpf, tgids: &[u32]) -> (Vec<std::path::PathBuf>, Optio
     (attached, None)
 }
 
+/// The message path's plaintext marks: uprobes on SSL_write and SSL_read
+/// entry and a uretprobe on both, in every libssl the target maps. Ok(false)
+/// when it maps none.
+fn attach_ssl_io(ebpf: &mut Ebpf, libs: &[std::path::PathBuf]) -> Result<bool, String> {
+    if libs.is_empty() {
+        return Ok(false);
+    }
+    for (prog, funcs) in [
+        ("ps_ssl_write_enter", &["SSL_write"][..]),
+        ("ps_ssl_read_enter", &["SSL_read"][..]),
+        ("ps_ssl_io_return", &["SSL_write", "SSL_read"][..]),
+    ] {
+        let p: &mut UProbe = ebpf
+            .program_mut(prog)
+            .ok_or(format!("no program {prog}"))?
+            .try_into()
+            .map_err(|e| format!("{prog}: {e}"))?;
+        p.load().map_err(|e| format!("loading {prog}: {e}"))?;
+        for lib in libs {
+            for f in funcs {
+                p.attach(Some(f), 0, lib, None)
+                    .map_err(|e| format!("uprobe {prog} on {f} in {}: {e}", lib.display()))?;
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Mounts tracefs if nothing is mounted where aya looks for it.
 fn ensure_tracefs() -> Result<(), ProbeError> {
     let have = |p: &str| std::path::Path::new(p).join("events").exists();
@@ -350,6 +380,7 @@ impl Probes {
             tls_note,
             fds_per_slot,
             config,
+            msgpath_tls_note: None,
         })
     }
 
@@ -407,11 +438,25 @@ impl Probes {
         .map_err(map_err("trace_ports"))?;
         tp.insert(port, 1, 0).map_err(map_err("trace_ports"))?;
         if self.config.msgpath == 0 {
-            self.config.msgpath = 1;
+            self.config.msgpath = abi::MSGPATH_PORTS;
+            // Over TLS only plaintext offsets match the client's: mark
+            // OpenSSL's reads and writes where the target maps libssl (the
+            // uprobes cost a trap per call: only while tracing).
+            match attach_ssl_io(&mut self.ebpf, &self.tls_libs) {
+                Ok(true) => self.config.msgpath |= abi::MSGPATH_SSL,
+                Ok(false) => {}
+                Err(why) => self.msgpath_tls_note = Some(why),
+            }
             let config = self.config;
             fill_array(&mut self.ebpf, "config", [(0, config)])?;
         }
         Ok(())
+    }
+
+    /// True when the target's OpenSSL reads and writes are marked in
+    /// plaintext (message path over TLS).
+    pub fn msgpath_plaintext(&self) -> bool {
+        self.config.msgpath & abi::MSGPATH_SSL != 0
     }
 
     /// Adds ports to the listening-port filter (a listener opened later).

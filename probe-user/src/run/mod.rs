@@ -121,7 +121,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     // publisher shares, so the tool adds no latency at stage boundaries.
     let (load_result, cuts) = std::thread::scope(|scope| {
         let (cut_tx, cut_rx) = std::sync::mpsc::channel::<Cut>();
-        let cutter = scope.spawn(|| cut_stages(observer.as_ref(), tracer.as_deref(), cut_rx));
+        let (obs, tr, tls) = (observer.as_ref(), tracer.as_deref(), speaks_tls(&sc));
+        let cutter = scope.spawn(move || cut_stages(obs, tr, tls, cut_rx));
         let r = rt.block_on(drive(
             &sc,
             cut_tx,
@@ -180,7 +181,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     };
     build_stages(&mut summary, &sc, &progress, observer.is_some());
     let traced_legs = match (&observer, &tracer) {
-        (Some(o), Some(t)) => message_path(&mut summary, o, t, &out),
+        (Some(o), Some(t)) => message_path(&mut summary, o, t, &out, speaks_tls(&sc)),
         _ => {
             let why = msgpath_off.unwrap_or_default();
             for st in &mut summary.stages {
@@ -265,6 +266,7 @@ enum Cut {
 fn cut_stages(
     observer: Option<&Observer>,
     tracer: Option<&Tracer>,
+    tls: bool,
     cuts: std::sync::mpsc::Receiver<Cut>,
 ) -> Vec<serde_json::Value> {
     let mut reports = Vec::new();
@@ -273,7 +275,7 @@ fn cut_stages(
         match cut {
             Cut::Judged(stage, p99) => {
                 if let Some(t) = tracer {
-                    live_legs(o, t, stage, p99);
+                    live_legs(o, t, stage, p99, tls);
                 }
             }
             Cut::Start(at) => {
@@ -389,6 +391,13 @@ async fn sample_until_target_dies(
     }
 }
 
+/// Does the run speak TLS to the target (then only OpenSSL's plaintext
+/// marks match the load generator's offsets)?
+fn speaks_tls(sc: &Scenario) -> bool {
+    let tls = |u: &str| u.starts_with("wss://") || u.starts_with("https://");
+    tls(&sc.url) || tls(&sc.publish_url)
+}
+
 /// The load generator's message-path sampling for this run, or why the
 /// message path is not measured.
 fn message_path_tracer(
@@ -405,13 +414,6 @@ fn message_path_tracer(
         .unwrap_or_else(|| largest.div_ceil(100).max(64));
     if sample == 0 {
         return Err("--trace-sample 0".into());
-    }
-    let tls = |u: &str| u.starts_with("wss://") || u.starts_with("https://");
-    if tls(&sc.url) || tls(&sc.publish_url) {
-        return Err(
-            "TLS: the kernel sees ciphertext, whose offsets are not the frames'; pushscope does not yet follow plaintext offsets through the target's TLS library"
-                .into(),
-        );
     }
     if sc.max_connections().div_ceil(sc.shard_cap) > 1 {
         return Err(format!(
@@ -430,10 +432,22 @@ fn message_path(
     observer: &Observer,
     tracer: &Tracer,
     out: &Path,
+    tls: bool,
 ) -> Vec<crate::msgpath::Legs> {
     use crate::msgpath::{self, report::folded, MessagePath, Unjoined};
+    if tls {
+        if let Err(why) = observer.msgpath_plaintext() {
+            let why = format!(
+                "TLS: {why}; the kernel sees ciphertext, whose offsets are not the frames', so the legs are not guessed"
+            );
+            for st in &mut summary.stages {
+                st.message_path = Some(MessagePath::not_measured(why.clone()));
+            }
+            return Vec::new();
+        }
+    }
     let (publishes, deliveries) = tracer.take();
-    let (io, marks_over_cap) = observer.take_marks();
+    let (io, marks_over_cap) = observer.take_marks(tls);
     let by_stage = msgpath::samples(&publishes, &deliveries);
     let (mut all_lines, mut tail_lines, mut traced) = (Vec::new(), Vec::new(), Vec::new());
     let mut per_stage = Vec::new();
@@ -499,14 +513,14 @@ fn message_path(
 
 /// A judged stage's leg p99s, joined from what was recorded so far, served
 /// live as `pushscope_message_leg_p99_ms{stage, leg}`.
-fn live_legs(o: &Observer, t: &Tracer, stage: u32, p99: Option<f64>) {
+fn live_legs(o: &Observer, t: &Tracer, stage: u32, p99: Option<f64>, tls: bool) {
     use crate::msgpath::{self, MessagePath};
     let (publishes, deliveries) = t.stage_snapshot(stage);
     let by_stage = msgpath::samples(&publishes, &deliveries);
     let Some((samples, _)) = by_stage.get(&stage) else {
         return;
     };
-    let joined = msgpath::join(samples, &o.marks_snapshot());
+    let joined = msgpath::join(samples, &o.marks_snapshot(tls));
     let mp = MessagePath::from_joined(&joined, 0, p99);
     let legs: Vec<(String, f64)> = mp
         .legs
