@@ -9,7 +9,7 @@ use pushscope_tests::{heavy_lock, skip_unless_root, ChildGuard};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// The C target. `mix`: burner (≈ 80 % busy in `burn_cpu`), holder (holds
@@ -173,10 +173,7 @@ impl Target {
     }
 
     fn next_line(&self, timeout: Duration) -> Option<String> {
-        match self.lines.recv_timeout(timeout) {
-            Ok(l) => Some(l),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.lines.recv_timeout(timeout).ok()
     }
 
     /// Every line printed so far.
