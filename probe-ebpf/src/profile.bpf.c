@@ -126,6 +126,32 @@ struct {
 	__type(value, __u32);
 } tgid_hint SEC(".maps");
 
+/* Target threads by task_struct pointer (the sched tracepoints hand over
+ * pointers; reading a field costs a bpf_probe_read_kernel on every switch
+ * and wakeup of every task, the pointer costs nothing). A thread is added
+ * when it first goes off CPU (prev is current: its tgid is free to know)
+ * or is created by the target (sched_wakeup_new), and removed when it
+ * switches out dead, before its task_struct can be reused. */
+struct pf_task {
+	__u32 tgid;
+	__u32 tid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct pf_task);
+} tasks SEC(".maps");
+
+/* Filter in front of `tasks`, by a hash of the pointer (never cleared). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PF_HINT_MASK + 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} task_hint SEC(".maps");
+
 struct {
 	__uint(type, PF_MAP_TYPE_STACK_TRACE);
 	__uint(max_entries, 16384);
@@ -187,6 +213,33 @@ static __always_inline bool pf_in_target(__u32 tgid)
 	if (!h || !*h)
 		return false;
 	return bpf_map_lookup_elem(&tgids, &tgid) != 0;
+}
+
+static __always_inline __u32 pf_ptr_slot(__u64 p)
+{
+	return (__u32)((p >> 8) ^ (p >> 24)) & PF_HINT_MASK;
+}
+
+static __always_inline struct pf_task *pf_task_of(__u64 p)
+{
+	__u32 k = pf_ptr_slot(p);
+	__u32 *h = bpf_map_lookup_elem(&task_hint, &k);
+	if (!h || !*h)
+		return 0;
+	return bpf_map_lookup_elem(&tasks, &p);
+}
+
+static __always_inline void pf_task_add(__u64 p, __u32 tgid, __u32 tid)
+{
+	struct pf_task t = {.tgid = tgid, .tid = tid};
+	if (bpf_map_update_elem(&tasks, &p, &t, BPF_ANY)) {
+		pf_count(PF_CNT_MAP_FULL);
+		return;
+	}
+	__u32 k = pf_ptr_slot(p);
+	__u32 *h = bpf_map_lookup_elem(&task_hint, &k);
+	if (h && !*h)
+		*h = 1;
 }
 
 static __always_inline struct pf_thread *pf_thread_of(__u32 tid)
@@ -368,8 +421,8 @@ static __always_inline void pf_rq_record(__u64 delta)
 
 /* ---- sched_switch ------------------------------------------------------ */
 
-static __always_inline void pf_switch_out(void *ctx, __u32 tgid, __u32 tid, bool preempt,
-					  __u64 state, __u64 now)
+static __always_inline void pf_switch_out(void *ctx, __u64 task, __u32 tgid, __u32 tid,
+					  bool preempt, __u64 state, __u64 now)
 {
 	pf_count(PF_CNT_SWITCHES);
 	struct pf_thread *th = pf_thread_of(tid);
@@ -384,8 +437,11 @@ static __always_inline void pf_switch_out(void *ctx, __u32 tgid, __u32 tid, bool
 	}
 	if (state & PF_TASK_DEAD) {
 		bpf_map_delete_elem(&threads, &tid);
+		bpf_map_delete_elem(&tasks, &task);
 		return;
 	}
+	if (!pf_task_of(task))
+		pf_task_add(task, tgid, tid);
 	if (preempt || state == 0) {
 		/* still runnable: waits for a CPU, not for an event */
 		th->off_ts = 0;
@@ -454,30 +510,24 @@ int pf_sched_switch(struct bpf_raw_tracepoint_args *ctx)
 {
 	__u64 pt = bpf_get_current_pid_tgid();
 	__u32 prev_tgid = pt >> 32;
-	struct task_struct___pf *next = (void *)ctx->args[2];
-	__u32 next_tgid = BPF_CORE_READ(next, tgid);
 	bool prev_in = prev_tgid && pf_in_target(prev_tgid);
-	bool next_in = next_tgid && pf_in_target(next_tgid);
-	if (!prev_in && !next_in)
+	struct pf_task *next = pf_task_of(ctx->args[2]);
+	if (!prev_in && !next)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	if (prev_in)
-		pf_switch_out(ctx, prev_tgid, (__u32)pt, ctx->args[0] & 1,
+		pf_switch_out(ctx, ctx->args[1], prev_tgid, (__u32)pt, ctx->args[0] & 1,
 			      (__u32)ctx->args[3], now);
-	if (next_in)
-		pf_switch_in(next_tgid, BPF_CORE_READ(next, pid), now);
+	if (next)
+		pf_switch_in(next->tgid, next->tid, now);
 	return 0;
 }
 
 /* TP_PROTO(struct task_struct *p): p was woken (in the waker's context). */
-static __always_inline int pf_wakeup(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline int pf_woken(__u32 tid)
 {
-	struct task_struct___pf *p = (void *)ctx->args[0];
-	__u32 tgid = BPF_CORE_READ(p, tgid);
-	if (!tgid || !pf_in_target(tgid))
-		return 0;
 	pf_count(PF_CNT_WAKEUPS);
-	struct pf_thread *th = pf_thread_of(BPF_CORE_READ(p, pid));
+	struct pf_thread *th = pf_thread_of(tid);
 	if (!th)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
@@ -492,25 +542,38 @@ static __always_inline int pf_wakeup(struct bpf_raw_tracepoint_args *ctx)
 SEC("raw_tracepoint/sched_wakeup")
 int pf_sched_wakeup(struct bpf_raw_tracepoint_args *ctx)
 {
-	return pf_wakeup(ctx);
+	struct pf_task *t = pf_task_of(ctx->args[0]);
+	if (!t)
+		return 0;
+	return pf_woken(t->tid);
 }
 
+/* A new thread or child process, woken for the first time by its creator
+ * (current): one of the target's if the creator is. */
 SEC("raw_tracepoint/sched_wakeup_new")
 int pf_sched_wakeup_new(struct bpf_raw_tracepoint_args *ctx)
 {
-	return pf_wakeup(ctx);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!tgid || !pf_in_target(tgid))
+		return 0;
+	struct task_struct___pf *p = (void *)ctx->args[0];
+	__u32 ctgid = BPF_CORE_READ(p, tgid);
+	__u32 tid = BPF_CORE_READ(p, pid);
+	if (!pf_in_target(ctgid))
+		return 0;
+	pf_task_add(ctx->args[0], ctgid, tid);
+	return pf_woken(tid);
 }
 
 /* TP_PROTO(struct task_struct *parent, struct task_struct *child): a child
- * process of a target process joins the target. */
+ * process of a target process joins the target (parent is current). */
 SEC("raw_tracepoint/sched_process_fork")
 int pf_fork(struct bpf_raw_tracepoint_args *ctx)
 {
-	struct task_struct___pf *parent = (void *)ctx->args[0];
-	struct task_struct___pf *child = (void *)ctx->args[1];
-	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ptgid = bpf_get_current_pid_tgid() >> 32;
 	if (!pf_in_target(ptgid))
 		return 0;
+	struct task_struct___pf *child = (void *)ctx->args[1];
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	if (ctgid == ptgid)
 		return 0;
@@ -520,6 +583,14 @@ int pf_fork(struct bpf_raw_tracepoint_args *ctx)
 	__u32 *h = bpf_map_lookup_elem(&tgid_hint, &k);
 	if (h)
 		*h = 1;
+	return 0;
+}
+
+/* Does nothing: attached beside pf_sched_switch only to measure what
+ * bpf_stats itself adds to a run (Profiler::attach_calibration). */
+SEC("raw_tracepoint/sched_switch")
+int pf_nop(struct bpf_raw_tracepoint_args *ctx)
+{
 	return 0;
 }
 

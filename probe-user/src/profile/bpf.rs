@@ -123,7 +123,7 @@ impl Snapshot {
 /// The loaded and attached profiler object.
 pub struct Attached {
     // Owns the programs and their links: dropping it detaches.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     stacks: StackTraceMap<MapData>,
     cpu: BpfHashMap<MapData, abi::CpuKey, u64>,
     off: BpfHashMap<MapData, abi::OffKey, abi::OffVal>,
@@ -257,7 +257,7 @@ impl Attached {
         )
         .map_err(map_err("stalls"))?;
         Ok(Attached {
-            _ebpf: ebpf,
+            ebpf,
             stacks,
             cpu,
             off,
@@ -299,6 +299,38 @@ impl Attached {
             }
         }
         out
+    }
+
+    /// Attaches `pf_nop` (an empty program) to sched_switch: its run time
+    /// per run is what bpf_stats adds to any program, the baseline to
+    /// subtract from `pf_sched_switch`'s.
+    pub fn attach_calibration(&mut self) -> Result<(), ProfileError> {
+        let attach_err = |source| ProfileError::Attach {
+            program: "pf_nop",
+            hook: "raw tracepoint sched_switch".into(),
+            source: Box::new(source),
+        };
+        let p: &mut RawTracePoint = self
+            .ebpf
+            .program_mut("pf_nop")
+            .ok_or(ProfileError::Missing("pf_nop"))?
+            .try_into()
+            .map_err(attach_err)?;
+        p.load().map_err(attach_err)?;
+        p.attach("sched_switch").map_err(attach_err)?;
+        Ok(())
+    }
+
+    /// (program, runs, run time) of every program (zero unless
+    /// `kernel.bpf_stats_enabled` is 1).
+    pub fn prog_stats(&self) -> Vec<(String, u64, std::time::Duration)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.run_count(), info.run_time()))
+            })
+            .collect()
     }
 
     /// Instruction pointers of a stack (leaf first); empty if unknown.

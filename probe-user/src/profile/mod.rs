@@ -55,6 +55,14 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Run time of one profiler program (bpf_stats).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProgStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct ProfileOptions {
     /// On-CPU samples per second per CPU (software CPU clock).
@@ -117,6 +125,27 @@ impl Profiler {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Attaches an empty program beside `pf_sched_switch` whose run time
+    /// per run (see [`Profiler::prog_stats`], program `pf_nop`) is the
+    /// bpf_stats measurement's own cost, for benchmarks.
+    pub fn attach_calibration(&mut self) -> Result<(), ProfileError> {
+        self.bpf.attach_calibration()
+    }
+
+    /// The profiler programs' own runs and run time, by program name
+    /// (zero unless `kernel.bpf_stats_enabled` is 1).
+    pub fn prog_stats(&self) -> Vec<ProgStats> {
+        self.bpf
+            .prog_stats()
+            .into_iter()
+            .map(|(program, run_count, run_time)| ProgStats {
+                program,
+                run_count,
+                run_time_ns: run_time.as_nanos() as u64,
+            })
+            .collect()
     }
 
     /// Ends the current stage and starts the next: everything counted since
