@@ -1,6 +1,6 @@
 //! What the profiler costs a process that is not the target (root): its
 //! sched_switch program's own run time per context switch of an unrelated
-//! pair of threads ping-ponging over pipes (`kernel.bpf_stats_enabled`),
+//! pair of threads ping-ponging over a UNIX socketpair (`kernel.bpf_stats_enabled`),
 //! and that it counted nothing of theirs.
 
 use probe_user::profile::{ProfileOptions, Profiler};
@@ -21,19 +21,18 @@ impl Drop for StatsOn {
 
 /// `n` round trips between two threads of this (unrelated) process.
 fn ping_pong(n: usize) {
-    let (mut a_r, mut b_w) = std::io::pipe().unwrap();
-    let (mut b_r, mut a_w) = std::io::pipe().unwrap();
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
     let t = std::thread::spawn(move || {
         let mut buf = [0u8; 1];
         for _ in 0..n {
-            a_r.read_exact(&mut buf).unwrap();
-            a_w.write_all(&buf).unwrap();
+            a.read_exact(&mut buf).unwrap();
+            a.write_all(&buf).unwrap();
         }
     });
     let mut buf = [7u8; 1];
     for _ in 0..n {
-        b_w.write_all(&buf).unwrap();
-        b_r.read_exact(&mut buf).unwrap();
+        b.write_all(&buf).unwrap();
+        b.read_exact(&mut buf).unwrap();
     }
     t.join().unwrap();
 }
