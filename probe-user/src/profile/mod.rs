@@ -375,6 +375,15 @@ pub fn run(args: ProfileArgs) -> crate::CmdResult {
     };
     let mut p =
         Profiler::attach(args.pid, opts).with_context(|| format!("profiling PID {}", args.pid))?;
+    // First line: attached (benchmarks and scripts wait for it).
+    println!(
+        "profiling PID {} for {:?} at {} Hz",
+        args.pid, args.duration, args.profile_hz
+    );
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
     let deadline = Instant::now() + args.duration;
     // Bounded: ends at the deadline or when the target exits.
     while Instant::now() < deadline && crate::target::exists(args.pid) {
