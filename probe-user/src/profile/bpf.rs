@@ -344,3 +344,48 @@ impl Attached {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_since_keeps_only_what_grew() {
+        let k = |u| abi::CpuKey {
+            tgid: 1,
+            ustack: u,
+            kstack: -1,
+            pad: 0,
+        };
+        let o = abi::OffKey {
+            tgid: 1,
+            ustack: 3,
+            kstack: -1,
+            kind: abi::KIND_LOCK,
+        };
+        let a = Snapshot {
+            cpu: [(k(1), 5), (k(2), 7)].into_iter().collect(),
+            off: [(o, abi::OffVal { ns: 100, count: 1 })]
+                .into_iter()
+                .collect(),
+            rq: vec![1, 2],
+            counters: vec![3],
+        };
+        let b = Snapshot {
+            cpu: [(k(1), 5), (k(2), 9), (k(3), 1)].into_iter().collect(),
+            off: [(o, abi::OffVal { ns: 350, count: 3 })]
+                .into_iter()
+                .collect(),
+            rq: vec![1, 5],
+            counters: vec![4],
+        };
+        let d = b.since(&a);
+        assert_eq!(d.cpu.len(), 2);
+        assert_eq!(d.cpu[&k(2)], 2);
+        assert_eq!(d.cpu[&k(3)], 1);
+        assert_eq!(d.off[&o], abi::OffVal { ns: 250, count: 2 });
+        assert_eq!(d.rq, vec![0, 3]);
+        assert_eq!(d.counter(0), 1);
+        assert_eq!(d.counter(7), 0);
+    }
+}

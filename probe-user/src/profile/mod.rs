@@ -163,11 +163,15 @@ impl Profiler {
         self.build(&d, stalls, duration, start_mono)
     }
 
-    fn user_frames(&mut self, tgid: u32, id: i32) -> Vec<Frame> {
-        let ips = self.bpf.stack(id);
+    fn user_frames(
+        bpf: &bpf::Attached,
+        s: &mut symbolize::Session<'_>,
+        tgid: u32,
+        id: i32,
+    ) -> Vec<Frame> {
+        let ips = bpf.stack(id);
         // leaf first from the kernel; root first here
-        let mut f: Vec<Frame> = self
-            .symbols
+        let mut f: Vec<Frame> = s
             .user(tgid, &ips)
             .into_iter()
             .map(|f| (*f).clone())
@@ -176,14 +180,9 @@ impl Profiler {
         f
     }
 
-    fn kernel_frames(&mut self, id: i32) -> Vec<Frame> {
-        let ips = self.bpf.stack(id);
-        let mut f: Vec<Frame> = self
-            .symbols
-            .kernel(&ips)
-            .into_iter()
-            .map(|f| (*f).clone())
-            .collect();
+    fn kernel_frames(bpf: &bpf::Attached, s: &mut symbolize::Session<'_>, id: i32) -> Vec<Frame> {
+        let ips = bpf.stack(id);
+        let mut f: Vec<Frame> = s.kernel(&ips).into_iter().map(|f| (*f).clone()).collect();
         f.reverse();
         f
     }
@@ -196,17 +195,19 @@ impl Profiler {
         start_mono: u64,
     ) -> StageProfile {
         let n = self.opts.top;
+        let bpf = &self.bpf;
+        let mut sym = self.symbols.session();
         // on-CPU: user frames (root first), then kernel frames
         let mut depths: HashMap<usize, u64> = HashMap::new();
         let mut merged: HashMap<Vec<Frame>, u64> = HashMap::new();
         let mut keys: Vec<(abi::CpuKey, u64)> = d.cpu.iter().map(|(k, v)| (*k, *v)).collect();
         keys.sort_by_key(|(k, _)| (k.tgid, k.ustack, k.kstack));
         for (k, count) in keys {
-            let mut frames = self.user_frames(k.tgid, k.ustack);
+            let mut frames = Self::user_frames(bpf, &mut sym, k.tgid, k.ustack);
             if !frames.is_empty() {
                 *depths.entry(frames.len()).or_default() += count;
             }
-            frames.extend(self.kernel_frames(k.kstack));
+            frames.extend(Self::kernel_frames(bpf, &mut sym, k.kstack));
             if frames.is_empty() {
                 frames.push(Frame::pseudo("[unknown]"));
             }
@@ -230,8 +231,8 @@ impl Profiler {
         for (k, v) in keys {
             let kind = abi::kind_name(k.kind).to_string();
             let mut frames = vec![Frame::pseudo(&format!("[{kind}]"))];
-            frames.extend(self.user_frames(k.tgid, k.ustack));
-            frames.extend(self.kernel_frames(k.kstack));
+            frames.extend(Self::user_frames(bpf, &mut sym, k.tgid, k.ustack));
+            frames.extend(Self::kernel_frames(bpf, &mut sym, k.kstack));
             *by_kind.entry(kind.clone()).or_default() += v.ns as f64 / 1e6;
             let e = merged.entry((frames, kind)).or_default();
             e.0 += v.ns;
@@ -416,4 +417,25 @@ pub fn run(args: ProfileArgs) -> crate::CmdResult {
     }
     println!("written: {} and {}", dir.display(), json.display());
     Ok(Outcome::Completed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn profiler_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Profiler>();
+        send::<StageProfile>();
+    }
 }

@@ -30,24 +30,20 @@ impl Frame {
     }
 }
 
+/// Frames resolved so far. The blazesym `Symbolizer` (not `Send`: it
+/// shares parsed files through `Rc`) lives only while a stage is being
+/// resolved ([`Symbols::session`]), so a `Profiler` can move between
+/// threads; addresses seen in earlier stages come from this cache.
+#[derive(Default)]
 pub struct Symbols {
-    sym: Symbolizer,
     user: HashMap<(u32, u64), Arc<Frame>>,
     kernel: HashMap<u64, Arc<Frame>>,
 }
 
-impl Default for Symbols {
-    fn default() -> Self {
-        Symbols {
-            sym: Symbolizer::builder()
-                .enable_demangling(true)
-                .enable_code_info(false)
-                .enable_inlined_fns(false)
-                .build(),
-            user: HashMap::new(),
-            kernel: HashMap::new(),
-        }
-    }
+/// A resolving session: the cache plus a symbolizer created on first need.
+pub struct Session<'a> {
+    cache: &'a mut Symbols,
+    sym: Option<Symbolizer>,
 }
 
 fn unknown(addr: u64, module: &str) -> Frame {
@@ -92,6 +88,50 @@ fn lookup_addr(i: usize, ip: u64) -> u64 {
 }
 
 impl Symbols {
+    pub fn session(&mut self) -> Session<'_> {
+        Session {
+            cache: self,
+            sym: None,
+        }
+    }
+}
+
+impl Session<'_> {
+    fn sym(&mut self) -> &Symbolizer {
+        self.sym.get_or_insert_with(|| {
+            Symbolizer::builder()
+                .enable_demangling(true)
+                .enable_code_info(false)
+                .enable_inlined_fns(false)
+                .build()
+        })
+    }
+
+    /// Resolves `missing` from `src`; one unreadable file fails a batch,
+    /// so a failed batch is retried address by address.
+    fn resolve(&mut self, src: &Source<'_>, missing: &[u64], kernel: bool) -> Vec<Frame> {
+        let dflt = if kernel { "[kernel]" } else { "[unknown]" };
+        match self.sym().symbolize(src, Input::AbsAddr(missing)) {
+            Ok(syms) => missing
+                .iter()
+                .zip(syms.iter())
+                .map(|(a, s)| to_frame(s, *a, kernel))
+                .collect(),
+            Err(e) => {
+                log::debug!("symbolizing {} addresses: {e}", missing.len());
+                missing
+                    .iter()
+                    .map(
+                        |a| match self.sym().symbolize_single(src, Input::AbsAddr(*a)) {
+                            Ok(s) => to_frame(&s, *a, kernel),
+                            Err(_) => unknown(*a, dflt),
+                        },
+                    )
+                    .collect()
+            }
+        }
+    }
+
     /// Frames of a user stack of process `tgid` (`ips` leaf first; the
     /// result keeps that order).
     pub fn user(&mut self, tgid: u32, ips: &[u64]) -> Vec<Arc<Frame>> {
@@ -99,33 +139,18 @@ impl Symbols {
             .iter()
             .enumerate()
             .map(|(i, ip)| lookup_addr(i, *ip))
-            .filter(|a| !self.user.contains_key(&(tgid, *a)))
+            .filter(|a| !self.cache.user.contains_key(&(tgid, *a)))
             .collect();
         if !missing.is_empty() {
             let src = Source::Process(Process::new(Pid::from(tgid)));
-            match self.sym.symbolize(&src, Input::AbsAddr(&missing)) {
-                Ok(syms) => {
-                    for (a, s) in missing.iter().zip(syms.iter()) {
-                        self.user
-                            .insert((tgid, *a), Arc::new(to_frame(s, *a, false)));
-                    }
-                }
-                Err(e) => {
-                    // One unreadable file fails the batch: retry one by one.
-                    log::debug!("symbolizing {} addresses of {tgid}: {e}", missing.len());
-                    for a in &missing {
-                        let f = match self.sym.symbolize_single(&src, Input::AbsAddr(*a)) {
-                            Ok(s) => to_frame(&s, *a, false),
-                            Err(_) => unknown(*a, "[unknown]"),
-                        };
-                        self.user.insert((tgid, *a), Arc::new(f));
-                    }
-                }
+            let frames = self.resolve(&src, &missing, false);
+            for (a, f) in missing.iter().zip(frames) {
+                self.cache.user.insert((tgid, *a), Arc::new(f));
             }
         }
         ips.iter()
             .enumerate()
-            .map(|(i, ip)| self.user[&(tgid, lookup_addr(i, *ip))].clone())
+            .map(|(i, ip)| self.cache.user[&(tgid, lookup_addr(i, *ip))].clone())
             .collect()
     }
 
@@ -135,7 +160,7 @@ impl Symbols {
             .iter()
             .enumerate()
             .map(|(i, ip)| lookup_addr(i, *ip))
-            .filter(|a| !self.kernel.contains_key(a))
+            .filter(|a| !self.cache.kernel.contains_key(a))
             .collect();
         if !missing.is_empty() {
             let src = Source::Kernel(Kernel {
@@ -143,23 +168,14 @@ impl Symbols {
                 debug_syms: false,
                 ..Default::default()
             });
-            match self.sym.symbolize(&src, Input::AbsAddr(&missing)) {
-                Ok(syms) => {
-                    for (a, s) in missing.iter().zip(syms.iter()) {
-                        self.kernel.insert(*a, Arc::new(to_frame(s, *a, true)));
-                    }
-                }
-                Err(e) => {
-                    log::debug!("symbolizing {} kernel addresses: {e}", missing.len());
-                    for a in &missing {
-                        self.kernel.insert(*a, Arc::new(unknown(*a, "[kernel]")));
-                    }
-                }
+            let frames = self.resolve(&src, &missing, true);
+            for (a, f) in missing.iter().zip(frames) {
+                self.cache.kernel.insert(*a, Arc::new(f));
             }
         }
         ips.iter()
             .enumerate()
-            .map(|(i, ip)| self.kernel[&lookup_addr(i, *ip)].clone())
+            .map(|(i, ip)| self.cache.kernel[&lookup_addr(i, *ip)].clone())
             .collect()
     }
 }
@@ -176,7 +192,7 @@ mod tests {
     #[test]
     fn symbolizes_own_function() {
         let mut s = Symbols::default();
-        let f = s.user(std::process::id(), &[here()]);
+        let f = s.session().user(std::process::id(), &[here()]);
         assert!(f[0].name.contains("here"), "{:?}", f[0]);
     }
 }
