@@ -452,3 +452,46 @@ fn profile_stall_of_a_stopped_target_root() {
             >= 250.0
     );
 }
+
+#[test]
+fn profile_cli_writes_pprof_flames_and_json_root() {
+    if skip_unless_root("profile_cli_writes_pprof_flames_and_json_root") {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let target = Target::start(Command::new(&bin));
+    let out_dir = dir.path().join("out");
+    let out = Command::new(pushscope_tests::bin_path("pushscope"))
+        .args(["profile", "--pid", &target.pid().to_string()])
+        .args(["--duration", "1500ms", "--profile-hz", "199", "--out"])
+        .arg(&out_dir)
+        .output()
+        .expect("running pushscope profile");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("profiling PID "), "{stdout}");
+    for f in [
+        "profile-cpu.pb.gz",
+        "profile-offcpu.pb.gz",
+        "profile-cpu.svg",
+        "profile-offcpu.svg",
+    ] {
+        let len = std::fs::metadata(out_dir.join("profile").join(f))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 100, "{f}: {len} bytes");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("profile.json")).unwrap()).unwrap();
+    assert_eq!(json["hz"], 199);
+    assert_eq!(json["cpu"]["top_self"][0]["name"], "burn_cpu");
+    assert!(json["offcpu"]["by_kind_ms"]["lock"].as_f64().unwrap() > 500.0);
+    assert!(json["runqueue"]["p99_us"].as_f64().is_some());
+    assert!(json["stall_max_ms"].as_f64().is_some());
+}
