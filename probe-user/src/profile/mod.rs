@@ -93,6 +93,8 @@ pub struct Profiler {
     last_cut: Instant,
     last_cut_mono_ns: u64,
     language: String,
+    /// Basename of the target's executable (frames of its own code).
+    exe_name: String,
 }
 
 impl Profiler {
@@ -110,6 +112,10 @@ impl Profiler {
         let bpf = bpf::Attached::attach(&tgids, opts.hz.max(1), stall_ns)?;
         let exe = std::fs::read(format!("/proc/{pid}/exe")).unwrap_or_default();
         let language = stage::language_of(&exe).to_string();
+        let exe_name = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .unwrap_or_default();
         let last = bpf.snapshot();
         Ok(Profiler {
             pid,
@@ -120,6 +126,7 @@ impl Profiler {
             last_cut: Instant::now(),
             last_cut_mono_ns: monotonic_ns(),
             language,
+            exe_name,
         })
     }
 
@@ -198,14 +205,25 @@ impl Profiler {
         let bpf = &self.bpf;
         let mut sym = self.symbols.session();
         // on-CPU: user frames (root first), then kernel frames
+        // user-stack depth of samples whose leaf is in the executable
+        // itself, and of those whose leaf is in a library (module)
         let mut depths: HashMap<usize, u64> = HashMap::new();
+        let mut lib_depths: HashMap<String, (u64, u64)> = HashMap::new();
         let mut merged: HashMap<Vec<Frame>, u64> = HashMap::new();
         let mut keys: Vec<(abi::CpuKey, u64)> = d.cpu.iter().map(|(k, v)| (*k, *v)).collect();
         keys.sort_by_key(|(k, _)| (k.tgid, k.ustack, k.kstack));
         for (k, count) in keys {
             let mut frames = Self::user_frames(bpf, &mut sym, k.tgid, k.ustack);
-            if !frames.is_empty() {
-                *depths.entry(frames.len()).or_default() += count;
+            if let Some(leaf) = frames.last() {
+                if leaf.module == self.exe_name || leaf.module == "[unknown]" {
+                    *depths.entry(frames.len()).or_default() += count;
+                } else {
+                    let e = lib_depths.entry(leaf.module.clone()).or_default();
+                    e.0 += count;
+                    if frames.len() <= 2 {
+                        e.1 += count;
+                    }
+                }
             }
             frames.extend(Self::kernel_frames(bpf, &mut sym, k.kstack));
             if frames.is_empty() {
@@ -303,7 +321,11 @@ impl Profiler {
             runqueue: stage::runqueue(&d.rq),
             stalls: stall_list,
             stall_max_ms,
-            frame_pointers: stage::frame_pointers(&depth_list, &self.language),
+            frame_pointers: {
+                let mut fp = stage::frame_pointers(&depth_list, &self.language);
+                fp.libraries_without = stage::libraries_without_fp(&lib_depths);
+                fp
+            },
             counters: ProfileCounters {
                 user_stack_errors: d.counter(abi::CNT_USTACK_ERR),
                 kernel_stack_errors: d.counter(abi::CNT_KSTACK_ERR),
@@ -414,6 +436,12 @@ pub fn run(args: ProfileArgs) -> crate::CmdResult {
     );
     if let Some(a) = &stage.frame_pointers.advice {
         println!("{a}");
+    }
+    if !stage.frame_pointers.libraries_without.is_empty() {
+        println!(
+            "on-CPU stacks that enter {} end there (no frame pointers in those libraries)",
+            stage.frame_pointers.libraries_without.join(", ")
+        );
     }
     println!("written: {} and {}", dir.display(), json.display());
     Ok(Outcome::Completed)

@@ -86,6 +86,11 @@ pub struct FramePointers {
     pub language: String,
     /// What to rebuild with, when missing.
     pub advice: Option<String>,
+    /// Shared libraries whose on-CPU stacks are mostly 1–2 frames deep
+    /// (built without frame pointers, e.g. Debian's libc.so.6): stacks
+    /// that enter them while on CPU (syscall wrappers) end there.
+    #[serde(default)]
+    pub libraries_without: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
@@ -219,9 +224,24 @@ pub fn language_of(exe: &[u8]) -> &'static str {
     }
 }
 
+/// Libraries (module → (samples with the leaf there, of them 1–2 frames
+/// deep)) whose stacks are mostly shallow, with at least 10 samples.
+pub fn libraries_without_fp(libs: &HashMap<String, (u64, u64)>) -> Vec<String> {
+    let mut v: Vec<String> = libs
+        .iter()
+        .filter(|(_, (n, shallow))| *n >= 10 && *shallow * 2 > *n)
+        .map(|(m, _)| m.clone())
+        .collect();
+    v.sort();
+    v
+}
+
 /// Frame-pointer verdict from the user-stack depths of on-CPU samples
-/// (depth, samples): stacks walked without frame pointers stop after one
-/// or two frames.
+/// whose leaf is in the executable's own code (depth, samples): stacks
+/// walked without frame pointers stop after one or two frames. Samples
+/// that end in a shared library say nothing about the executable (a libc
+/// without frame pointers cuts every stack that enters it): see
+/// [`libraries_without_fp`].
 pub fn frame_pointers(depths: &[(usize, u64)], language: &str) -> FramePointers {
     let user_stacks: u64 = depths.iter().map(|(_, n)| n).sum();
     let shallow: u64 = depths.iter().filter(|(d, _)| *d <= 2).map(|(_, n)| n).sum();
@@ -254,6 +274,7 @@ pub fn frame_pointers(depths: &[(usize, u64)], language: &str) -> FramePointers 
         verdict: verdict.to_string(),
         language: language.to_string(),
         advice,
+        libraries_without: Vec::new(),
     }
 }
 
@@ -413,6 +434,18 @@ mod tests {
         assert_eq!(frame_pointers(&[(1, 3)], "go").verdict, "unknown");
         let c = frame_pointers(&[(1, 30)], "c/c++");
         assert!(c.advice.unwrap().contains("-fno-omit-frame-pointer"));
+    }
+
+    #[test]
+    fn shallow_libraries_are_named() {
+        let libs: HashMap<String, (u64, u64)> = [
+            ("libc.so.6".to_string(), (100, 90)),
+            ("libssl.so.3".to_string(), (100, 10)),
+            ("libm.so.6".to_string(), (4, 4)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(libraries_without_fp(&libs), vec!["libc.so.6".to_string()]);
     }
 
     #[test]
