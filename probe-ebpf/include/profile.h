@@ -33,6 +33,7 @@ enum {
 	PF_CNT_RING_DROPS = 4,   /* stall records lost (ring full) */
 	PF_CNT_SWITCHES = 5,     /* context switches of target threads (either side) */
 	PF_CNT_WAKEUPS = 6,      /* wakeups of target threads */
+	PF_CNT_STACK_REUSED = 7, /* off-CPU blocks that reused the thread's last stack */
 	PF_CNT_MAX = 8,
 };
 

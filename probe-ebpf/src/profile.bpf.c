@@ -96,6 +96,17 @@ struct pf_thread {
 	__s32 kstack;
 	__u32 kind;
 	__u32 oncpu; /* counted in pf_target.running */
+	/* The last user stack walked at a block, and where it blocked: the
+	 * syscall, the user ip and frame pointer at syscall entry and the
+	 * return address in that frame. A thread blocking again at the same
+	 * (nr, ip, bp, *(bp + 8)) reuses the stack instead of walking it
+	 * again (a walk costs microseconds on these VMs). */
+	__u64 c_ip;
+	__u64 c_bp;
+	__u64 c_ret;
+	__s64 c_nr;
+	__s32 c_ustack;
+	__u32 _pad;
 };
 
 struct {
@@ -247,7 +258,7 @@ static __always_inline struct pf_thread *pf_thread_of(__u32 tid)
 	struct pf_thread *th = bpf_map_lookup_elem(&threads, &tid);
 	if (th)
 		return th;
-	struct pf_thread fresh = {.ustack = -1, .kstack = -1};
+	struct pf_thread fresh = {.ustack = -1, .kstack = -1, .c_ustack = -1};
 	bpf_map_update_elem(&threads, &tid, &fresh, BPF_NOEXIST);
 	th = bpf_map_lookup_elem(&threads, &tid);
 	if (!th)
@@ -310,17 +321,14 @@ static __always_inline bool pf_fd_is_socket(__u64 fd)
 /* What the current task (going off CPU in `state`) waits on: the kernel's
  * state first (uninterruptible, stopped), then the syscall in progress
  * (orig_ax of the registers saved at syscall entry). */
-static __always_inline __u32 pf_kind(__u64 state)
+static __always_inline __u32 pf_kind(__u64 state, struct pt_regs *regs, long nr)
 {
 	if (state & (PF_TASK_STOPPED | PF_TASK_TRACED))
 		return PF_KIND_STOPPED;
 	if ((state & PF_TASK_UNINTERRUPTIBLE) && !(state & PF_TASK_NOLOAD))
 		return PF_KIND_IO;
-	struct task_struct *t = bpf_get_current_task_btf();
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
 	if (!regs)
 		return PF_KIND_OTHER;
-	long nr = BPF_CORE_READ(regs, orig_ax);
 	switch (nr) {
 	case NR_futex:
 	case NR_futex_waitv:
@@ -449,9 +457,30 @@ static __always_inline void pf_switch_out(void *ctx, __u64 task, __u32 tgid, __u
 		th->want_since = now;
 		return;
 	}
-	__u32 kind = pf_kind(state);
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	long nr = -1;
+	__u64 ip = 0, bp = 0, ret = 0;
+	if (regs) {
+		nr = BPF_CORE_READ(regs, orig_ax);
+		ip = BPF_CORE_READ(regs, ip);
+		bp = BPF_CORE_READ(regs, bp);
+		if (bp)
+			bpf_probe_read_user(&ret, sizeof(ret), (void *)(bp + 8));
+	}
+	__u32 kind = pf_kind(state, regs, nr);
 	th->kind = kind;
-	th->ustack = bpf_get_stackid(ctx, &stacks, PF_F_USER_STACK);
+	if (ip && th->c_ustack >= 0 && th->c_ip == ip && th->c_bp == bp && th->c_ret == ret &&
+	    th->c_nr == nr) {
+		th->ustack = th->c_ustack;
+		pf_count(PF_CNT_STACK_REUSED);
+	} else {
+		th->ustack = bpf_get_stackid(ctx, &stacks, PF_F_USER_STACK);
+		th->c_ustack = th->ustack;
+		th->c_ip = ip;
+		th->c_bp = bp;
+		th->c_ret = ret;
+		th->c_nr = nr;
+	}
 	th->kstack = kind == PF_KIND_IO ? bpf_get_stackid(ctx, &stacks, 0) : -1;
 	if (th->kstack < 0)
 		th->kstack = -1;

@@ -23,6 +23,7 @@ pub const CNT_MAP_FULL: u32 = 3;
 pub const CNT_RING_DROPS: u32 = 4;
 pub const CNT_SWITCHES: u32 = 5;
 pub const CNT_WAKEUPS: u32 = 6;
+pub const CNT_STACK_REUSED: u32 = 7;
 pub const CNT_MAX: u32 = 8;
 
 #[repr(C)]

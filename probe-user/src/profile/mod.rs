@@ -333,6 +333,7 @@ impl Profiler {
                 ring_drops: d.counter(abi::CNT_RING_DROPS),
                 switches: d.counter(abi::CNT_SWITCHES),
                 wakeups: d.counter(abi::CNT_WAKEUPS),
+                stacks_reused: d.counter(abi::CNT_STACK_REUSED),
             },
             files: Vec::new(),
             cpu_stacks,

@@ -102,6 +102,9 @@ pub struct ProfileCounters {
     pub ring_drops: u64,
     pub switches: u64,
     pub wakeups: u64,
+    /// Off-CPU blocks that reused the thread's last user stack (blocked
+    /// again at the same syscall, user ip, frame pointer and return address).
+    pub stacks_reused: u64,
 }
 
 /// One stage of the target's profile (summary.json `stages[].profile`).
