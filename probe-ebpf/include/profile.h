@@ -4,8 +4,9 @@
 #ifndef PUSHSCOPE_PROFILE_H
 #define PUSHSCOPE_PROFILE_H
 
-/* Same filter width as the observer's tgid_hint (pushscope.h). */
+/* Filter bitmaps: 64 K bits in 1024 u64 words. */
 #define PF_HINT_MASK 0xffff
+#define PF_HINT_WORDS ((PF_HINT_MASK + 1) / 64)
 /* Run-queue latency histogram: log-linear, 8 sub-buckets per power of two
  * of nanoseconds (index = 8 * floor(log2 v) + next 3 bits; v < 8: v). */
 #define PF_RQ_SUB_BITS 3

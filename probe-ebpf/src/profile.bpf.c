@@ -15,8 +15,8 @@
  *    small `stalls` ring (rare records).
  *  - sched_process_fork adds children of the target to `tgids`.
  *
- * Every hook turns an unrelated task away with one array access
- * (`tgid_hint`, as in ps_common.h) before the `tgids` hash. */
+ * Every hook turns an unrelated task away with one bit of a small bitmap
+ * (by tgid, or by task_struct pointer) before any hash lookup. */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -130,11 +130,16 @@ struct {
 	__type(value, __u32);
 } tgids SEC(".maps");
 
+/* Bitmaps in front of the hashes (PF_HINT_BITS bits, 8 KiB: an array of
+ * 64 K u32 would take 512 KiB, as array elements are 8-byte aligned, and
+ * miss the cache on every unrelated switch under load). A bit is set once
+ * some tgid (`tgid_hint`) or target task_struct pointer (`task_hint`)
+ * hashes there, never cleared: a stale bit only costs the hash lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PF_HINT_MASK + 1);
+	__uint(max_entries, PF_HINT_WORDS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } tgid_hint SEC(".maps");
 
 /* Target threads by task_struct pointer (the sched tracepoints hand over
@@ -155,12 +160,11 @@ struct {
 	__type(value, struct pf_task);
 } tasks SEC(".maps");
 
-/* Filter in front of `tasks`, by a hash of the pointer (never cleared). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PF_HINT_MASK + 1);
+	__uint(max_entries, PF_HINT_WORDS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } task_hint SEC(".maps");
 
 struct {
@@ -217,11 +221,24 @@ static __always_inline void pf_count(__u32 slot)
 		*n += 1;
 }
 
+static __always_inline bool pf_bit(void *bitmap, __u32 slot)
+{
+	__u32 w = slot >> 6;
+	__u64 *h = bpf_map_lookup_elem(bitmap, &w);
+	return h && (*h & (1ULL << (slot & 63)));
+}
+
+static __always_inline void pf_bit_set(void *bitmap, __u32 slot)
+{
+	__u32 w = slot >> 6;
+	__u64 *h = bpf_map_lookup_elem(bitmap, &w);
+	if (h && !(*h & (1ULL << (slot & 63))))
+		__sync_fetch_and_or(h, 1ULL << (slot & 63));
+}
+
 static __always_inline bool pf_in_target(__u32 tgid)
 {
-	__u32 k = tgid & PF_HINT_MASK;
-	__u32 *h = bpf_map_lookup_elem(&tgid_hint, &k);
-	if (!h || !*h)
+	if (!pf_bit(&tgid_hint, tgid & PF_HINT_MASK))
 		return false;
 	return bpf_map_lookup_elem(&tgids, &tgid) != 0;
 }
@@ -233,9 +250,7 @@ static __always_inline __u32 pf_ptr_slot(__u64 p)
 
 static __always_inline struct pf_task *pf_task_of(__u64 p)
 {
-	__u32 k = pf_ptr_slot(p);
-	__u32 *h = bpf_map_lookup_elem(&task_hint, &k);
-	if (!h || !*h)
+	if (!pf_bit(&task_hint, pf_ptr_slot(p)))
 		return 0;
 	return bpf_map_lookup_elem(&tasks, &p);
 }
@@ -247,10 +262,7 @@ static __always_inline void pf_task_add(__u64 p, __u32 tgid, __u32 tid)
 		pf_count(PF_CNT_MAP_FULL);
 		return;
 	}
-	__u32 k = pf_ptr_slot(p);
-	__u32 *h = bpf_map_lookup_elem(&task_hint, &k);
-	if (h && !*h)
-		*h = 1;
+	pf_bit_set(&task_hint, pf_ptr_slot(p));
 }
 
 static __always_inline struct pf_thread *pf_thread_of(__u32 tid)
@@ -608,10 +620,7 @@ int pf_fork(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	__u32 one = 1;
 	bpf_map_update_elem(&tgids, &ctgid, &one, BPF_ANY);
-	__u32 k = ctgid & PF_HINT_MASK;
-	__u32 *h = bpf_map_lookup_elem(&tgid_hint, &k);
-	if (h)
-		*h = 1;
+	pf_bit_set(&tgid_hint, ctgid & PF_HINT_MASK);
 	return 0;
 }
 

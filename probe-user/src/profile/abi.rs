@@ -1,8 +1,14 @@
 //! Mirror of `probe-ebpf/include/profile.h` (keep in sync: the tests below
 //! assert every size and offset).
 
-/// `PF_HINT_MASK`
+/// `PF_HINT_MASK`: filter bitmap slots.
 pub const HINT_MASK: u32 = 0xffff;
+
+/// (word, bit mask) of a filter bitmap slot.
+pub fn hint_bit(slot: u32) -> (u32, u64) {
+    let slot = slot & HINT_MASK;
+    (slot >> 6, 1u64 << (slot & 63))
+}
 /// `PF_RQ_SUB_BITS`
 pub const RQ_SUB_BITS: u32 = 3;
 /// `PF_RQ_BUCKETS`
@@ -117,6 +123,13 @@ mod tests {
         assert_eq!(size_of::<Stall>(), 24);
         assert_eq!(offset_of!(Stall, dur_ns), 8);
         assert_eq!(offset_of!(Stall, tid), 20);
+    }
+
+    #[test]
+    fn hint_bits() {
+        assert_eq!(hint_bit(0), (0, 1));
+        assert_eq!(hint_bit(65), (1, 2));
+        assert_eq!(hint_bit(0x1_0000 + 63), (0, 1 << 63));
     }
 
     #[test]

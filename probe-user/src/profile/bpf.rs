@@ -159,14 +159,15 @@ impl Attached {
             }
         }
         {
-            let mut hint: Array<_, u32> = Array::try_from(
+            let mut hint: Array<_, u64> = Array::try_from(
                 ebpf.map_mut("tgid_hint")
                     .ok_or(ProfileError::Missing("tgid_hint"))?,
             )
             .map_err(map_err("tgid_hint"))?;
             for t in tgids {
-                hint.set(t & abi::HINT_MASK, 1, 0)
-                    .map_err(map_err("tgid_hint"))?;
+                let (word, bit) = abi::hint_bit(*t);
+                let old = hint.get(&word, 0).map_err(map_err("tgid_hint"))?;
+                hint.set(word, old | bit, 0).map_err(map_err("tgid_hint"))?;
             }
         }
         {
