@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 /// the mutex while sleeping 50 ms, 1 ms gaps), two waiters (`waiter` →
 /// pthread_mutex_lock) printing every wait longer than 1 ms as
 /// `wait <t0> <t1>` (CLOCK_MONOTONIC ns). `tick`: one thread printing
-/// `tick <t>` every 5 ms.
+/// `tick <t>` every 5 ms. `fork`: forks a child burning in `burn_cpu`
+/// when a line arrives on stdin.
 const TARGET_C: &str = r#"
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t out = PTHREAD_MUTEX_INITIALIZER;
 static volatile unsigned long sink;
@@ -79,6 +82,23 @@ __attribute__((noinline)) void *waiter(void *a) {
 	return a;
 }
 int main(int argc, char **argv) {
+	if (argc > 1 && !strcmp(argv[1], "fork")) {
+		/* waits for a line on stdin, then forks a child that burns */
+		printf("ready\n");
+		fflush(stdout);
+		char line[16];
+		if (!fgets(line, sizeof line, stdin))
+			return 1;
+		pid_t child = fork();
+		if (child == 0) {
+			printf("child %d\n", getpid());
+			fflush(stdout);
+			for (;;)
+				burn_cpu(8000000);
+		}
+		waitpid(child, 0, 0);
+		return 0;
+	}
 	if (argc > 1 && !strcmp(argv[1], "tick")) {
 		printf("ready\n");
 		fflush(stdout);
@@ -143,7 +163,11 @@ struct Target {
 
 impl Target {
     fn start(mut cmd: Command) -> Target {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawning target");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning target");
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -494,4 +518,43 @@ fn profile_cli_writes_pprof_flames_and_json_root() {
     assert!(json["offcpu"]["by_kind_ms"]["lock"].as_f64().unwrap() > 500.0);
     assert!(json["runqueue"]["p99_us"].as_f64().is_some());
     assert!(json["stall_max_ms"].as_f64().is_some());
+}
+
+#[test]
+fn profile_follows_a_child_forked_after_attach_root() {
+    if skip_unless_root("profile_follows_a_child_forked_after_attach_root") {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let mut cmd = Command::new(&bin);
+    cmd.arg("fork");
+    let mut target = Target::start(cmd);
+    let mut p = Profiler::attach(target.pid(), ProfileOptions::default()).expect("attach");
+    {
+        use std::io::Write;
+        let stdin = target.guard.child.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    let line = target
+        .next_line(Duration::from_secs(10))
+        .expect("the child reports");
+    let child: i32 = line
+        .strip_prefix("child ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line {line}"));
+    // The child burns for 1.5 s (the behaviour under test).
+    std::thread::sleep(Duration::from_millis(1500));
+    let stage = p.cut_stage();
+    // SAFETY: kill(2) on the child process the target forked for this test.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+    }
+    let _ = target.guard.wait_timeout(Duration::from_secs(5));
+    let top = &stage.cpu.top_self[0];
+    assert_eq!(top.name, "burn_cpu", "{:?}", stage.cpu.top_self);
+    assert!(top.share >= 0.7, "burn_cpu share {:.2}", top.share);
+    assert!(stage.cpu.samples >= 30, "samples {}", stage.cpu.samples);
 }
