@@ -87,6 +87,14 @@ struct task_struct___pf {
 	struct files_struct___pf *files;
 } __attribute__((preserve_access_index));
 
+/* The user registers saved at syscall entry that the off-CPU probe needs,
+ * read with one bpf_probe_read_kernel from &regs->bp (x86-64 struct
+ * pt_regs is uapi: bp at 32 ... ip at 128). */
+struct pf_regs {
+	__u64 bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip;
+};
+#define PF_REGS_OFF 32
+
 /* Per target thread. */
 struct pf_thread {
 	__u64 off_ts;     /* went off CPU blocked at (0: not blocked) */
@@ -333,15 +341,15 @@ static __always_inline bool pf_fd_is_socket(__u64 fd)
 /* What the current task (going off CPU in `state`) waits on: the kernel's
  * state first (uninterruptible, stopped), then the syscall in progress
  * (orig_ax of the registers saved at syscall entry). */
-static __always_inline __u32 pf_kind(__u64 state, struct pt_regs *regs, long nr)
+static __always_inline __u32 pf_kind(__u64 state, const struct pf_regs *r, bool have_regs)
 {
 	if (state & (PF_TASK_STOPPED | PF_TASK_TRACED))
 		return PF_KIND_STOPPED;
 	if ((state & PF_TASK_UNINTERRUPTIBLE) && !(state & PF_TASK_NOLOAD))
 		return PF_KIND_IO;
-	if (!regs)
+	if (!have_regs)
 		return PF_KIND_OTHER;
-	switch (nr) {
+	switch ((long)r->orig_ax) {
 	case NR_futex:
 	case NR_futex_waitv:
 		return PF_KIND_LOCK;
@@ -370,7 +378,7 @@ static __always_inline __u32 pf_kind(__u64 state, struct pt_regs *regs, long nr)
 	case NR_write:
 	case NR_readv:
 	case NR_writev:
-		return pf_fd_is_socket(BPF_CORE_READ(regs, di)) ? PF_KIND_SOCKET : PF_KIND_OTHER;
+		return pf_fd_is_socket(r->di) ? PF_KIND_SOCKET : PF_KIND_OTHER;
 	default:
 		return PF_KIND_OTHER;
 	}
@@ -469,17 +477,14 @@ static __always_inline void pf_switch_out(void *ctx, __u64 task, __u32 tgid, __u
 		th->want_since = now;
 		return;
 	}
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	long nr = -1;
-	__u64 ip = 0, bp = 0, ret = 0;
-	if (regs) {
-		nr = BPF_CORE_READ(regs, orig_ax);
-		ip = BPF_CORE_READ(regs, ip);
-		bp = BPF_CORE_READ(regs, bp);
-		if (bp)
-			bpf_probe_read_user(&ret, sizeof(ret), (void *)(bp + 8));
-	}
-	__u32 kind = pf_kind(state, regs, nr);
+	void *regs = (void *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pf_regs r = {};
+	bool have_regs = regs && !bpf_probe_read_kernel(&r, sizeof(r), regs + PF_REGS_OFF);
+	long nr = have_regs ? (long)r.orig_ax : -1;
+	__u64 ip = r.ip, bp = r.bp, ret = 0;
+	if (bp)
+		bpf_probe_read_user(&ret, sizeof(ret), (void *)(bp + 8));
+	__u32 kind = pf_kind(state, &r, have_regs);
 	th->kind = kind;
 	if (ip && th->c_ustack >= 0 && th->c_ip == ip && th->c_bp == bp && th->c_ret == ret &&
 	    th->c_nr == nr) {
