@@ -11,6 +11,7 @@ pub mod observe;
 pub mod observe_summary;
 pub mod phases;
 pub mod probes;
+pub mod profile;
 pub mod report;
 pub mod run;
 pub mod target;
@@ -40,6 +41,8 @@ pub enum Command {
     Observe(observe::ObserveArgs),
     /// Compare publish and receive logs of a load run: lost, duplicated, unexpected msg_ids.
     Verify(loadgen::VerifyArgs),
+    /// Profile a running process by PID: on-CPU and off-CPU stacks, run-queue latency, stalls.
+    Profile(profile::ProfileArgs),
 }
 
 /// Runs one subcommand and maps its outcome to the process exit code:
@@ -50,6 +53,7 @@ pub fn main_with(opts: Opts) -> std::process::ExitCode {
         Command::Load(args) => loadgen::run_load(args),
         Command::Observe(args) => observe::run(args),
         Command::Verify(args) => loadgen::run_verify(args),
+        Command::Profile(args) => profile::run(args),
     };
     if let Err(e) = &result {
         eprintln!("pushscope: {e:#}");

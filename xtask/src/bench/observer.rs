@@ -22,6 +22,9 @@
 //!    tracepoint dispatch. Plain reads and writes of pipes and files reach
 //!    no probe at all.
 //!
+//! With `--profiler only`: the fan-out deliveries/s with `pushscope profile`
+//! attached ÷ without instead (target/bench/profiler.json).
+//!
 //! Prints a table and writes target/bench/observer.json.
 
 use crate::util::{self, bench_dir, Guard};
@@ -67,11 +70,45 @@ struct Fanout {
     probe_share: Option<f64>,
 }
 
+/// `pushscope profile` attached to `pid` for the rest of a fan-out run.
+fn profile(pid: u32, out: &Path) -> Result<Guard> {
+    let mut cmd = Command::new(util::release_bin("pushscope"));
+    cmd.args([
+        "profile",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "3600s",
+        "--out",
+    ])
+    .arg(out)
+    .env("RUST_LOG", "warn");
+    Ok(util::spawn_first_line(cmd, "pushscope profile")?.0)
+}
+
 /// One fan-out measurement.
 fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
+    fanout_with(with_probes, false, seconds, tag)
+}
+
+/// One fan-out measurement, with the observer and/or the profiler attached.
+fn fanout_with(
+    with_probes: bool,
+    with_profiler: bool,
+    seconds: &str,
+    tag: usize,
+) -> Result<Fanout> {
     let dir = bench_dir().join(format!("observer-pusher-{tag}"));
     let (p, addr) = pusher(&dir)?;
     let pid = p.0.id();
+    let prof = if with_profiler {
+        Some(profile(pid, &bench_dir().join(format!("profile-{tag}")))?)
+    } else {
+        None
+    };
+    if let Some(g) = &prof {
+        util::pin(g.0.id(), 1)?;
+    }
     let obs = if with_probes {
         Some(observe(
             pid,
@@ -87,7 +124,13 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
     if let Some(o) = &obs {
         util::pin(o.0.id(), 1)?;
     }
-    let ps = |n: &str| n.starts_with("ps_");
+    // The observer's programs are ps_*, the profiler's pf_*.
+    let prefix = if with_profiler && !with_probes {
+        "pf_"
+    } else {
+        "ps_"
+    };
+    let ps = |n: &str| n.starts_with(prefix);
     let (s0, c0) = (prog_stats(&ps)?, util::cpu_ns(pid));
     let out = Command::new("taskset")
         .args(["-c", "1"])
@@ -98,9 +141,10 @@ fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
         .output()
         .context("running pushscope-pusher-bench")?;
     let (s1, c1) = (prog_stats(&ps)?, util::cpu_ns(pid));
-    let probe_share =
-        with_probes.then(|| s1.1.saturating_sub(s0.1) as f64 / c1.saturating_sub(c0).max(1) as f64);
+    let probe_share = (with_probes || with_profiler)
+        .then(|| s1.1.saturating_sub(s0.1) as f64 / c1.saturating_sub(c0).max(1) as f64);
     drop(obs);
+    drop(prof);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {
@@ -268,13 +312,15 @@ fn syscall_cost(flag: &str) -> Result<(f64, f64, u64)> {
 pub fn run(args: &[String]) -> Result<()> {
     let mut seconds = "5".to_string();
     let mut connections = 20_000usize;
+    let mut profiler_only = false;
     let mut it = args.iter();
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
         match k.as_str() {
             "--seconds" => seconds = v.clone(),
             "--connections" => connections = v.parse().context("--connections N")?,
-            _ => bail!("unknown option {k}: use --seconds S, --connections N"),
+            "--profiler" => profiler_only = v == "only",
+            _ => bail!("unknown option {k}: use --seconds S, --connections N, --profiler only"),
         }
     }
     // SAFETY: geteuid has no preconditions.
@@ -298,7 +344,11 @@ pub fn run(args: &[String]) -> Result<()> {
     // with/without rounds, on for the run-time measurements.
     let flag = "/proc/sys/kernel/bpf_stats_enabled";
     let flag_before = std::fs::read_to_string(flag).unwrap_or_default();
-    let result = measure(&seconds, connections, flag);
+    let result = if profiler_only {
+        measure_profiler(&seconds, flag)
+    } else {
+        measure(&seconds, connections, flag)
+    };
     let _ = std::fs::write(flag, flag_before.trim());
     result
 }
@@ -411,6 +461,52 @@ fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
     );
     let path = bench_dir().join("observer.json");
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    println!("\nwritten {}", path.display());
+    Ok(())
+}
+
+/// `--profiler only`: the pusher's fan-out deliveries/s with `pushscope
+/// profile` attached (99 Hz on-CPU sampling, off-CPU, run queue, stalls) ÷
+/// without, median of paired rounds, as for the observer.
+fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
+    std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
+    let mut ratios = Vec::new();
+    let mut runs = Vec::new();
+    for round in 0..ROUNDS {
+        let a = fanout_with(false, false, seconds, round * 2)?;
+        let b = fanout_with(false, true, seconds, round * 2 + 1)?;
+        ratios.push(b.dps / a.dps);
+        runs.push(format!("{:.0}/{:.0}", b.dps, a.dps));
+    }
+    let ratio = util::median(ratios);
+    std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let share = fanout_with(false, true, seconds, 99)?
+        .probe_share
+        .unwrap_or(f64::NAN);
+    println!("\nprofiler bench ({ROUNDS} fan-out runs each way, 1000 subscribers, {seconds} s)");
+    println!("deliveries/s with/without per round: {}", runs.join(", "));
+    println!(
+        "{:<52} {:>12.4} {:>10} {:>7}",
+        "deliveries/s with profiler ÷ without, median of pairs",
+        ratio,
+        ">= 0.99",
+        if ratio >= 0.99 { "met" } else { "MISSED" }
+    );
+    println!(
+        "{:<52} {:>12.4} {:>10} {:>7}",
+        "profiler run time ÷ pusher CPU time (bpf_stats)",
+        share,
+        "<= 0.01",
+        if share <= 0.01 { "met" } else { "MISSED" }
+    );
+    let path = bench_dir().join("profiler.json");
+    std::fs::write(
+        &path,
+        format!(
+            "{{\n  \"throughput_ratio\": {ratio:.4},\n  \"profiler_share_of_target_cpu\": {share:.5}\n}}\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
     println!("\nwritten {}", path.display());
     Ok(())
 }
