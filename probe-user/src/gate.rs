@@ -59,6 +59,10 @@ pub struct Thresholds {
     /// percent: an untracked connection is unobserved evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observer_coverage_min_pct: Option<f64>,
+    /// Longest stall of the target (none of its threads ran although one
+    /// wanted to), milliseconds; optional, in no built-in profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_max_ms: Option<f64>,
     /// Optional per-phase limits, e.g. `[phases.accept_wait] p99_ms = 5`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub phases: BTreeMap<String, PhaseLimit>,
@@ -100,6 +104,7 @@ impl Thresholds {
             probe_drops_max: Some(0),
             connect_failure_max_pct: Some(0.001),
             observer_coverage_min_pct: Some(100.0),
+            stall_max_ms: None,
             phases: BTreeMap::new(),
         }
     }
@@ -180,6 +185,7 @@ impl Thresholds {
         let non_negative = [
             ("e2e_p99_ms", self.e2e_p99_ms),
             ("cpu_peak_max_pct", self.cpu_peak_max_pct),
+            ("stall_max_ms", self.stall_max_ms),
             (
                 "rss_growth_per_10k_max_pct",
                 self.rss_growth_per_10k_max_pct,
@@ -220,6 +226,7 @@ impl Thresholds {
             observer_coverage_min_pct: self
                 .observer_coverage_min_pct
                 .or(base.observer_coverage_min_pct),
+            stall_max_ms: self.stall_max_ms.or(base.stall_max_ms),
             phases,
         }
     }
@@ -241,6 +248,9 @@ pub struct StageFigures {
     pub probe_drops: Option<u64>,
     /// Observer-tracked ÷ target-accepted connections, percent.
     pub observer_coverage_pct: Option<f64>,
+    /// Longest stall of the target in the stage (profile), ms.
+    #[serde(default)]
+    pub stall_max_ms: Option<f64>,
     /// Why a criterion's figure is what it is, by criterion name (e.g. the
     /// failed attempts by reason, the cores the CPU share was judged on).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -393,6 +403,9 @@ pub fn evaluate(t: &Thresholds, f: &StageFigures) -> Vec<CriterionResult> {
             f.observer_coverage_pct,
         ));
     }
+    if let Some(l) = t.stall_max_ms {
+        out.push(judge("stall_max", "ms", Bound::Max, l, f.stall_max_ms));
+    }
     for (phase, limit) in &t.phases {
         let name = format!("{phase}_p99");
         out.push(judge(
@@ -425,6 +438,7 @@ mod tests {
             probe_drops: Some(0),
             connect_failure_pct: Some(0.0),
             observer_coverage_pct: Some(100.0),
+            stall_max_ms: Some(0.0),
             phase_p99_ms: [("accept_wait".to_string(), 0.5)].into(),
             details: BTreeMap::new(),
         }
@@ -469,6 +483,23 @@ mod tests {
         assert_eq!(res.len(), 10);
         assert!(res.iter().all(|c| !c.pass && c.value.is_none()));
         assert!(res[0].explain().contains("not measured"));
+    }
+
+    #[test]
+    fn stall_limit_is_optional_and_judged_when_set() {
+        let t =
+            Thresholds::parse("extends = \"financial\"\nstall_max_ms = 200\n", "t.toml").unwrap();
+        let mut f = good();
+        f.stall_max_ms = Some(300.0);
+        let failed: Vec<_> = evaluate(&t, &f)
+            .into_iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failed, vec!["stall_max".to_string()]);
+        assert!(!evaluate(&Thresholds::financial(), &f)
+            .iter()
+            .any(|c| c.name == "stall_max"));
     }
 
     #[test]

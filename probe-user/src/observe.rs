@@ -158,8 +158,8 @@ struct Shared {
     marks: crate::msgpath::collect::MarkStore,
     /// A stage boundary (CLOCK_MONOTONIC ns) the reader cuts at when it
     /// meets the first event at or after it, and the report it cut.
-    pending_cut: Option<u64>,
-    cut_report: Option<ObserverReport>,
+    /// The report the reader cut at a boundary, with that boundary.
+    cut_report: Option<(u64, ObserverReport)>,
     /// Message-path leg p99s of judged stages (run sets them), served live.
     leg_p99_ms: Vec<(String, String, f64)>,
 }
@@ -189,6 +189,9 @@ pub struct Observer {
     stop: Arc<AtomicBool>,
     /// Full drains of the ring buffer by the reader thread so far.
     drained: Arc<AtomicU64>,
+    /// A stage boundary (CLOCK_MONOTONIC ns, 0: none) the reader cuts at
+    /// when it meets the first event at or after it.
+    boundary: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
     ports: Vec<u16>,
 }
@@ -284,17 +287,17 @@ impl Observer {
             tasks_at_attach: pids.len() as u64,
             fds_per_slot: probes.fds_per_slot,
             marks: Default::default(),
-            pending_cut: None,
             cut_report: None,
             leg_p99_ms: Vec::new(),
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
         let drained = Arc::new(AtomicU64::new(0));
+        let boundary = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         {
             let (shared, stop, drained) = (shared.clone(), stop.clone(), drained.clone());
-            let probes = probes.clone();
+            let (probes, boundary) = (probes.clone(), boundary.clone());
             threads.push(std::thread::spawn(move || {
                 let fd = ring.as_raw_fd();
                 let mut batch = Vec::with_capacity(1024);
@@ -326,12 +329,13 @@ impl Observer {
                         }
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                         for e in &batch {
-                            if s.pending_cut.is_some_and(|t| e.ts_ns >= t) {
-                                s.pending_cut = None;
+                            let at = boundary.load(Ordering::Acquire);
+                            if at != 0 && e.ts_ns >= at {
+                                boundary.store(0, Ordering::Release);
                                 let now =
                                     probes.lock().unwrap_or_else(|p| p.into_inner()).counters();
                                 let report = cut_locked(&mut s, now);
-                                s.cut_report = Some(report);
+                                s.cut_report = Some((at, report));
                             }
                             if e.kind == crate::abi::EV_IO_MARK {
                                 s.marks.record(e);
@@ -393,6 +397,7 @@ impl Observer {
             shared,
             stop,
             drained,
+            boundary,
             threads,
             ports,
         })
@@ -557,24 +562,37 @@ impl Observer {
         cut_locked(&mut s, now)
     }
 
-    /// Like `cut_stage`, at a past instant `mono_ns` (CLOCK_MONOTONIC, the
-    /// probes' clock): events stamped before it belong to the stage that
-    /// ends, the rest to the next, however late the call comes. The
-    /// reader cuts when it meets the first event at or after `mono_ns`;
-    /// if none came yet, the cut happens here once every earlier event is
+    /// Marks a stage boundary at `mono_ns` (CLOCK_MONOTONIC, the probes'
+    /// clock), now: the event reader cuts the stage when it meets the
+    /// first event stamped at or after it. One atomic store, never
+    /// blocks: call it on the load's runtime, then `cut_stage_at` from a
+    /// plain thread for the report.
+    pub fn mark_stage_boundary(&self, mono_ns: u64) {
+        self.boundary.store(mono_ns.max(1), Ordering::Release);
+    }
+
+    /// The report of the stage that ended at the boundary `mono_ns`
+    /// (marked with `mark_stage_boundary`, or marked here if not): events
+    /// stamped before it belong to it, the rest to the next stage, however
+    /// late this call comes. If the reader met no event at or after the
+    /// boundary yet, the cut happens here once every earlier event is
     /// handled. Blocks ≤ ~100 ms; call it from a plain thread.
     pub fn cut_stage_at(&self, mono_ns: u64) -> ObserverReport {
-        {
-            let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            s.cut_report = None;
-            s.pending_cut = Some(mono_ns);
-        }
+        let at = mono_ns.max(1);
+        let _ = self
+            .boundary
+            .compare_exchange(0, at, Ordering::AcqRel, Ordering::Acquire);
         self.sync_events();
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.pending_cut = None;
-        if let Some(r) = s.cut_report.take() {
-            return r;
+        if let Some((t, r)) = s.cut_report.take() {
+            if t == at {
+                return r;
+            }
         }
+        // No event at or after the boundary yet: every earlier one is in.
+        let _ = self
+            .boundary
+            .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Acquire);
         let now = self.counters();
         cut_locked(&mut s, now)
     }

@@ -109,6 +109,19 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
             Some(new_conns)
         );
         assert_eq!(stage["figures"]["observer_coverage_pct"], 100.0);
+        // The target's profile of the stage, and its files.
+        assert!(
+            stage["profile"]["cpu"]["samples"].as_u64().unwrap() > 0,
+            "{:#}",
+            stage["profile"]
+        );
+        assert!(stage["profile"]["runqueue"]["count"].as_u64().unwrap() > 0);
+        for f in ["cpu.pb.gz", "offcpu.pb.gz", "cpu.svg", "offcpu.svg"] {
+            let path = out.path().join(format!("profile/stage{}-{f}", k + 1));
+            assert!(path.exists(), "{}", path.display());
+        }
+        // And the message path of the stage, joined exactly.
+        assert_eq!(stage["message_path"]["unjoined"], serde_json::json!({}));
     }
     assert!(
         s["timeline"].as_array().unwrap().len() >= 5,
@@ -136,6 +149,7 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
         &dom[..dom.len().min(2000)]
     );
     assert!(dom.contains("id=\"criteria\""));
+    assert!(dom.contains("Where message latency goes") && dom.contains("on-CPU, self"));
     assert_eq!(dom.matches("<td class=\"pass\">").count(), 20);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-artifacts");
     std::fs::create_dir_all(&shots).unwrap();

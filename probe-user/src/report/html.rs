@@ -33,6 +33,7 @@ pub fn render(s: &RunSummary, flame_svg: Option<&str>) -> String {
     criteria_table(&mut h, s);
     charts(&mut h, s);
     message_path(&mut h, s);
+    profile(&mut h, s);
     phases(&mut h, s);
     flame(&mut h, flame_svg);
     slowest(&mut h, s);
@@ -315,6 +316,100 @@ fn message_path(h: &mut String, s: &RunSummary) {
     }
     if !any {
         h.push_str("<p>The message path was not traced in this run.</p>");
+    }
+}
+
+fn profile(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Where the target burns CPU and where it waits</h2>");
+    let mut any = false;
+    for st in &s.stages {
+        let Some(p) = &st.profile else { continue };
+        any = true;
+        let _ = write!(
+            h,
+            "<h3>{}</h3><p>{} on-CPU samples at {} Hz per CPU over {:.1} s; {:.0} thread-ms blocked; run queue p50 {} µs, p99 {} µs ({} waits); longest stall {} ms.",
+            esc(&st.name),
+            p.cpu.samples,
+            p.hz,
+            p.duration_s,
+            p.offcpu.blocked_ms,
+            p.runqueue.p50_us.map(short).unwrap_or_else(|| "—".into()),
+            p.runqueue.p99_us.map(short).unwrap_or_else(|| "—".into()),
+            p.runqueue.count,
+            short(p.stall_max_ms),
+        );
+        let prefix = format!("profile/stage{}", st.index + 1);
+        let _ = write!(
+            h,
+            " Files: <code>{prefix}-cpu.pb.gz</code>, <code>{prefix}-offcpu.pb.gz</code> (pprof), <code>{prefix}-cpu.svg</code>, <code>{prefix}-offcpu.svg</code>.</p>"
+        );
+        if let Some(advice) = &p.frame_pointers.advice {
+            let _ = write!(
+                h,
+                "<p><b>Stacks are shallow</b> ({:.0} % of user stacks 1–2 frames deep): {}</p>",
+                p.frame_pointers.shallow_share * 100.0,
+                esc(advice)
+            );
+        }
+        let table = |title: &str, unit: &str, rows: &[crate::profile::FnShare]| {
+            let mut t = format!(
+                "<table><tr><th>{}</th><th>{}</th><th>share</th></tr>",
+                esc(title),
+                esc(unit)
+            );
+            for r in rows.iter().take(10) {
+                let _ = write!(
+                    t,
+                    "<tr><td><code>{}</code> <small>{}</small></td><td>{}</td><td>{:.1} %</td></tr>",
+                    esc(&r.name),
+                    esc(&r.module),
+                    short(r.value),
+                    r.share * 100.0
+                );
+            }
+            t.push_str("</table>");
+            t
+        };
+        h.push_str(&table("on-CPU, self", "samples", &p.cpu.top_self));
+        h.push_str(&table("on-CPU, total", "samples", &p.cpu.top_total));
+        let kinds: Vec<(String, f64)> = p
+            .offcpu
+            .by_kind_ms
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        h.push_str(&bars(
+            "blocked time by what the threads waited on",
+            "thread-ms",
+            &kinds,
+        ));
+        h.push_str("<table><tr><th>off-CPU stack (root first)</th><th>waited on</th><th>ms</th><th>times</th></tr>");
+        for s in p.offcpu.top_stacks.iter().take(5) {
+            let _ = write!(
+                h,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.frames.join(" → ")),
+                esc(&s.kind),
+                short(s.ms),
+                s.count
+            );
+        }
+        h.push_str("</table>");
+        if !p.stalls.is_empty() {
+            h.push_str("<table><tr><th>stall at (ms into the stage)</th><th>lasted ms</th></tr>");
+            for s in p.stalls.iter().take(20) {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    short(s.start_ms),
+                    short(s.duration_ms)
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
+    if !any {
+        h.push_str("<p>The target was not profiled in this run.</p>");
     }
 }
 

@@ -76,6 +76,9 @@ pub struct StageSummary {
     /// connections); absent when the message path was not traced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_path: Option<crate::msgpath::MessagePath>,
+    /// The target's on-CPU / off-CPU profile of the stage.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::StageProfile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +171,7 @@ pub(crate) mod fixtures {
             probe_drops: Some(0),
             connect_failure_pct: Some(0.0),
             observer_coverage_pct: Some(100.0),
+            stall_max_ms: Some(0.0),
             phase_p99_ms: Default::default(),
             details: Default::default(),
         };
@@ -188,6 +192,7 @@ pub(crate) mod fixtures {
             load: serde_json::json!({}),
             observer: serde_json::json!({}),
             message_path: None,
+            profile: None,
         };
         let mut s = RunSummary {
             schema_version: SCHEMA_VERSION,

@@ -9,6 +9,7 @@
 
 pub mod figures;
 
+use crate::profile::{ProfileOptions, Profiler, StageProfile};
 use crate::{
     gate::{evaluate, Thresholds},
     observe::{ObserveError, ObserveOptions, Observer},
@@ -55,6 +56,16 @@ pub struct RunArgs {
     /// largest stage, whichever is more; 0: no message-path tracing.
     #[arg(long)]
     pub trace_sample: Option<u64>,
+    /// Skip the on-CPU / off-CPU profile of the target (on by default with --pid).
+    #[arg(long)]
+    pub no_profile: bool,
+    /// On-CPU samples per second per CPU of the profile.
+    #[arg(long, default_value_t = 99)]
+    pub profile_hz: u64,
+    /// Shortest interval in which none of the target's threads ran although
+    /// one wanted to that is reported as a stall (e.g. 50ms).
+    #[arg(long, default_value = "50ms", value_parser = loadgen::duration::parse_duration)]
+    pub stall_threshold: Duration,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -66,6 +77,8 @@ struct Progress {
     starts: Vec<(usize, f64)>,
     /// Observer report of each stage, cut at the next stage's start.
     observer: Vec<serde_json::Value>,
+    /// The target's profile of each stage, cut likewise.
+    profiles: Vec<StageProfile>,
     load: Vec<Option<StageReport>>,
     /// Latest live figures of the load and the previous ones, for rates.
     live: Option<(LiveSnap, Instant)>,
@@ -105,6 +118,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let (mut profiler, profile_off) = match (args.pid, args.no_profile) {
+        (None, _) => (
+            None,
+            Some("the target was not observed (no --pid)".to_string()),
+        ),
+        (Some(_), true) => (None, Some("--no-profile".to_string())),
+        (Some(pid), false) => match Profiler::attach(
+            pid,
+            ProfileOptions {
+                hz: args.profile_hz.clamp(1, 10_000),
+                stall_threshold: args.stall_threshold,
+                ..Default::default()
+            },
+        ) {
+            Ok(p) => (Some(p), None),
+            Err(e) => {
+                eprintln!("pushscope run: the target is not profiled: {e}");
+                (None, Some(format!("profiler: {e}")))
+            }
+        },
+    };
     let (tracer, msgpath_off) = match message_path_tracer(&args, &sc, observer.as_ref()) {
         Ok(t) => (Some(t), None),
         Err(reason) => (None, Some(reason)),
@@ -122,7 +156,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let (load_result, cuts) = std::thread::scope(|scope| {
         let (cut_tx, cut_rx) = std::sync::mpsc::channel::<Cut>();
         let (obs, tr, tls) = (observer.as_ref(), tracer.as_deref(), speaks_tls(&sc));
-        let cutter = scope.spawn(move || cut_stages(obs, tr, tls, cut_rx));
+        let prof = profiler.as_mut();
+        let cutter = scope.spawn(move || cut_stages(obs, tr, prof, tls, cut_rx));
         let r = rt.block_on(drive(
             &sc,
             cut_tx,
@@ -138,7 +173,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     rt.shutdown_timeout(Duration::from_secs(2));
 
     let mut progress = progress.into_inner();
-    progress.observer = cuts;
+    (progress.observer, progress.profiles) = cuts;
+    if let Some(p) = profiler.as_mut() {
+        if progress.profiles.len() < progress.starts.len() {
+            progress.profiles.push(p.cut_stage());
+        }
+    }
     let timeline = timeline.into_inner();
     // Close the observer window of the stage that was running at the end.
     if let Some(o) = &observer {
@@ -179,7 +219,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         duplicate_ids: Vec::new(),
         slowest_connections: serde_json::Value::Array(Vec::new()),
     };
-    build_stages(&mut summary, &sc, &progress, observer.is_some());
+    build_stages(&mut summary, &sc, &mut progress, observer.is_some());
+    write_profiles(&mut summary, &out, profile_off);
     let traced_legs = match (&observer, &tracer) {
         (Some(o), Some(t)) => message_path(&mut summary, o, t, &out, speaks_tls(&sc)),
         _ => {
@@ -252,6 +293,7 @@ fn default_out_dir() -> PathBuf {
 /// A stage boundary for the observer's cutter thread, at the stage's
 /// start on CLOCK_MONOTONIC (the probes' clock): the cut lands exactly
 /// there however late the thread gets to it.
+#[derive(Clone, Copy)]
 enum Cut {
     /// The first stage starts: drop what was seen before it.
     Start(u64),
@@ -266,27 +308,37 @@ enum Cut {
 fn cut_stages(
     observer: Option<&Observer>,
     tracer: Option<&Tracer>,
+    mut profiler: Option<&mut Profiler>,
     tls: bool,
     cuts: std::sync::mpsc::Receiver<Cut>,
-) -> Vec<serde_json::Value> {
+) -> (Vec<serde_json::Value>, Vec<StageProfile>) {
     let mut reports = Vec::new();
+    let mut profiles = Vec::new();
     for cut in cuts {
-        let Some(o) = observer else { continue };
-        match cut {
-            Cut::Judged(stage, p99) => {
-                if let Some(t) = tracer {
-                    live_legs(o, t, stage, p99, tls);
+        if let Some(o) = observer {
+            match cut {
+                Cut::Judged(stage, p99) => {
+                    if let Some(t) = tracer {
+                        live_legs(o, t, stage, p99, tls);
+                    }
+                }
+                Cut::Start(at) => drop(o.cut_stage_at(at)),
+                Cut::Next(at) => {
+                    reports.push(serde_json::to_value(o.cut_stage_at(at)).unwrap_or_default());
                 }
             }
-            Cut::Start(at) => {
-                o.cut_stage_at(at);
-            }
-            Cut::Next(at) => {
-                reports.push(serde_json::to_value(o.cut_stage_at(at)).unwrap_or_default());
+        }
+        // The profile's window: its maps are read at the cut (a sampling
+        // profile: a few ms either side of the boundary do not matter).
+        if let Some(p) = profiler.as_deref_mut() {
+            match cut {
+                Cut::Start(_) => drop(p.cut_stage()),
+                Cut::Next(_) => profiles.push(p.cut_stage()),
+                Cut::Judged(..) => {}
             }
         }
     }
-    reports
+    (reports, profiles)
 }
 
 /// Runs the load and the 1 Hz sampler until the load ends or the target dies.
@@ -304,6 +356,11 @@ async fn drive(
             stage, at, mono_ns, ..
         } => {
             let mut p = progress.borrow_mut();
+            // The observer's boundary is marked now (an atomic store), so
+            // the stage cut is exact however late the cutter thread runs.
+            if let Some(o) = observer {
+                o.mark_stage_boundary(mono_ns);
+            }
             let _ = cut.send(if p.starts.is_empty() {
                 Cut::Start(mono_ns)
             } else {
@@ -552,7 +609,7 @@ fn cores() -> usize {
 }
 
 /// One `StageSummary` per started stage, judged by the gate.
-fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &Progress, observed: bool) {
+fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &mut Progress, observed: bool) {
     let empty = serde_json::json!({});
     for (k, &(stage, start_s)) in p.starts.iter().enumerate() {
         let connections = sc
@@ -578,7 +635,9 @@ fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &Progress, observed:
             .unwrap_or(start_s);
         let rss = RssWindow::from_timeline(&summary.timeline, stage, hold_start);
         let obs_section = obs_json.as_ref().and_then(|o| o.get("observer"));
-        let figures = stage_figures(&load_json, obs_section, rss, connections, cores());
+        let profile = p.profiles.get_mut(k).map(std::mem::take);
+        let mut figures = stage_figures(&load_json, obs_section, rss, connections, cores());
+        figures.stall_max_ms = profile.as_ref().map(|p| p.stall_max_ms);
         let criteria = evaluate(&summary.thresholds, &figures);
         summary.stages.push(StageSummary {
             index: stage,
@@ -593,6 +652,7 @@ fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &Progress, observed:
             load: load_json,
             observer: obs_section.cloned().unwrap_or_else(|| empty.clone()),
             message_path: None,
+            profile,
         });
     }
     let notes: Vec<String> = summary.stages.iter().flat_map(stage_caveats).collect();
@@ -629,7 +689,7 @@ fn stage_caveats(st: &StageSummary) -> Vec<String> {
     );
     say(
         n(&st.load, "/messages/replayed"),
-        "frames of the server's history (scheduled before the subscriber's first upgrade) were counted apart: not latency, not loss",
+        "frames of messages scheduled before their subscriber's first upgrade (the server's history, or in flight at the upgrade) were counted apart: not latency, not loss",
     );
     say(
         n(&st.load, "/messages/foreign"),
@@ -646,6 +706,28 @@ fn stage_caveats(st: &StageSummary) -> Vec<String> {
         }
     }
     out
+}
+
+/// Writes each stage's profile files (profile/<stage>-{cpu,offcpu}.pb.gz
+/// and .svg), or says why there is no profile.
+fn write_profiles(summary: &mut RunSummary, out: &Path, off: Option<String>) {
+    if let Some(why) = off {
+        summary.not_measured.push(format!(
+            "profile (on-CPU, off-CPU, run queue, stalls): {why}"
+        ));
+        return;
+    }
+    let dir = out.join("profile");
+    for st in &mut summary.stages {
+        let name = format!("stage{}", st.index + 1);
+        if let Some(p) = st.profile.as_mut() {
+            if let Err(e) = p.write(&dir, &name) {
+                summary
+                    .not_measured
+                    .push(format!("{}: profile files: {e}", st.name));
+            }
+        }
+    }
 }
 
 /// msg_ids lost or duplicated, from the run's publish/receive logs.
@@ -804,11 +886,12 @@ mod tests {
             }),
             observer: serde_json::json!({"phases_clipped": {"lifetime": 1, "accept_wait": 0}}),
             message_path: None,
+            profile: None,
         };
         let c = stage_caveats(&st);
         assert_eq!(c.len(), 4, "{c:?}");
         assert!(c[0].starts_with("stage 1 (10 conns): 3 e2e latencies above 60 s"));
-        assert!(c[1].contains("40 frames of the server's history"));
+        assert!(c[1].contains("40 frames of messages scheduled before"));
         assert!(c[2].contains("2 frames of another run"));
         assert!(c[3].contains("1 lifetime values above"));
     }
