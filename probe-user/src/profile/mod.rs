@@ -215,9 +215,9 @@ impl Profiler {
         for (k, count) in keys {
             let mut frames = Self::user_frames(bpf, &mut sym, k.tgid, k.ustack);
             if let Some(leaf) = frames.last() {
-                if leaf.module == self.exe_name || leaf.module == "[unknown]" {
+                if leaf.module == self.exe_name {
                     *depths.entry(frames.len()).or_default() += count;
-                } else {
+                } else if leaf.module != "[unknown]" {
                     let e = lib_depths.entry(leaf.module.clone()).or_default();
                     e.0 += count;
                     if frames.len() <= 2 {

@@ -76,11 +76,13 @@ pub struct StallInterval {
 
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct FramePointers {
-    /// On-CPU samples with a user stack.
+    /// On-CPU samples whose user leaf is in the executable itself.
     pub user_stacks: u64,
     /// Share of them only 1–2 frames deep.
     pub shallow_share: f64,
-    /// `ok`, `missing` (most stacks shallow) or `unknown` (too few samples).
+    /// `ok`, `missing` (most stacks shallow) or `unknown` (fewer than 20
+    /// samples in the executable's own code, or its frames could not be
+    /// symbolized: the process exited before the cut).
     pub verdict: String,
     /// Language of the target's executable: `go`, `rust`, `c/c++`.
     pub language: String,
