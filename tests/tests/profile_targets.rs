@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 /// the mutex while sleeping 50 ms, 1 ms gaps), two waiters (`waiter` →
 /// pthread_mutex_lock) printing every wait longer than 1 ms as
 /// `wait <t0> <t1>` (CLOCK_MONOTONIC ns). `tick`: one thread printing
-/// `tick <t>` every 5 ms. `fork`: forks a child burning in `burn_cpu`
+/// `tick <t>` every 5 ms (`tick0`: pinned to CPU 0). `hog MS`: a
+/// SCHED_FIFO busy loop on CPU 0 for MS ms, printing `hog <t0> <t1>`. `fork`: forks a child burning in `burn_cpu`
 /// when a line arrives on stdin.
 const TARGET_C: &str = r#"
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -98,6 +102,29 @@ int main(int argc, char **argv) {
 		}
 		waitpid(child, 0, 0);
 		return 0;
+	}
+	if (argc > 2 && !strcmp(argv[1], "hog")) {
+		/* SCHED_FIFO busy loop on CPU 0 for argv[2] ms */
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(0, &set);
+		struct sched_param prio = {.sched_priority = 10};
+		if (sched_setaffinity(0, sizeof set, &set) ||
+		    sched_setscheduler(0, SCHED_FIFO, &prio))
+			return 1;
+		unsigned long t0 = now_ns(), end = t0 + atol(argv[2]) * 1000000UL;
+		while (now_ns() < end)
+			sink++;
+		printf("hog %lu %lu\n", t0, now_ns());
+		return 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "tick0")) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(0, &set);
+		if (sched_setaffinity(0, sizeof set, &set))
+			return 1;
+		argv[1] = "tick";
 	}
 	if (argc > 1 && !strcmp(argv[1], "tick")) {
 		printf("ready\n");
@@ -557,4 +584,55 @@ fn profile_follows_a_child_forked_after_attach_root() {
     assert_eq!(top.name, "burn_cpu", "{:?}", stage.cpu.top_self);
     assert!(top.share >= 0.7, "burn_cpu share {:.2}", top.share);
     assert!(stage.cpu.samples >= 30, "samples {}", stage.cpu.samples);
+}
+
+#[test]
+fn profile_stall_of_a_cpu_starved_target_root() {
+    if skip_unless_root("profile_stall_of_a_cpu_starved_target_root") {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let mut cmd = Command::new(&bin);
+    cmd.arg("tick0");
+    let target = Target::start(cmd);
+    let mut p = Profiler::attach(target.pid(), ProfileOptions::default()).expect("attach");
+    let t0 = Instant::now();
+    wait_until("20 ticks", Duration::from_secs(5), || {
+        target.drain().len() >= 20 || t0.elapsed() > Duration::from_secs(3)
+    });
+    let _ = p.cut_stage();
+    // A real-time busy loop takes CPU 0, the target's only CPU, for 150 ms:
+    // the target is woken by its timer but cannot run.
+    let out = Command::new(&bin)
+        .args(["hog", "150"])
+        .output()
+        .expect("running the hog");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(out.status.success() && f.len() == 2, "hog: {text}");
+    let (hog_start, hog_end) = (f[0], f[1]);
+    let _ = target.drain();
+    assert!(target.next_line(Duration::from_secs(5)).is_some());
+    let stage = p.cut_stage();
+    eprintln!("stalls: {:?}", stage.stalls);
+    let s = stage
+        .stalls
+        .iter()
+        .find(|s| s.start_mono_ns + 30_000_000 >= hog_start && s.start_mono_ns <= hog_end)
+        .unwrap_or_else(|| panic!("no stall during the hog: {:?}", stage.stalls));
+    let hog_ms = (hog_end - hog_start) as f64 / 1e6;
+    // The target's timer wakes it at most 5 ms into the hog: the stall runs
+    // from that wakeup to the end of the hog.
+    assert!(
+        s.duration_ms >= hog_ms - 25.0 && s.duration_ms <= hog_ms + 20.0,
+        "stall {:.1} ms, hog {hog_ms:.1} ms",
+        s.duration_ms
+    );
+    assert!(stage.stall_max_ms >= s.duration_ms);
 }
