@@ -572,14 +572,17 @@ fn profile_follows_a_child_forked_after_attach_root() {
         .strip_prefix("child ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected line {line}"));
-    // The child burns for 1.5 s (the behaviour under test).
+    // The child burns for 1.5 s (the behaviour under test), then dies
+    // before the cut: symbols resolved while it lived still name its frames.
     std::thread::sleep(Duration::from_millis(1500));
-    let stage = p.cut_stage();
+    p.refresh_symbols();
     // SAFETY: kill(2) on the child process the target forked for this test.
     unsafe {
         libc::kill(child, libc::SIGKILL);
     }
     let _ = target.guard.wait_timeout(Duration::from_secs(5));
+    assert!(!std::path::Path::new(&format!("/proc/{child}/maps")).exists());
+    let stage = p.cut_stage();
     let top = &stage.cpu.top_self[0];
     assert_eq!(top.name, "burn_cpu", "{:?}", stage.cpu.top_self);
     assert!(top.share >= 0.7, "burn_cpu share {:.2}", top.share);

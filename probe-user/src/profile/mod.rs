@@ -170,6 +170,32 @@ impl Profiler {
         self.build(&d, stalls, duration, start_mono)
     }
 
+    /// Resolves every stack counted so far into the symbol cache while the
+    /// target is alive, so a later [`Profiler::cut_stage`] still names the
+    /// frames of a process that exited or crashed in between (user symbols
+    /// need the live process's /proc/PID/maps). Only new addresses are
+    /// looked up, but the target's files are parsed again on each call
+    /// (~0.1–0.3 s for the pusher): call it every few seconds, not per tick.
+    pub fn refresh_symbols(&mut self) {
+        let snap = self.bpf.snapshot();
+        let bpf = &self.bpf;
+        let mut sym = self.symbols.session();
+        let mut seen = std::collections::HashSet::new();
+        let stacks = snap
+            .cpu
+            .keys()
+            .map(|k| (k.tgid, k.ustack, k.kstack))
+            .chain(snap.off.keys().map(|k| (k.tgid, k.ustack, k.kstack)));
+        for (tgid, u, k) in stacks {
+            if seen.insert((tgid, u)) {
+                Self::user_frames(bpf, &mut sym, tgid, u);
+            }
+            if seen.insert((0, k)) {
+                Self::kernel_frames(bpf, &mut sym, k);
+            }
+        }
+    }
+
     fn user_frames(
         bpf: &bpf::Attached,
         s: &mut symbolize::Session<'_>,
