@@ -167,7 +167,9 @@ impl Profiler {
         let d = now.since(&self.last);
         self.last = now;
         let stalls = self.bpf.drain_stalls();
-        self.build(&d, stalls, duration, start_mono)
+        let mut stage = self.build(&d, stalls, duration, start_mono);
+        stage.end_mono_ns = end_mono;
+        stage
     }
 
     /// Resolves every stack counted so far into the symbol cache while the
@@ -365,6 +367,7 @@ impl Profiler {
             cpu_stacks,
             off_stacks,
             start_mono_ns: start_mono,
+            end_mono_ns: 0,
         }
     }
 }

@@ -132,8 +132,10 @@ pub struct StageProfile {
     /// Symbolized off-CPU stacks (root first: `[kind]` pseudo-frame), ns and periods.
     #[serde(skip)]
     pub off_stacks: Vec<(Vec<Frame>, String, u64, u64)>,
-    #[serde(skip)]
+    /// The stage window, CLOCK_MONOTONIC ns (bpf_ktime_get_ns): from the
+    /// previous cut (or attach) to this cut.
     pub start_mono_ns: u64,
+    pub end_mono_ns: u64,
 }
 
 /// Top `n` by value, ties by name, shares of `total`.
