@@ -547,6 +547,15 @@ fn profile_cli_writes_pprof_flames_and_json_root() {
     assert!(json["offcpu"]["by_kind_ms"]["lock"].as_f64().unwrap() > 500.0);
     assert!(json["runqueue"]["p99_us"].as_f64().is_some());
     assert!(json["stall_max_ms"].as_f64().is_some());
+    if go_available() {
+        for (file, section) in [
+            ("profile-cpu.pb.gz", "cpu"),
+            ("profile-offcpu.pb.gz", "offcpu"),
+        ] {
+            let top = pprof_top(&out_dir.join("profile").join(file), dir.path());
+            assert_eq!(json[section]["top_self"][0]["name"], top.as_str(), "{file}");
+        }
+    }
 }
 
 #[test]
