@@ -504,6 +504,33 @@ fn profile_stall_of_a_stopped_target_root() {
             .unwrap_or(0.0)
             >= 250.0
     );
+    assert!(!s.ongoing);
+
+    // Still stopped at the cut: reported as ongoing, up to the cut.
+    let stop_at = monotonic_ns();
+    target.guard.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(200));
+    let frozen = p.cut_stage();
+    let cut_at = monotonic_ns();
+    target.guard.signal(libc::SIGCONT);
+    eprintln!("frozen at the cut: {:?}", frozen.stalls);
+    assert_eq!(frozen.stalls.len(), 1, "{:?}", frozen.stalls);
+    let f = &frozen.stalls[0];
+    assert!(f.ongoing);
+    let want_ms = (cut_at - stop_at) as f64 / 1e6;
+    assert!(
+        f.duration_ms <= want_ms + 1.0 && f.duration_ms >= want_ms - 30.0,
+        "ongoing stall {:.1} ms, stopped {want_ms:.1} ms before the cut",
+        f.duration_ms
+    );
+    let _ = target.drain();
+    assert!(target.next_line(Duration::from_secs(5)).is_some());
+    // The next stage has it whole, from when it really began.
+    let after = p.cut_stage();
+    assert_eq!(after.stalls.len(), 1, "{:?}", after.stalls);
+    assert!(!after.stalls[0].ongoing);
+    assert!(after.stalls[0].start_ms < 0.0);
+    assert!(after.stalls[0].duration_ms >= f.duration_ms);
 }
 
 #[test]

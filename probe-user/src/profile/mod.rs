@@ -16,7 +16,8 @@
 //! (blocked on epoll, futex, sleep, I/O) has no stall; a stopped one, a
 //! starved one (all CPUs busy elsewhere) or one frozen by its host has.
 //! When several threads wait, the start is that of the one that runs
-//! first (a lower bound).
+//! first (a lower bound). A stall still going on at a cut is reported with
+//! `ongoing: true`, up to the cut (a target frozen at the end of a stage).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), probe_user::profile::ProfileError> {
@@ -167,8 +168,27 @@ impl Profiler {
         let d = now.since(&self.last);
         self.last = now;
         let stalls = self.bpf.drain_stalls();
+        let ongoing = self.bpf.ongoing_stall();
         let mut stage = self.build(&d, stalls, duration, start_mono);
         stage.end_mono_ns = end_mono;
+        if let Some((start, tid)) = ongoing {
+            let start = start.max(start_mono);
+            let min = self.opts.stall_threshold.as_nanos() as u64;
+            if end_mono.saturating_sub(start) >= min {
+                stage.stalls.push(StallInterval {
+                    start_ms: (start - start_mono) as f64 / 1e6,
+                    start_mono_ns: start,
+                    duration_ms: (end_mono - start) as f64 / 1e6,
+                    tid,
+                    ongoing: true,
+                });
+                stage.stall_max_ms = stage
+                    .stalls
+                    .iter()
+                    .map(|s| s.duration_ms)
+                    .fold(0.0, f64::max);
+            }
+        }
         stage
     }
 
@@ -324,6 +344,7 @@ impl Profiler {
                 start_mono_ns: s.start_ns,
                 duration_ms: s.dur_ns as f64 / 1e6,
                 tid: s.tid,
+                ongoing: false,
             })
             .collect();
         stall_list.sort_by_key(|s| s.start_mono_ns);

@@ -70,8 +70,12 @@ pub struct StallInterval {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the start.
     pub start_mono_ns: u64,
     pub duration_ms: f64,
-    /// Thread whose getting a CPU ended the stall.
+    /// Thread whose getting a CPU ended the stall (or, when `ongoing`,
+    /// the one that has wanted a CPU longest).
     pub tid: u32,
+    /// Still going on at the cut: `duration_ms` runs to the cut. (When it
+    /// ends, the next stage reports it whole, from its real start.)
+    pub ongoing: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
