@@ -95,27 +95,8 @@ struct pf_regs {
 };
 #define PF_REGS_OFF 32
 
-/* Per target thread. */
-struct pf_thread {
-	__u64 off_ts;     /* went off CPU blocked at (0: not blocked) */
-	__u64 want_since; /* runnable or stopped since (0: not wanting) */
-	__u64 rq_since;   /* runnable since (wakeup or preemption) */
-	__s32 ustack;
-	__s32 kstack;
-	__u32 kind;
-	__u32 oncpu; /* counted in pf_target.running */
-	/* The last user stack walked at a block, and where it blocked: the
-	 * syscall, the user ip and frame pointer at syscall entry and the
-	 * return address in that frame. A thread blocking again at the same
-	 * (nr, ip, bp, *(bp + 8)) reuses the stack instead of walking it
-	 * again (a walk costs microseconds on these VMs). */
-	__u64 c_ip;
-	__u64 c_bp;
-	__u64 c_ret;
-	__s64 c_nr;
-	__s32 c_ustack;
-	__u32 _pad;
-};
+/* struct pf_thread (per target thread) is in profile.h (userspace reads it
+ * for a stall still going on at a cut). */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 /// the mutex while sleeping 50 ms, 1 ms gaps), two waiters (`waiter` →
 /// pthread_mutex_lock) printing every wait longer than 1 ms as
 /// `wait <t0> <t1>` (CLOCK_MONOTONIC ns). `tick`: one thread printing
-/// `tick <t>` every 5 ms. `fork`: forks a child burning in `burn_cpu`
+/// `tick <t>` every 5 ms (`tick0`: pinned to CPU 0). `hog MS`: a
+/// SCHED_FIFO busy loop on CPU 0 for MS ms, printing `hog <t0> <t1>`. `fork`: forks a child burning in `burn_cpu`
 /// when a line arrives on stdin.
 const TARGET_C: &str = r#"
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -98,6 +102,29 @@ int main(int argc, char **argv) {
 		}
 		waitpid(child, 0, 0);
 		return 0;
+	}
+	if (argc > 2 && !strcmp(argv[1], "hog")) {
+		/* SCHED_FIFO busy loop on CPU 0 for argv[2] ms */
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(0, &set);
+		struct sched_param prio = {.sched_priority = 10};
+		if (sched_setaffinity(0, sizeof set, &set) ||
+		    sched_setscheduler(0, SCHED_FIFO, &prio))
+			return 1;
+		unsigned long t0 = now_ns(), end = t0 + atol(argv[2]) * 1000000UL;
+		while (now_ns() < end)
+			sink++;
+		printf("hog %lu %lu\n", t0, now_ns());
+		return 0;
+	}
+	if (argc > 1 && !strcmp(argv[1], "tick0")) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(0, &set);
+		if (sched_setaffinity(0, sizeof set, &set))
+			return 1;
+		argv[1] = "tick";
 	}
 	if (argc > 1 && !strcmp(argv[1], "tick")) {
 		printf("ready\n");
@@ -433,9 +460,11 @@ fn profile_stall_of_a_stopped_target_root() {
     let mut p = Profiler::attach(target.pid(), ProfileOptions::default()).expect("attach");
 
     // A quiet target: no stall.
-    let t0 = Instant::now();
-    wait_until("40 ticks", Duration::from_secs(5), || {
-        target.drain().len() >= 40 || t0.elapsed() > Duration::from_secs(4)
+    // Quiet for 40 ticks (~200 ms or more).
+    let mut ticks = 0;
+    wait_until("40 ticks", Duration::from_secs(10), || {
+        ticks += target.drain().len();
+        ticks >= 40
     });
     let quiet = p.cut_stage();
     assert!(quiet.stalls.is_empty(), "quiet stalls: {:?}", quiet.stalls);
@@ -475,6 +504,33 @@ fn profile_stall_of_a_stopped_target_root() {
             .unwrap_or(0.0)
             >= 250.0
     );
+    assert!(!s.ongoing);
+
+    // Still stopped at the cut: reported as ongoing, up to the cut.
+    let stop_at = monotonic_ns();
+    target.guard.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(200));
+    let frozen = p.cut_stage();
+    let cut_at = monotonic_ns();
+    target.guard.signal(libc::SIGCONT);
+    eprintln!("frozen at the cut: {:?}", frozen.stalls);
+    assert_eq!(frozen.stalls.len(), 1, "{:?}", frozen.stalls);
+    let f = &frozen.stalls[0];
+    assert!(f.ongoing);
+    let want_ms = (cut_at - stop_at) as f64 / 1e6;
+    assert!(
+        f.duration_ms <= want_ms + 1.0 && f.duration_ms >= want_ms - 30.0,
+        "ongoing stall {:.1} ms, stopped {want_ms:.1} ms before the cut",
+        f.duration_ms
+    );
+    let _ = target.drain();
+    assert!(target.next_line(Duration::from_secs(5)).is_some());
+    // The next stage has it whole, from when it really began.
+    let after = p.cut_stage();
+    assert_eq!(after.stalls.len(), 1, "{:?}", after.stalls);
+    assert!(!after.stalls[0].ongoing);
+    assert!(after.stalls[0].start_ms < 0.0);
+    assert!(after.stalls[0].duration_ms >= f.duration_ms);
 }
 
 #[test]
@@ -518,6 +574,15 @@ fn profile_cli_writes_pprof_flames_and_json_root() {
     assert!(json["offcpu"]["by_kind_ms"]["lock"].as_f64().unwrap() > 500.0);
     assert!(json["runqueue"]["p99_us"].as_f64().is_some());
     assert!(json["stall_max_ms"].as_f64().is_some());
+    if go_available() {
+        for (file, section) in [
+            ("profile-cpu.pb.gz", "cpu"),
+            ("profile-offcpu.pb.gz", "offcpu"),
+        ] {
+            let top = pprof_top(&out_dir.join("profile").join(file), dir.path());
+            assert_eq!(json[section]["top_self"][0]["name"], top.as_str(), "{file}");
+        }
+    }
 }
 
 #[test]
@@ -545,16 +610,71 @@ fn profile_follows_a_child_forked_after_attach_root() {
         .strip_prefix("child ")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected line {line}"));
-    // The child burns for 1.5 s (the behaviour under test).
+    // The child burns for 1.5 s (the behaviour under test), then dies
+    // before the cut: symbols resolved while it lived still name its frames.
     std::thread::sleep(Duration::from_millis(1500));
-    let stage = p.cut_stage();
+    p.refresh_symbols();
     // SAFETY: kill(2) on the child process the target forked for this test.
     unsafe {
         libc::kill(child, libc::SIGKILL);
     }
     let _ = target.guard.wait_timeout(Duration::from_secs(5));
+    assert!(!std::path::Path::new(&format!("/proc/{child}/maps")).exists());
+    let stage = p.cut_stage();
     let top = &stage.cpu.top_self[0];
     assert_eq!(top.name, "burn_cpu", "{:?}", stage.cpu.top_self);
     assert!(top.share >= 0.7, "burn_cpu share {:.2}", top.share);
     assert!(stage.cpu.samples >= 30, "samples {}", stage.cpu.samples);
+}
+
+#[test]
+fn profile_stall_of_a_cpu_starved_target_root() {
+    if skip_unless_root("profile_stall_of_a_cpu_starved_target_root") {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_c(dir.path());
+    let mut cmd = Command::new(&bin);
+    cmd.arg("tick0");
+    let target = Target::start(cmd);
+    let mut p = Profiler::attach(target.pid(), ProfileOptions::default()).expect("attach");
+    let mut ticks = 0;
+    wait_until("20 ticks", Duration::from_secs(10), || {
+        ticks += target.drain().len();
+        ticks >= 20
+    });
+    let _ = p.cut_stage();
+    // A real-time busy loop takes CPU 0, the target's only CPU, for 150 ms:
+    // the target is woken by its timer but cannot run.
+    let out = Command::new(&bin)
+        .args(["hog", "150"])
+        .output()
+        .expect("running the hog");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(out.status.success() && f.len() == 2, "hog: {text}");
+    let (hog_start, hog_end) = (f[0], f[1]);
+    let _ = target.drain();
+    assert!(target.next_line(Duration::from_secs(5)).is_some());
+    let stage = p.cut_stage();
+    eprintln!("stalls: {:?}", stage.stalls);
+    let s = stage
+        .stalls
+        .iter()
+        .find(|s| s.start_mono_ns + 30_000_000 >= hog_start && s.start_mono_ns <= hog_end)
+        .unwrap_or_else(|| panic!("no stall during the hog: {:?}", stage.stalls));
+    let hog_ms = (hog_end - hog_start) as f64 / 1e6;
+    // The target's timer wakes it at most 5 ms into the hog: the stall runs
+    // from that wakeup to the end of the hog.
+    assert!(
+        s.duration_ms >= hog_ms - 25.0 && s.duration_ms <= hog_ms + 20.0,
+        "stall {:.1} ms, hog {hog_ms:.1} ms",
+        s.duration_ms
+    );
+    assert!(stage.stall_max_ms >= s.duration_ms);
 }

@@ -63,6 +63,25 @@ pub struct OffVal {
     pub count: u64,
 }
 
+/// `struct pf_thread`: per target thread (map `threads`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Thread {
+    pub off_ts: u64,
+    pub want_since: u64,
+    pub rq_since: u64,
+    pub ustack: i32,
+    pub kstack: i32,
+    pub kind: u32,
+    pub oncpu: u32,
+    pub c_ip: u64,
+    pub c_bp: u64,
+    pub c_ret: u64,
+    pub c_nr: i64,
+    pub c_ustack: i32,
+    pub pad: u32,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Target {
@@ -89,6 +108,8 @@ unsafe impl aya::Pod for OffKey {}
 unsafe impl aya::Pod for OffVal {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Target {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Thread {}
 
 /// The wait kind's name in outputs.
 pub fn kind_name(kind: u32) -> &'static str {
@@ -118,6 +139,11 @@ mod tests {
         assert_eq!(offset_of!(OffKey, kind), 12);
         assert_eq!(size_of::<OffVal>(), 16);
         assert_eq!(offset_of!(OffVal, count), 8);
+        assert_eq!(size_of::<Thread>(), 80);
+        assert_eq!(offset_of!(Thread, want_since), 8);
+        assert_eq!(offset_of!(Thread, oncpu), 36);
+        assert_eq!(offset_of!(Thread, c_ip), 40);
+        assert_eq!(offset_of!(Thread, c_ustack), 72);
         assert_eq!(size_of::<Target>(), 16);
         assert_eq!(offset_of!(Target, idle_since), 8);
         assert_eq!(size_of::<Stall>(), 24);

@@ -130,6 +130,8 @@ pub struct Attached {
     rq: PerCpuArray<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     stalls: RingBuf<MapData>,
+    threads: BpfHashMap<MapData, u32, abi::Thread>,
+    target: Array<MapData, abi::Target>,
 }
 
 impl Attached {
@@ -257,7 +259,19 @@ impl Attached {
                 .ok_or(ProfileError::Missing("stalls"))?,
         )
         .map_err(map_err("stalls"))?;
+        let threads = BpfHashMap::try_from(
+            ebpf.take_map("threads")
+                .ok_or(ProfileError::Missing("threads"))?,
+        )
+        .map_err(map_err("threads"))?;
+        let target = Array::try_from(
+            ebpf.take_map("target")
+                .ok_or(ProfileError::Missing("target"))?,
+        )
+        .map_err(map_err("target"))?;
         Ok(Attached {
+            threads,
+            target,
             ebpf,
             stacks,
             cpu,
@@ -283,6 +297,24 @@ impl Attached {
             rq: sum_cpus(&self.rq, abi::RQ_BUCKETS),
             counters: sum_cpus(&self.counters, abi::CNT_MAX),
         }
+    }
+
+    /// A stall going on now, as (start, tid): no target thread is counted
+    /// on a CPU and some wants one (runnable or stopped) since `start`
+    /// (the later of "the last one left the CPU" and the earliest want).
+    pub fn ongoing_stall(&self) -> Option<(u64, u32)> {
+        let t = self.target.get(&0, 0).ok()?;
+        if t.running > 0 || t.idle_since == 0 {
+            return None;
+        }
+        let (want, tid) = self
+            .threads
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, th)| th.want_since > 0 && th.oncpu == 0)
+            .map(|(tid, th)| (th.want_since, tid))
+            .min()?;
+        Some((want.max(t.idle_since), tid))
     }
 
     /// Stalls recorded since the last call.

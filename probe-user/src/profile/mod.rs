@@ -16,7 +16,8 @@
 //! (blocked on epoll, futex, sleep, I/O) has no stall; a stopped one, a
 //! starved one (all CPUs busy elsewhere) or one frozen by its host has.
 //! When several threads wait, the start is that of the one that runs
-//! first (a lower bound).
+//! first (a lower bound). A stall still going on at a cut is reported with
+//! `ongoing: true`, up to the cut (a target frozen at the end of a stage).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), probe_user::profile::ProfileError> {
@@ -167,7 +168,54 @@ impl Profiler {
         let d = now.since(&self.last);
         self.last = now;
         let stalls = self.bpf.drain_stalls();
-        self.build(&d, stalls, duration, start_mono)
+        let ongoing = self.bpf.ongoing_stall();
+        let mut stage = self.build(&d, stalls, duration, start_mono);
+        stage.end_mono_ns = end_mono;
+        if let Some((start, tid)) = ongoing {
+            let start = start.max(start_mono);
+            let min = self.opts.stall_threshold.as_nanos() as u64;
+            if end_mono.saturating_sub(start) >= min {
+                stage.stalls.push(StallInterval {
+                    start_ms: (start - start_mono) as f64 / 1e6,
+                    start_mono_ns: start,
+                    duration_ms: (end_mono - start) as f64 / 1e6,
+                    tid,
+                    ongoing: true,
+                });
+                stage.stall_max_ms = stage
+                    .stalls
+                    .iter()
+                    .map(|s| s.duration_ms)
+                    .fold(0.0, f64::max);
+            }
+        }
+        stage
+    }
+
+    /// Resolves every stack counted so far into the symbol cache while the
+    /// target is alive, so a later [`Profiler::cut_stage`] still names the
+    /// frames of a process that exited or crashed in between (user symbols
+    /// need the live process's /proc/PID/maps). Only new addresses are
+    /// looked up, but the target's files are parsed again on each call
+    /// (~0.1–0.3 s for the pusher): call it every few seconds, not per tick.
+    pub fn refresh_symbols(&mut self) {
+        let snap = self.bpf.snapshot();
+        let bpf = &self.bpf;
+        let mut sym = self.symbols.session();
+        let mut seen = std::collections::HashSet::new();
+        let stacks = snap
+            .cpu
+            .keys()
+            .map(|k| (k.tgid, k.ustack, k.kstack))
+            .chain(snap.off.keys().map(|k| (k.tgid, k.ustack, k.kstack)));
+        for (tgid, u, k) in stacks {
+            if seen.insert((tgid, u)) {
+                Self::user_frames(bpf, &mut sym, tgid, u);
+            }
+            if seen.insert((0, k)) {
+                Self::kernel_frames(bpf, &mut sym, k);
+            }
+        }
     }
 
     fn user_frames(
@@ -215,9 +263,9 @@ impl Profiler {
         for (k, count) in keys {
             let mut frames = Self::user_frames(bpf, &mut sym, k.tgid, k.ustack);
             if let Some(leaf) = frames.last() {
-                if leaf.module == self.exe_name || leaf.module == "[unknown]" {
+                if leaf.module == self.exe_name {
                     *depths.entry(frames.len()).or_default() += count;
-                } else {
+                } else if leaf.module != "[unknown]" {
                     let e = lib_depths.entry(leaf.module.clone()).or_default();
                     e.0 += count;
                     if frames.len() <= 2 {
@@ -296,6 +344,7 @@ impl Profiler {
                 start_mono_ns: s.start_ns,
                 duration_ms: s.dur_ns as f64 / 1e6,
                 tid: s.tid,
+                ongoing: false,
             })
             .collect();
         stall_list.sort_by_key(|s| s.start_mono_ns);
@@ -339,6 +388,7 @@ impl Profiler {
             cpu_stacks,
             off_stacks,
             start_mono_ns: start_mono,
+            end_mono_ns: 0,
         }
     }
 }

@@ -70,17 +70,23 @@ pub struct StallInterval {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the start.
     pub start_mono_ns: u64,
     pub duration_ms: f64,
-    /// Thread whose getting a CPU ended the stall.
+    /// Thread whose getting a CPU ended the stall (or, when `ongoing`,
+    /// the one that has wanted a CPU longest).
     pub tid: u32,
+    /// Still going on at the cut: `duration_ms` runs to the cut. (When it
+    /// ends, the next stage reports it whole, from its real start.)
+    pub ongoing: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct FramePointers {
-    /// On-CPU samples with a user stack.
+    /// On-CPU samples whose user leaf is in the executable itself.
     pub user_stacks: u64,
     /// Share of them only 1–2 frames deep.
     pub shallow_share: f64,
-    /// `ok`, `missing` (most stacks shallow) or `unknown` (too few samples).
+    /// `ok`, `missing` (most stacks shallow) or `unknown` (fewer than 20
+    /// samples in the executable's own code, or its frames could not be
+    /// symbolized: the process exited before the cut).
     pub verdict: String,
     /// Language of the target's executable: `go`, `rust`, `c/c++`.
     pub language: String,
@@ -130,8 +136,10 @@ pub struct StageProfile {
     /// Symbolized off-CPU stacks (root first: `[kind]` pseudo-frame), ns and periods.
     #[serde(skip)]
     pub off_stacks: Vec<(Vec<Frame>, String, u64, u64)>,
-    #[serde(skip)]
+    /// The stage window, CLOCK_MONOTONIC ns (bpf_ktime_get_ns): from the
+    /// previous cut (or attach) to this cut.
     pub start_mono_ns: u64,
+    pub end_mono_ns: u64,
 }
 
 /// Top `n` by value, ties by name, shares of `total`.
