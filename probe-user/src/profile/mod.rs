@@ -400,7 +400,7 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub pid: u32,
     /// How long to profile, e.g. 30s, 500ms, 2m.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = loadgen::duration::parse_duration)]
     pub duration: Duration,
     /// Output directory (profile/ files and profile.json are written there).
     #[arg(long, default_value = "target/pushscope/profile")]
@@ -411,26 +411,6 @@ pub struct ProfileArgs {
     /// Shortest interval reported as a stall, in ms.
     #[arg(long, default_value_t = 50)]
     pub stall_ms: u64,
-}
-
-/// `30s`, `500ms`, `2m` or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(v) = s.strip_suffix("ms") {
-        (v, 0.001)
-    } else if let Some(v) = s.strip_suffix('s') {
-        (v, 1.0)
-    } else if let Some(v) = s.strip_suffix('m') {
-        (v, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    num.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(|v| Duration::from_secs_f64(v * mult))
-        .ok_or_else(|| format!("`{s}` is not a duration (e.g. 30s, 500ms, 2m)"))
 }
 
 pub fn run(args: ProfileArgs) -> crate::CmdResult {
@@ -501,15 +481,6 @@ pub fn run(args: ProfileArgs) -> crate::CmdResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn profiler_can_move_to_another_thread() {
