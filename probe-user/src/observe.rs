@@ -648,7 +648,7 @@ impl Observer {
         slowest.extend(s.tracker.open_records());
         slowest.sort_by_key(|c| std::cmp::Reverse(c.setup_ns()));
         slowest.truncate(crate::lifecycle::TRACE_SLOWEST);
-        let doc = trace::document(&s.tracker.trace.first, &slowest, monotonic_ns());
+        let doc = trace::document(&s.tracker.trace.first, &slowest, loadgen::clock::mono_ns());
         std::fs::write(
             dir.join("trace.json"),
             serde_json::to_vec(&doc).map_err(std::io::Error::other)?,
@@ -678,17 +678,6 @@ impl Drop for Observer {
             let _ = t.join();
         }
     }
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn build(

@@ -45,16 +45,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use symbolize::{Frame, Symbols};
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns` (one clock for
+/// the whole tool: the load generator's).
+pub use loadgen::clock::mono_ns as monotonic_ns;
 
 /// Run time of one profiler program (bpf_stats).
 #[derive(Debug, Clone, serde::Serialize)]
