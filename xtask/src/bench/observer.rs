@@ -24,6 +24,10 @@
 //!
 //! With `--profiler only`: the fan-out deliveries/s with `pushscope profile`
 //! attached ÷ without instead (target/bench/profiler.json).
+//! With `--msgpath only`: the fan-out deliveries/s with the observer marking
+//! every call of 1 in 16 connections as the message path does (~62 of the
+//! 1,000 subscribers, the default sample of 64) ÷ without any observer, its
+//! ring-buffer drops and marks (target/bench/msgpath.json).
 //!
 //! Prints a table and writes target/bench/observer.json.
 
@@ -47,11 +51,115 @@ fn pusher(dir: &Path) -> Result<(Guard, String)> {
 }
 
 fn observe(pid: u32, out: &Path) -> Result<Guard> {
+    observe_with(pid, out, &[])
+}
+
+fn observe_with(pid: u32, out: &Path, extra: &[&str]) -> Result<Guard> {
     let mut cmd = Command::new(util::release_bin("pushscope"));
     cmd.args(["observe", "--pid", &pid.to_string(), "--out"])
         .arg(out)
+        .args(extra)
         .env("RUST_LOG", "warn");
     Ok(util::spawn_first_line(cmd, "pushscope observe")?.0)
+}
+
+/// One fan-out run (see `fanout_with`) with the observer tracing the
+/// message path of 1 in `one_in` connections; (run, observer summary).
+fn fanout_msgpath(one_in: u32, seconds: &str, tag: usize) -> Result<(Fanout, serde_like::Json)> {
+    let dir = bench_dir().join(format!("observer-pusher-{tag}"));
+    let (p, addr) = pusher(&dir)?;
+    let pid = p.0.id();
+    let out_dir = bench_dir().join(format!("msgpath-{tag}"));
+    let one = one_in.to_string();
+    let obs = observe_with(pid, &out_dir, &["--bench-trace-one-in", &one])?;
+    util::pin(pid, 0)?;
+    util::pin(obs.0.id(), 1)?;
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(util::release_bin("pushscope-pusher-bench"))
+        .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
+        .args(["--subscribers", "1000", "--seconds", seconds])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running pushscope-pusher-bench")?;
+    drop(obs);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!("pushscope-pusher-bench fanout failed ({})", out.status);
+    }
+    let m = kv(&out.stdout);
+    let text = std::fs::read_to_string(out_dir.join("summary.json"))
+        .context("the observer wrote no summary.json")?;
+    Ok((
+        Fanout {
+            dps: m["deliveries_per_s"],
+            cpu_pct: m["pusher_cpu_pct"],
+            probe_share: None,
+        },
+        serde_like::Json(text),
+    ))
+}
+
+/// `--msgpath only`: fan-out deliveries/s with the message path traced on
+/// 1 in 16 connections ÷ without any observer, median of paired rounds.
+fn measure_msgpath(seconds: &str, flag: &str) -> Result<()> {
+    std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
+    let (mut ratios, mut cpu_ratios, mut runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut drops, mut marks) = (0.0, 0.0);
+    for round in 0..ROUNDS {
+        let a = fanout_with(false, false, seconds, round * 2)?;
+        let (b, summary) = fanout_msgpath(16, seconds, round * 2 + 1)?;
+        ratios.push(b.dps / a.dps);
+        let cpu = (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps);
+        cpu_ratios.push(cpu);
+        drops += summary.num("observer", "drops").unwrap_or(f64::NAN);
+        marks += summary.num("observe", "msgpath_marks").unwrap_or(0.0);
+        runs.push(format!("{:.0}/{:.0} ({cpu:.3})", b.dps, a.dps));
+    }
+    let ratio = util::median(ratios);
+    let cpu_ratio = util::median(cpu_ratios);
+    println!(
+        "
+message-path bench ({ROUNDS} fan-out runs each way, 1000 subscribers, 1 in 16 traced, {seconds} s)"
+    );
+    println!("deliveries/s with/without per round: {}", runs.join(", "));
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "{:<56} {:>12.4} {:>10} {:>7}",
+        "deliveries/s with observer + message path ÷ without",
+        ratio,
+        ">= 0.97",
+        verdict(ratio >= TARGET_THROUGHPUT_RATIO)
+    );
+    println!(
+        "{:<56} {:>12.4} {:>10} {:>7}",
+        "pusher CPU per delivery with ÷ without",
+        cpu_ratio,
+        "<= 1.05",
+        verdict(cpu_ratio <= TARGET_CPU_RATIO)
+    );
+    println!(
+        "{:<56} {:>12.0} {:>10} {:>7}",
+        "ring-buffer drops (all rounds)",
+        drops,
+        "0",
+        verdict(drops == 0.0)
+    );
+    println!(
+        "{:<56} {:>12.0}",
+        "message-path marks recorded (all rounds)", marks
+    );
+    let path = bench_dir().join("msgpath.json");
+    std::fs::write(
+        &path,
+        format!(
+            "{{\n  \"throughput_ratio\": {ratio:.4},\n  \"cpu_per_delivery_ratio\": {cpu_ratio:.4},\n  \"ring_drops\": {drops},\n  \"marks\": {marks}\n}}\n"
+        ),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    println!("\nwritten {}", path.display());
+    Ok(())
 }
 
 fn kv(out: &[u8]) -> BTreeMap<String, f64> {
@@ -313,6 +421,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut seconds = "5".to_string();
     let mut connections = 20_000usize;
     let mut profiler_only = false;
+    let mut msgpath_only = false;
     let mut it = args.iter();
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -320,7 +429,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "--seconds" => seconds = v.clone(),
             "--connections" => connections = v.parse().context("--connections N")?,
             "--profiler" => profiler_only = v == "only",
-            _ => bail!("unknown option {k}: use --seconds S, --connections N, --profiler only"),
+            "--msgpath" => msgpath_only = v == "only",
+            _ => bail!(
+                "unknown option {k}: use --seconds S, --connections N, --profiler only, --msgpath only"
+            ),
         }
     }
     // SAFETY: geteuid has no preconditions.
@@ -344,7 +456,9 @@ pub fn run(args: &[String]) -> Result<()> {
     // with/without rounds, on for the run-time measurements.
     let flag = "/proc/sys/kernel/bpf_stats_enabled";
     let flag_before = std::fs::read_to_string(flag).unwrap_or_default();
-    let result = if profiler_only {
+    let result = if msgpath_only {
+        measure_msgpath(&seconds, flag)
+    } else if profiler_only {
         measure_profiler(&seconds, flag)
     } else {
         measure(&seconds, connections, flag)
