@@ -107,7 +107,7 @@ struct ps_event {
 	__u16 sport;     /* STATE: local port (host order) */
 	__u16 dport;     /* STATE: remote port (host order) */
 	__u16 family;    /* STATE: AF_INET/AF_INET6 */
-	__u8 dir;        /* IO: enum ps_dir; RESET: 1 = sent; STATE: 1 = outbound */
+	__u8 dir;        /* IO: enum ps_dir; RESET: 1 = sent; STATE: 1 = outbound; ACCEPT: 1 = tracked */
 	__u8 class_;     /* IO: enum ps_class */
 	__u8 detail;     /* IO: TLS handshake type or WS opcode */
 	__u8 _pad1[3];

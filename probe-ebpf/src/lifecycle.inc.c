@@ -117,6 +117,7 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 	struct ps_conn conn = {.sk = sk};
 	struct ps_sock sock = {};
 	int why = ps_fd_idx(tgid, fd, true, &idx);
+	bool tracked = false;
 	if (why == PS_IDX_OK)
 		sock.idx1 = idx + 1; /* receives and sends find the connection by sk */
 	else
@@ -133,12 +134,18 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 		ps_count(PS_CNT_MAP_FULL);
 		ps_count(PS_CNT_UNTRACKED_MAP_FULL);
 		bpf_map_delete_elem(&socks, &sk);
+	} else {
+		tracked = true;
 	}
 	struct ps_event *e = ps_reserve(PS_EV_ACCEPT, sk);
 	if (!e)
 		return 0;
 	e->tgid = tgid;
 	e->fd = fd;
+	/* Coverage is counted from these events, in their time order, so a
+	 * stage's figure matches its window exactly (live counters run ahead
+	 * of the events the reader has handled). */
+	e->dir = tracked;
 	ps_submit(e);
 	return 0;
 }

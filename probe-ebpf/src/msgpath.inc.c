@@ -73,11 +73,11 @@ struct {
 	__type(value, struct ps_ssl_call);
 } ssl_io_calls SEC(".maps");
 
-/* SSL * -> its socket. */
+/* (SSL *, tgid) -> its socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, struct ps_ssl_key);
 	__type(value, __u64);
 } ssl_io_socks SEC(".maps");
 
@@ -113,11 +113,15 @@ static __always_inline void ps_msgpath_ssl_note(__u64 sk)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct ps_ssl_call *call = bpf_map_lookup_elem(&ssl_io_calls, &id);
-	if (call)
-		bpf_map_update_elem(&ssl_io_socks, &call->ssl, &sk, BPF_ANY);
+	if (call) {
+		struct ps_ssl_key key = ps_ssl_key(call->ssl, id >> 32);
+		bpf_map_update_elem(&ssl_io_socks, &key, &sk, BPF_ANY);
+	}
 	__u64 *hs = bpf_map_lookup_elem(&ssl_calls, &id);
-	if (hs)
-		bpf_map_update_elem(&ssl_io_socks, hs, &sk, BPF_ANY);
+	if (hs) {
+		struct ps_ssl_key key = ps_ssl_key(*hs, id >> 32);
+		bpf_map_update_elem(&ssl_io_socks, &key, &sk, BPF_ANY);
+	}
 }
 
 SEC("uretprobe")
@@ -132,7 +136,8 @@ int ps_ssl_io_return(struct pt_regs *ctx)
 	long ret = (int)ctx->ax;
 	if (ret <= 0)
 		return 0;
-	__u64 *skp = bpf_map_lookup_elem(&ssl_io_socks, &call.ssl);
+	struct ps_ssl_key key = ps_ssl_key(call.ssl, id >> 32);
+	__u64 *skp = bpf_map_lookup_elem(&ssl_io_socks, &key);
 	if (!skp)
 		return 0;
 	__u64 sk = *skp;

@@ -14,22 +14,37 @@ struct ps_ssl {
 	__u64 sk;       /* socket the handshake read/wrote, 0 until seen */
 };
 
-/* SSL * -> handshake state. */
+/* An SSL * of one process: forked workers (nginx) share their heap
+ * layout, so the same address is a different SSL in each of them. */
+struct ps_ssl_key {
+	__u64 ssl;
+	__u32 tgid;
+	__u32 _pad;
+};
+
+static __always_inline struct ps_ssl_key ps_ssl_key(__u64 ssl, __u32 tgid)
+{
+	struct ps_ssl_key k = {.ssl = ssl, .tgid = tgid};
+	return k;
+}
+
+/* (SSL *, tgid) -> handshake state. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, struct ps_ssl_key);
 	__type(value, struct ps_ssl);
 } ssls SEC(".maps");
 
-/* sk -> SSL * whose handshake touched it and has not succeeded yet: close()
- * forgets that handshake (ps_tls_forget), so a failed one neither lingers
- * nor lends its start time to a later SSL * at the same address. */
+/* sk -> (SSL *, tgid) whose handshake touched it and has not succeeded
+ * yet: close() forgets that handshake (ps_tls_forget), so a failed one
+ * neither lingers nor lends its start time to a later SSL * at the same
+ * address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, struct ps_ssl_key);
 } ssl_socks SEC(".maps");
 
 /* pid_tgid -> SSL * of the SSL_do_handshake call in flight. */
@@ -56,8 +71,9 @@ int ps_ssl_hs_enter(struct pt_regs *ctx)
 	__u64 ssl = ctx->di;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct ps_ssl fresh = {.first_ns = bpf_ktime_get_ns()};
+	struct ps_ssl_key key = ps_ssl_key(ssl, id >> 32);
 	/* only the first entry per SSL * starts the handshake */
-	bpf_map_update_elem(&ssls, &ssl, &fresh, BPF_NOEXIST);
+	bpf_map_update_elem(&ssls, &key, &fresh, BPF_NOEXIST);
 	if (bpf_map_update_elem(&ssl_calls, &id, &ssl, BPF_ANY)) {
 		ps_count(PS_CNT_MAP_FULL);
 		return 0;
@@ -84,11 +100,12 @@ int ps_ssl_hs_return(struct pt_regs *ctx)
 		__sync_fetch_and_add(n, -1);
 	if ((int)ctx->ax != 1)
 		return 0;
-	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &ssl);
+	struct ps_ssl_key key = ps_ssl_key(ssl, id >> 32);
+	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &key);
 	if (!st)
 		return 0;
 	struct ps_ssl done = *st;
-	bpf_map_delete_elem(&ssls, &ssl);
+	bpf_map_delete_elem(&ssls, &key);
 	if (done.sk)
 		bpf_map_delete_elem(&ssl_socks, &done.sk);
 	struct ps_event *e = ps_reserve(PS_EV_TLS_DONE, done.sk);
@@ -111,26 +128,26 @@ static __always_inline void ps_tls_note_fd(__u64 sk)
 	__u64 *sslp = bpf_map_lookup_elem(&ssl_calls, &id);
 	if (!sslp)
 		return;
-	__u64 ssl = *sslp;
-	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &ssl);
+	struct ps_ssl_key key = ps_ssl_key(*sslp, id >> 32);
+	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &key);
 	if (!st || st->sk == sk)
 		return;
 	st->sk = sk;
-	bpf_map_update_elem(&ssl_socks, &sk, &ssl, BPF_ANY);
+	bpf_map_update_elem(&ssl_socks, &sk, &key, BPF_ANY);
 }
 
 /* close() of socket `sk`: an OpenSSL handshake on it that never succeeded
  * was aborted (counted); its state goes. */
 static __always_inline void ps_tls_forget(__u64 sk)
 {
-	__u64 *sslp = bpf_map_lookup_elem(&ssl_socks, &sk);
-	if (!sslp)
+	struct ps_ssl_key *kp = bpf_map_lookup_elem(&ssl_socks, &sk);
+	if (!kp)
 		return;
-	__u64 ssl = *sslp;
+	struct ps_ssl_key key = *kp;
 	bpf_map_delete_elem(&ssl_socks, &sk);
-	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &ssl);
+	struct ps_ssl *st = bpf_map_lookup_elem(&ssls, &key);
 	if (st && st->sk == sk) {
-		bpf_map_delete_elem(&ssls, &ssl);
+		bpf_map_delete_elem(&ssls, &key);
 		ps_count(PS_CNT_TLS_ABORTED);
 	}
 }

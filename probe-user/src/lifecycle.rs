@@ -68,6 +68,8 @@ pub struct Aggregates {
     pub tls_exact: Histogram<u64>,
     pub srtt: Histogram<u64>,
     pub accepted: u64,
+    /// Accepts whose connection the probes track (the rest: coverage gaps).
+    pub accepted_tracked: u64,
     pub closed_local: u64,
     pub closed_peer: u64,
     pub reset: u64,
@@ -99,6 +101,7 @@ impl Default for Aggregates {
             tls_exact: new_hist(),
             srtt: new_hist(),
             accepted: 0,
+            accepted_tracked: 0,
             closed_local: 0,
             closed_peer: 0,
             reset: 0,
@@ -436,7 +439,11 @@ impl Tracker {
         c.accept = Some(e.ts_ns);
         c.tgid = e.tgid;
         c.fd = e.fd;
-        self.both(|a| a.accepted += 1);
+        let tracked = u64::from(e.dir == 1);
+        self.both(|a| {
+            a.accepted += 1;
+            a.accepted_tracked += tracked;
+        });
         self.maybe_accept_wait(e.sk);
     }
 

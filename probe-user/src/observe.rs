@@ -747,7 +747,10 @@ fn build(
             exact_aborted: c.tls_aborted,
         },
         coverage: Coverage::new(
-            c.accepts,
+            // Accepts the events show, in their time order (exact per
+            // stage); an accept whose sock could not be read has no event.
+            a.accepted + c.accept_without_sock,
+            a.accepted_tracked.saturating_sub(c.socks_evicted),
             UntrackedByReason {
                 fd_beyond_table: c.untracked_fd,
                 slots_exhausted: c.untracked_slot,

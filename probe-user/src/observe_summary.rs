@@ -112,13 +112,8 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    pub fn new(accepted: u64, why: UntrackedByReason) -> Coverage {
-        let lost = why.fd_beyond_table
-            + why.slots_exhausted
-            + why.map_full
-            + why.no_sock
-            + why.socks_evicted;
-        let tracked = accepted.saturating_sub(lost);
+    pub fn new(accepted: u64, tracked: u64, why: UntrackedByReason) -> Coverage {
+        let tracked = tracked.min(accepted);
         Coverage {
             accepted,
             tracked,

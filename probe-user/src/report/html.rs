@@ -383,12 +383,22 @@ fn profile(h: &mut String, s: &RunSummary) {
             "thread-ms",
             &kinds,
         ));
-        h.push_str("<table><tr><th>off-CPU stack (root first)</th><th>waited on</th><th>ms</th><th>times</th></tr>");
+        h.push_str("<table><tr><th>off-CPU stack (innermost frames; hover for all)</th><th>waited on</th><th>ms</th><th>times</th></tr>");
         for s in p.offcpu.top_stacks.iter().take(5) {
+            // The frames nearest the wait say what waited; the whole stack
+            // is in the tooltip and the pprof file.
+            const SHOWN: usize = 6;
+            let inner = &s.frames[s.frames.len().saturating_sub(SHOWN)..];
+            let elided = if s.frames.len() > SHOWN {
+                "… → "
+            } else {
+                ""
+            };
             let _ = write!(
                 h,
-                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td title=\"{}\"><code>{elided}{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&s.frames.join(" → ")),
+                esc(&inner.join(" → ")),
                 esc(&s.kind),
                 short(s.ms),
                 s.count
