@@ -64,44 +64,6 @@ fn observe_with(pid: u32, out: &Path, extra: &[&str]) -> Result<Guard> {
     Ok(util::spawn_first_line(cmd, "pushscope observe")?.0)
 }
 
-/// One fan-out run (see `fanout_with`) with the observer tracing the
-/// message path of 1 in `one_in` connections; (run, observer summary).
-fn fanout_msgpath(one_in: u32, seconds: &str, tag: usize) -> Result<(Fanout, serde_like::Json)> {
-    let dir = bench_dir().join(format!("observer-pusher-{tag}"));
-    let (p, addr) = pusher(&dir)?;
-    let pid = p.0.id();
-    let out_dir = bench_dir().join(format!("msgpath-{tag}"));
-    let one = one_in.to_string();
-    let obs = observe_with(pid, &out_dir, &["--bench-trace-one-in", &one])?;
-    util::pin(pid, 0)?;
-    util::pin(obs.0.id(), 1)?;
-    let out = Command::new("taskset")
-        .args(["-c", "1"])
-        .arg(util::release_bin("pushscope-pusher-bench"))
-        .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
-        .args(["--subscribers", "1000", "--seconds", seconds])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running pushscope-pusher-bench")?;
-    drop(obs);
-    drop(p);
-    let _ = std::fs::remove_dir_all(&dir);
-    if !out.status.success() {
-        bail!("pushscope-pusher-bench fanout failed ({})", out.status);
-    }
-    let m = kv(&out.stdout);
-    let text = std::fs::read_to_string(out_dir.join("summary.json"))
-        .context("the observer wrote no summary.json")?;
-    Ok((
-        Fanout {
-            dps: m["deliveries_per_s"],
-            cpu_pct: m["pusher_cpu_pct"],
-            probe_share: None,
-        },
-        serde_like::Json(text),
-    ))
-}
-
 /// `--msgpath only`: fan-out deliveries/s with the message path traced on
 /// 1 in 16 connections ÷ with the observer alone, median of paired rounds.
 fn measure_msgpath(seconds: &str, flag: &str) -> Result<()> {
@@ -109,8 +71,18 @@ fn measure_msgpath(seconds: &str, flag: &str) -> Result<()> {
     let (mut ratios, mut cpu_ratios, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut drops, mut marks) = (0.0, 0.0);
     for round in 0..ROUNDS {
-        let a = fanout_with(true, false, seconds, round * 2)?;
-        let (b, summary) = fanout_msgpath(16, seconds, round * 2 + 1)?;
+        let a = fanout_with(true, false, seconds, round * 2, &[])?;
+        let b = fanout_with(
+            true,
+            false,
+            seconds,
+            round * 2 + 1,
+            &["--bench-trace-one-in", "16"],
+        )?;
+        let summary = b
+            .observer
+            .as_ref()
+            .context("the observer wrote no summary.json")?;
         ratios.push(b.dps / a.dps);
         let cpu = (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps);
         cpu_ratios.push(cpu);
@@ -177,6 +149,8 @@ struct Fanout {
     cpu_pct: f64,
     /// Share of the pusher's CPU time spent in the probes (with probes only).
     probe_share: Option<f64>,
+    /// The observer's summary.json (with probes only).
+    observer: Option<serde_like::Json>,
 }
 
 /// `pushscope profile` attached to `pid` for the rest of a fan-out run.
@@ -197,15 +171,17 @@ fn profile(pid: u32, out: &Path) -> Result<Guard> {
 
 /// One fan-out measurement.
 fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
-    fanout_with(with_probes, false, seconds, tag)
+    fanout_with(with_probes, false, seconds, tag, &[])
 }
 
-/// One fan-out measurement, with the observer and/or the profiler attached.
+/// One fan-out measurement, with the observer (given `observe_extra`
+/// options) and/or the profiler attached.
 fn fanout_with(
     with_probes: bool,
     with_profiler: bool,
     seconds: &str,
     tag: usize,
+    observe_extra: &[&str],
 ) -> Result<Fanout> {
     let dir = bench_dir().join(format!("observer-pusher-{tag}"));
     let (p, addr) = pusher(&dir)?;
@@ -218,11 +194,9 @@ fn fanout_with(
     if let Some(g) = &prof {
         util::pin(g.0.id(), 1)?;
     }
+    let obs_dir = bench_dir().join(format!("observer-fanout-{tag}"));
     let obs = if with_probes {
-        Some(observe(
-            pid,
-            &bench_dir().join(format!("observer-fanout-{tag}")),
-        )?)
+        Some(observe_with(pid, &obs_dir, observe_extra)?)
     } else {
         None
     };
@@ -260,10 +234,15 @@ fn fanout_with(
         bail!("pushscope-pusher-bench fanout failed ({})", out.status);
     }
     let m = kv(&out.stdout);
+    let observer = with_probes
+        .then(|| std::fs::read_to_string(obs_dir.join("summary.json")).ok())
+        .flatten()
+        .map(serde_like::Json);
     Ok(Fanout {
         dps: m["deliveries_per_s"],
         cpu_pct: m["pusher_cpu_pct"],
         probe_share,
+        observer,
     })
 }
 
@@ -589,8 +568,8 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
     let mut cpu_ratios = Vec::new();
     let mut runs = Vec::new();
     for round in 0..ROUNDS {
-        let a = fanout_with(false, false, seconds, round * 2)?;
-        let b = fanout_with(false, true, seconds, round * 2 + 1)?;
+        let a = fanout_with(false, false, seconds, round * 2, &[])?;
+        let b = fanout_with(false, true, seconds, round * 2 + 1, &[])?;
         ratios.push(b.dps / a.dps);
         let cpu = (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps);
         cpu_ratios.push(cpu);
@@ -599,7 +578,7 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
     let ratio = util::median(ratios);
     let cpu_ratio = util::median(cpu_ratios);
     std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let share = fanout_with(false, true, seconds, 99)?
+    let share = fanout_with(false, true, seconds, 99, &[])?
         .probe_share
         .unwrap_or(f64::NAN);
     println!("\nprofiler bench ({ROUNDS} fan-out runs each way, 1000 subscribers, {seconds} s)");
