@@ -3,11 +3,12 @@
 //! phases.rs), while sampling the target from /proc (target.rs).
 //!
 //! Library API for `pushscope run`: [`Observer::attach`], then
-//! [`Observer::cut_stage`] (the current stage's report, and a new stage
-//! starts, in one step), or [`Observer::snapshot`] and
-//! [`Observer::reset_stage`] apart; [`Observer::total`] (the whole run),
-//! [`Observer::write_outputs`] and [`Observer::detach`]. These block for
-//! up to ~100 ms (ring-buffer drains): call them from a plain thread, not
+//! [`Observer::mark_stage_boundary`] and [`Observer::cut_stage_at`] (the
+//! report of the stage that ended at a CLOCK_MONOTONIC instant, and a new
+//! stage from there), [`Observer::snapshot`] (the current stage so far),
+//! [`Observer::total`] (the whole run),
+//! [`Observer::write_outputs`] and [`Observer::detach`]. All but the
+//! boundary mark block for up to ~100 ms (ring-buffer drains): call them from a plain thread, not
 //! an async runtime (`Observer` is `Send + Sync`). All figures use the
 //! kernel's monotonic clock for events and wall time for stages.
 
@@ -456,27 +457,22 @@ impl Observer {
         }
     }
 
-    /// Message path: trace every call of the target's connection from the
-    /// load generator's local port `port` (call before the client sends
-    /// its first byte).
-    pub fn trace_port(&self, port: u16) -> Result<(), crate::probes::ProbeError> {
+    /// Message path: switches it on (before the load starts) and returns
+    /// the hook that registers a connection's local port before its first
+    /// byte (`'static`: it holds the probes, not the observer).
+    pub fn port_tracer(&self) -> Result<loadgen::msgpath::TraceHook, crate::probes::ProbeError> {
         self.probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .trace_port(port)
-    }
-
-    /// Message path: a registration hook for the load generator (`'static`:
-    /// it holds the probes, not the observer).
-    pub fn port_tracer(&self) -> loadgen::msgpath::TraceHook {
+            .enable_msgpath()?;
         let probes = self.probes.clone();
-        std::sync::Arc::new(move |port| {
+        Ok(std::sync::Arc::new(move |port| {
             probes
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .trace_port(port)
                 .is_ok()
-        })
+        }))
     }
 
     /// Message path: the traced connections' calls so far, left in place
@@ -549,19 +545,6 @@ impl Observer {
         build(&s, &s.tracker.total, &s.total_samples, &now, s.started)
     }
 
-    /// Report of the current stage, and a new stage starts now, in one
-    /// step: the event reader and the counters are cut under one lock, so
-    /// no event or count falls between the two stages. Blocks ≤ ~100 ms
-    /// (ring-buffer drains); call it from a plain thread.
-    pub fn cut_stage(&self) -> ObserverReport {
-        self.sync_events();
-        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        // Read under the lock: the reader cannot handle events between the
-        // report and the reset.
-        let now = self.counters();
-        cut_locked(&mut s, now)
-    }
-
     /// Marks a stage boundary at `mono_ns` (CLOCK_MONOTONIC, the probes'
     /// clock), now: the event reader cuts the stage when it meets the
     /// first event stamped at or after it. One atomic store, never
@@ -597,17 +580,6 @@ impl Observer {
         cut_locked(&mut s, now)
     }
 
-    /// Ends the current stage and starts a new one now.
-    pub fn reset_stage(&self) {
-        self.sync_events();
-        let now = self.counters();
-        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.tracker.reset_stage();
-        s.stage_base = now;
-        s.stage_samples = SampleAgg::default();
-        s.stage_started = Instant::now();
-    }
-
     /// Starts the Prometheus endpoint serving the whole-run report.
     pub fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<MetricsServer> {
         let probes = self.probes.clone();
@@ -619,8 +591,14 @@ impl Observer {
         })
     }
 
-    /// Writes summary.json (whole run), lifecycle.folded/.svg and trace.json.
-    pub fn write_outputs(&self, dir: &Path) -> std::io::Result<ObserverReport> {
+    /// Writes summary.json (whole run), lifecycle.folded/.svg and trace.json
+    /// (connections, and the sampled `messages` of the message path as
+    /// flows on the same timeline).
+    pub fn write_outputs(
+        &self,
+        dir: &Path,
+        messages: &[crate::msgpath::Legs],
+    ) -> std::io::Result<ObserverReport> {
         std::fs::create_dir_all(dir)?;
         let report = self.total();
         let prog = self.prog_stats();
@@ -648,7 +626,8 @@ impl Observer {
         slowest.extend(s.tracker.open_records());
         slowest.sort_by_key(|c| std::cmp::Reverse(c.setup_ns()));
         slowest.truncate(crate::lifecycle::TRACE_SLOWEST);
-        let doc = trace::document(&s.tracker.trace.first, &slowest, loadgen::clock::mono_ns());
+        let mut doc = trace::document(&s.tracker.trace.first, &slowest, loadgen::clock::mono_ns());
+        trace::add_messages(&mut doc, messages);
         std::fs::write(
             dir.join("trace.json"),
             serde_json::to_vec(&doc).map_err(std::io::Error::other)?,
@@ -917,7 +896,7 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     // Let the reader drain what the kernel already queued, then write.
     std::thread::sleep(Duration::from_millis(200));
     let report = obs
-        .write_outputs(&args.out)
+        .write_outputs(&args.out, &[])
         .map_err(|e| anyhow::anyhow!("writing outputs to {}: {e}", args.out.display()))?;
     drop(obs);
     let o = &report.observer;

@@ -426,9 +426,29 @@ impl Probes {
         }
     }
 
+    /// Switches the message path on (once; before the load starts, so no
+    /// connection waits for it): connections whose peer port gets into
+    /// `trace_ports` are traced from then on. Over TLS only plaintext
+    /// offsets match the client's: OpenSSL's reads and writes are marked
+    /// where the target maps libssl (the uprobes cost a trap per call,
+    /// hence only now).
+    pub fn enable_msgpath(&mut self) -> Result<(), ProbeError> {
+        if self.config.msgpath != 0 {
+            return Ok(());
+        }
+        self.config.msgpath = abi::MSGPATH_PORTS;
+        match attach_ssl_io(&mut self.ebpf, &self.tls_libs) {
+            Ok(true) => self.config.msgpath |= abi::MSGPATH_SSL,
+            Ok(false) => {}
+            Err(why) => self.msgpath_tls_note = Some(why),
+        }
+        let config = self.config;
+        fill_array(&mut self.ebpf, "config", [(0, config)])
+    }
+
     /// Traces every call of the connection whose peer port is `port` (the
     /// load generator's local port), from its first byte: call before the
-    /// client sends anything on it.
+    /// client sends anything on it, after `enable_msgpath`.
     pub fn trace_port(&mut self, port: u16) -> Result<(), ProbeError> {
         let mut tp: HashMap<_, u16, u32> = HashMap::try_from(
             self.ebpf
@@ -436,21 +456,7 @@ impl Probes {
                 .ok_or(ProbeError::Missing("trace_ports"))?,
         )
         .map_err(map_err("trace_ports"))?;
-        tp.insert(port, 1, 0).map_err(map_err("trace_ports"))?;
-        if self.config.msgpath == 0 {
-            self.config.msgpath = abi::MSGPATH_PORTS;
-            // Over TLS only plaintext offsets match the client's: mark
-            // OpenSSL's reads and writes where the target maps libssl (the
-            // uprobes cost a trap per call: only while tracing).
-            match attach_ssl_io(&mut self.ebpf, &self.tls_libs) {
-                Ok(true) => self.config.msgpath |= abi::MSGPATH_SSL,
-                Ok(false) => {}
-                Err(why) => self.msgpath_tls_note = Some(why),
-            }
-            let config = self.config;
-            fill_array(&mut self.ebpf, "config", [(0, config)])?;
-        }
-        Ok(())
+        tp.insert(port, 1, 0).map_err(map_err("trace_ports"))
     }
 
     /// True when the target's OpenSSL reads and writes are marked in

@@ -235,10 +235,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         // lifecycle.folded/.svg and trace.json of the whole run; the run's
         // own summary.json (written below) replaces the observer's.
         let total = o
-            .write_outputs(&out)
+            .write_outputs(&out, &traced_legs)
             .with_context(|| format!("writing observer outputs to {}", out.display()))?;
         summary.not_measured.extend(total.notes.iter().cloned());
-        add_messages_to_trace(&out, &traced_legs);
         summary.slowest_connections = slowest_connections(&out);
     }
     if let Some(dir) = &sc.log_dir {
@@ -478,7 +477,10 @@ fn message_path_tracer(
             sc.shard_cap
         ));
     }
-    Ok(Arc::new(Tracer::new(o.port_tracer(), sample)))
+    let hook = o
+        .port_tracer()
+        .map_err(|e| format!("the probes could not trace connections: {e}"))?;
+    Ok(Arc::new(Tracer::new(hook, sample)))
 }
 
 /// Joins the load generator's samples with the probes' marks, stage by
@@ -505,14 +507,11 @@ fn message_path(
     }
     let (publishes, deliveries) = tracer.take();
     let (io, marks_over_cap) = observer.take_marks(tls);
-    let by_stage = msgpath::samples(&publishes, &deliveries);
+    let mut by_stage = msgpath::samples(&publishes, &deliveries);
     let (mut all_lines, mut tail_lines, mut traced) = (Vec::new(), Vec::new(), Vec::new());
     let mut per_stage = Vec::new();
     for st in &mut summary.stages {
-        let (samples, unrecorded) = by_stage
-            .get(&(st.index as u32))
-            .cloned()
-            .unwrap_or_default();
+        let (samples, unrecorded) = by_stage.remove(&(st.index as u32)).unwrap_or_default();
         let mut joined = msgpath::join(&samples, &io);
         if unrecorded > 0 {
             joined
@@ -585,21 +584,6 @@ fn live_legs(o: &Observer, t: &Tracer, stage: u32, p99: Option<f64>, tls: bool) 
         .filter_map(|(leg, s)| s.map(|s| (leg.clone(), s.p99)))
         .collect();
     o.set_leg_p99s(&(stage + 1).to_string(), &legs);
-}
-
-/// Sampled messages join trace.json's connection timeline as flows.
-fn add_messages_to_trace(out: &Path, legs: &[crate::msgpath::Legs]) {
-    let path = out.join("trace.json");
-    let Some(mut doc) = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    else {
-        return;
-    };
-    crate::trace::add_messages(&mut doc, legs);
-    if let Ok(text) = serde_json::to_vec(&doc) {
-        let _ = std::fs::write(&path, text);
-    }
 }
 
 fn cores() -> usize {
