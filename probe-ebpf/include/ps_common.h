@@ -283,4 +283,18 @@ static __always_inline struct ps_conn *ps_conn_of(__u32 tgid, __u32 fd, __u32 *i
 	return c;
 }
 
+/* The tracked connection of sock `sk` (its `socks` entry points into
+ * fdtab), or 0 when the sock is not tracked. */
+static __always_inline struct ps_conn *ps_conn_of_sk(__u64 sk)
+{
+	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
+	if (!so || !so->idx1)
+		return 0;
+	__u32 idx = so->idx1 - 1;
+	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
+	if (!c || c->sk != sk)
+		return 0;
+	return c;
+}
+
 #endif

@@ -169,12 +169,8 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	long ret = (int)ctx->args[1];
 	if (dir == PS_DIR_READ && (ctx->args[2] & PS_MSG_PEEK))
 		return 0;
-	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
-	if (!so || !so->idx1)
-		return 0;
-	__u32 idx = so->idx1 - 1;
-	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
-	if (!c || c->sk != sk)
+	struct ps_conn *c = ps_conn_of_sk(sk);
+	if (!c)
 		return 0;
 	if (dir == PS_DIR_WRITE) {
 		/* Reading the sock is a probe_read_kernel: sample every 16th

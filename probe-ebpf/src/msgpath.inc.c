@@ -141,12 +141,8 @@ int ps_ssl_io_return(struct pt_regs *ctx)
 	if (!skp)
 		return 0;
 	__u64 sk = *skp;
-	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
-	if (!so || !so->idx1)
-		return 0;
-	__u32 idx = so->idx1 - 1;
-	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
-	if (!c || c->sk != sk || !c->trace_port)
+	struct ps_conn *c = ps_conn_of_sk(sk);
+	if (!c || !c->trace_port)
 		return 0;
 	__u64 cum = c->plain[call.dir & 1] + (__u64)ret;
 	c->plain[call.dir & 1] = cum;
