@@ -96,11 +96,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 }
                 log::debug!("subscriber {id}: {e}");
             }
-            Ok((mut ws, phases)) => {
-                if let (Some(t), Some(_)) = (tracer, ws.get_mut().counted()) {
-                    t.sampled_connections
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+            Ok((ws, phases)) => {
                 {
                     let mut st = lane.state.borrow_mut();
                     st.connected_delta(true);

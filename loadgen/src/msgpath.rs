@@ -68,8 +68,6 @@ pub struct Tracer {
     deliveries: Mutex<Vec<DeliveryMark>>,
     /// Records not kept (over the cap).
     pub dropped: AtomicU64,
-    /// Subscriber connections sampled (registered) so far.
-    pub sampled_connections: AtomicU64,
 }
 
 impl Tracer {
@@ -80,7 +78,6 @@ impl Tracer {
             publishes: Mutex::new(Vec::new()),
             deliveries: Mutex::new(Vec::new()),
             dropped: AtomicU64::new(0),
-            sampled_connections: AtomicU64::new(0),
         }
     }
 

@@ -27,8 +27,9 @@ pub type Ws = WebSocketStream<Io>;
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// A plain stream sampled for the message path: its bytes are counted
-    /// (and its pushed frames' boundaries followed) as they pass.
+    /// A plain or TLS stream sampled for the message path: its bytes (above
+    /// TLS) are counted, and its pushed frames' boundaries followed, as
+    /// they pass.
     Counted(Box<Counted>),
 }
 
@@ -276,9 +277,9 @@ pub struct Sampling<'a> {
     pub frames: bool,
 }
 
-/// Opens a plain or TLS stream (used by the publisher too). A plain stream
-/// to be sampled is registered with the tracer (its local port) before it
-/// sends its first byte, and counted.
+/// Opens a plain or TLS stream (used by the publisher too). A stream to be
+/// sampled is registered with the tracer (its local port) before it sends
+/// its first byte, and counted above TLS.
 pub async fn open_stream(
     ep: &Endpoint,
     source: Option<Ipv4Addr>,
