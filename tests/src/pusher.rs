@@ -252,3 +252,37 @@ pub async fn wait_metric(addr: SocketAddr, name: &str, value: f64, timeout: Dura
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Polls the pusher's `/metrics` (≤ `timeout`) until it holds at least
+/// `conns` WebSocket connections and has written `more` frames since it
+/// first did — the load is running, not merely connecting. False when
+/// `gave_up()` turns true first (e.g. the load run ended); panics with the
+/// last metrics seen at the deadline.
+pub fn wait_until_flowing(
+    addr: SocketAddr,
+    conns: u64,
+    more: f64,
+    timeout: Duration,
+    gave_up: impl Fn() -> bool,
+) -> bool {
+    let mut at_full: Option<f64> = None;
+    crate::poll_until(
+        &format!("{conns} connections to the pusher and {more} more deliveries"),
+        timeout,
+        || {
+            if gave_up() {
+                return Ok(false);
+            }
+            let text = crate::scrape_metrics(addr).map_err(|e| e.to_string())?;
+            let all = metric_in(&text, "pusher_connections").is_some_and(|c| c >= conns as f64);
+            match (metric_in(&text, "pusher_deliveries_total"), at_full) {
+                (Some(d), Some(base)) if all && d >= base + more => Ok(true),
+                (Some(d), None) if all => {
+                    at_full = Some(d);
+                    Err(text)
+                }
+                _ => Err(text),
+            }
+        },
+    )
+}

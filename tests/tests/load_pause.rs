@@ -7,9 +7,9 @@
 use pushscope_tests::{
     heavy_lock,
     loadgen::pushscope,
-    pusher::{metric, Pusher},
+    pusher::{wait_until_flowing, Pusher},
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn a_two_second_pause_mid_stage_shows_in_max_and_p99() {
@@ -40,21 +40,12 @@ fn a_two_second_pause_mid_stage_shows_in_max_and_p99() {
         )
     });
     // Pause once messages are flowing to every subscriber (polled, not slept).
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let delivered = rt
-            .block_on(metric(p.addr, "pusher_deliveries_total"))
-            .unwrap_or(0.0);
-        let connected = rt
-            .block_on(metric(p.addr, "pusher_connections"))
-            .unwrap_or(0.0);
-        if connected >= 20.0 && delivered >= 1000.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "load never reached the pusher");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until_flowing(p.addr, 20, 1000.0, Duration::from_secs(20), || {
+            load.is_finished()
+        }),
+        "the load ended before it reached the pusher"
+    );
     p.guard.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_secs(2)); // the injected pause itself
     p.guard.signal(libc::SIGCONT);

@@ -5,8 +5,12 @@
 //! per connection.
 
 use pushscope_tests::{
-    bin_path, heavy_lock, loadgen::pushscope, loadgen::LoadRun, poll_until, pusher::metric_in,
-    pusher::Pusher, scrape_metrics, spawn_first_line,
+    bin_path, heavy_lock,
+    loadgen::pushscope,
+    loadgen::LoadRun,
+    poll_until,
+    pusher::{wait_until_flowing, Pusher},
+    spawn_first_line,
 };
 use std::{net::SocketAddr, path::PathBuf, process::Command, thread, time::Duration};
 
@@ -51,27 +55,9 @@ fn wait_all_receiving(
     addr: SocketAddr,
     run: thread::JoinHandle<LoadRun>,
 ) -> thread::JoinHandle<LoadRun> {
-    let mut deliveries_at_full: Option<f64> = None;
-    let flowing = poll_until(
-        "all subscribers connected to the pusher and receiving (its /metrics)",
-        Duration::from_secs(20),
-        || {
-            if run.is_finished() {
-                return Ok(false);
-            }
-            let text = scrape_metrics(addr).map_err(|e| e.to_string())?;
-            let all = metric_in(&text, "pusher_connections") == Some(CONNS as f64);
-            let delivered = metric_in(&text, "pusher_deliveries_total");
-            match (delivered, deliveries_at_full) {
-                (Some(d), Some(base)) if all && d >= base + 100.0 => Ok(true),
-                (Some(d), None) if all => {
-                    deliveries_at_full = Some(d);
-                    Err(text)
-                }
-                _ => Err(text),
-            }
-        },
-    );
+    let flowing = wait_until_flowing(addr, CONNS, 100.0, Duration::from_secs(20), || {
+        run.is_finished()
+    });
     if !flowing {
         let run = run.join().unwrap();
         panic!(

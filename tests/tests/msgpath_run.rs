@@ -10,7 +10,7 @@ use pushscope_tests::{
     heavy_lock,
     loadgen::{pushscope, LoadRun},
     nginx,
-    pusher::{metric, Pusher},
+    pusher::{metric, wait_until_flowing, Pusher},
     skip_unless_root,
 };
 use serde_json::Value;
@@ -292,20 +292,7 @@ fn a_stopped_target_shows_before_and_at_the_target_not_after_needs_root() {
     let (pid, addr) = (p.pid(), p.addr);
     let pauser = std::thread::spawn(move || {
         // Stop the target for 1 s once messages flow to every subscriber.
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let conns = rt
-                .block_on(metric(addr, "pusher_connections"))
-                .unwrap_or(0.0);
-            let delivered = rt
-                .block_on(metric(addr, "pusher_deliveries_total"))
-                .unwrap_or(0.0);
-            if conns >= 40.0 && delivered >= 2000.0 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_flowing(addr, 40, 2000.0, Duration::from_secs(30), || false);
         // SAFETY: kill(2) on the pusher child this test started.
         unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
         std::thread::sleep(Duration::from_secs(1)); // the injected pause

@@ -307,22 +307,13 @@ fn run_whose_target_is_killed_mid_stage_exits_3_with_partial_summary_needs_root(
         // Kill mid stage 2, once stage 1 has been judged: all of stage 2's
         // connections are up and ~1 s of deliveries (far beyond the 200 ms
         // grace that judges stage 1) went out since.
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let metric = |name| {
-            rt.block_on(pushscope_tests::pusher::metric(addr, name))
-                .unwrap_or(0.0)
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut mark = None;
-        while std::time::Instant::now() < deadline {
-            let delivered = metric("pusher_deliveries_total");
-            match mark {
-                None if metric("pusher_connections") >= 100.0 => mark = Some(delivered),
-                Some(m) if delivered >= m + 1000.0 => break,
-                _ => {}
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        pushscope_tests::pusher::wait_until_flowing(
+            addr,
+            100,
+            1000.0,
+            Duration::from_secs(20),
+            || false,
+        );
         // SAFETY: kill(2) on the pusher child we started.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     });
