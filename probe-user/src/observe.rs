@@ -370,6 +370,13 @@ impl Observer {
                     };
                     let tree = target::tree(pid);
                     let cores = target::usable_cores(&tree);
+                    // A listener opened after attach joins the port filter.
+                    let fresh: Vec<u16> = sample
+                        .listeners
+                        .iter()
+                        .map(|l| l.port)
+                        .filter(|p| !known.contains(p))
+                        .collect();
                     {
                         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                         s.stage_samples.add(&sample);
@@ -377,12 +384,6 @@ impl Observer {
                         s.last_sample = Some((Instant::now(), sample));
                         s.cores = cores;
                     }
-                    // A listener opened after attach joins the port filter.
-                    let fresh: Vec<u16> = target::listeners(&tree)
-                        .iter()
-                        .map(|l| l.port)
-                        .filter(|p| !known.contains(p))
-                        .collect();
                     if !fresh.is_empty() {
                         let mut pr = probes.lock().unwrap_or_else(|p| p.into_inner());
                         if pr.add_ports(&fresh).is_ok() {

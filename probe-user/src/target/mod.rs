@@ -1,12 +1,16 @@
 //! The target process seen through /proc: its process tree (master +
-//! workers), the TCP ports it listens on (LISTEN sockets of
-//! /proc/PID/net/tcp{,6} whose inodes are among /proc/PID/fd), and a 1 Hz
+//! workers), the TCP ports it listens on (LISTEN sockets from `sock_diag`
+//! whose inodes are among /proc/PID/fd — the fd table is read only when a
+//! listener not seen before appears, so the 1 Hz cost does not grow with
+//! the target's connections), and a 1 Hz
 //! sample of CPU %, RSS, threads, open fds vs RLIMIT_NOFILE and the accept
 //! queue depth of each listener; and the cores it may really use (CPU
 //! affinity of its tasks, cgroup v2 `cpu.max`).
 
+mod sockdiag;
+
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     fs,
     path::{Path, PathBuf},
     time::Instant,
@@ -108,25 +112,66 @@ pub fn parse_listen_rows(text: &str) -> Vec<Listener> {
     out
 }
 
-/// LISTEN sockets held by any process of the target's tree.
+/// LISTEN sockets held by any process of the target's tree (one look;
+/// `ListenerFinder` for repeated looks).
 pub fn listeners(pids: &[u32]) -> Vec<Listener> {
-    let mut inodes = HashSet::new();
-    for p in pids {
-        inodes.extend(socket_inodes(*p));
+    ListenerFinder::default().find(pids)
+}
+
+/// The LISTEN sockets of the network namespace `pid` lives in: from
+/// `sock_diag` when that is ours (cost independent of the number of
+/// connections), else from /proc/PID/net/tcp{,6}.
+fn namespace_listeners(pid: u32) -> Vec<Listener> {
+    let ns = |p: &str| fs::read_link(p).ok();
+    if ns("/proc/self/ns/net").is_some()
+        && ns("/proc/self/ns/net") == ns(&format!("/proc/{pid}/ns/net"))
+    {
+        match sockdiag::listen_sockets() {
+            Ok(l) => return l,
+            Err(e) => log::debug!("sock_diag failed ({e}); reading /proc/{pid}/net/tcp"),
+        }
     }
-    let Some(first) = pids.first() else {
-        return Vec::new();
-    };
-    let mut out: Vec<Listener> = Vec::new();
+    let mut out = Vec::new();
     for f in ["tcp", "tcp6"] {
-        let text = fs::read_to_string(format!("/proc/{first}/net/{f}")).unwrap_or_default();
-        for l in parse_listen_rows(&text) {
-            if inodes.contains(&l.inode) && !out.iter().any(|o| o.inode == l.inode) {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default();
+        out.extend(parse_listen_rows(&text));
+    }
+    out
+}
+
+/// Finds the target's LISTEN sockets again and again, remembering which
+/// listening inodes belong to the target: its fd tables are read only when
+/// a listener not seen before appears in the namespace.
+#[derive(Debug, Default)]
+pub struct ListenerFinder {
+    owned: HashMap<u64, bool>,
+}
+
+impl ListenerFinder {
+    pub fn find(&mut self, pids: &[u32]) -> Vec<Listener> {
+        let Some(first) = pids.first() else {
+            return Vec::new();
+        };
+        let all = namespace_listeners(*first);
+        if all.iter().any(|l| !self.owned.contains_key(&l.inode)) {
+            let mut inodes = HashSet::new();
+            for p in pids {
+                inodes.extend(socket_inodes(*p));
+            }
+            for l in &all {
+                self.owned.insert(l.inode, inodes.contains(&l.inode));
+            }
+        }
+        self.owned
+            .retain(|inode, _| all.iter().any(|l| l.inode == *inode));
+        let mut out: Vec<Listener> = Vec::new();
+        for l in all {
+            if self.owned.get(&l.inode) == Some(&true) && !out.iter().any(|o| o.inode == l.inode) {
                 out.push(l);
             }
         }
+        out
     }
-    out
 }
 
 /// Soft RLIMIT_NOFILE from /proc/PID/limits.
@@ -314,6 +359,8 @@ pub struct Sample {
     pub open_fds: u64,
     pub fd_limit: u64,
     pub listen_queue: u64,
+    /// The target's LISTEN sockets at this sample.
+    pub listeners: Vec<Listener>,
 }
 
 /// Samples CPU as the delta of utime+stime over wall time.
@@ -322,6 +369,7 @@ pub struct Sampler {
     prev: Option<(Instant, u64)>,
     clk_tck: f64,
     page: u64,
+    listeners: ListenerFinder,
 }
 
 impl Sampler {
@@ -338,6 +386,7 @@ impl Sampler {
             prev: None,
             clk_tck: if tck > 0 { tck as f64 } else { 100.0 },
             page: if page > 0 { page as u64 } else { 4096 },
+            listeners: ListenerFinder::default(),
         }
     }
 
@@ -379,7 +428,8 @@ impl Sampler {
             }
         }
         self.prev = Some((now, ticks));
-        s.listen_queue = listeners(&pids).iter().map(|l| l.queue).max().unwrap_or(0);
+        s.listeners = self.listeners.find(&pids);
+        s.listen_queue = s.listeners.iter().map(|l| l.queue).max().unwrap_or(0);
         Some(s)
     }
 }
@@ -402,6 +452,24 @@ mod tests {
                 queue: 3
             }]
         );
+    }
+
+    #[test]
+    fn finds_own_listeners_only_and_forgets_closed_ones() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut mine = ListenerFinder::default();
+        let found = mine.find(&[std::process::id()]);
+        let inode = found.iter().find(|x| x.port == port).map(|x| x.inode).unwrap();
+        assert_eq!(mine.owned.get(&inode), Some(&true));
+        let mut theirs = ListenerFinder::default();
+        assert!(!theirs.find(&[child.id()]).iter().any(|x| x.port == port));
+        drop(l);
+        assert!(!mine.find(&[std::process::id()]).iter().any(|x| x.port == port));
+        assert!(!mine.owned.contains_key(&inode), "a closed listener is forgotten");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
