@@ -300,6 +300,9 @@ pub struct StageStats {
     pub unmarked: u64,
     /// CPU used by each process during the stage, % of one core.
     pub cpu_pct: Vec<f64>,
+    /// Resident memory of each process at the stage's end.
+    #[serde(default)]
+    pub rss_bytes: Vec<u64>,
     #[serde(with = "hist_b64")]
     pub latency: Histogram<u64>,
     #[serde(with = "hist_b64")]
@@ -337,6 +340,7 @@ impl Default for StageStats {
             latency_clipped: 0,
             unmarked: 0,
             cpu_pct: Vec::new(),
+            rss_bytes: Vec::new(),
             latency: new_hist(),
             connect: new_hist(),
             tls: new_hist(),
@@ -375,6 +379,7 @@ impl StageStats {
         self.latency_clipped += o.latency_clipped;
         self.unmarked += o.unmarked;
         self.cpu_pct.extend_from_slice(&o.cpu_pct);
+        self.rss_bytes.extend_from_slice(&o.rss_bytes);
         for (a, b) in [
             (&mut self.latency, &o.latency),
             (&mut self.connect, &o.connect),

@@ -89,6 +89,7 @@ pub struct LocalPool {
     pacer: Option<tokio::task::JoinHandle<()>>,
     cpu_at_begin: (Instant, f64),
     cpu_pct: HashMap<u32, f64>,
+    rss_bytes: HashMap<u32, u64>,
     /// Freed memory was returned to the OS after the current ramp.
     trimmed: bool,
 }
@@ -103,6 +104,21 @@ pub fn process_cpu_s() -> f64 {
     };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Resident memory of this process now (VmRSS), 0 if unreadable.
+pub fn process_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 impl LocalPool {
@@ -141,6 +157,7 @@ impl LocalPool {
             pacer: None,
             cpu_at_begin: (Instant::now(), process_cpu_s()),
             cpu_pct: HashMap::new(),
+            rss_bytes: HashMap::new(),
             trimmed: true,
         };
         for i in 0..n {
@@ -269,6 +286,7 @@ impl LocalPool {
                 let wall = t.elapsed().as_secs_f64().max(1e-3);
                 self.cpu_pct
                     .insert(stage, (process_cpu_s() - cpu) / wall * 100.0);
+                self.rss_bytes.insert(stage, process_rss_bytes());
                 PoolReply::Ok
             }
             PoolCmd::Close { stage, his, failed } => {
@@ -292,6 +310,7 @@ impl LocalPool {
                     }
                 }
                 total.cpu_pct = self.cpu_pct.remove(&stage).into_iter().collect();
+                total.rss_bytes = self.rss_bytes.remove(&stage).into_iter().collect();
                 PoolReply::Stats(Box::new(total))
             }
             PoolCmd::Live => PoolReply::Live(self.live()),

@@ -78,6 +78,13 @@ pub struct LoadgenHealth {
     pub cpu_pct: Vec<f64>,
     /// True when a process used more than 80 % of a core: figures may be the generator's.
     pub cpu_warning: bool,
+    /// Resident memory of each load process at the stage's end (same order as `cpu_pct`).
+    #[serde(default)]
+    pub rss_bytes: Vec<u64>,
+    /// Their sum ÷ the connections held at the stage's end: what one more
+    /// connection costs the load generator (`null` with none held).
+    #[serde(default)]
+    pub rss_per_connection_bytes: Option<f64>,
     pub publish_errors: BTreeMap<String, u64>,
     pub publish_failed: u64,
     /// Stage messages not yet published when the stage was judged (the
@@ -224,6 +231,9 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
         loadgen: LoadgenHealth {
             cpu_pct: s.cpu_pct.clone(),
             cpu_warning: s.cpu_pct.iter().any(|&c| c > CPU_WARN_PCT),
+            rss_bytes: s.rss_bytes.clone(),
+            rss_per_connection_bytes: (meta.opened_total > 0 && !s.rss_bytes.is_empty())
+                .then(|| s.rss_bytes.iter().sum::<u64>() as f64 / meta.opened_total as f64),
             publish_errors: p.errors.clone(),
             publish_failed: p.failed.len() as u64,
             publish_backlog: p.backlog,

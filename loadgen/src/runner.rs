@@ -442,6 +442,7 @@ impl Driver<'_> {
         }
         if let Some(c) = p.coord_cpu {
             total.cpu_pct.insert(0, c);
+            total.rss_bytes.insert(0, crate::pool::process_rss_bytes());
         }
         self.opened_total =
             (self.opened_total + total.opened).saturating_sub(total.intended_disconnects);

@@ -163,6 +163,61 @@ struct Shared {
     cut_report: Option<(u64, ObserverReport)>,
     /// Message-path leg p99s of judged stages (run sets them), served live.
     leg_p99_ms: Vec<(String, String, f64)>,
+    /// The observer's own threads (ring reader, /proc sampler), and their
+    /// CPU ticks when the current stage started: its userspace cost.
+    own_tids: Vec<i32>,
+    stage_own_ticks: u64,
+    /// Memory of the probes' maps (kernel), read once at attach.
+    bpf_map_bytes: u64,
+}
+
+fn register_own_thread(shared: &Mutex<Shared>) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .own_tids
+        .push(tid);
+}
+
+/// CPU ticks (utime + stime) of these threads of this process so far.
+fn own_cpu_ticks(tids: &[i32]) -> u64 {
+    tids.iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/self/task/{t}/stat")).ok())
+        .filter_map(|st| {
+            let rest = &st[st.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// Kernel memory of this process's BPF maps (`memlock` of their fdinfo).
+fn bpf_map_bytes() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in dir.flatten() {
+        let is_map = std::fs::read_link(e.path())
+            .map(|l| l.to_string_lossy() == "anon_inode:bpf-map")
+            .unwrap_or(false);
+        if !is_map {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            e.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
 }
 
 /// Report of the current stage and a new stage from now, under the lock
@@ -173,9 +228,10 @@ fn cut_locked(s: &mut Shared, now: Counters) -> ObserverReport {
         &s.tracker.stage,
         &s.stage_samples,
         &now.since(&s.stage_base),
-        s.stage_started,
+        (s.stage_started, s.stage_own_ticks),
     );
     s.tracker.reset_stage();
+    s.stage_own_ticks = own_cpu_ticks(&s.own_tids);
     s.stage_base = now;
     s.stage_samples = SampleAgg::default();
     s.stage_started = Instant::now();
@@ -290,6 +346,9 @@ impl Observer {
             marks: Default::default(),
             cut_report: None,
             leg_p99_ms: Vec::new(),
+            own_tids: Vec::new(),
+            stage_own_ticks: 0,
+            bpf_map_bytes: bpf_map_bytes(),
         }));
         let probes = Arc::new(Mutex::new(probes));
         let stop = Arc::new(AtomicBool::new(false));
@@ -300,6 +359,7 @@ impl Observer {
             let (shared, stop, drained) = (shared.clone(), stop.clone(), drained.clone());
             let (probes, boundary) = (probes.clone(), boundary.clone());
             threads.push(std::thread::spawn(move || {
+                register_own_thread(&shared);
                 let fd = ring.as_raw_fd();
                 let mut batch = Vec::with_capacity(1024);
                 loop {
@@ -356,6 +416,7 @@ impl Observer {
             let every = opts.sample_every;
             let known: Vec<u16> = ports.clone();
             threads.push(std::thread::spawn(move || {
+                register_own_thread(&shared);
                 let mut known = known;
                 let mut next = Instant::now() + every;
                 while !stop.load(Ordering::Relaxed) {
@@ -534,7 +595,7 @@ impl Observer {
             &s.tracker.stage,
             &s.stage_samples,
             &now.since(&s.stage_base),
-            s.stage_started,
+            (s.stage_started, s.stage_own_ticks),
         )
     }
 
@@ -543,7 +604,7 @@ impl Observer {
         self.sync_events();
         let now = self.counters();
         let s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        build(&s, &s.tracker.total, &s.total_samples, &now, s.started)
+        build(&s, &s.tracker.total, &s.total_samples, &now, (s.started, 0))
     }
 
     /// Marks a stage boundary at `mono_ns` (CLOCK_MONOTONIC, the probes'
@@ -588,7 +649,7 @@ impl Observer {
         MetricsServer::start(addr, move || {
             let now = probes.lock().unwrap_or_else(|p| p.into_inner()).counters();
             let s = shared.lock().unwrap_or_else(|p| p.into_inner());
-            build(&s, &s.tracker.total, &s.total_samples, &now, s.started)
+            build(&s, &s.tracker.total, &s.total_samples, &now, (s.started, 0))
         })
     }
 
@@ -665,7 +726,7 @@ fn build(
     a: &Aggregates,
     samples: &SampleAgg,
     c: &Counters,
-    since: Instant,
+    (since, own_ticks_at_start): (Instant, u64),
 ) -> ObserverReport {
     let outbound = a
         .outbound
@@ -743,8 +804,15 @@ fn build(
     };
     let srtt = stats(&a.srtt).unwrap_or_default();
     let target_exited = s.target_gone || s.tracker.target_exited;
+    let seconds = since.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let own_ticks = own_cpu_ticks(&s.own_tids).saturating_sub(own_ticks_at_start);
     let details = ObserverDetails {
-        seconds: since.elapsed().as_secs_f64(),
+        seconds,
+        self_cpu_pct: (seconds > 0.0 && !s.own_tids.is_empty())
+            .then(|| own_ticks as f64 / clk_tck / seconds * 100.0),
+        bpf_map_bytes: s.bpf_map_bytes,
         open_connections: s.tracker.open_connections(),
         established_not_accepted: s.tracker.established_not_accepted(),
         bytes_in: a.bytes_in,

@@ -202,6 +202,13 @@ pub struct ObserverSection {
 pub struct ObserverDetails {
     /// Seconds covered by this report.
     pub seconds: f64,
+    /// The observer's own userspace cost: CPU of its ring reader and /proc
+    /// sampler threads over the window, % of one core (`None` before they run).
+    #[serde(default)]
+    pub self_cpu_pct: Option<f64>,
+    /// Kernel memory of the probes' maps (their `memlock`), at attach.
+    #[serde(default)]
+    pub bpf_map_bytes: u64,
     /// Accepted connections still open at the end of the report.
     pub open_connections: u64,
     /// Connections established in the kernel that the target never accepted.

@@ -122,6 +122,30 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
         }
         // And the message path of the stage, joined exactly.
         assert_eq!(stage["message_path"]["unjoined"], serde_json::json!({}));
+        // What the connections cost each side, measured.
+        let sc = &stage["scale"];
+        assert_eq!(sc["connections_held"].as_u64(), Some(target));
+        let loadgen_per_conn = sc["loadgen_rss_per_connection_bytes"].as_f64().unwrap();
+        let target_per_conn = sc["target_rss_per_connection_bytes"].as_f64().unwrap();
+        assert!(loadgen_per_conn > 1_000.0, "{sc:#}");
+        assert!(target_per_conn > 100.0, "{sc:#}");
+        // Both ends of every held loopback connection are TCP sockets in use.
+        assert!(
+            sc["kernel_tcp"]["tcp_inuse"].as_u64().unwrap() >= 2 * target,
+            "{sc:#}"
+        );
+        let observer_cpu = sc["observer_cpu_pct"].as_f64().unwrap();
+        assert!((0.0..50.0).contains(&observer_cpu), "{sc:#}");
+        assert!(
+            sc["observer_bpf_map_bytes"].as_u64().unwrap() > 1 << 20,
+            "{sc:#}"
+        );
+        if k == 1 {
+            assert!(
+                sc["per_10k_more"]["loadgen_rss_bytes"].is_number(),
+                "{sc:#}"
+            );
+        }
     }
     assert!(
         s["timeline"].as_array().unwrap().len() >= 5,
@@ -150,6 +174,7 @@ fn run_admits_reference_pusher_with_lenient_profile_and_report_renders_needs_roo
     );
     assert!(dom.contains("id=\"criteria\""));
     assert!(dom.contains("Where message latency goes") && dom.contains("on-CPU, self"));
+    assert!(dom.contains("What the connections cost"));
     assert_eq!(dom.matches("<td class=\"pass\">").count(), 20);
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-artifacts");
     std::fs::create_dir_all(&shots).unwrap();

@@ -39,6 +39,7 @@ pub fn render(s: &RunSummary, flame_svg: Option<&str>) -> String {
     slowest(&mut h, s);
     ids(&mut h, s);
     load_details(&mut h, s);
+    scale(&mut h, s);
     not_measured(&mut h, s);
     h.push_str("</body></html>\n");
     h
@@ -529,6 +530,57 @@ fn load_details(h: &mut String, s: &RunSummary) {
         }
         h.push_str("</table>");
     }
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.1} MiB", b / 1048576.0)
+}
+
+fn kib(b: f64) -> String {
+    format!("{:.1} KiB", b / 1024.0)
+}
+
+/// What one more 10k connections costs each side.
+fn scale(h: &mut String, s: &RunSummary) {
+    let rows: Vec<_> = s
+        .stages
+        .iter()
+        .filter_map(|st| Some((st, st.scale.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    h.push_str("<h2>What the connections cost</h2><table><tr><th>stage</th><th>held</th><th>loadgen RSS (per conn)</th><th>target RSS (per conn)</th><th>kernel TCP memory (sockets)</th><th>observer CPU (% of a core)</th><th>observer maps</th><th>per 10k more: loadgen / target / kernel</th></tr>");
+    let dash = || "—".to_string();
+    for (st, sc) in rows {
+        let pair = |total: Option<u64>, per: Option<f64>| match (total, per) {
+            (Some(t), Some(p)) => format!("{} ({})", mib(t as f64), kib(p)),
+            (Some(t), None) => mib(t as f64),
+            _ => dash(),
+        };
+        let more = sc.per_10k_more.as_ref().map_or_else(dash, |m| {
+            let f = |v: Option<f64>| v.map_or_else(dash, mib);
+            format!(
+                "{} / {} / {}",
+                f(m.loadgen_rss_bytes),
+                f(m.target_rss_bytes),
+                f(m.kernel_tcp_mem_bytes)
+            )
+        });
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&st.name),
+            sc.connections_held,
+            pair(sc.loadgen_rss_bytes, sc.loadgen_rss_per_connection_bytes),
+            pair(sc.target_rss_bytes, sc.target_rss_per_connection_bytes),
+            sc.kernel_tcp.map_or_else(dash, |k| format!("{} ({})", mib(k.tcp_mem_bytes as f64), k.tcp_inuse)),
+            sc.observer_cpu_pct.map_or_else(dash, |c| format!("{c:.2}")),
+            sc.observer_bpf_map_bytes.map_or_else(dash, |b| mib(b as f64)),
+            more
+        );
+    }
+    h.push_str("</table><p>Per connection includes each process's fixed part; the last column is the growth from the previous stage per 10k more connections. Kernel TCP memory is the namespace's (both ends of loopback connections).</p>");
 }
 
 fn not_measured(h: &mut String, s: &RunSummary) {

@@ -79,6 +79,9 @@ pub struct StageSummary {
     /// The target's on-CPU / off-CPU profile of the stage.
     #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub profile: Option<crate::profile::StageProfile>,
+    /// What holding the stage's connections cost each side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<crate::run::scale::StageScale>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -192,6 +195,7 @@ pub(crate) mod fixtures {
             load: serde_json::json!({}),
             observer: serde_json::json!({}),
             message_path: None,
+            scale: None,
             profile: None,
         };
         let mut s = RunSummary {

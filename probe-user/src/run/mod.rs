@@ -8,6 +8,7 @@
 //! marked incomplete (exit 3).
 
 pub mod figures;
+pub mod scale;
 
 use crate::profile::{ProfileOptions, Profiler, StageProfile};
 use crate::{
@@ -83,6 +84,9 @@ struct Progress {
     /// Latest live figures of the load and the previous ones, for rates.
     live: Option<(LiveSnap, Instant)>,
     live_prev: Option<(LiveSnap, Instant)>,
+    /// The kernel's TCP totals of each started stage when most TCP sockets
+    /// were in use (read at every live tick).
+    sockstat: Vec<Option<crate::target::SockStat>>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
@@ -369,6 +373,7 @@ async fn drive(
                 stage as usize,
                 at.saturating_duration_since(t0).as_secs_f64(),
             ));
+            p.sockstat.push(crate::target::sockstat());
             p.load.push(None);
         }
         StageEvent::Ended { report, .. } => {
@@ -383,6 +388,11 @@ async fn drive(
         StageEvent::Tick { snap, at } => {
             let mut p = progress.borrow_mut();
             p.live_prev = p.live.replace((snap, at));
+            if let (Some(now), Some(peak)) = (crate::target::sockstat(), p.sockstat.last_mut()) {
+                if peak.is_none_or(|k| now.tcp_inuse >= k.tcp_inuse) {
+                    *peak = Some(now);
+                }
+            }
         }
     };
     let opts = RunOptions {
@@ -612,12 +622,19 @@ fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &mut Progress, obser
             .map(|r| serde_json::to_value(r).unwrap_or_default())
             .unwrap_or_else(|| empty.clone());
         let obs_json = p.observer.get(k).cloned();
-        // The ramp of a stage ends hold_s before its end.
+        // The hold starts when the ramp ends (the last stage's end_s is the
+        // run's end, grace and teardown included: not a base for the hold).
         let hold_start = load
             .as_ref()
-            .map(|r| (end_s - r.hold_s).max(start_s))
+            .map(|r| (start_s + r.ramp_s).min(end_s))
             .unwrap_or(start_s);
         let rss = RssWindow::from_timeline(&summary.timeline, stage, hold_start);
+        let scale = scale::stage_scale(
+            &load_json,
+            obs_json.as_ref(),
+            rss.map(|w| w.at_hold_end),
+            p.sockstat.get(k).copied().flatten(),
+        );
         let obs_section = obs_json.as_ref().and_then(|o| o.get("observer"));
         let profile = p.profiles.get_mut(k).map(std::mem::take);
         let mut figures = stage_figures(&load_json, obs_section, rss, connections, cores());
@@ -637,8 +654,16 @@ fn build_stages(summary: &mut RunSummary, sc: &Scenario, p: &mut Progress, obser
             observer: obs_section.cloned().unwrap_or_else(|| empty.clone()),
             message_path: None,
             profile,
+            scale: Some(scale),
         });
     }
+    scale::fill_marginals(
+        &mut summary
+            .stages
+            .iter_mut()
+            .filter_map(|s| s.scale.as_mut())
+            .collect::<Vec<_>>(),
+    );
     let notes: Vec<String> = summary.stages.iter().flat_map(stage_caveats).collect();
     summary.not_measured.extend(notes);
     if !observed {
@@ -870,6 +895,7 @@ mod tests {
             }),
             observer: serde_json::json!({"phases_clipped": {"lifetime": 1, "accept_wait": 0}}),
             message_path: None,
+            scale: None,
             profile: None,
         };
         let c = stage_caveats(&st);

@@ -174,6 +174,36 @@ impl ListenerFinder {
     }
 }
 
+/// The kernel's TCP socket totals (`/proc/net/sockstat`, this namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct SockStat {
+    /// TCP sockets in use (all processes of the namespace).
+    pub tcp_inuse: u64,
+    /// Memory of TCP socket buffers, bytes (`mem` pages × page size).
+    pub tcp_mem_bytes: u64,
+}
+
+/// Parses `/proc/net/sockstat` text.
+pub fn parse_sockstat(text: &str, page: u64) -> Option<SockStat> {
+    let line = text.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let field = |k: &str| -> Option<u64> {
+        let i = f.iter().position(|x| *x == k)?;
+        f.get(i + 1)?.parse().ok()
+    };
+    Some(SockStat {
+        tcp_inuse: field("inuse")?,
+        tcp_mem_bytes: field("mem")? * page,
+    })
+}
+
+/// The kernel's TCP socket totals now.
+pub fn sockstat() -> Option<SockStat> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    parse_sockstat(&fs::read_to_string("/proc/net/sockstat").ok()?, page)
+}
+
 /// Soft RLIMIT_NOFILE from /proc/PID/limits.
 pub fn fd_limit(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
@@ -455,19 +485,47 @@ mod tests {
     }
 
     #[test]
+    fn parses_sockstat() {
+        let text =
+            "sockets: used 25\nTCP: inuse 3 orphan 1 tw 628 alloc 7 mem 48\nUDP: inuse 0 mem 84\n";
+        assert_eq!(
+            parse_sockstat(text, 4096),
+            Some(SockStat {
+                tcp_inuse: 3,
+                tcp_mem_bytes: 48 * 4096
+            })
+        );
+        assert_eq!(parse_sockstat("UDP: inuse 0 mem 84\n", 4096), None);
+        assert!(sockstat().is_some());
+    }
+
+    #[test]
     fn finds_own_listeners_only_and_forgets_closed_ones() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let mut mine = ListenerFinder::default();
         let found = mine.find(&[std::process::id()]);
-        let inode = found.iter().find(|x| x.port == port).map(|x| x.inode).unwrap();
+        let inode = found
+            .iter()
+            .find(|x| x.port == port)
+            .map(|x| x.inode)
+            .unwrap();
         assert_eq!(mine.owned.get(&inode), Some(&true));
         let mut theirs = ListenerFinder::default();
         assert!(!theirs.find(&[child.id()]).iter().any(|x| x.port == port));
         drop(l);
-        assert!(!mine.find(&[std::process::id()]).iter().any(|x| x.port == port));
-        assert!(!mine.owned.contains_key(&inode), "a closed listener is forgotten");
+        assert!(!mine
+            .find(&[std::process::id()])
+            .iter()
+            .any(|x| x.port == port));
+        assert!(
+            !mine.owned.contains_key(&inode),
+            "a closed listener is forgotten"
+        );
         let _ = child.kill();
         let _ = child.wait();
     }
