@@ -32,15 +32,26 @@ pub fn available() -> bool {
 
 impl Nginx {
     pub fn start(workers: u32) -> anyhow::Result<Nginx> {
-        Nginx::start_with(workers, None)
+        Nginx::start_with(workers, None, false)
+    }
+
+    /// For tens of thousands of connections: one listening socket per
+    /// worker (`reuseport`), so the kernel spreads connections evenly and
+    /// no worker goes past its fd limit.
+    pub fn start_scale(workers: u32) -> anyhow::Result<Nginx> {
+        Nginx::start_with(workers, None, true)
     }
 
     /// The same server over TLS (OpenSSL) with this certificate and key.
     pub fn start_tls(workers: u32, cert: &str, key: &str) -> anyhow::Result<Nginx> {
-        Nginx::start_with(workers, Some((cert, key)))
+        Nginx::start_with(workers, Some((cert, key)), false)
     }
 
-    fn start_with(workers: u32, tls: Option<(&str, &str)>) -> anyhow::Result<Nginx> {
+    fn start_with(
+        workers: u32,
+        tls: Option<(&str, &str)>,
+        reuseport: bool,
+    ) -> anyhow::Result<Nginx> {
         let dir = tempfile::tempdir()?;
         let port = crate::free_port();
         let (ssl, ssl_conf) = match tls {
@@ -55,6 +66,7 @@ impl Nginx {
             .replace("{{PORT}}", &port.to_string())
             .replace("{{WORKERS}}", &workers.to_string())
             .replace("{{SSL}}", &ssl)
+            .replace("{{REUSEPORT}}", if reuseport { " reuseport" } else { "" })
             .replace("{{SSL_CONF}}", &ssl_conf);
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf)?;

@@ -4,6 +4,7 @@
 mod loadgen;
 mod observer;
 mod pusher;
+mod scale;
 
 use anyhow::{bail, Result};
 
@@ -13,7 +14,8 @@ pub fn run(rest: &[String]) -> Result<()> {
         Some("pusher") => pusher::run(args),
         Some("loadgen") => loadgen::run(args),
         Some("observer") => observer::run(args),
-        Some(other) => bail!("unknown bench `{other}`: pusher | loadgen | observer"),
-        None => bail!("usage: cargo xtask bench pusher | loadgen | observer"),
+        Some("scale") => scale::run(args),
+        Some(other) => bail!("unknown bench `{other}`: pusher | loadgen | observer | scale"),
+        None => bail!("usage: cargo xtask bench pusher | loadgen | observer | scale"),
     }
 }

@@ -1,0 +1,438 @@
+//! `cargo xtask bench scale [--connections 100000] [--hold 60] [--connect-rate 20000]
+//! [--workers W]`: 100,000 WebSocket subscribers on one host (needs root,
+//! nginx and libnginx-mod-nchan):
+//! 1. NGINX + nchan with W workers (default: 16,000 connections each, under
+//!    the 20,000 per-process fd limit), one `reuseport` listener per worker;
+//! 2. `pushscope observe` attached to the NGINX master, as its own process
+//!    so its userspace CPU (utime + stime while the connections are held)
+//!    and RSS are its own;
+//! 3. `pushscope load --protocol nchan` ramps to N subscribers at the
+//!    connect rate (sharded over worker processes above 15,000, source
+//!    addresses 127.0.0.1-127.0.0.8), holds them `--hold` seconds with
+//!    heartbeats every 5 s and a trickle of publishes.
+//!
+//! Reports: upgraded / failed / unexpected disconnects and the ramp's
+//! rate; the observer's accepted count across the workers, coverage,
+//! ring-buffer drops, its CPU (% of one core) while held and its RSS per
+//! tracked connection; the load generator's and NGINX's RSS per
+//! connection; kernel TCP memory; listen-queue overflows and drops
+//! (`/proc/net/netstat` ListenOverflows / ListenDrops deltas: SYNs lost
+//! to a full accept queue). Writes target/bench/scale.json.
+
+use crate::util::{self, bench_dir, Guard};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const TARGET_OBSERVER_CPU_PCT: f64 = 5.0;
+const TARGET_LOADGEN_BYTES_PER_CONN: f64 = 6.0 * 1024.0;
+const TARGET_CONNECT_RATE: f64 = 20_000.0;
+const CONNS_PER_WORKER: u64 = 16_000;
+const PUBLISHERS: u64 = 2;
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// A process and all its descendants.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        out.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+        i += 1;
+    }
+    out
+}
+
+fn tree_rss_bytes(pid: u32) -> u64 {
+    tree(pid)
+        .iter()
+        .map(|p| status_kib(*p, "VmRSS:") * 1024)
+        .sum()
+}
+
+/// ListenOverflows and ListenDrops of /proc/net/netstat.
+fn listen_drops() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    let (Some(names), Some(values)) = (lines.first(), lines.get(1)) else {
+        return (0, 0);
+    };
+    let get = |k: &str| {
+        let i = names.split_whitespace().position(|n| n == k)?;
+        values.split_whitespace().nth(i)?.parse::<u64>().ok()
+    };
+    (
+        get("ListenOverflows").unwrap_or(0),
+        get("ListenDrops").unwrap_or(0),
+    )
+}
+
+fn tcp_mem_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("TCP:"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|x| *x == "mem")?;
+            f.get(i + 1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// `pushscope_load_connections` of the load's live endpoint.
+fn connected(metrics: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(metrics).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix("pushscope_load_connections "))?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
+}
+
+fn start_nginx(dir: &Path, workers: u64, port: u16) -> Result<Guard> {
+    let conf = include_str!("../../../tests/fixtures/nchan-load.conf")
+        .replace("{{DIR}}", &dir.display().to_string())
+        .replace("{{PORT}}", &port.to_string())
+        .replace("{{WORKERS}}", &workers.to_string())
+        .replace("{{REUSEPORT}}", " reuseport")
+        .replace("{{SSL}}", "")
+        .replace("{{SSL_CONF}}", "");
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx (apt-get install -y nginx libnginx-mod-nchan)")?;
+    let guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "nginx did not listen on {port}: see {}/error.log",
+                dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(guard)
+}
+
+fn num(v: &Value, path: &str) -> f64 {
+    v.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let (mut n, mut hold, mut rate, mut workers) = (100_000u64, 60u64, 20_000u64, 0u64);
+    let mut it = args.iter();
+    while let Some(k) = it.next() {
+        let v: u64 = it
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{k} needs a number"))?;
+        match k.as_str() {
+            "--connections" => n = v,
+            "--hold" => hold = v,
+            "--connect-rate" => rate = v,
+            "--workers" => workers = v,
+            _ => bail!("unknown option {k}: use --connections N, --hold SECONDS, --connect-rate N, --workers W"),
+        }
+    }
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("bench scale attaches the observer: run it as root");
+    }
+    if workers == 0 {
+        workers = n.div_ceil(CONNS_PER_WORKER).max(1);
+    }
+    util::cargo(&["build", "--release", "-p", "probe-user", "--bins"])?;
+    let dir = bench_dir().join("scale");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let nginx = start_nginx(&dir.join("nginx"), workers, port)?;
+    let master = nginx.0.id();
+    eprintln!("bench scale: nginx + nchan, {workers} workers, port {port}; {n} subscribers, hold {hold} s");
+
+    let obs_dir = dir.join("observe");
+    let observer = Guard(
+        Command::new(util::release_bin("pushscope"))
+            .args(["observe", "--pid", &master.to_string(), "--out"])
+            .arg(&obs_dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting pushscope observe")?,
+    );
+    // Attached once its summary directory exists… the observer prints
+    // nothing, so give it a bounded moment and check it is alive.
+    std::thread::sleep(Duration::from_secs(3));
+    let obs_pid = observer.0.id();
+    if !Path::new(&format!("/proc/{obs_pid}")).exists() {
+        bail!("pushscope observe exited at attach");
+    }
+
+    let (overflows0, drops0) = listen_drops();
+    let tcp_mem0 = tcp_mem_bytes();
+    let nginx_rss0 = tree_rss_bytes(master);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let load_dir = dir.join("load");
+    let stages = format!("{n}:{hold}s");
+    let sub = format!("ws://127.0.0.1:{port}/sub/{{channel}}");
+    let publish = format!("http://127.0.0.1:{port}/pub/{{channel}}");
+    let load_started = Instant::now();
+    let mut load = Guard(
+        Command::new(util::release_bin("pushscope"))
+            .args([
+                "load",
+                "--protocol",
+                "nchan",
+                "--url",
+                &sub,
+                "--publish-url",
+                &publish,
+            ])
+            .args(["--stages", &stages, "--connect-rate", &format!("{rate}/s")])
+            .args([
+                "--source-addrs",
+                "127.0.0.1-127.0.0.8",
+                "--channels",
+                "100",
+                "--rate",
+                "10",
+            ])
+            .args([
+                "--publishers",
+                &PUBLISHERS.to_string(),
+                "--grace",
+                "2s",
+                "--metrics",
+                &metrics,
+            ])
+            .arg("--out")
+            .arg(&load_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting pushscope load")?,
+    );
+    let load_pid = load.0.id();
+    // Held: the live endpoint says every subscriber is connected.
+    let ramp_deadline = load_started + Duration::from_secs(120 + n / 1000);
+    let held_at = loop {
+        if let Ok(Some(st)) = load.0.try_wait() {
+            bail!("pushscope load exited ({st}) before holding {n} connections");
+        }
+        if connected(&metrics).is_some_and(|c| c >= n) {
+            break Instant::now();
+        }
+        if Instant::now() > ramp_deadline {
+            bail!(
+                "{n} connections were not held within {:?}",
+                ramp_deadline - load_started
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Measure over most of the hold, leaving its first seconds to settle.
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu0, t0) = (util::cpu_ns(obs_pid), Instant::now());
+    let window = Duration::from_secs(hold.saturating_sub(6).max(5));
+    std::thread::sleep(window);
+    let observer_cpu_pct =
+        (util::cpu_ns(obs_pid) - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+    let observer_rss = status_kib(obs_pid, "VmRSS:") * 1024;
+    let loadgen_rss = tree_rss_bytes(load_pid);
+    let nginx_rss = tree_rss_bytes(master);
+    let tcp_mem = tcp_mem_bytes();
+    let still = connected(&metrics).unwrap_or(0);
+    // The load ends by itself after the hold and grace.
+    let end_deadline = Instant::now() + Duration::from_secs(hold + 120);
+    let status = loop {
+        if let Ok(Some(st)) = load.0.try_wait() {
+            break st;
+        }
+        if Instant::now() > end_deadline {
+            bail!("pushscope load did not end");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    drop(load);
+    let (overflows1, drops1) = listen_drops();
+    drop(observer); // SIGINT: writes its summary
+    drop(nginx);
+    let load_summary: Value = serde_json::from_slice(
+        &std::fs::read(load_dir.join("summary.json")).context("reading the load's summary.json")?,
+    )?;
+    let obs_summary: Value = serde_json::from_slice(
+        &std::fs::read(obs_dir.join("summary.json"))
+            .context("reading the observer's summary.json")?,
+    )?;
+    let st = &load_summary["stages"][0];
+    let opened = num(st, "/connections/opened");
+    let ramp_s = num(st, "/ramp_s");
+    let connect_rate = n as f64 / ramp_s;
+    let accepted = num(&obs_summary, "/observer/coverage/accepted");
+    let tracked_open = num(&obs_summary, "/observe/details/open_connections").max(opened);
+    let per = |bytes: u64| bytes as f64 / n as f64;
+    let figures = json!({
+        "connections": n,
+        "nginx_workers": workers,
+        "hold_s": hold,
+        "load_exit": status.code(),
+        "held_at_s": held_at.duration_since(load_started).as_secs_f64(),
+        "upgraded": opened,
+        "still_connected_at_hold_end": still,
+        "failed": num(st, "/connections/failed"),
+        "failed_by_reason": st["failed_by_reason"],
+        "unexpected_disconnects": num(st, "/connections/unexpected_disconnects"),
+        "disconnects_by_reason": st["disconnects_by_reason"],
+        "ramp_s": ramp_s,
+        "connect_rate_per_s": connect_rate,
+        "lost": num(st, "/messages/lost"),
+        "observer_accepted": accepted,
+        "observer_coverage_pct": num(&obs_summary, "/observer/coverage/pct"),
+        "observer_drops": num(&obs_summary, "/observer/drops"),
+        "observer_cpu_pct_of_core_while_held": observer_cpu_pct,
+        "observer_rss_bytes": observer_rss,
+        "observer_rss_per_connection_bytes": observer_rss as f64 / tracked_open.max(1.0),
+        "loadgen_rss_bytes": loadgen_rss,
+        "loadgen_rss_per_connection_bytes": per(loadgen_rss),
+        "nginx_rss_per_connection_bytes": per(nginx_rss.saturating_sub(nginx_rss0)),
+        "kernel_tcp_mem_per_connection_bytes": per(tcp_mem.saturating_sub(tcp_mem0)),
+        "listen_overflows": overflows1 - overflows0,
+        "listen_drops": drops1 - drops0,
+    });
+    std::fs::write(
+        bench_dir().join("scale.json"),
+        serde_json::to_vec_pretty(&figures)?,
+    )?;
+    let ok = |b: bool| if b { "met" } else { "MISSED" };
+    println!("\nbench scale: {n} subscribers on NGINX + nchan ({workers} workers), held {hold} s");
+    println!("{:<44} {:>14}  target", "figure", "value");
+    let row = |name: &str, v: String, target: String| println!("{name:<44} {v:>14}  {target}");
+    row(
+        "upgraded",
+        format!("{opened:.0}"),
+        format!("{n} ({})", ok(opened as u64 == n)),
+    );
+    row(
+        "failed",
+        format!("{:.0}", num(st, "/connections/failed")),
+        "0".into(),
+    );
+    row(
+        "unexpected disconnects (heartbeats lost…)",
+        format!("{:.0}", num(st, "/connections/unexpected_disconnects")),
+        "0".into(),
+    );
+    row(
+        "ramp (new connections/s)",
+        format!("{connect_rate:.0}"),
+        format!(
+            "≥ {TARGET_CONNECT_RATE:.0} ({})",
+            ok(connect_rate >= TARGET_CONNECT_RATE)
+        ),
+    );
+    row(
+        "listen overflows / drops",
+        format!("{} / {}", overflows1 - overflows0, drops1 - drops0),
+        "0".into(),
+    );
+    row(
+        "observer accepted (all workers)",
+        format!("{accepted:.0}"),
+        format!(
+            "{n}..{} ({})",
+            n + PUBLISHERS,
+            ok((n as f64..=(n + PUBLISHERS) as f64).contains(&accepted))
+        ),
+    );
+    row(
+        "observer coverage %",
+        format!("{:.3}", num(&obs_summary, "/observer/coverage/pct")),
+        "100".into(),
+    );
+    row(
+        "observer ring drops",
+        format!("{:.0}", num(&obs_summary, "/observer/drops")),
+        "0".into(),
+    );
+    row(
+        "observer CPU while held (% of a core)",
+        format!("{observer_cpu_pct:.2}"),
+        format!(
+            "≤ {TARGET_OBSERVER_CPU_PCT} ({})",
+            ok(observer_cpu_pct <= TARGET_OBSERVER_CPU_PCT)
+        ),
+    );
+    row(
+        "observer RSS per tracked connection",
+        format!("{:.0} B", observer_rss as f64 / tracked_open.max(1.0)),
+        "reported".into(),
+    );
+    row(
+        "loadgen RSS per connection",
+        format!("{:.0} B", per(loadgen_rss)),
+        format!(
+            "≤ {TARGET_LOADGEN_BYTES_PER_CONN:.0} B ({})",
+            ok(per(loadgen_rss) <= TARGET_LOADGEN_BYTES_PER_CONN)
+        ),
+    );
+    row(
+        "nginx RSS per connection",
+        format!("{:.0} B", per(nginx_rss.saturating_sub(nginx_rss0))),
+        "reported".into(),
+    );
+    row(
+        "kernel TCP memory per connection",
+        format!("{:.0} B", per(tcp_mem.saturating_sub(tcp_mem0))),
+        "reported".into(),
+    );
+    println!("figures: {}", bench_dir().join("scale.json").display());
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
