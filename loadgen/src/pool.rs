@@ -139,6 +139,7 @@ impl LocalPool {
             settle_ns: SETTLE.as_nanos() as u64,
             connect_timeout: Duration::from_secs(10),
             tracer,
+            floor: sc.floor,
         });
         let n = std::thread::available_parallelism()
             .map_or(2, |n| n.get())

@@ -134,7 +134,7 @@ async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<Option<String>, Load
     .await
     {
         Ok((mut ws, _)) => {
-            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
             Ok(None)
         }
         Err(e @ (net::ConnectError::Tcp { .. } | net::ConnectError::Timeout(_))) => {

@@ -17,6 +17,13 @@
 //!    When the publisher falls behind its schedule (backlog at stage end:
 //!    one pusher core could not keep up) the table says so, and the e2e
 //!    latency is then the pusher's queue, not the loadgen's.
+//! 4. the floor of 3: the same run with `--floor`, whose subscribers only
+//!    `recv` and count frames (no UTF-8 check, marker or accounting), in
+//!    rounds interleaved with 3's; loadgen ÷ floor says how much of the
+//!    receive cost is the load generator's own work (`--floor 0` skips it).
+//!
+//! `--loadgen-bin PATH` measures another `pushscope-loadgen` build (e.g. a
+//! baseline) against the same pusher.
 //!
 //! Prints a table and writes target/bench/loadgen.json.
 
@@ -89,6 +96,7 @@ fn json_num(text: &str, path: &[&str]) -> f64 {
 /// calls `watch(pid, metrics)` every 100 ms while it runs; returns
 /// summary.json's text.
 fn load(
+    bin: &Path,
     out: &Path,
     addr: &str,
     args: &[&str],
@@ -98,15 +106,14 @@ fn load(
     let metrics = format!("127.0.0.1:{}", free_port()?);
     let _ = std::fs::remove_dir_all(out);
     let url = format!("ws://{addr}/ws");
-    let bin = util::release_bin("pushscope-loadgen");
     let mut cmd = match cpu {
         // taskset execs the loadgen in the same process.
         Some(c) => {
             let mut t = Command::new("taskset");
-            t.args(["-c", &c.to_string()]).arg(&bin);
+            t.args(["-c", &c.to_string()]).arg(bin);
             t
         }
-        None => Command::new(&bin),
+        None => Command::new(bin),
     };
     let mut child = Guard(
         cmd.args([
@@ -154,8 +161,17 @@ fn load(
 
 pub fn run(args: &[String]) -> Result<()> {
     let (mut idle, mut fanout, mut seconds, mut rate) = (10_000u64, 1_000u64, 6u64, 200u64);
+    let mut floor = true;
+    let mut bin = util::release_bin("pushscope-loadgen");
     let mut it = args.iter();
     while let Some(k) = it.next() {
+        if k == "--loadgen-bin" {
+            bin = it
+                .next()
+                .map(std::path::PathBuf::from)
+                .context("--loadgen-bin needs a path")?;
+            continue;
+        }
         let v: u64 = it
             .next()
             .and_then(|v| v.parse().ok())
@@ -165,8 +181,9 @@ pub fn run(args: &[String]) -> Result<()> {
             "--fanout" => fanout = v,
             "--seconds" => seconds = v,
             "--rate" => rate = v,
+            "--floor" => floor = v != 0,
             _ => bail!(
-                "unknown option {k}: use --idle N, --fanout N, --seconds S, --rate MSGS_PER_S"
+                "unknown option {k}: use --idle N, --fanout N, --seconds S, --rate MSGS_PER_S, --floor 0|1, --loadgen-bin PATH"
             ),
         }
     }
@@ -190,6 +207,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let (mut base, mut peak) = (None::<u64>, (0u64, 0u64));
     let stages = format!("{idle}:4s");
     let idle_summary = load(
+        &bin,
         &dir.join("lg-idle"),
         &addr,
         &[
@@ -230,11 +248,31 @@ pub fn run(args: &[String]) -> Result<()> {
     // 3: fan-out to N subscribers of one channel, pusher and loadgen on
     // cores of their own when there are two.
     let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let mut rounds: Vec<Round> = Vec::new();
+    // Floor rounds interleaved with the full ones: both see the same drift
+    // of a shared machine.
+    let (mut rounds, mut floors): (Vec<Round>, Vec<Round>) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        rounds.push(fan_round(&dir, fanout, seconds, rate, pinned, round)?);
+        let fan = FanRound {
+            bin: &bin,
+            dir: &dir,
+            fanout,
+            seconds,
+            rate,
+            pinned,
+            round,
+        };
+        rounds.push(fan_round(&fan, false)?);
+        if floor {
+            floors.push(fan_round(&fan, true)?);
+        }
     }
     let per_core = util::median(rounds.iter().map(|r| r.per_core).collect());
+    let floor_per_core = if floor {
+        util::median(floors.iter().map(|r| r.per_core).collect())
+    } else {
+        f64::NAN
+    };
+    let of_floor = per_core / floor_per_core;
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!();
@@ -270,6 +308,14 @@ pub fn run(args: &[String]) -> Result<()> {
         TARGET_MSGS_PER_CORE,
         verdict(per_core >= TARGET_MSGS_PER_CORE)
     );
+    if floor {
+        println!(
+            "{:<52} {:>12.0}",
+            format!("  floor: recv and count only (median of {ROUNDS})"),
+            floor_per_core
+        );
+        println!("{:<52} {:>12.2}", "  loadgen / floor", of_floor);
+    }
     println!(
         "  {fanout} subs x 1 channel, {rate} publishes/s asked ({}):",
         if pinned {
@@ -282,17 +328,20 @@ pub fn run(args: &[String]) -> Result<()> {
         "  {:>6} {:>10} {:>9} {:>10} {:>10} {:>6} {:>6} {:>10}",
         "round", "backlog", "recv/s", "loadgen %", "per core", "lost", "discon", "e2e p99 ms"
     );
-    for (i, r) in rounds.iter().enumerate() {
+    let all = rounds
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("{}", i + 1), r))
+        .chain(
+            floors
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("floor {}", i + 1), r)),
+        );
+    for (name, r) in all {
         println!(
             "  {:>6} {:>10} {:>9.0} {:>10.0} {:>10.0} {:>6} {:>6} {:>10.1}",
-            i + 1,
-            r.backlog,
-            r.msgs_per_s,
-            r.cpu,
-            r.per_core,
-            r.lost,
-            r.unexpected,
-            r.p99
+            name, r.backlog, r.msgs_per_s, r.cpu, r.per_core, r.lost, r.unexpected, r.p99
         );
     }
     if rounds.iter().any(|r| r.backlog > 0.0) {
@@ -301,8 +350,11 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     let json = format!(
-        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"rate\": {rate}, \"pinned\": {pinned}, \"msgs_per_core_s_median\": {per_core:.0}, \"rounds\": [{}]}},\n  \"loadavg_before\": \"{load_before}\",\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
+        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"rate\": {rate}, \"pinned\": {pinned}, \"msgs_per_core_s_median\": {per_core:.0}, \"rounds\": [{}]}},\n  \"floor\": {{\"msgs_per_core_s_median\": {}, \"loadgen_over_floor\": {}, \"rounds\": [{}]}},\n  \"loadavg_before\": \"{load_before}\",\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
         rounds.iter().map(Round::json).collect::<Vec<_>>().join(", "),
+        json_f(floor_per_core, 0),
+        json_f(of_floor, 3),
+        floors.iter().map(Round::json).collect::<Vec<_>>().join(", "),
         peak.0,
         base.unwrap_or(0),
         peak.1
@@ -336,24 +388,44 @@ impl Round {
     }
 }
 
-/// `fanout` subscribers of one channel, `rate` publishes/s for `seconds`.
-fn fan_round(
-    dir: &Path,
+/// A number for JSON (`null` when not measured).
+fn json_f(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "null".into()
+    }
+}
+
+/// What a fan-out round runs.
+struct FanRound<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
     fanout: u64,
     seconds: u64,
     rate: u64,
     pinned: bool,
     round: usize,
-) -> Result<Round> {
-    let (p, addr) = util::start_bench_pusher(&dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
-    if pinned {
+}
+
+/// `fanout` subscribers of one channel, `rate` publishes/s for `seconds`;
+/// `floor`: subscribers only receive and count frames.
+fn fan_round(f: &FanRound<'_>, floor: bool) -> Result<Round> {
+    let (p, addr) = util::start_bench_pusher(&f.dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
+    if f.pinned {
         util::pin(p.0.id(), 0)?;
     }
-    let stages = format!("{fanout}:{seconds}s");
-    let rate_s = rate.to_string();
-    eprintln!("xtask: fan-out round {} of {ROUNDS}", round + 1);
+    let stages = format!("{}:{}s", f.fanout, f.seconds);
+    let rate_s = f.rate.to_string();
+    eprintln!(
+        "xtask: fan-out round {} of {ROUNDS}{}",
+        f.round + 1,
+        if floor { " (floor)" } else { "" }
+    );
+    let floor_arg: &[&str] = if floor { &["--floor"] } else { &[] };
     let fan = load(
-        &dir.join("lg-fan"),
+        f.bin,
+        &f.dir.join("lg-fan"),
         &addr,
         &[
             "--stages",
@@ -366,8 +438,12 @@ fn fan_round(
             "128",
             "--connect-rate",
             "20000/s",
-        ],
-        pinned.then_some(1),
+        ]
+        .iter()
+        .chain(floor_arg)
+        .copied()
+        .collect::<Vec<_>>(),
+        f.pinned.then_some(1),
         |_, _| {},
     )?;
     drop(p);
