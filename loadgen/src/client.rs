@@ -325,13 +325,17 @@ fn on_read(
         }
         Ok(())
     });
-    if floor_count > 0 {
+    if !data.is_empty() || floor_count > 0 {
         let mut st = lane.state.borrow_mut();
         let k = st.stage;
-        st.stage_stats(k).received += floor_count;
-        lane.gauges
-            .received
-            .fetch_add(floor_count, std::sync::atomic::Ordering::Relaxed);
+        let stats = st.stage_stats(k);
+        stats.reads += u64::from(!data.is_empty());
+        stats.received += floor_count;
+        if floor_count > 0 {
+            lane.gauges
+                .received
+                .fetch_add(floor_count, std::sync::atomic::Ordering::Relaxed);
+        }
     }
     match r {
         Ok(()) => Ok(()),

@@ -325,8 +325,16 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     );
     println!(
-        "  {:>6} {:>10} {:>9} {:>10} {:>10} {:>6} {:>6} {:>10}",
-        "round", "backlog", "recv/s", "loadgen %", "per core", "lost", "discon", "e2e p99 ms"
+        "  {:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>6} {:>6} {:>10}",
+        "round",
+        "backlog",
+        "recv/s",
+        "loadgen %",
+        "per core",
+        "msgs/read",
+        "lost",
+        "discon",
+        "e2e p99 ms"
     );
     let all = rounds
         .iter()
@@ -340,8 +348,16 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     for (name, r) in all {
         println!(
-            "  {:>6} {:>10} {:>9.0} {:>10.0} {:>10.0} {:>6} {:>6} {:>10.1}",
-            name, r.backlog, r.msgs_per_s, r.cpu, r.per_core, r.lost, r.unexpected, r.p99
+            "  {:>8} {:>8} {:>9.0} {:>10.0} {:>10.0} {:>9.2} {:>6} {:>6} {:>10.1}",
+            name,
+            r.backlog,
+            r.msgs_per_s,
+            r.cpu,
+            r.per_core,
+            r.per_read,
+            r.lost,
+            r.unexpected,
+            r.p99
         );
     }
     if rounds.iter().any(|r| r.backlog > 0.0) {
@@ -377,13 +393,15 @@ struct Round {
     lost: f64,
     unexpected: f64,
     p99: f64,
+    /// Messages one subscriber read took on average.
+    per_read: f64,
 }
 
 impl Round {
     fn json(&self) -> String {
         format!(
-            "{{\"publish_backlog\": {}, \"msgs_per_s\": {:.0}, \"loadgen_cpu_pct\": {:.1}, \"msgs_per_core_s\": {:.0}, \"lost\": {}, \"unexpected_disconnects\": {}, \"latency_p99_ms\": {}}}",
-            self.backlog, self.msgs_per_s, self.cpu, self.per_core, self.lost, self.unexpected, self.p99
+            "{{\"publish_backlog\": {}, \"msgs_per_s\": {:.0}, \"loadgen_cpu_pct\": {:.1}, \"msgs_per_core_s\": {:.0}, \"messages_per_read\": {}, \"lost\": {}, \"unexpected_disconnects\": {}, \"latency_p99_ms\": {}}}",
+            self.backlog, self.msgs_per_s, self.cpu, self.per_core, json_f(self.per_read, 2), self.lost, self.unexpected, json_f(self.p99, 1)
         )
     }
 }
@@ -459,5 +477,6 @@ fn fan_round(f: &FanRound<'_>, floor: bool) -> Result<Round> {
         lost: json_num(&fan, &["stages", "messages", "lost"]),
         unexpected: json_num(&fan, &["stages", "connections", "unexpected_disconnects"]),
         p99: json_num(&fan, &["stages", "latency_ms", "p99"]),
+        per_read: json_num(&fan, &["stages", "loadgen", "messages_per_read"]),
     })
 }
