@@ -17,10 +17,13 @@
 //!    When the publisher falls behind its schedule (backlog at stage end:
 //!    one pusher core could not keep up) the table says so, and the e2e
 //!    latency is then the pusher's queue, not the loadgen's.
-//! 4. the floor of 3: the same run with `--floor`, whose subscribers only
-//!    `recv` and count frames (no UTF-8 check, marker or accounting), in
-//!    rounds interleaved with 3's; loadgen ÷ floor says how much of the
-//!    receive cost is the load generator's own work (`--floor 0` skips it).
+//! 4. the floor of 3: after each round of 3, the load generator and a
+//!    `--floor` process (whose subscribers only `recv` and count frames: no
+//!    UTF-8 check, marker or accounting) run side by side on CPU 1, N/2
+//!    subscribers each on the same channel, so both see the same frames at
+//!    the same pace; loadgen ÷ floor (messages per CPU-second, median of
+//!    the rounds' ratios) says how much of the receive cost is the load
+//!    generator's own work, the rest being the kernel's (`--floor 0` skips it).
 //!
 //! `--loadgen-bin PATH` measures another `pushscope-loadgen` build (e.g. a
 //! baseline) against the same pusher.
@@ -248,9 +251,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // 3: fan-out to N subscribers of one channel, pusher and loadgen on
     // cores of their own when there are two.
     let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    // Floor rounds interleaved with the full ones: both see the same drift
-    // of a shared machine.
-    let (mut rounds, mut floors): (Vec<Round>, Vec<Round>) = (Vec::new(), Vec::new());
+    let (mut rounds, mut pairs): (Vec<Round>, Vec<(Round, Round)>) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let fan = FanRound {
             bin: &bin,
@@ -261,18 +262,20 @@ pub fn run(args: &[String]) -> Result<()> {
             pinned,
             round,
         };
-        rounds.push(fan_round(&fan, false)?);
+        rounds.push(fan_round(&fan, Side::Only, "")?);
         if floor {
-            floors.push(fan_round(&fan, true)?);
+            pairs.push(pair_round(&fan)?);
         }
     }
     let per_core = util::median(rounds.iter().map(|r| r.per_core).collect());
-    let floor_per_core = if floor {
-        util::median(floors.iter().map(|r| r.per_core).collect())
+    let (floor_per_core, of_floor) = if floor {
+        (
+            util::median(pairs.iter().map(|(_, f)| f.per_core).collect()),
+            util::median(pairs.iter().map(|(l, f)| l.per_core / f.per_core).collect()),
+        )
     } else {
-        f64::NAN
+        (f64::NAN, f64::NAN)
     };
-    let of_floor = per_core / floor_per_core;
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!();
@@ -314,7 +317,11 @@ pub fn run(args: &[String]) -> Result<()> {
             format!("  floor: recv and count only (median of {ROUNDS})"),
             floor_per_core
         );
-        println!("{:<52} {:>12.2}", "  loadgen / floor", of_floor);
+        println!(
+            "{:<52} {:>12.2}",
+            format!("  loadgen / floor, side by side (median of {ROUNDS})"),
+            of_floor
+        );
     }
     println!(
         "  {fanout} subs x 1 channel, {rate} publishes/s asked ({}):",
@@ -340,12 +347,12 @@ pub fn run(args: &[String]) -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, r)| (format!("{}", i + 1), r))
-        .chain(
-            floors
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("floor {}", i + 1), r)),
-        );
+        .chain(pairs.iter().enumerate().flat_map(|(i, (l, f))| {
+            [
+                (format!("pair {} lg", i + 1), l),
+                (format!("pair {} fl", i + 1), f),
+            ]
+        }));
     for (name, r) in all {
         println!(
             "  {:>8} {:>8} {:>9.0} {:>10.0} {:>10.0} {:>9.2} {:>6} {:>6} {:>10.1}",
@@ -366,11 +373,15 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     let json = format!(
-        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"rate\": {rate}, \"pinned\": {pinned}, \"msgs_per_core_s_median\": {per_core:.0}, \"rounds\": [{}]}},\n  \"floor\": {{\"msgs_per_core_s_median\": {}, \"loadgen_over_floor\": {}, \"rounds\": [{}]}},\n  \"loadavg_before\": \"{load_before}\",\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
+        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"rate\": {rate}, \"pinned\": {pinned}, \"msgs_per_core_s_median\": {per_core:.0}, \"rounds\": [{}]}},\n  \"floor\": {{\"msgs_per_core_s_median\": {}, \"loadgen_over_floor_median\": {}, \"side_by_side\": [{}]}},\n  \"loadavg_before\": \"{load_before}\",\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
         rounds.iter().map(Round::json).collect::<Vec<_>>().join(", "),
         json_f(floor_per_core, 0),
         json_f(of_floor, 3),
-        floors.iter().map(Round::json).collect::<Vec<_>>().join(", "),
+        pairs
+            .iter()
+            .map(|(l, f)| format!("{{\"loadgen\": {}, \"floor\": {}}}", l.json(), f.json()))
+            .collect::<Vec<_>>()
+            .join(", "),
         peak.0,
         base.unwrap_or(0),
         peak.1
@@ -426,25 +437,88 @@ struct FanRound<'a> {
     round: usize,
 }
 
-/// `fanout` subscribers of one channel, `rate` publishes/s for `seconds`;
-/// `floor`: subscribers only receive and count frames.
-fn fan_round(f: &FanRound<'_>, floor: bool) -> Result<Round> {
+/// Which process of a round this is.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// The load generator alone: `fanout` subscribers.
+    Only,
+    /// Side by side with the floor: `fanout / 2` subscribers each, each
+    /// process publishing `rate / 2`, so the load generator fully accounts
+    /// for its own half of the frames and finds the floor's half foreign
+    /// (marker read, not judged).
+    Loadgen,
+    /// The floor next to the load generator.
+    Floor,
+}
+
+/// Both halves of a side-by-side round: the load generator and the floor,
+/// `fanout / 2` subscribers each on the same channel, at the same time on
+/// the same CPU, so both see the same frames at the same pace (how many
+/// frames one read takes moves the cost per message more than anything
+/// else on a busy machine; side by side both get the same).
+fn pair_round(f: &FanRound<'_>) -> Result<(Round, Round)> {
     let (p, addr) = util::start_bench_pusher(&f.dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
     if f.pinned {
         util::pin(p.0.id(), 0)?;
     }
-    let stages = format!("{}:{}s", f.fanout, f.seconds);
-    let rate_s = f.rate.to_string();
-    eprintln!(
-        "xtask: fan-out round {} of {ROUNDS}{}",
-        f.round + 1,
-        if floor { " (floor)" } else { "" }
-    );
-    let floor_arg: &[&str] = if floor { &["--floor"] } else { &[] };
+    std::thread::scope(|s| {
+        let floor = s.spawn(|| fan_round(f, Side::Floor, &addr));
+        let full = fan_round(f, Side::Loadgen, &addr);
+        let floor = floor
+            .join()
+            .map_err(|_| anyhow::anyhow!("the floor's thread panicked"))?;
+        Ok((full?, floor?))
+    })
+}
+
+/// One load process of a fan-out round: `fanout` subscribers of one
+/// channel, `rate` publishes/s for `seconds` (see `Side`). With `addr`
+/// empty it starts its own pusher.
+fn fan_round(f: &FanRound<'_>, side: Side, addr: &str) -> Result<Round> {
+    let own = if addr.is_empty() {
+        let (p, a) = util::start_bench_pusher(&f.dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
+        if f.pinned {
+            util::pin(p.0.id(), 0)?;
+        }
+        Some((p, a))
+    } else {
+        None
+    };
+    let addr = own.as_ref().map_or(addr, |(_, a)| a.as_str());
+    let subs = if side == Side::Only {
+        f.fanout
+    } else {
+        f.fanout / 2
+    };
+    let stages = format!("{subs}:{}s", f.seconds);
+    // Side by side each publishes half the rate on the one channel: every
+    // subscriber of either process gets every message (a floor that
+    // publishes nothing is not sent them all: it never ACKs).
+    let rate_s = if side == Side::Only {
+        f.rate.to_string()
+    } else {
+        (f.rate as f64 / 2.0).to_string()
+    };
+    let (tag, extra): (&str, &[&str]) = match side {
+        Side::Only => ("lg-fan", &[]),
+        Side::Loadgen => ("lg-pair", &[]),
+        Side::Floor => ("lg-pair-floor", &["--floor"]),
+    };
+    if side != Side::Floor {
+        eprintln!(
+            "xtask: fan-out round {} of {ROUNDS}{}",
+            f.round + 1,
+            if side == Side::Loadgen {
+                " (side by side with the floor)"
+            } else {
+                ""
+            }
+        );
+    }
     let fan = load(
         f.bin,
-        &f.dir.join("lg-fan"),
-        &addr,
+        &f.dir.join(tag),
+        addr,
         &[
             "--stages",
             &stages,
@@ -458,14 +532,19 @@ fn fan_round(f: &FanRound<'_>, floor: bool) -> Result<Round> {
             "20000/s",
         ]
         .iter()
-        .chain(floor_arg)
+        .chain(extra)
         .copied()
         .collect::<Vec<_>>(),
         f.pinned.then_some(1),
         |_, _| {},
     )?;
-    drop(p);
-    let received = json_num(&fan, &["stages", "messages", "received"]);
+    drop(own);
+    // Every message frame a subscriber received, whoever published it.
+    let received = ["received", "foreign", "replayed"]
+        .iter()
+        .map(|k| json_num(&fan, &["stages", "messages", k]))
+        .filter(|v| v.is_finite())
+        .sum::<f64>();
     let hold = json_num(&fan, &["stages", "hold_s"]) + json_num(&fan, &["stages", "ramp_s"]);
     let cpu = json_num(&fan, &["stages", "loadgen", "cpu_pct"]);
     let msgs_per_s = received / hold;
