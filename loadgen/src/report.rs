@@ -86,9 +86,9 @@ pub struct LoadgenHealth {
     #[serde(default)]
     pub rss_per_connection_bytes: Option<f64>,
     /// Messages received (replayed, foreign and unmarked included) ÷
-    /// subscriber reads (`recv` calls that returned bytes): how many queued
-    /// messages one read took; the receive cost per message falls as it
-    /// grows (`null` with no read).
+    /// subscriber reads (`recv` calls that returned bytes, pings and pongs
+    /// alone included): how many queued messages one read took; the
+    /// receive cost per message falls as it grows (`null` with no read).
     #[serde(default)]
     pub messages_per_read: Option<f64>,
     pub publish_errors: BTreeMap<String, u64>,
