@@ -15,7 +15,7 @@ use crate::{
     protocol::{AckPoint, Protocol, Resume},
 };
 use rand::Rng;
-use std::{net::Ipv4Addr, rc::Rc, time::Duration};
+use std::{future::Future, net::Ipv4Addr, rc::Rc, time::Duration};
 use tokio::time::Instant;
 
 /// What every subscriber of a process shares.
@@ -197,8 +197,12 @@ async fn session(
     let offset = Duration::from_millis(
         rand::thread_rng().gen_range(0..=cfg.heartbeat.as_millis() as u64 / 4),
     );
-    let mut hb = tokio::time::interval_at(up_at + cfg.heartbeat + offset, cfg.heartbeat);
-    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hb = tokio::time::sleep_until(up_at + cfg.heartbeat + offset);
+    tokio::pin!(hb);
+    // The heartbeat's waker is registered by its first poll after each
+    // reset; every other wake-up of the task (one per read) only asks
+    // whether it fired, an atomic load instead of a timer poll.
+    let mut hb_armed = false;
     let mut s = SessionState {
         up_at,
         first: true,
@@ -237,7 +241,16 @@ async fn session(
                     return end;
                 }
             }
-            _ = hb.tick() => {
+            _ = std::future::poll_fn(|cx| {
+                if hb_armed && !hb.is_elapsed() {
+                    return std::task::Poll::Pending;
+                }
+                hb_armed = true;
+                hb.as_mut().poll(cx)
+            }) => {
+                // The next ping a period after this one (a late tick delays the next).
+                hb.as_mut().reset(Instant::now() + cfg.heartbeat);
+                hb_armed = false;
                 if s.outstanding >= cfg.max_missed {
                     return End::Unexpected("heartbeat lost");
                 }
