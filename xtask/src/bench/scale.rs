@@ -386,8 +386,8 @@ pub fn run(args: &[String]) -> Result<()> {
         format!("{accepted:.0}"),
         format!(
             "{n}..{} ({})",
-            n + PUBLISHERS,
-            ok((n as f64..=(n + PUBLISHERS) as f64).contains(&accepted))
+            n + EXTRA_ACCEPTS,
+            ok((n as f64..=(n + EXTRA_ACCEPTS) as f64).contains(&accepted))
         ),
     );
     row(
