@@ -75,7 +75,7 @@ fn run_holds_40k_nchan_subscribers_observed_exactly_needs_root() {
     let obs = &stage["observer"];
     let ctx = format!(
         "stdout:\n{}\nstderr:\n{}\nconnections: {:#}\nfailed: {:#}\nobserver: {:#}",
-        run.stdout, run.stderr, load["connections"], obs["coverage"]
+        run.stdout, run.stderr, load["connections"], load["failed_by_reason"], obs["coverage"]
     );
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{v} {ctx}"));
     // The load side: every subscriber upgraded on the first try and stayed.
