@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod duration;
 pub mod lane;
+pub mod link;
 pub mod live;
 pub mod marker;
 pub mod msgpath;
