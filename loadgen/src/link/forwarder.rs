@@ -80,7 +80,7 @@ impl Default for DirStats {
 }
 
 /// One direction's figures as reported.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct DirReport {
     pub packets: u64,
     pub forwarded: u64,

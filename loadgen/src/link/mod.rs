@@ -30,7 +30,7 @@ pub use netns::NetNs;
 pub use spec::NetworkSpec;
 
 use forwarder::Shared;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::{
     net::Ipv4Addr,
     sync::{atomic::Ordering, Arc},
@@ -98,14 +98,14 @@ impl LinkControl {
 }
 
 /// The `network` object of summary.json.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetworkReport {
     /// What was asked (rtt_ms, jitter_ms, loss as a fraction, rate_bps).
     pub asked: NetworkSpec,
     /// The same as text (`rtt=2ms,jitter=0.3ms,loss=0.0001%`).
     pub asked_text: String,
     /// `built-in` (this TUN forwarder); `netem` where used.
-    pub mechanism: &'static str,
+    pub mechanism: String,
     /// Measured by the forwarder: load generator → target.
     pub to_target: DirReport,
     /// Measured by the forwarder: target → load generator.
@@ -116,6 +116,47 @@ pub struct NetworkReport {
     pub applied_jitter_ms: f64,
     /// The load generator's address inside the namespace.
     pub client_addr: String,
+    /// What TCP and the heartbeats saw over the link during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpMeasured>,
+    /// Under `pushscope run --pid`: segments the target retransmitted,
+    /// counted by the probes (`tcp:tcp_retransmit_skb`), all stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_retransmits: Option<u64>,
+}
+
+/// The run's connections as seen over the link (all stages).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TcpMeasured {
+    /// Where the figures come from.
+    pub source: String,
+    /// Smoothed RTT of the subscribers' sockets (kernel `srtt`), ms.
+    pub srtt_p50_ms: Option<f64>,
+    pub srtt_p99_ms: Option<f64>,
+    pub srtt_samples: u64,
+    /// Segments the subscribers' sockets retransmitted.
+    pub retransmits: u64,
+    /// WebSocket heartbeat round trips (ping → pong), ms.
+    pub heartbeat_rtt_p50_ms: Option<f64>,
+    pub heartbeat_rtt_p99_ms: Option<f64>,
+}
+
+impl TcpMeasured {
+    pub fn from_stats(s: &crate::accounting::StageStats) -> TcpMeasured {
+        let q = |h: &hdrhistogram::Histogram<u64>, p: f64| {
+            (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1e3)
+        };
+        TcpMeasured {
+            source: "getsockopt(TCP_INFO) on the load generator's subscriber sockets at every pong"
+                .into(),
+            srtt_p50_ms: q(&s.tcp_srtt, 0.5),
+            srtt_p99_ms: q(&s.tcp_srtt, 0.99),
+            srtt_samples: s.tcp_srtt.len(),
+            retransmits: s.tcp_retransmits,
+            heartbeat_rtt_p50_ms: q(&s.heartbeat_rtt, 0.5),
+            heartbeat_rtt_p99_ms: q(&s.heartbeat_rtt, 0.99),
+        }
+    }
 }
 
 /// Host-side device names start with this, then `<pid>h<k>`.
@@ -228,13 +269,25 @@ impl Link {
         NetworkReport {
             asked: self.spec,
             asked_text: self.spec.to_string(),
-            mechanism: "built-in",
+            mechanism: "built-in".into(),
             applied_rtt_mean_ms: to.delay_mean_ms + from.delay_mean_ms,
             applied_jitter_ms: (to.delay_stdev_ms.powi(2) + from.delay_stdev_ms.powi(2)).sqrt(),
             to_target: to,
             from_target: from,
             client_addr: self.client_addr.to_string(),
+            tcp: None,
+            server_retransmits: None,
         }
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("spec", &self.spec.to_string())
+            .field("client_addr", &self.client_addr)
+            .field("host_dev", &self.host_dev)
+            .finish()
     }
 }
 

@@ -112,9 +112,11 @@ impl NetworkSpec {
                 "jitter" => spec.jitter = parse_delay(key, value)?,
                 "loss" => spec.loss = parse_loss(value)?,
                 "rate" => spec.rate_bps = Some(parse_bitrate(value)?),
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "--network: unknown key `{other}`: use rtt, jitter, loss or rate ({example})"
-                )),
+                ))
+                }
             }
         }
         Ok(spec)
@@ -125,18 +127,33 @@ impl NetworkSpec {
 /// parsing it gives the same spec back.
 impl std::fmt::Display for NetworkSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = |d: Duration| d.as_nanos() as f64 / 1e6;
+        let ms = |d: Duration| num(d.as_nanos() as f64 / 1e6);
         write!(
             f,
             "rtt={}ms,jitter={}ms,loss={}%",
             ms(self.rtt),
             ms(self.jitter),
-            self.loss * 100.0
+            num(self.loss * 100.0)
         )?;
         if let Some(r) = self.rate_bps {
             write!(f, ",rate={r}bit")?;
         }
         Ok(())
+    }
+}
+
+/// A number as people write it: 12 significant digits at most, no
+/// trailing zeros (`0.0001`, not `0.00009999999999999999`).
+fn num(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let digits = (11 - x.abs().log10().floor() as i32).clamp(0, 20) as usize;
+    let s = format!("{x:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
     }
 }
 
@@ -234,6 +251,7 @@ mod tests {
         assert!((s.loss - 1e-6).abs() < 1e-12);
         assert_eq!(s.rate_bps, None);
         assert_eq!(NetworkSpec::parse("financial-backbone").unwrap(), s);
+        assert_eq!(s.to_string(), "rtt=2ms,jitter=0.3ms,loss=0.0001%");
         let o = NetworkSpec::parse("financial-backbone, loss=1%").unwrap();
         assert_eq!((o.rtt, o.loss), (Duration::from_millis(2), 0.01));
         let r = NetworkSpec::parse("rtt=500us,rate=100mbit").unwrap();
