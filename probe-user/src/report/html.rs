@@ -32,6 +32,8 @@ pub fn render(s: &RunSummary, flame_svg: Option<&str>) -> String {
     banner(&mut h, s);
     criteria_table(&mut h, s);
     charts(&mut h, s);
+    network(&mut h, s);
+    heartbeats(&mut h, s);
     message_path(&mut h, s);
     profile(&mut h, s);
     phases(&mut h, s);
@@ -513,6 +515,91 @@ fn ids(h: &mut String, s: &RunSummary) {
                 shown.join("</code> <code>")
             );
         }
+    }
+    h.push_str("</table>");
+}
+
+/// The emulated link: what was asked, how, and what it did.
+fn network(h: &mut String, s: &RunSummary) {
+    let Some(n) = &s.network else { return };
+    h.push_str("<h2>Emulated network</h2>");
+    let _ = write!(
+        h,
+        "<p id=\"network\">Asked <code>{}</code> (each direction: mean rtt/2, σ jitter/√2, order kept per flow), mechanism <b>{}</b>, load generator at {}.</p>",
+        esc(&n.asked_text),
+        esc(&n.mechanism),
+        esc(&n.client_addr)
+    );
+    h.push_str("<table><tr><th>direction</th><th>packets</th><th>forwarded</th><th>dropped (loss)</th><th>dropped (partition)</th><th>dropped (queue)</th><th>loss measured</th><th>delay p50 ms</th><th>p99 ms</th><th>mean ms</th><th>stdev ms</th><th>late p99 ms</th></tr>");
+    for (name, d) in [("to target", &n.to_target), ("from target", &n.from_target)] {
+        let _ = write!(
+            h,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.5} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            d.packets,
+            d.forwarded,
+            d.dropped_loss,
+            d.dropped_partition,
+            d.dropped_overflow,
+            d.loss_measured * 100.0,
+            short(d.delay_p50_ms),
+            short(d.delay_p99_ms),
+            short(d.delay_mean_ms),
+            short(d.delay_stdev_ms),
+            short(d.late_p99_ms)
+        );
+    }
+    h.push_str("</table>");
+    let cell = |v: Option<f64>| v.map(short).unwrap_or_else(|| "—".into());
+    let _ = write!(
+        h,
+        "<p>Applied round trip: mean {} ms, jitter (σ) {} ms.",
+        short(n.applied_rtt_mean_ms),
+        short(n.applied_jitter_ms)
+    );
+    if let Some(t) = &n.tcp {
+        let _ = write!(
+            h,
+            " TCP smoothed RTT of the load generator's connections: p50 {} ms, p99 {} ms ({} samples); segments they retransmitted: {}.",
+            cell(t.srtt_p50_ms),
+            cell(t.srtt_p99_ms),
+            t.srtt_samples,
+            t.retransmits
+        );
+    }
+    if let Some(r) = n.server_retransmits {
+        let _ = write!(h, " Segments the target retransmitted (probes): {r}.");
+    }
+    h.push_str("</p>");
+}
+
+/// Heartbeat round trips and unexpected disconnects per stage: a server
+/// timeout too tight for the link shows here.
+fn heartbeats(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Heartbeat RTT and disconnects per stage</h2><table id=\"heartbeats\"><tr><th>stage</th><th>heartbeat RTT p50 ms</th><th>p99 ms</th><th>TCP srtt p50 ms</th><th>p99 ms</th><th>unexpected disconnects by reason</th></tr>");
+    for st in &s.stages {
+        let g = |p: &str| {
+            st.load
+                .pointer(p)
+                .and_then(Value::as_f64)
+                .map(short)
+                .unwrap_or_else(|| "—".into())
+        };
+        let reasons = st
+            .load
+            .get("disconnects_by_reason")
+            .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            .map(flat)
+            .unwrap_or_else(|| "none".into());
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&st.name),
+            g("/heartbeat_rtt_ms/p50"),
+            g("/heartbeat_rtt_ms/p99"),
+            g("/tcp_srtt_ms/p50"),
+            g("/tcp_srtt_ms/p99"),
+            reasons
+        );
     }
     h.push_str("</table>");
 }
