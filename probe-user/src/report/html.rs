@@ -541,20 +541,20 @@ fn network(h: &mut String, s: &RunSummary) {
             d.dropped_partition,
             d.dropped_overflow,
             d.loss_measured * 100.0,
-            short(d.delay_p50_ms),
-            short(d.delay_p99_ms),
-            short(d.delay_mean_ms),
-            short(d.delay_stdev_ms),
-            short(d.late_p99_ms)
+            ms3(d.delay_p50_ms),
+            ms3(d.delay_p99_ms),
+            ms3(d.delay_mean_ms),
+            ms3(d.delay_stdev_ms),
+            ms3(d.late_p99_ms)
         );
     }
     h.push_str("</table>");
-    let cell = |v: Option<f64>| v.map(short).unwrap_or_else(|| "—".into());
+    let cell = |v: Option<f64>| v.map(ms3).unwrap_or_else(|| "—".into());
     let _ = write!(
         h,
         "<p>Applied round trip: mean {} ms, jitter (σ) {} ms.",
-        short(n.applied_rtt_mean_ms),
-        short(n.applied_jitter_ms)
+        ms3(n.applied_rtt_mean_ms),
+        ms3(n.applied_jitter_ms)
     );
     if let Some(t) = &n.tcp {
         let _ = write!(
@@ -581,7 +581,7 @@ fn heartbeats(h: &mut String, s: &RunSummary) {
             st.load
                 .pointer(p)
                 .and_then(Value::as_f64)
-                .map(short)
+                .map(ms3)
                 .unwrap_or_else(|| "—".into())
         };
         let reasons = st
@@ -602,6 +602,11 @@ fn heartbeats(h: &mut String, s: &RunSummary) {
         );
     }
     h.push_str("</table>");
+}
+
+/// Milliseconds with µs resolution (link delays are sub-millisecond).
+fn ms3(v: f64) -> String {
+    format!("{v:.3}")
 }
 
 fn load_details(h: &mut String, s: &RunSummary) {
@@ -694,5 +699,48 @@ mod tests {
             !html.contains("http://")
                 || html.matches("http://").count() == html.matches("xmlns").count()
         );
+        // No link asked: no network section, heartbeats still shown.
+        assert!(!html.contains("Emulated network"));
+        assert!(html.contains("id=\"heartbeats\""));
+    }
+
+    #[test]
+    fn report_shows_the_emulated_network_and_heartbeats() {
+        use loadgen::link::{DirReport, NetworkReport, NetworkSpec};
+        let mut s = summary();
+        let dir = |p50: f64| DirReport {
+            packets: 1000,
+            forwarded: 990,
+            dropped_loss: 10,
+            loss_measured: 0.01,
+            delay_p50_ms: p50,
+            ..Default::default()
+        };
+        s.network = Some(NetworkReport {
+            asked: NetworkSpec::parse("financial-backbone").unwrap(),
+            asked_text: "rtt=2ms,jitter=0.3ms,loss=0.0001%".into(),
+            mechanism: "built-in".into(),
+            to_target: dir(1.01),
+            from_target: dir(0.99),
+            applied_rtt_mean_ms: 2.0,
+            applied_jitter_ms: 0.3,
+            client_addr: "100.64.0.2".into(),
+            tcp: None,
+            server_retransmits: Some(7),
+        });
+        s.stages[0].load = serde_json::json!({
+            "heartbeat_rtt_ms": {"p50": 2.1, "p99": 3.4, "max": 4.0},
+            "tcp_srtt_ms": {"p50": 2.05, "p99": 2.9, "max": 3.0},
+            "disconnects_by_reason": {"heartbeat lost": 2}
+        });
+        let html = super::render(&s, None);
+        assert!(html.contains("Emulated network"));
+        assert!(html.contains("<code>rtt=2ms,jitter=0.3ms,loss=0.0001%</code>"));
+        assert!(html.contains("<b>built-in</b>"));
+        assert!(html.contains("<td>1.010</td>") && html.contains("<td>0.990</td>"));
+        assert!(html.contains("target retransmitted (probes): 7"));
+        assert!(html.contains(
+            "<td>2.100</td><td>3.400</td><td>2.050</td><td>2.900</td><td>heartbeat lost: 2</td>"
+        ));
     }
 }
