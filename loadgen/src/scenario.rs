@@ -406,10 +406,15 @@ impl Scenario {
         if shard_cap == 0 {
             return Err(invalid("--shard-cap must be at least 1"));
         }
+        let network_text = o.network.clone().or(file.network.clone());
+        // Each publisher connection carries one request at a time: over an
+        // emulated link every publish pays the round trip, so give every
+        // channel its own connection (up to 64) unless told otherwise.
+        let default_publishers = if network_text.is_some() { 64 } else { 8 };
         let publishers = o
             .publishers
             .or(file.publishers)
-            .unwrap_or_else(|| (channels as usize).min(8))
+            .unwrap_or_else(|| (channels as usize).min(default_publishers))
             .clamp(1, channels as usize);
         let client_cert = o.client_cert.or(file.client_cert);
         let client_key = o.client_key.or(file.client_key);
@@ -431,7 +436,7 @@ impl Scenario {
                 .or(file.progress_interval.map(DurationValue::text))
                 .unwrap_or("5s".into()),
         )?;
-        let network = match o.network.or(file.network) {
+        let network = match network_text {
             Some(t) => Some(crate::link::NetworkSpec::parse(&t).map_err(invalid)?),
             None => None,
         };
