@@ -11,6 +11,7 @@ pub mod client;
 pub mod clock;
 pub mod duration;
 pub mod lane;
+pub mod link;
 pub mod live;
 pub mod marker;
 pub mod msgpath;
@@ -90,6 +91,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         worker: None,
         live: true,
         tracer: None,
+        link: None,
     };
     // Judged stages are kept as they come, so a run that fails midway
     // still leaves what it measured (marked incomplete).
@@ -99,9 +101,19 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
             judged.push(report.clone());
         }
     }));
-    let (stages, warnings, complete) = match &result {
-        Ok(r) => (r.stages.clone(), r.warnings.clone(), true),
-        Err(e) => (judged, vec![format!("the run stopped early: {e}")], false),
+    let (stages, warnings, complete, network) = match &result {
+        Ok(r) => (
+            r.stages.clone(),
+            r.warnings.clone(),
+            true,
+            r.network.clone(),
+        ),
+        Err(e) => (
+            judged,
+            vec![format!("the run stopped early: {e}")],
+            false,
+            None,
+        ),
     };
     if complete || !stages.is_empty() {
         let summary = report::Summary {
@@ -110,6 +122,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
             scenario: &sc,
             stages: &stages,
             warnings: &warnings,
+            network: network.as_ref(),
         };
         let path = report::write_summary(&out, &summary)?;
         for w in &warnings {
@@ -117,8 +130,12 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         }
         eprintln!("pushscope load: summary written to {}", path.display());
     }
-    result.map_err(anyhow::Error::new)?;
-    Ok(Outcome::Completed)
+    match result {
+        // Not being root is the user's to fix, like the observer's probes.
+        Err(e @ LoadError::Link(link::LinkError::Permission(_))) => Err(usage(e.to_string())),
+        Err(e) => Err(anyhow::Error::new(e)),
+        Ok(_) => Ok(Outcome::Completed),
+    }
 }
 
 pub fn run_verify(args: VerifyArgs) -> anyhow::Result<Outcome> {

@@ -105,6 +105,9 @@ pub struct RunSummary {
     pub duplicate_ids: Vec<String>,
     /// The observer's slowest connections (timelines), for the report.
     pub slowest_connections: serde_json::Value,
+    /// The emulated link (`--network`): asked, mechanism, measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<loadgen::link::NetworkReport>,
 }
 
 impl RunSummary {
@@ -214,6 +217,7 @@ pub(crate) mod fixtures {
             },
             profile: "financial".into(),
             thresholds: t.clone(),
+            network: None,
             stages: vec![stage(0, good), stage(1, bad)],
             timeline: (0..20)
                 .map(|i| TimelinePoint {

@@ -104,6 +104,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         sc.log_dir = Some(out.join("logs"));
     }
     sc.out = Some(out.clone());
+    let link = start_link(&sc)?;
     let observer = match args.pid {
         Some(pid) => Some(attach(pid)?),
         None => {
@@ -169,7 +170,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             &progress,
             &timeline,
             observer.as_ref(),
-            tracer.clone(),
+            RunOptions {
+                worker: None,
+                live: true,
+                tracer: tracer.clone(),
+                link: link.clone(),
+            },
         ));
         (r, cutter.join().unwrap_or_default())
     });
@@ -198,8 +204,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             args.pid.unwrap_or(0)
         )),
         (Err(e), false) => Some(format!("{e:#}")),
-        (Ok(()), false) => None,
+        (Ok(_), false) => None,
     };
+    // The link's figures: the load's (with its sockets' TCP figures) when
+    // it ended, else the forwarder's so far.
+    let network = match (&load_result, &link) {
+        (Ok(Some(r)), _) if r.network.is_some() => r.network.clone(),
+        (_, Some(l)) => Some(l.report()),
+        _ => None,
+    };
+    drop(link);
     let mut summary = RunSummary {
         schema_version: SCHEMA_VERSION,
         tool: format!("pushscope {}", env!("CARGO_PKG_VERSION")),
@@ -222,8 +236,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         lost_ids: Vec::new(),
         duplicate_ids: Vec::new(),
         slowest_connections: serde_json::Value::Array(Vec::new()),
+        network,
     };
     build_stages(&mut summary, &sc, &mut progress, observer.is_some());
+    if let (Some(n), true) = (summary.network.as_mut(), observer.is_some()) {
+        n.server_retransmits = Some(
+            summary
+                .stages
+                .iter()
+                .filter_map(|s| s.observer.pointer("/tcp/retransmits")?.as_u64())
+                .sum(),
+        );
+    }
     write_profiles(&mut summary, &out, profile_off);
     let traced_legs = match (&observer, &tracer) {
         (Some(o), Some(t)) => message_path(&mut summary, o, t, &out, speaks_tls(&sc)),
@@ -260,6 +284,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         )),
         (Verdict::Admitted, None) => Ok(Outcome::Completed),
         _ => Ok(Outcome::Rejected),
+    }
+}
+
+/// The emulated link of the run (`--network`), started before the
+/// observer and the load so that both see its traffic from the first
+/// packet; `None` without `--network`.
+fn start_link(sc: &Scenario) -> anyhow::Result<Option<Arc<loadgen::link::Link>>> {
+    let Some(spec) = sc.network else {
+        return Ok(None);
+    };
+    match loadgen::link::Link::start(spec) {
+        Ok(l) => Ok(Some(Arc::new(l))),
+        Err(e @ loadgen::link::LinkError::Permission(_)) => Err(usage(e.to_string())),
+        Err(e) => Err(anyhow::Error::new(e)),
     }
 }
 
@@ -352,8 +390,8 @@ async fn drive(
     progress: &RefCell<Progress>,
     timeline: &RefCell<Vec<TimelinePoint>>,
     observer: Option<&Observer>,
-    tracer: Option<Arc<Tracer>>,
-) -> anyhow::Result<()> {
+    opts: RunOptions,
+) -> anyhow::Result<Option<loadgen::RunReport>> {
     let mut on_event = |ev: StageEvent<'_>| match ev {
         StageEvent::Started {
             stage, at, mono_ns, ..
@@ -395,16 +433,11 @@ async fn drive(
             }
         }
     };
-    let opts = RunOptions {
-        worker: None,
-        live: true,
-        tracer,
-    };
     let load = loadgen::runner::run(sc, opts, &mut on_event);
     let watch = sample_until_target_dies(observer, t0, progress, timeline);
     tokio::select! {
-        r = load => r.map(|_| ()).map_err(anyhow::Error::new),
-        () = watch => Ok(()),
+        r = load => r.map(Some).map_err(anyhow::Error::new),
+        () = watch => Ok(None),
     }
 }
 
