@@ -87,19 +87,30 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Faults that need no target PID (pushscope run has them all).
+    let env = faults::FaultEnv::for_scenario(&sc, &out);
+    let faults = faults::FaultRun::start(&sc, &env, clock::mono_ns()).map_err(usage)?;
     let opts = RunOptions {
         worker: None,
         live: true,
         tracer: None,
+        conn_events: faults.as_ref().map(|f| f.conn_events()),
     };
     // Judged stages are kept as they come, so a run that fails midway
     // still leaves what it measured (marked incomplete).
     let mut judged: Vec<StageReport> = Vec::new();
-    let result = rt.block_on(runner::run(&sc, opts, &mut |ev| {
-        if let StageEvent::Ended { report, .. } = ev {
-            judged.push(report.clone());
+    let result = rt.block_on(runner::run(&sc, opts, &mut |ev| match ev {
+        StageEvent::Ended { report, .. } => judged.push(report.clone()),
+        StageEvent::Started { stage, mono_ns, .. } => {
+            if let Some(f) = &faults {
+                f.stage_started(stage as usize, mono_ns);
+            }
         }
+        StageEvent::Tick { .. } => {}
     }));
+    let fault_records = faults
+        .map(|f| f.finish(&judged, clock::mono_ns()))
+        .unwrap_or_default();
     let (stages, warnings, complete) = match &result {
         Ok(r) => (r.stages.clone(), r.warnings.clone(), true),
         Err(e) => (judged, vec![format!("the run stopped early: {e}")], false),
@@ -111,6 +122,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
             scenario: &sc,
             stages: &stages,
             warnings: &warnings,
+            faults: &fault_records,
         };
         let path = report::write_summary(&out, &summary)?;
         for w in &warnings {

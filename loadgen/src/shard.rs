@@ -134,7 +134,7 @@ pub fn worker_main() -> anyhow::Result<()> {
                         shards,
                     },
                     None,
-                ) => match LocalPool::new(&scenario, schedule, shard, shards, None) {
+                ) => match LocalPool::new(&scenario, schedule, shard, shards, None, None) {
                     Ok(p) => {
                         pool = Some(p);
                         PoolReply::Ok

@@ -25,7 +25,10 @@ pub mod kill_restart;
 pub mod partition;
 pub mod pause;
 pub mod proc;
+pub mod run;
 pub mod schedule;
+
+pub use run::FaultRun;
 
 use crate::scenario::{DurationValue, Stage};
 use serde::{Deserialize, Serialize};
@@ -291,6 +294,20 @@ pub struct FaultEnv {
     pub on_restart: Option<RestartHook>,
     /// The emulated link's partition control, when the run has a link.
     pub link: Option<Arc<dyn PartitionSwitch>>,
+}
+
+impl FaultEnv {
+    /// The environment of a run of `sc` writing to `out_dir`: the target's
+    /// port from `--url`, no PID (set `target`), no link, no hook.
+    pub fn for_scenario(sc: &crate::Scenario, out_dir: &std::path::Path) -> FaultEnv {
+        FaultEnv {
+            target_port: crate::net::endpoint(&sc.url, None)
+                .ok()
+                .map(|e| e.addr.port()),
+            out_dir: out_dir.to_path_buf(),
+            ..Default::default()
+        }
+    }
 }
 
 /// What puts one fault in effect and lifts it. Methods run on the fault's
