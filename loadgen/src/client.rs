@@ -8,10 +8,10 @@
 use crate::{
     accounting::{record_us, StageStats, Verdict},
     clock::mono_ns,
+    faults::events::ConnEventKind,
     lane::{bump, Lane, SubCtl},
     marker::Marker,
     net::{open_ws, Endpoint, Ws},
-    faults::events::ConnEventKind,
     protocol::{AckPoint, Protocol, Resume},
 };
 use futures_util::{SinkExt, StreamExt};
@@ -379,7 +379,10 @@ fn on_frame(
         Verdict::Fresh { out_of_order } => {
             if let Some(ev) = &cfg.conn_events {
                 // Resent on resume: scheduled before this session began.
-                if st.subs[local].resumed_at_ns.is_some_and(|up| m.sched_ns < up) {
+                if st.subs[local]
+                    .resumed_at_ns
+                    .is_some_and(|up| m.sched_ns < up)
+                {
                     ev.record(now, id, ConnEventKind::Resumed);
                 }
             }

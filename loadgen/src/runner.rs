@@ -195,8 +195,15 @@ pub async fn run(
     };
     let mut pools = Vec::new();
     if shards == 1 {
-        let p = LocalPool::new(sc, schedule, 0, 1, opts.tracer.clone(), opts.conn_events.clone())
-            .map_err(|e| setup(&format!("{e:#}")))?;
+        let p = LocalPool::new(
+            sc,
+            schedule,
+            0,
+            1,
+            opts.tracer.clone(),
+            opts.conn_events.clone(),
+        )
+        .map_err(|e| setup(&format!("{e:#}")))?;
         pools.push(AnyPool::Local(Box::new(p)));
     } else {
         let cmd = match opts.worker.clone() {

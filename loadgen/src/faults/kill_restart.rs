@@ -48,6 +48,7 @@ pub struct KillRestart {
     port: u16,
     log: PathBuf,
     hook: Option<RestartHook>,
+    before_kill: Option<std::sync::Arc<dyn Fn(u32) + Send + Sync>>,
     killed: Option<u32>,
     killed_at: Option<u64>,
     new_pid: Option<u32>,
@@ -68,6 +69,7 @@ impl KillRestart {
             port,
             log: env.out_dir.join(format!("restart-{}.log", index + 1)),
             hook: env.on_restart.clone(),
+            before_kill: env.before_kill.clone(),
             killed: None,
             killed_at: None,
             new_pid: None,
@@ -147,6 +149,9 @@ impl Injector for KillRestart {
             .get()
             .ok_or("no target PID to kill".to_string())?;
         let tree = super::proc::tree(pid);
+        if let Some(h) = &self.before_kill {
+            h(pid);
+        }
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL)
             .map_err(|e| format!("SIGKILL to PID {pid}: {e}"))?;
         self.killed = Some(pid);
@@ -238,6 +243,7 @@ mod tests {
                 *s2.lock().unwrap() = Some(p);
                 Ok(())
             })),
+            before_kill: None,
             link: None,
         };
         let spec = Spec {

@@ -291,6 +291,9 @@ pub struct FaultEnv {
     pub target_port: Option<u16>,
     /// Where restart logs go (`restart-<n>.log`).
     pub out_dir: PathBuf,
+    /// Called with the target's PID just before a kill-restart kills it
+    /// (e.g. the observer stops treating its exit as the end of the run).
+    pub before_kill: Option<Arc<dyn Fn(u32) + Send + Sync>>,
     pub on_restart: Option<RestartHook>,
     /// The emulated link's partition control, when the run has a link.
     pub link: Option<Arc<dyn PartitionSwitch>>,
