@@ -217,6 +217,7 @@ fn kill_restart_with_persistence_loses_nothing_and_the_observer_follows_needs_ro
         }
     }
     let _kill = Kill(new_pid);
+    eprintln!("kill-restart fault: {f:#}");
     assert_eq!(s["complete"], true, "{}\n{f:#}", r.stderr);
     assert_eq!(f["status"], "done", "{f:#}");
     let o = &f["outcome"];

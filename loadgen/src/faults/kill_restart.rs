@@ -91,11 +91,21 @@ impl KillRestart {
             .try_clone()
             .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let t = mono_ns();
+        // The shell waits for a line on its stdin before it runs the
+        // command (then stdin is /dev/null), so the observer follows it
+        // (and, through fork, whatever it starts) before the restarted
+        // server can accept its first connection. `eval`: a command that
+        // `exec`s the server keeps the shell's PID.
         let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", &self.spec.restart_cmd])
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(err);
+        cmd.args([
+            "-c",
+            "read -r _; exec </dev/null; eval \"$1\"",
+            "pushscope-restart",
+            &self.spec.restart_cmd,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(log)
+        .stderr(err);
         // Its own session: a Ctrl-C to pushscope's terminal does not reach
         // the restarted server, as it would not have reached the original.
         // SAFETY: setsid is async-signal-safe, called between fork and exec.
@@ -110,6 +120,19 @@ impl KillRestart {
             .spawn()
             .map_err(|e| format!("cannot run --restart-cmd `{}`: {e}", self.spec.restart_cmd))?;
         let shell = child.id();
+        let mut followed = None;
+        if let Some(h) = &self.hook {
+            let r = h(shell);
+            if r.is_ok() {
+                followed = Some(shell);
+            }
+            self.reattached = Some(r);
+        }
+        if let Some(mut go) = child.stdin.take() {
+            use std::io::Write;
+            // The shell goes on (also if this fails: EOF ends its read).
+            let _ = go.write_all(b"\n");
+        }
         // Reaped in the background: the command may exit at once (it
         // daemonizes) or run as the server itself until the end.
         std::thread::spawn(move || drop(child.wait()));
@@ -135,7 +158,8 @@ impl KillRestart {
         self.restart_ms = Some(mono_ns().saturating_sub(t) as f64 / 1e6);
         self.new_pid = Some(pid);
         self.target.set(pid);
-        if let Some(h) = &self.hook {
+        // `exec` in the command: the shell is the server, already followed.
+        if let (Some(h), true) = (&self.hook, followed != Some(pid)) {
             self.reattached = Some(h(pid));
         }
         Ok(())

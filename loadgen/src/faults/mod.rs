@@ -386,6 +386,9 @@ pub struct FaultRecord {
     pub end_s: Option<f64>,
     /// How late the action was against its plan, ms.
     pub start_lag_ms: Option<f64>,
+    /// How long lifting it took from `end_mono_ns`, ms (e.g. a restart
+    /// until the target listened again).
+    pub lift_ms: Option<f64>,
     pub error: Option<String>,
     pub outcome: FaultOutcome,
 }

@@ -160,6 +160,7 @@ fn blank_record() -> FaultRecord {
         start_s: None,
         end_s: None,
         start_lag_ms: None,
+        lift_ms: None,
         error: None,
         outcome: FaultOutcome::default(),
     }
@@ -202,10 +203,13 @@ fn fire(shared: &Shared, f: &Fault, mut inj: Box<dyn Injector>, t0_ns: u64) -> F
         return rec;
     }
     let full = shared.sleep_until(planned_end);
-    let ended = inj.end();
+    // The fault ends when lifting begins (SIGCONT sent, restart command
+    // run, link restored); recovery is measured from here.
     let end_ns = mono_ns();
+    let ended = inj.end();
     rec.end_mono_ns = Some(end_ns);
     rec.end_s = Some(secs(end_ns));
+    rec.lift_ms = Some(mono_ns().saturating_sub(end_ns) as f64 / 1e6);
     rec.status = match (&ended, full) {
         (Err(e), _) => {
             rec.error = Some(format!("ending it failed: {e}"));
@@ -283,8 +287,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(r[0].status, FaultStatus::Done);
+        // Held until its planned end (lifting begins there, not before).
         let held = r[0].end_mono_ns.unwrap() - r[0].start_mono_ns.unwrap();
-        assert!((200_000_000..1_500_000_000).contains(&held), "{held}");
+        assert!(r[0].end_mono_ns >= r[0].planned_end_mono_ns, "{:?}", r[0]);
+        assert!((150_000_000..1_500_000_000).contains(&held), "{held}");
         assert_eq!(r[0].planned_start_mono_ns, Some(t0 + 100_000_000));
         assert!(r[0].start_mono_ns.unwrap() >= t0 + 100_000_000);
         assert_eq!(r[1].status, FaultStatus::CutShort);
