@@ -313,6 +313,16 @@ pub struct StageStats {
     pub upgrade: Histogram<u64>,
     #[serde(with = "hist_b64")]
     pub first_message: Histogram<u64>,
+    /// Heartbeat round trips (ping sent → pong read), µs.
+    #[serde(with = "hist_b64")]
+    pub heartbeat_rtt: Histogram<u64>,
+    /// The kernel's smoothed RTT of subscriber sockets (`TCP_INFO`
+    /// `tcpi_rtt`), sampled at every pong, µs.
+    #[serde(with = "hist_b64")]
+    pub tcp_srtt: Histogram<u64>,
+    /// Segments the subscribers' sockets retransmitted (`TCP_INFO`
+    /// `tcpi_total_retrans` increments seen at pongs and at session ends).
+    pub tcp_retransmits: u64,
 }
 
 impl Default for StageStats {
@@ -345,6 +355,9 @@ impl Default for StageStats {
             tls: new_hist(),
             upgrade: new_hist(),
             first_message: new_hist(),
+            heartbeat_rtt: new_hist(),
+            tcp_srtt: new_hist(),
+            tcp_retransmits: 0,
         }
     }
 }
@@ -377,6 +390,7 @@ impl StageStats {
         self.foreign += o.foreign;
         self.latency_clipped += o.latency_clipped;
         self.unmarked += o.unmarked;
+        self.tcp_retransmits += o.tcp_retransmits;
         self.cpu_pct.extend_from_slice(&o.cpu_pct);
         for (a, b) in [
             (&mut self.latency, &o.latency),
@@ -384,6 +398,8 @@ impl StageStats {
             (&mut self.tls, &o.tls),
             (&mut self.upgrade, &o.upgrade),
             (&mut self.first_message, &o.first_message),
+            (&mut self.heartbeat_rtt, &o.heartbeat_rtt),
+            (&mut self.tcp_srtt, &o.tcp_srtt),
         ] {
             a.add(b).expect("same bounds everywhere");
         }

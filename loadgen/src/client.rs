@@ -207,6 +207,10 @@ async fn session(
     let mut hb = tokio::time::interval_at(up_at + cfg.heartbeat + offset, cfg.heartbeat);
     hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut outstanding: u32 = 0;
+    // When the oldest unanswered ping went out (pongs answer in order).
+    let mut ping_sent: Option<Instant> = None;
+    // The socket's retransmit count at the last sample.
+    let mut retrans_seen: u32 = 0;
     let mut unacked: u32 = 0;
     // Built into a frame only when sent (every ACK_EVERY frames or heartbeat).
     let mut ack: Option<AckPoint> = None;
@@ -228,7 +232,14 @@ async fn session(
                         Ok(t) => t,
                         Err(_) => { unmarked(lane); continue; }
                     },
-                    Some(Ok(Message::Pong(_))) => { claim_control(&mut ws); outstanding = 0; continue; }
+                    Some(Ok(Message::Pong(_))) => {
+                        claim_control(&mut ws);
+                        outstanding = 0;
+                        if let Some(t) = ping_sent.take() {
+                            heartbeat_answered(lane, t.elapsed(), ws.get_ref().tcp_info(), &mut retrans_seen);
+                        }
+                        continue;
+                    }
                     Some(Ok(Message::Close(_))) => return End::Unexpected("server close"),
                     Some(Ok(_)) => { claim_control(&mut ws); continue; }
                 };
@@ -269,11 +280,31 @@ async fn session(
                         return End::Unexpected("write error");
                     }
                 }
+                ping_sent.get_or_insert_with(Instant::now);
                 if ws.send(Message::Ping(Default::default())).await.is_err() {
                     return End::Unexpected("write error");
                 }
             }
         }
+    }
+}
+
+/// A pong: the heartbeat round trip, and the kernel's view of the socket
+/// at that moment (smoothed RTT, new retransmits).
+fn heartbeat_answered(
+    lane: &Lane,
+    rtt: Duration,
+    tcp: Option<crate::net::TcpInfo>,
+    retrans_seen: &mut u32,
+) {
+    let mut st = lane.state.borrow_mut();
+    let k = st.stage;
+    let s = st.stage_stats(k);
+    record_us(&mut s.heartbeat_rtt, rtt.as_micros() as u64);
+    if let Some(t) = tcp {
+        record_us(&mut s.tcp_srtt, u64::from(t.srtt_us));
+        s.tcp_retransmits += u64::from(t.total_retrans.saturating_sub(*retrans_seen));
+        *retrans_seen = t.total_retrans;
     }
 }
 

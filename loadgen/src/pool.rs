@@ -31,6 +31,10 @@ pub enum PoolCmd {
         schedule: Schedule,
         shard: u32,
         shards: u32,
+        /// Path of the emulated link's network namespace
+        /// (`/proc/<coordinator>/fd/<n>`): the worker's sockets go there.
+        #[serde(default)]
+        netns: Option<String>,
     },
     /// Begin stage `stage`: ramp this pool to `target` subscribers at `rate`/s.
     Ramp {

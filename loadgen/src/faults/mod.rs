@@ -115,6 +115,12 @@ impl FaultKind {
         })
     }
 
+    /// True when the fault acts on the link between load generator and
+    /// target: the run then needs one (a transparent one without `--network`).
+    pub fn needs_link(&self) -> bool {
+        matches!(self, FaultKind::Partition)
+    }
+
     /// Whether `duration` must be given (and be > 0). A kill-restart's
     /// duration is the downtime before the restart and may be 0.
     fn needs_duration(&self) -> bool {

@@ -41,6 +41,13 @@ impl Injector for Partition {
     }
 }
 
+impl PartitionSwitch for crate::link::LinkControl {
+    fn set_partitioned(&self, on: bool) -> Result<(), String> {
+        crate::link::LinkControl::set_partitioned(self, on);
+        Ok(())
+    }
+}
+
 impl Drop for Partition {
     fn drop(&mut self) {
         let _ = self.end();

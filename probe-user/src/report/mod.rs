@@ -105,6 +105,9 @@ pub struct RunSummary {
     /// Scheduled faults as they happened, with their measured outcome.
     #[serde(default)]
     pub faults: Vec<loadgen::faults::FaultRecord>,
+    /// The emulated link (`--network`): asked, mechanism, measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<loadgen::link::NetworkReport>,
 }
 
 impl RunSummary {
@@ -213,6 +216,7 @@ pub(crate) mod fixtures {
             },
             profile: "financial".into(),
             thresholds: t.clone(),
+            network: None,
             stages: vec![stage(0, good), stage(1, bad)],
             timeline: (0..20)
                 .map(|i| TimelinePoint {

@@ -101,6 +101,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         sc.log_dir = Some(out.join("logs"));
     }
     sc.out = Some(out.clone());
+    let link = start_link(&sc)?;
     let observer = match args.pid {
         Some(pid) => Some(attach(pid)?),
         None => {
@@ -147,7 +148,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let target_pid = loadgen::faults::TargetPid::new(args.pid);
     let t0 = Instant::now();
     let t0_ns = loadgen::clock::mono_ns();
-    let faults = start_faults(&sc, &out, &target_pid, observer.as_ref(), t0_ns)?;
+    let faults = start_faults(
+        &sc,
+        &out,
+        &target_pid,
+        observer.as_ref(),
+        link.as_deref(),
+        t0_ns,
+    )?;
     let progress = RefCell::new(Progress::default());
     let timeline = RefCell::new(Vec::<TimelinePoint>::new());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -170,8 +178,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             &timeline,
             Beside {
                 observer: observer.as_ref(),
-                tracer: tracer.clone(),
                 faults: faults.as_ref(),
+            },
+            RunOptions {
+                worker: None,
+                live: true,
+                tracer: tracer.clone(),
+                link: link.clone(),
+                conn_events: faults.as_ref().map(|f| f.conn_events()),
             },
         ));
         (r, cutter.join().unwrap_or_default())
@@ -206,8 +220,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             target_pid.get().unwrap_or(0)
         )),
         (Err(e), false) => Some(format!("{e:#}")),
-        (Ok(()), false) => None,
+        (Ok(_), false) => None,
     };
+    // The link's figures: the load's (with its sockets' TCP figures) when
+    // it ended, else the forwarder's so far.
+    let network = match (&load_result, &link) {
+        (Ok(Some(r)), _) if r.network.is_some() => r.network.clone(),
+        (_, Some(l)) => Some(l.report()),
+        _ => None,
+    };
+    drop(link);
     let mut summary = RunSummary {
         schema_version: SCHEMA_VERSION,
         tool: format!("pushscope {}", env!("CARGO_PKG_VERSION")),
@@ -231,9 +253,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         duplicate_ids: Vec::new(),
         slowest_connections: serde_json::Value::Array(Vec::new()),
         faults: fault_records,
+        network,
     };
     build_stages(&mut summary, &sc, &mut progress, observer.is_some());
     judge_faults(&mut summary);
+    if let (Some(n), true) = (summary.network.as_mut(), observer.is_some()) {
+        n.server_retransmits = Some(
+            summary
+                .stages
+                .iter()
+                .filter_map(|s| s.observer.pointer("/tcp/retransmits")?.as_u64())
+                .sum(),
+        );
+    }
     write_profiles(&mut summary, &out, profile_off);
     let traced_legs = match (&observer, &tracer) {
         (Some(o), Some(t)) => message_path(&mut summary, o, t, &out, speaks_tls(&sc)),
@@ -281,6 +313,7 @@ fn start_faults(
     out: &Path,
     target_pid: &loadgen::faults::TargetPid,
     observer: Option<&Observer>,
+    link: Option<&loadgen::link::Link>,
     t0_ns: u64,
 ) -> anyhow::Result<Option<FaultRun>> {
     if sc.faults.is_empty() {
@@ -288,6 +321,7 @@ fn start_faults(
     }
     let mut env = loadgen::faults::FaultEnv::for_scenario(sc, out);
     env.target = target_pid.clone();
+    env.link = link.map(|l| Arc::new(l.control()) as Arc<dyn loadgen::faults::PartitionSwitch>);
     if let Some(o) = observer {
         let (a, b) = (o.follower(), o.follower());
         env.before_kill = Some(Arc::new(move |pid| a.expect_exit(pid)));
@@ -316,6 +350,25 @@ fn judge_faults(summary: &mut RunSummary) {
                 .not_measured
                 .push(format!("fault {} ({}): {e}", r.fault, r.kind));
         }
+    }
+}
+
+/// The emulated link of the run (`--network`), started before the
+/// observer and the load so that both see its traffic from the first
+/// packet; `None` without `--network`.
+fn start_link(sc: &Scenario) -> anyhow::Result<Option<Arc<loadgen::link::Link>>> {
+    // A partition fault needs a link to cut: a transparent one without --network.
+    let spec = match sc.network {
+        Some(spec) => spec,
+        None if sc.faults.iter().any(|f| f.kind.needs_link()) => {
+            loadgen::link::NetworkSpec::transparent()
+        }
+        None => return Ok(None),
+    };
+    match loadgen::link::Link::start(spec) {
+        Ok(l) => Ok(Some(Arc::new(l))),
+        Err(e @ loadgen::link::LinkError::Permission(_)) => Err(usage(e.to_string())),
+        Err(e) => Err(anyhow::Error::new(e)),
     }
 }
 
@@ -403,7 +456,6 @@ fn cut_stages(
 /// What watches and acts beside the load.
 struct Beside<'a> {
     observer: Option<&'a Observer>,
-    tracer: Option<Arc<Tracer>>,
     faults: Option<&'a FaultRun>,
 }
 
@@ -415,12 +467,9 @@ async fn drive(
     progress: &RefCell<Progress>,
     timeline: &RefCell<Vec<TimelinePoint>>,
     beside: Beside<'_>,
-) -> anyhow::Result<()> {
-    let Beside {
-        observer,
-        tracer,
-        faults,
-    } = beside;
+    opts: RunOptions,
+) -> anyhow::Result<Option<loadgen::RunReport>> {
+    let Beside { observer, faults } = beside;
     let mut on_event = |ev: StageEvent<'_>| match ev {
         StageEvent::Started {
             stage, at, mono_ns, ..
@@ -459,17 +508,11 @@ async fn drive(
             p.live_prev = p.live.replace((snap, at));
         }
     };
-    let opts = RunOptions {
-        worker: None,
-        live: true,
-        tracer,
-        conn_events: faults.map(|f| f.conn_events()),
-    };
     let load = loadgen::runner::run(sc, opts, &mut on_event);
     let watch = sample_until_target_dies(observer, t0, progress, timeline);
     tokio::select! {
-        r = load => r.map(|_| ()).map_err(anyhow::Error::new),
-        () = watch => Ok(()),
+        r = load => r.map(Some).map_err(anyhow::Error::new),
+        () = watch => Ok(None),
     }
 }
 
