@@ -71,6 +71,8 @@ pub struct SubAcct {
     closed_hi: u64,
     /// CLOCK_MONOTONIC ns when the first WebSocket upgrade completed.
     pub up_ns: Option<u64>,
+    /// CLOCK_MONOTONIC ns of the latest re-upgrade (a resumed session).
+    pub resumed_at_ns: Option<u64>,
     /// Last server seq received (resume point for protocols that have one).
     pub last_server_seq: Option<u64>,
     /// Last server message id (resume point for protocols that use ids).
@@ -98,6 +100,7 @@ impl SubAcct {
             untracked: None,
             closed_hi: 0,
             up_ns: None,
+            resumed_at_ns: None,
             last_server_seq: None,
             last_message_id: String::new(),
             cap: None,

@@ -8,6 +8,7 @@
 use crate::{
     accounting::{record_us, StageStats, Verdict},
     clock::mono_ns,
+    faults::events::ConnEventKind,
     lane::{bump, Lane, SubCtl},
     marker::Marker,
     net::{open_ws, Endpoint, Ws},
@@ -31,6 +32,8 @@ pub struct ClientCfg {
     pub connect_timeout: Duration,
     /// Message-path sampling (in-process runs under `pushscope run`).
     pub tracer: Option<std::sync::Arc<crate::msgpath::Tracer>>,
+    /// Disconnect / reconnect / resumed-message events (runs with faults).
+    pub conn_events: Option<std::sync::Arc<crate::faults::events::ConnEvents>>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -100,7 +103,14 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 {
                     let mut st = lane.state.borrow_mut();
                     st.connected_delta(true);
-                    st.subs[local].upgraded(mono_ns());
+                    let now = mono_ns();
+                    st.subs[local].upgraded(now);
+                    if ever_connected {
+                        st.subs[local].resumed_at_ns = Some(now);
+                        if let Some(ev) = &cfg.conn_events {
+                            ev.record(now, id, ConnEventKind::Reconnected);
+                        }
+                    }
                     let k = st.stage;
                     let s = st.stage_stats(k);
                     s.attempts += 1;
@@ -140,6 +150,9 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                     End::Unexpected(reason) => {
                         s.unexpected_disconnects += 1;
                         StageStats::count_reason(&mut s.disconnects_by_reason, reason);
+                        if let Some(ev) = &cfg.conn_events {
+                            ev.record(mono_ns(), id, ConnEventKind::Lost);
+                        }
                         bump(&lane.gauges.errors);
                         log::debug!("subscriber {id}: disconnected: {reason}");
                     }
@@ -395,6 +408,16 @@ fn on_frame(
     let s = st.stage_stats(m.stage);
     match verdict {
         Verdict::Fresh { out_of_order } => {
+            if let Some(ev) = &cfg.conn_events {
+                // Resent on resume: scheduled before this session began.
+                if st.subs[local]
+                    .resumed_at_ns
+                    .is_some_and(|up| m.sched_ns < up)
+                {
+                    ev.record(now, id, ConnEventKind::Resumed);
+                }
+            }
+            let s = st.stage_stats(m.stage);
             s.received += 1;
             s.out_of_order += u64::from(out_of_order);
             if record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000) {

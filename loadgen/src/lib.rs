@@ -10,6 +10,7 @@ pub mod accounting;
 pub mod client;
 pub mod clock;
 pub mod duration;
+pub mod faults;
 pub mod lane;
 pub mod link;
 pub mod live;
@@ -87,20 +88,46 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Faults that need no target PID (pushscope run has them all); a
+    // partition needs a link to cut (transparent without --network).
+    let link = match sc.faults.iter().any(|f| f.kind.needs_link()) {
+        true => Some(std::sync::Arc::new(
+            link::Link::start(sc.network.unwrap_or(link::NetworkSpec::transparent())).map_err(
+                |e| match e {
+                    link::LinkError::Permission(_) => usage(e.to_string()),
+                    e => anyhow::Error::new(e),
+                },
+            )?,
+        )),
+        false => None,
+    };
+    let mut env = faults::FaultEnv::for_scenario(&sc, &out);
+    env.link = link
+        .as_ref()
+        .map(|l| std::sync::Arc::new(l.control()) as std::sync::Arc<dyn faults::PartitionSwitch>);
+    let faults = faults::FaultRun::start(&sc, &env, clock::mono_ns()).map_err(usage)?;
     let opts = RunOptions {
         worker: None,
         live: true,
         tracer: None,
-        link: None,
+        conn_events: faults.as_ref().map(|f| f.conn_events()),
+        link,
     };
     // Judged stages are kept as they come, so a run that fails midway
     // still leaves what it measured (marked incomplete).
     let mut judged: Vec<StageReport> = Vec::new();
-    let result = rt.block_on(runner::run(&sc, opts, &mut |ev| {
-        if let StageEvent::Ended { report, .. } = ev {
-            judged.push(report.clone());
+    let result = rt.block_on(runner::run(&sc, opts, &mut |ev| match ev {
+        StageEvent::Ended { report, .. } => judged.push(report.clone()),
+        StageEvent::Started { stage, mono_ns, .. } => {
+            if let Some(f) = &faults {
+                f.stage_started(stage as usize, mono_ns);
+            }
         }
+        StageEvent::Tick { .. } => {}
     }));
+    let fault_records = faults
+        .map(|f| f.finish(&judged, clock::mono_ns()))
+        .unwrap_or_default();
     let (stages, warnings, complete, network) = match &result {
         Ok(r) => (
             r.stages.clone(),
@@ -122,6 +149,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
             scenario: &sc,
             stages: &stages,
             warnings: &warnings,
+            faults: &fault_records,
             network: network.as_ref(),
         };
         let path = report::write_summary(&out, &summary)?;

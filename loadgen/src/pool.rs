@@ -132,6 +132,7 @@ impl LocalPool {
         shard: u32,
         shards: u32,
         tracer: Option<Arc<crate::msgpath::Tracer>>,
+        conn_events: Option<Arc<crate::faults::events::ConnEvents>>,
     ) -> anyhow::Result<LocalPool> {
         let endpoint = net::scenario_endpoint(&sc.url, sc)?;
         let cfg = Arc::new(ClientCfg {
@@ -143,6 +144,7 @@ impl LocalPool {
             settle_ns: SETTLE.as_nanos() as u64,
             connect_timeout: Duration::from_secs(10),
             tracer,
+            conn_events,
         });
         let n = std::thread::available_parallelism()
             .map_or(2, |n| n.get())

@@ -267,6 +267,9 @@ pub struct Summary<'a> {
     pub schema: u32,
     pub complete: bool,
     pub scenario: &'a Scenario,
+    /// Scheduled faults as they happened (empty without faults).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub faults: &'a [crate::faults::FaultRecord],
     pub stages: &'a [StageReport],
     pub warnings: &'a [String],
     /// The emulated link: asked, mechanism, measured (absent without `--network`).

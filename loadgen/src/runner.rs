@@ -54,6 +54,9 @@ pub struct RunOptions {
     /// Message-path sampling (`pushscope run` with an observer): in-process
     /// runs only; a run sharded over worker processes samples nothing.
     pub tracer: Option<std::sync::Arc<crate::msgpath::Tracer>>,
+    /// Connection events (disconnects, reconnects, resumed messages) for
+    /// the outcome of scheduled faults; in-process runs only.
+    pub conn_events: Option<std::sync::Arc<crate::faults::events::ConnEvents>>,
     /// A link the caller owns (e.g. to partition it, or a transparent one
     /// for partitions without `--network`); without it, the run starts
     /// and stops its own when the scenario has `network`.
@@ -242,8 +245,15 @@ pub async fn run(
     };
     let mut pools = Vec::new();
     if shards == 1 {
-        let p = LocalPool::new(sc, schedule, 0, 1, opts.tracer.clone())
-            .map_err(|e| setup(&format!("{e:#}")))?;
+        let p = LocalPool::new(
+            sc,
+            schedule,
+            0,
+            1,
+            opts.tracer.clone(),
+            opts.conn_events.clone(),
+        )
+        .map_err(|e| setup(&format!("{e:#}")))?;
         pools.push(AnyPool::Local(Box::new(p)));
     } else {
         let cmd = match opts.worker.clone() {

@@ -67,6 +67,9 @@ pub struct Scenario {
     /// Seconds between live lines when stderr is not a TTY.
     #[serde(with = "dur_secs")]
     pub progress_interval: Duration,
+    /// Faults scheduled in the stages (`[[faults]]`), validated.
+    #[serde(default)]
+    pub faults: Vec<crate::faults::Fault>,
     /// The emulated link between the load generator and the target
     /// (`--network`); `None`: the host's network as it is.
     #[serde(default)]
@@ -105,6 +108,10 @@ pub struct ScenarioFile {
     pub ack_frame: Option<String>,
     pub metrics: Option<String>,
     pub progress_interval: Option<DurationValue>,
+    /// Shell command that starts the target again after a kill-restart fault.
+    pub restart_cmd: Option<String>,
+    /// Faults scheduled in the stages (see `faults::FaultFile`).
+    pub faults: Option<Vec<crate::faults::FaultFile>>,
     /// `"rtt=2ms,jitter=0.3ms,loss=0.0001%"` or `"financial-backbone"`.
     pub network: Option<String>,
 }
@@ -152,7 +159,7 @@ pub enum DurationValue {
 }
 
 impl DurationValue {
-    fn text(self) -> String {
+    pub fn text(self) -> String {
         match self {
             DurationValue::Text(s) => s,
             DurationValue::Secs(n) => n.to_string(),
@@ -302,6 +309,10 @@ pub struct Overrides {
     /// Interval of the plain live lines when stderr is not a TTY (default 5s).
     #[arg(long)]
     pub progress_interval: Option<String>,
+    /// Shell command that starts the target again after a kill-restart
+    /// fault (its output goes to restart-<n>.log in the output directory).
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
     /// Emulated link to the target, e.g. "rtt=2ms,jitter=0.3ms,loss=0.0001%"
     /// (optional rate=100mbit) or the preset financial-backbone (root).
     #[arg(long)]
@@ -436,6 +447,16 @@ impl Scenario {
                 .or(file.progress_interval.map(DurationValue::text))
                 .unwrap_or("5s".into()),
         )?;
+        let defaults = crate::faults::FaultDefaults {
+            restart_cmd: o.restart_cmd.or(file.restart_cmd),
+        };
+        let faults = crate::faults::parse_faults(
+            file.faults.unwrap_or_default(),
+            &stages,
+            connect_rate,
+            &defaults,
+        )
+        .map_err(invalid)?;
         let network = match network_text {
             Some(t) => Some(crate::link::NetworkSpec::parse(&t).map_err(invalid)?),
             None => None,
@@ -469,6 +490,7 @@ impl Scenario {
             ack_frame: o.ack_frame.or(file.ack_frame),
             metrics,
             progress_interval,
+            faults,
             network,
             netns: None,
         })

@@ -146,7 +146,7 @@ pub fn worker_main() -> anyhow::Result<()> {
                         None => Ok(()),
                     };
                     match joined.and_then(|()| {
-                        LocalPool::new(&scenario, schedule, shard, shards, None)
+                        LocalPool::new(&scenario, schedule, shard, shards, None, None)
                             .map_err(|e| format!("{e:#}"))
                     }) {
                         Ok(p) => {

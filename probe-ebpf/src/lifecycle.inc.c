@@ -327,12 +327,16 @@ int ps_exit(void *ctx)
 		return 0;
 	__u64 s = *slot;
 	bpf_map_delete_elem(&tgids, &tgid);
-	/* Slot 1 is the target's own (never in the free queue). */
+	/* Slot 1 is the target's own (never in the free queue); it is
+	 * cleared too when the target dies, so a restarted target followed
+	 * into slot 1 (kill-restart fault) starts from an empty table. */
 	__u32 zero = 0;
 	struct ps_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (cfg && s >= 2 && s <= PS_SLOTS) {
+	if (cfg && s >= 1 && s <= PS_SLOTS) {
 		struct ps_clear_ctx x = {.base = (__u32)(s - 1) * cfg->fds_per_slot};
 		bpf_loop(cfg->fds_per_slot, ps_clear_fd, &x, 0);
+	}
+	if (cfg && s >= 2 && s <= PS_SLOTS) {
 		__u32 free = s;
 		bpf_map_push_elem(&free_slots, &free, 0);
 		ps_count(PS_CNT_SLOTS_RECYCLED);

@@ -465,6 +465,37 @@ impl Probes {
         self.config.msgpath & abi::MSGPATH_SSL != 0
     }
 
+    /// Follows a restarted target: `tgids[0]` becomes the target (fd slot
+    /// 1, the fast path; the old target's entries of slot 1 were cleared
+    /// by `ps_exit` when it died), the others join the target set, and
+    /// `ports` join the listening-port filter.
+    pub fn retarget(&mut self, tgids: &[u32], ports: &[u16]) -> Result<(), ProbeError> {
+        let Some(&first) = tgids.first() else {
+            return Ok(());
+        };
+        {
+            let mut set: HashMap<_, u32, u64> = HashMap::try_from(
+                self.ebpf
+                    .map_mut("tgids")
+                    .ok_or(ProbeError::Missing("tgids"))?,
+            )
+            .map_err(map_err("tgids"))?;
+            for (i, t) in tgids.iter().enumerate() {
+                set.insert(t, u64::from(i == 0), 0)
+                    .map_err(map_err("tgids"))?;
+            }
+        }
+        fill_array(
+            &mut self.ebpf,
+            "tgid_hint",
+            tgids.iter().map(|t| (t & abi::HINT_MASK, 1u32)),
+        )?;
+        self.config.target_tgid = first;
+        let config = self.config;
+        fill_array(&mut self.ebpf, "config", [(0, config)])?;
+        insert_listen_ports(&mut self.ebpf, ports)
+    }
+
     /// Adds ports to the listening-port filter (a listener opened later).
     pub fn add_ports(&mut self, ports: &[u16]) -> Result<(), ProbeError> {
         insert_listen_ports(&mut self.ebpf, ports)

@@ -2,7 +2,7 @@
 //! no network) a person reads to learn the verdict and where time goes.
 
 use super::{
-    svg::{bars, esc, line_chart, short, Series},
+    svg::{bars, esc, line_chart_banded, short, Band, Series},
     RunSummary, Verdict,
 };
 use crate::gate::fmt_value;
@@ -17,7 +17,7 @@ table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #d6dbe1;paddi
 th{background:#f2f4f7}td.pass{background:#e3f5e9}td.fail{background:#fbe3e0}.muted{color:#68707a}\
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #e3e6ea;border-radius:4px;background:#fff}\
 .chart.empty{width:560px;padding:8px}.ct{font-size:12px;font-weight:600}.ax{font-size:10px;fill:#555}\
-.grid{stroke:#eceef1}.stage{stroke:#999;stroke-dasharray:4 3}.flame img{width:100%;height:auto}.charts svg{flex:0 0 auto}\
+.fault{fill:#f0b429;fill-opacity:.18;stroke:#d69e2e;stroke-opacity:.5}.fault-label{fill:#9c6d00}.grid{stroke:#eceef1}.stage{stroke:#999;stroke-dasharray:4 3}.flame img{width:100%;height:auto}.charts svg{flex:0 0 auto}\
 code{background:#f2f4f7;padding:1px 4px;border-radius:3px}";
 
 /// Renders the report; `flame_svg` is the observer's lifecycle.svg, if any.
@@ -32,6 +32,7 @@ pub fn render(s: &RunSummary, flame_svg: Option<&str>) -> String {
     banner(&mut h, s);
     criteria_table(&mut h, s);
     charts(&mut h, s);
+    faults(&mut h, s);
     network(&mut h, s);
     heartbeats(&mut h, s);
     message_path(&mut h, s);
@@ -161,6 +162,25 @@ fn criteria_table(h: &mut String, s: &RunSummary) {
 fn charts(h: &mut String, s: &RunSummary) {
     h.push_str("<h2>Over time</h2><div class=\"charts\">");
     let marks: Vec<f64> = s.stages.iter().skip(1).map(|st| st.start_s).collect();
+    let labels: Vec<String> = s
+        .faults
+        .iter()
+        .map(|f| format!("fault {} {}", f.fault, f.kind))
+        .collect();
+    let bands: Vec<Band> = s
+        .faults
+        .iter()
+        .zip(&labels)
+        .filter_map(|(f, l)| {
+            Some(Band {
+                from: f.start_s?,
+                to: f.end_s?,
+                label: l,
+            })
+        })
+        .collect();
+    let line_chart =
+        |t: &str, u: &str, se: &[Series], m: &[f64]| line_chart_banded(t, u, se, m, &bands);
     let pts = |f: fn(&super::TimelinePoint) -> Option<f64>| {
         s.timeline.iter().map(|p| (p.t_s, f(p))).collect::<Vec<_>>()
     };
@@ -221,6 +241,61 @@ fn charts(h: &mut String, s: &RunSummary) {
         &marks,
     ));
     h.push_str("</div>");
+}
+
+/// One row per scheduled fault: when it ran and what it did to the clients.
+fn faults(h: &mut String, s: &RunSummary) {
+    if s.faults.is_empty() {
+        return;
+    }
+    let ms = |v: Option<f64>| v.map(|v| format!("{} ms", short(v))).unwrap_or("—".into());
+    let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("—".into());
+    h.push_str("<h2>Faults</h2><table><tr><th>fault</th><th>stage</th><th>at</th><th>held</th><th>status</th><th>detection</th><th>disconnected → reconnected</th><th>recovery p50 / p99 / max</th><th>resumed msgs</th><th>lost / dup</th><th>e2e p99 / max</th><th>notes</th></tr>");
+    for f in &s.faults {
+        let o = &f.outcome;
+        let held = f
+            .start_mono_ns
+            .zip(f.end_mono_ns)
+            .map(|(a, b)| format!("{:.2} s", b.saturating_sub(a) as f64 / 1e9))
+            .unwrap_or("—".into());
+        let mut notes: Vec<String> = o.notes.clone();
+        if let Some(e) = &f.error {
+            notes.insert(0, e.clone());
+        }
+        if let Some(p) = o.new_pid {
+            notes.push(format!(
+                "restarted as PID {p} in {}{}",
+                ms(o.restart_ms),
+                match o.observer_reattached {
+                    Some(true) => ", observer followed",
+                    Some(false) => ", observer did NOT follow",
+                    None => "",
+                }
+            ));
+        }
+        let _ = write!(
+            h,
+            "<tr><td>{} {}</td><td>{}</td><td>{:.1} s</td><td>{held}</td><td>{:?}</td><td>{}</td><td>{} → {}</td><td>{} / {} / {}</td><td>{}</td><td>{} / {}</td><td>{} / {}</td><td>{}</td></tr>",
+            f.fault,
+            esc(&f.kind),
+            f.stage,
+            f.at_s,
+            f.status,
+            ms(o.detection_ms),
+            n(o.disconnected),
+            n(o.reconnected),
+            ms(o.recovery_p50_ms),
+            ms(o.recovery_p99_ms),
+            ms(o.recovery_max_ms),
+            n(o.resumed_messages),
+            n(o.lost),
+            n(o.duplicates),
+            ms(o.latency_p99_ms),
+            ms(o.latency_max_ms),
+            esc(&notes.join("; "))
+        );
+    }
+    h.push_str("</table>");
 }
 
 const PHASE_ORDER: &[&str] = &[

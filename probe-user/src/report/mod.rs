@@ -105,6 +105,9 @@ pub struct RunSummary {
     pub duplicate_ids: Vec<String>,
     /// The observer's slowest connections (timelines), for the report.
     pub slowest_connections: serde_json::Value,
+    /// Scheduled faults as they happened, with their measured outcome.
+    #[serde(default)]
+    pub faults: Vec<loadgen::faults::FaultRecord>,
     /// The emulated link (`--network`): asked, mechanism, measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<loadgen::link::NetworkReport>,
@@ -237,6 +240,7 @@ pub(crate) mod fixtures {
             lost_ids: vec!["m-17".into()],
             duplicate_ids: vec![],
             slowest_connections: serde_json::json!([]),
+            faults: Vec::new(),
         };
         s.decide();
         s
