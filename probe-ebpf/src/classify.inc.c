@@ -14,10 +14,11 @@
  * read/write-family syscall tracepoints whose perf-event dispatch cost
  * every read and write of every process on the machine (pipes and files
  * included) ~70 ns. Only the class leaves the kernel, never payload bytes.
- * Past the first calls an I/O costs a tgid check, one sk-hash lookup and
- * an array access; every 16th send also samples sk_wmem_queued; bytes
- * in/out are read from tcp_sock at close, not summed per call. x86-64
- * syscall numbers and registers. Included by pushscope.bpf.c. */
+ * Past the first calls (ps_sock_io: a cold connection) an I/O costs a
+ * tgid check and one access to `hot_socks`; 1 in 16 sends, drawn at
+ * random, also samples sk_wmem_queued; bytes in/out are read from
+ * tcp_sock at close, not summed per call. x86-64 syscall numbers and
+ * registers. Included by pushscope.bpf.c. */
 
 #define PS_PEEK 16
 
@@ -154,7 +155,15 @@ static __always_inline __u8 ps_io_class(__u32 dir, long ret, __u8 *detail)
 /* A receive or send on an accepted socket of the target: after
  * sock->ops->recvmsg/sendmsg returned `ret` (bytes, or -errno). The
  * event's time is the end of the call. Failed calls (ret <= 0: EAGAIN,
- * EOF) are no I/O milestone; a failed send still samples the send queue. */
+ * EOF) are no I/O milestone; a failed send still samples the send queue.
+ *
+ * Steady state (a cold connection: past its classified calls, not traced
+ * by the message path) costs a tgid check, two per-CPU counters, one
+ * `hot_socks` access and, on a send, a random draw: 1 in 16 sends (at
+ * random, so a fan-out that walks its sockets in a fixed order samples
+ * every one alike) looks its connection up and samples sk_wmem_queued.
+ * Only a hot connection (hot_socks: its first calls, or traced) does the
+ * work below. */
 static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
 {
 	__u32 tgid = ps_tgid();
@@ -169,19 +178,24 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	long ret = (int)ctx->args[1];
 	if (dir == PS_DIR_READ && (ctx->args[2] & PS_MSG_PEEK))
 		return 0;
+	ps_count(PS_CNT_SOCK_CALLS);
+	bool sample_q = dir == PS_DIR_WRITE && (bpf_get_prandom_u32() & 15) == 0;
+	if (!sample_q && !ps_hot_maybe(sk))
+		return 0;
+	ps_count(PS_CNT_SOCK_LOOKUPS);
 	struct ps_conn *c = ps_conn_of_sk(sk);
 	if (!c)
 		return 0;
-	if (dir == PS_DIR_WRITE) {
-		/* Reading the sock is a probe_read_kernel: sample every 16th
-		 * send (and those of the first calls). */
-		__u64 w = c->writes++;
-		if ((w & 15) == 0 || c->io_seq < 8) {
-			int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
-			if (q > 0 && (__u32)q > c->max_wmem)
-				c->max_wmem = q;
-		}
+	bool hot = c->hot;
+	/* Reading the sock is a probe_read_kernel: every send of a hot
+	 * connection, 1 in 16 of a cold one's. */
+	if (dir == PS_DIR_WRITE && (hot || sample_q)) {
+		int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
+		if (q > 0 && (__u32)q > c->max_wmem)
+			c->max_wmem = q;
 	}
+	if (!hot)
+		return 0;
 	if (ret > 0) {
 		if (c->io_seq == 0 && (cfg->msgpath || cfg->trace_one_in))
 			ps_msgpath_check(c, sk, cfg->trace_one_in);
@@ -189,8 +203,13 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	}
 	if (cfg->msgpath & PS_MSGPATH_SSL)
 		ps_msgpath_ssl_note(sk);
-	if (c->io_seq >= cfg->io_events_per_conn)
+	if (c->io_seq >= cfg->io_events_per_conn) {
+		/* classified: nothing more to do unless the message path
+		 * marks its every call */
+		if (!c->trace_port)
+			ps_conn_cool(c, sk);
 		return 0;
+	}
 	/* an OpenSSL handshake in flight learns its socket, even from EAGAIN */
 	ps_tls_note_fd(sk);
 	if (ret <= 0)
