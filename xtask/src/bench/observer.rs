@@ -38,7 +38,7 @@
 use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -268,13 +268,16 @@ fn fanout_with(
     if let Some(o) = &obs {
         util::pin(o.0.id(), 1)?;
     }
-    // The observer's programs are ps_*, the profiler's pf_*.
-    let prefix = if with_profiler && !with_probes {
-        "pf_"
-    } else {
-        "ps_"
+    // The observer's programs are ps_*, the profiler's pf_*; only those
+    // this run's observer (or profiler) holds count, not the programs of
+    // other observers that may run on the machine.
+    let (holder, prefix) = match (&obs, &prof) {
+        (Some(o), _) => (Some(o.0.id()), "ps_"),
+        (None, Some(g)) => (Some(g.0.id()), "pf_"),
+        (None, None) => (None, "ps_"),
     };
-    let ps = |n: &str| n.starts_with(prefix);
+    let ids = holder.map(prog_ids_of).transpose()?.unwrap_or_default();
+    let ps = |id: u64, n: &str| ids.contains(&id) && n.starts_with(prefix);
     let (p0, c0) = (prog_stats(&ps)?, util::cpu_ns(pid));
     let out = Command::new("taskset")
         .args(["-c", "1"])
@@ -376,16 +379,39 @@ mod serde_like {
     }
 }
 
-/// (run_cnt, run_time_ns) summed over programs whose name matches.
-fn prog_stats_sum(matches: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
+/// IDs of the BPF programs process `pid` holds open (`prog_id:` in the
+/// fdinfo of its fds).
+fn prog_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = BTreeSet::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(e?.path()) else {
+            continue; // closed meanwhile
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            ids.insert(id);
+        }
+    }
+    if ids.is_empty() {
+        bail!("PID {pid} holds no BPF program (is it attached?)");
+    }
+    Ok(ids)
+}
+
+/// (run_cnt, run_time_ns) summed over programs that match.
+fn prog_stats_sum(matches: &dyn Fn(u64, &str) -> bool) -> Result<(u64, u64)> {
     Ok(prog_stats(matches)?
         .values()
         .fold((0, 0), |(c, t), &(n, ns)| (c + n, t + ns)))
 }
 
 /// Per program name: (run_cnt, run_time_ns), summed over the loaded
-/// programs of that name whose name matches.
-fn prog_stats(matches: &dyn Fn(&str) -> bool) -> Result<BTreeMap<String, (u64, u64)>> {
+/// programs of that name that match (by id and name).
+fn prog_stats(matches: &dyn Fn(u64, &str) -> bool) -> Result<BTreeMap<String, (u64, u64)>> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -394,12 +420,18 @@ fn prog_stats(matches: &dyn Fn(&str) -> bool) -> Result<BTreeMap<String, (u64, u
     let mut per = BTreeMap::new();
     // One object per program: split on `{"id":`.
     for obj in text.split("{\"id\":").skip(1) {
+        let id: u64 = obj
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0);
         let name = obj
             .split("\"name\":\"")
             .nth(1)
             .and_then(|r| r.split('"').next())
             .unwrap_or("");
-        if !matches(name) {
+        if !matches(id, name) {
             continue;
         }
         let field = |k: &str| -> u64 {
@@ -458,7 +490,8 @@ fn syscall_cost(flag: &str) -> Result<(f64, f64, u64)> {
         "ps_exit_openat",
         "ps_enter_close",
     ];
-    let is = |n: &str| names.contains(&n);
+    let ids = prog_ids_of(obs.0.id())?;
+    let is = |id: u64, n: &str| ids.contains(&id) && names.contains(&n);
     let (c0, t0) = prog_stats_sum(&is)?;
     loop_ns_per_call()?;
     let (c1, t1) = prog_stats_sum(&is)?;
