@@ -39,6 +39,7 @@ use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -206,10 +207,15 @@ fn kv(out: &[u8]) -> BTreeMap<String, f64> {
 struct Fanout {
     dps: f64,
     cpu_pct: f64,
-    /// Share of the pusher's CPU time spent in the probes (with probes only).
+    /// Share of the pusher's CPU time spent in the probes (with probes
+    /// only), over the client's measured window: the steady state.
     probe_share: Option<f64>,
-    /// Per program: (runs, run time ns) during the run (bpf_stats).
+    /// Per program: (runs, run time ns) in that window (bpf_stats).
     progs: BTreeMap<String, (u64, u64)>,
+    /// The same over the whole run: 1,000 connections set up and torn
+    /// down, warm-up, window.
+    probe_share_all: Option<f64>,
+    progs_all: BTreeMap<String, (u64, u64)>,
     /// The observer's summary.json (with probes only).
     observer: Option<serde_like::Json>,
 }
@@ -278,34 +284,58 @@ fn fanout_with(
     };
     let ids = holder.map(prog_ids_of).transpose()?.unwrap_or_default();
     let ps = |id: u64, n: &str| ids.contains(&id) && n.starts_with(prefix);
-    let (p0, c0) = (prog_stats(&ps)?, util::cpu_ns(pid));
-    let out = Command::new("taskset")
+    let snap = || -> Result<(BTreeMap<String, (u64, u64)>, u64)> {
+        Ok((prog_stats(&ps)?, util::cpu_ns(pid)))
+    };
+    let start = snap()?;
+    let mut child = Command::new("taskset")
         .args(["-c", "1"])
         .arg(util::release_bin("pushscope-pusher-bench"))
         .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
         .args(["--subscribers", "1000", "--seconds", seconds])
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .context("running pushscope-pusher-bench")?;
-    let (p1, c1) = (prog_stats(&ps)?, util::cpu_ns(pid));
-    let progs: BTreeMap<String, (u64, u64)> = p1
-        .iter()
-        .map(|(name, &(n1, t1))| {
-            let (n0, t0) = p0.get(name).copied().unwrap_or((0, 0));
-            (name.clone(), (n1.saturating_sub(n0), t1.saturating_sub(t0)))
-        })
-        .collect();
-    let probe_ns: u64 = progs.values().map(|v| v.1).sum();
-    let probe_share = (with_probes || with_profiler)
-        .then(|| probe_ns as f64 / c1.saturating_sub(c0).max(1) as f64);
+    // The client says when its measured window (after connecting 1,000
+    // subscribers and a warm-up) starts and ends: the steady state.
+    let mut text = String::new();
+    let (mut w0, mut w1) = (None, None);
+    for line in BufReader::new(child.stdout.take().context("client stdout")?).lines() {
+        let line = line.context("reading the client's stdout")?;
+        match line.as_str() {
+            "measuring=1" => w0 = Some(snap()?),
+            "measuring=0" => w1 = Some(snap()?),
+            _ => {}
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait().context("waiting for pushscope-pusher-bench")?;
+    let end = snap()?;
+    let share = |a: &(BTreeMap<String, (u64, u64)>, u64),
+                 b: &(BTreeMap<String, (u64, u64)>, u64)| {
+        let progs = prog_delta(&a.0, &b.0);
+        let probe_ns: u64 = progs.values().map(|v| v.1).sum();
+        (
+            progs,
+            probe_ns as f64 / b.1.saturating_sub(a.1).max(1) as f64,
+        )
+    };
+    let attached = with_probes || with_profiler;
+    let (progs_all, share_all) = share(&start, &end);
+    let (progs, probe_share) = match (&w0, &w1) {
+        (Some(a), Some(b)) => share(a, b),
+        _ => bail!("pushscope-pusher-bench printed no measured window ({status})"),
+    };
     drop(obs);
     drop(prof);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
-    if !out.status.success() {
-        bail!("pushscope-pusher-bench fanout failed ({})", out.status);
+    if !status.success() {
+        bail!("pushscope-pusher-bench fanout failed ({status})");
     }
-    let m = kv(&out.stdout);
+    let m = kv(text.as_bytes());
     let observer = with_probes
         .then(|| std::fs::read_to_string(obs_dir.join("summary.json")).ok())
         .flatten()
@@ -313,8 +343,10 @@ fn fanout_with(
     Ok(Fanout {
         dps: m["deliveries_per_s"],
         cpu_pct: m["pusher_cpu_pct"],
-        probe_share,
+        probe_share: attached.then_some(probe_share),
         progs,
+        probe_share_all: attached.then_some(share_all),
+        progs_all,
         observer,
     })
 }
@@ -377,6 +409,19 @@ mod serde_like {
             v.parse().ok()
         }
     }
+}
+
+/// Per program: `b` - `a`.
+fn prog_delta(
+    a: &BTreeMap<String, (u64, u64)>,
+    b: &BTreeMap<String, (u64, u64)>,
+) -> BTreeMap<String, (u64, u64)> {
+    b.iter()
+        .map(|(name, &(n1, t1))| {
+            let (n0, t0) = a.get(name).copied().unwrap_or((0, 0));
+            (name.clone(), (n1.saturating_sub(n0), t1.saturating_sub(t0)))
+        })
+        .collect()
 }
 
 /// IDs of the BPF programs process `pid` holds open (`prog_id:` in the
@@ -575,12 +620,25 @@ struct FanoutCost {
     dps1: f64,
     thr: Spread,
     cpu: Spread,
+    /// Probe run time ÷ pusher CPU time in the steady state (the client's
+    /// measured window) and over whole runs (with connection setup).
     share: Spread,
-    /// Per program over the bpf_stats runs: (runs, run time ns).
+    share_all: Spread,
+    /// Per program over the bpf_stats runs' windows: (runs, run time ns),
+    /// and over the whole runs.
     progs: BTreeMap<String, (u64, u64)>,
-    /// The pusher's CPU time over the bpf_stats runs (ns).
+    progs_all: BTreeMap<String, (u64, u64)>,
+    /// The pusher's CPU time over the bpf_stats runs' windows (ns).
     target_cpu_ns: f64,
     runs: Vec<String>,
+}
+
+fn add_progs(into: &mut BTreeMap<String, (u64, u64)>, from: &BTreeMap<String, (u64, u64)>) {
+    for (name, (n, ns)) in from {
+        let e = into.entry(name.clone()).or_default();
+        e.0 += n;
+        e.1 += ns;
+    }
 }
 
 fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
@@ -616,20 +674,18 @@ fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
         })
         .collect();
     std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let mut shares = Vec::new();
-    let mut progs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let (mut shares, mut shares_all) = (Vec::new(), Vec::new());
+    let (mut progs, mut progs_all) = (BTreeMap::new(), BTreeMap::new());
     let mut target_cpu_ns = 0.0;
     for i in 0..SHARE_RUNS {
         let f = fanout(true, seconds, 90 + i)?;
         let share = f.probe_share.unwrap_or(f64::NAN);
         shares.push(share);
+        shares_all.push(f.probe_share_all.unwrap_or(f64::NAN));
         let probe_ns: u64 = f.progs.values().map(|v| v.1).sum();
         target_cpu_ns += probe_ns as f64 / share;
-        for (name, (n, ns)) in f.progs {
-            let e = progs.entry(name).or_default();
-            e.0 += n;
-            e.1 += ns;
-        }
+        add_progs(&mut progs, &f.progs);
+        add_progs(&mut progs_all, &f.progs_all);
     }
     std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
     Ok(FanoutCost {
@@ -638,7 +694,9 @@ fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
         thr,
         cpu,
         share: Spread::of(shares),
+        share_all: Spread::of(shares_all),
         progs,
+        progs_all,
         target_cpu_ns,
         runs,
     })
@@ -661,12 +719,17 @@ fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
     );
     println!(
         "{:<60} {:>10.4} {:>10} {:>7}",
-        format!("probe run time ÷ pusher CPU time (bpf_stats, {SHARE_RUNS} runs)"),
+        format!("probe run time ÷ pusher CPU time, steady state ({SHARE_RUNS} runs)"),
         f.share.median,
         "<= 0.01",
         verdict(f.share.median <= TARGET_PROBE_SHARE)
     );
     println!("    spread over runs: {}", f.share.text());
+    println!(
+        "{:<60} {:>10.4}",
+        "  the same over whole runs (1,000 connections set up, torn down)", f.share_all.median
+    );
+    println!("    spread over runs: {}", f.share_all.text());
     println!(
         "{:<60} {:>10.4} {:>10} {:>7}",
         format!(
@@ -690,37 +753,46 @@ fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
         "  (the ratios add what bpf_stats does not see: the kernel's tracepoint dispatch; on a machine shared with other work they scatter, the bpf_stats share does not)"
     );
     println!(
-        "{:<24} {:>12} {:>10} {:>14}",
-        "program (bpf_stats)", "runs", "ns/run", "% of pusher CPU"
+        "  (bpf_stats counts every run of the observer's programs, also those that turn away other processes' calls: the load client's, anything else on the machine)"
     );
-    for (name, (n, ns)) in &f.progs {
-        if *n == 0 {
+    println!(
+        "{:<20} {:>10} {:>8} {:>8} | {:>10} {:>8}",
+        "program (bpf_stats)", "runs", "ns/run", "% CPU", "whole run", "ns/run"
+    );
+    for (name, (n_all, ns_all)) in &f.progs_all {
+        if *n_all == 0 {
             continue;
         }
+        let (n, ns) = f.progs.get(name).copied().unwrap_or((0, 0));
         println!(
-            "{:<24} {:>12} {:>10.1} {:>14.3}",
+            "{:<20} {:>10} {:>8.1} {:>8.3} | {:>10} {:>8.1}",
             name,
             n,
-            *ns as f64 / *n as f64,
-            100.0 * *ns as f64 / f.target_cpu_ns
+            ns as f64 / n.max(1) as f64,
+            100.0 * ns as f64 / f.target_cpu_ns,
+            n_all,
+            *ns_all as f64 / *n_all as f64
         );
     }
+    println!("  (runs, ns/run and % of the pusher's CPU in the steady state; runs and ns/run over whole runs)");
 }
 
 fn fanout_cost_json(f: &FanoutCost) -> String {
     let progs: Vec<String> = f
-        .progs
+        .progs_all
         .iter()
         .filter(|(_, (n, _))| *n > 0)
-        .map(|(name, (n, ns))| {
+        .map(|(name, (n_all, ns_all))| {
+            let (n, ns) = f.progs.get(name).copied().unwrap_or((0, 0));
             format!(
-                "\"{name}\": {{\"runs\": {n}, \"ns_per_run\": {:.1}}}",
-                *ns as f64 / *n as f64
+                "\"{name}\": {{\"runs\": {n}, \"ns_per_run\": {:.1}, \"runs_whole\": {n_all}, \"ns_per_run_whole\": {:.1}}}",
+                ns as f64 / n.max(1) as f64,
+                *ns_all as f64 / *n_all as f64
             )
         })
         .collect();
     format!(
-        "\"deliveries_per_s_without\": {:.0},\n  \"deliveries_per_s_with\": {:.0},\n  \"throughput_ratio\": {:.4},\n  \"throughput_ratio_spread\": {},\n  \"cpu_per_delivery_ratio\": {:.4},\n  \"cpu_per_delivery_ratio_spread\": {},\n  \"probe_share_of_target_cpu\": {:.5},\n  \"probe_share_spread\": {},\n  \"programs\": {{{}}}",
+        "\"deliveries_per_s_without\": {:.0},\n  \"deliveries_per_s_with\": {:.0},\n  \"throughput_ratio\": {:.4},\n  \"throughput_ratio_spread\": {},\n  \"cpu_per_delivery_ratio\": {:.4},\n  \"cpu_per_delivery_ratio_spread\": {},\n  \"probe_share_of_target_cpu\": {:.5},\n  \"probe_share_spread\": {},\n  \"probe_share_whole_runs\": {:.5},\n  \"programs\": {{{}}}",
         f.dps0,
         f.dps1,
         f.thr.median,
@@ -729,6 +801,7 @@ fn fanout_cost_json(f: &FanoutCost) -> String {
         f.cpu.json(),
         f.share.median,
         f.share.json(),
+        f.share_all.median,
         progs.join(", ")
     )
 }
