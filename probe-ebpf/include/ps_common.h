@@ -147,21 +147,40 @@ struct {
 
 /* Which socks need more than the steady state's work on a receive or
  * send: a tracked connection is hot from its accept until its first
- * `io_events_per_conn` calls are classified, and for good when the
- * message path traces it (classify.inc.c). Counters indexed by a hash of
- * the sock's address (ps_hot_slot), so a receive or send of a cold
- * connection is turned away by one array access into 32 KiB that stay in
- * cache, instead of a hash lookup in `socks` and an fdtab entry per
- * connection (two cache misses each when a fan-out walks thousands of
- * sockets: ~475 ns per send measured). A slot shared with a hot sock only
- * sends a cold one down the full path, which treats it as cold. */
+ * `io_events_per_conn` calls are classified, and for good when the message
+ * path traces it (classify.inc.c). A call of a cold connection is turned
+ * away without finding its connection (an LRU-hash lookup by sk, then its
+ * fdtab entry: three cache misses each when a fan-out walks thousands of
+ * sockets, ~475 ns per send measured at the reference pusher's
+ * saturation). Two levels, so the common case reads only a line that
+ * stays in every CPU's cache: `hot_total` (slot 0: hot connections
+ * anywhere; 0 in a steady fan-out without the message path), then
+ * `hot_socks`, counters indexed by a hash of the sock's address
+ * (ps_hot_slot). A slot shared with a hot sock only sends a cold one down
+ * the full path, which finds its entry cold and does what the fast path
+ * would. */
 #define PS_HOT_SLOTS 8192
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} hot_total SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, PS_HOT_SLOTS);
 	__type(key, __u32);
 	__type(value, __u32);
 } hot_socks SEC(".maps");
+
+/* Per CPU: sends until the next send-queue sample (classify.inc.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} send_sample SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -211,17 +230,28 @@ static __always_inline __u32 ps_hot_slot(__u64 sk)
 /* May `sk` be hot? (false: certainly cold) */
 static __always_inline bool ps_hot_maybe(__u64 sk)
 {
+	__u32 zero = 0;
+	__s64 *t = bpf_map_lookup_elem(&hot_total, &zero);
+	if (!t || *t <= 0)
+		return false;
 	__u32 k = ps_hot_slot(sk);
 	__u32 *n = bpf_map_lookup_elem(&hot_socks, &k);
 	return n && *n;
 }
 
+/* Adds `d` (+1: made hot, before its fd reaches userspace; -1: left) to
+ * the sock's slot and the total. Locked adds: a call that reads 0 after a
+ * connection was made hot cannot be that connection's. */
 static __always_inline void ps_hot_add(__u64 sk, __s32 d)
 {
 	__u32 k = ps_hot_slot(sk);
 	__u32 *n = bpf_map_lookup_elem(&hot_socks, &k);
 	if (n)
 		__sync_fetch_and_add(n, d);
+	__u32 zero = 0;
+	__s64 *t = bpf_map_lookup_elem(&hot_total, &zero);
+	if (t)
+		__sync_fetch_and_add(t, (__s64)d);
 }
 
 /* Takes a hot connection out of `hot_socks` (once, whoever calls first:
