@@ -203,6 +203,9 @@ fn kv(out: &[u8]) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Per program name: (runs, run time ns).
+type Progs = BTreeMap<String, (u64, u64)>;
+
 /// One fan-out run.
 struct Fanout {
     dps: f64,
@@ -211,11 +214,11 @@ struct Fanout {
     /// only), over the client's measured window: the steady state.
     probe_share: Option<f64>,
     /// Per program: (runs, run time ns) in that window (bpf_stats).
-    progs: BTreeMap<String, (u64, u64)>,
+    progs: Progs,
     /// The same over the whole run: 1,000 connections set up and torn
     /// down, warm-up, window.
     probe_share_all: Option<f64>,
-    progs_all: BTreeMap<String, (u64, u64)>,
+    progs_all: Progs,
     /// The observer's summary.json (with probes only).
     observer: Option<serde_like::Json>,
 }
@@ -284,9 +287,7 @@ fn fanout_with(
     };
     let ids = holder.map(prog_ids_of).transpose()?.unwrap_or_default();
     let ps = |id: u64, n: &str| ids.contains(&id) && n.starts_with(prefix);
-    let snap = || -> Result<(BTreeMap<String, (u64, u64)>, u64)> {
-        Ok((prog_stats(&ps)?, util::cpu_ns(pid)))
-    };
+    let snap = || -> Result<(Progs, u64)> { Ok((prog_stats(&ps)?, util::cpu_ns(pid))) };
     let start = snap()?;
     let mut child = Command::new("taskset")
         .args(["-c", "1"])
@@ -313,8 +314,7 @@ fn fanout_with(
     }
     let status = child.wait().context("waiting for pushscope-pusher-bench")?;
     let end = snap()?;
-    let share = |a: &(BTreeMap<String, (u64, u64)>, u64),
-                 b: &(BTreeMap<String, (u64, u64)>, u64)| {
+    let share = |a: &(Progs, u64), b: &(Progs, u64)| {
         let progs = prog_delta(&a.0, &b.0);
         let probe_ns: u64 = progs.values().map(|v| v.1).sum();
         (
@@ -412,10 +412,7 @@ mod serde_like {
 }
 
 /// Per program: `b` - `a`.
-fn prog_delta(
-    a: &BTreeMap<String, (u64, u64)>,
-    b: &BTreeMap<String, (u64, u64)>,
-) -> BTreeMap<String, (u64, u64)> {
+fn prog_delta(a: &Progs, b: &Progs) -> Progs {
     b.iter()
         .map(|(name, &(n1, t1))| {
             let (n0, t0) = a.get(name).copied().unwrap_or((0, 0));
@@ -456,7 +453,7 @@ fn prog_stats_sum(matches: &dyn Fn(u64, &str) -> bool) -> Result<(u64, u64)> {
 
 /// Per program name: (run_cnt, run_time_ns), summed over the loaded
 /// programs of that name that match (by id and name).
-fn prog_stats(matches: &dyn Fn(u64, &str) -> bool) -> Result<BTreeMap<String, (u64, u64)>> {
+fn prog_stats(matches: &dyn Fn(u64, &str) -> bool) -> Result<Progs> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
@@ -626,14 +623,14 @@ struct FanoutCost {
     share_all: Spread,
     /// Per program over the bpf_stats runs' windows: (runs, run time ns),
     /// and over the whole runs.
-    progs: BTreeMap<String, (u64, u64)>,
-    progs_all: BTreeMap<String, (u64, u64)>,
+    progs: Progs,
+    progs_all: Progs,
     /// The pusher's CPU time over the bpf_stats runs' windows (ns).
     target_cpu_ns: f64,
     runs: Vec<String>,
 }
 
-fn add_progs(into: &mut BTreeMap<String, (u64, u64)>, from: &BTreeMap<String, (u64, u64)>) {
+fn add_progs(into: &mut Progs, from: &Progs) {
     for (name, (n, ns)) in from {
         let e = into.entry(name.clone()).or_default();
         e.0 += n;
