@@ -35,6 +35,7 @@
 //!
 //! Prints a table and writes target/bench/observer.json.
 
+use super::floor;
 use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
 use std::{
@@ -131,13 +132,14 @@ fn measure_msgpath(seconds: &str, flag: &str) -> Result<()> {
     let (mut ratios, mut cpu_ratios, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut drops, mut marks) = (0.0, 0.0);
     for round in 0..ROUNDS {
-        let a = fanout_with(true, false, seconds, round * 2, &[])?;
+        let a = fanout_with(true, false, seconds, round * 2, &[], false)?;
         let b = fanout_with(
             true,
             false,
             seconds,
             round * 2 + 1,
             &["--bench-trace-one-in", "16"],
+            false,
         )?;
         let summary = b
             .observer
@@ -241,17 +243,20 @@ fn profile(pid: u32, out: &Path) -> Result<Guard> {
 
 /// One fan-out measurement.
 fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
-    fanout_with(with_probes, false, seconds, tag, &[])
+    fanout_with(with_probes, false, seconds, tag, &[], false)
 }
 
 /// One fan-out measurement, with the observer (given `observe_extra`
-/// options) and/or the profiler attached.
+/// options) and/or the profiler attached; with `floor`, also the empty
+/// program of `floor.rs` on the observer's per-call hooks (in `progs`
+/// under its name, never in the probe share).
 fn fanout_with(
     with_probes: bool,
     with_profiler: bool,
     seconds: &str,
     tag: usize,
     observe_extra: &[&str],
+    floor: bool,
 ) -> Result<Fanout> {
     let dir = bench_dir().join(format!("observer-pusher-{tag}"));
     let (p, addr) = pusher(&dir)?;
@@ -285,8 +290,12 @@ fn fanout_with(
         (None, Some(g)) => (Some(g.0.id()), "pf_"),
         (None, None) => (None, "ps_"),
     };
-    let ids = holder.map(prog_ids_of).transpose()?.unwrap_or_default();
-    let ps = |id: u64, n: &str| ids.contains(&id) && n.starts_with(prefix);
+    let mut ids = holder.map(prog_ids_of).transpose()?.unwrap_or_default();
+    let floor = floor.then(floor::attach).transpose()?;
+    if let Some(f) = &floor {
+        ids.insert(f.id);
+    }
+    let ps = |id: u64, n: &str| ids.contains(&id) && (n.starts_with(prefix) || n == floor::NAME);
     let snap = || -> Result<(Progs, u64)> { Ok((prog_stats(&ps)?, util::cpu_ns(pid))) };
     let start = snap()?;
     let mut child = Command::new("taskset")
@@ -316,7 +325,11 @@ fn fanout_with(
     let end = snap()?;
     let share = |a: &(Progs, u64), b: &(Progs, u64)| {
         let progs = prog_delta(&a.0, &b.0);
-        let probe_ns: u64 = progs.values().map(|v| v.1).sum();
+        let probe_ns: u64 = progs
+            .iter()
+            .filter(|(name, _)| *name != floor::NAME)
+            .map(|(_, v)| v.1)
+            .sum();
         (
             progs,
             probe_ns as f64 / b.1.saturating_sub(a.1).max(1) as f64,
@@ -328,6 +341,7 @@ fn fanout_with(
         (Some(a), Some(b)) => share(a, b),
         _ => bail!("pushscope-pusher-bench printed no measured window ({status})"),
     };
+    drop(floor);
     drop(obs);
     drop(prof);
     drop(p);
@@ -627,6 +641,11 @@ struct FanoutCost {
     progs_all: Progs,
     /// The pusher's CPU time over the bpf_stats runs' windows (ns).
     target_cpu_ns: f64,
+    /// The empty program's (floor.rs) ns per run in those windows, and the
+    /// probe run time ÷ pusher CPU above it: Σ run time of the observer's
+    /// programs − floor × runs of its two per-call programs.
+    floor_ns: f64,
+    share_above_floor: f64,
     runs: Vec<String>,
 }
 
@@ -675,17 +694,36 @@ fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
     let (mut progs, mut progs_all) = (BTreeMap::new(), BTreeMap::new());
     let mut target_cpu_ns = 0.0;
     for i in 0..SHARE_RUNS {
-        let f = fanout(true, seconds, 90 + i)?;
+        let f = fanout_with(true, false, seconds, 90 + i, &[], true)?;
         let share = f.probe_share.unwrap_or(f64::NAN);
         shares.push(share);
         shares_all.push(f.probe_share_all.unwrap_or(f64::NAN));
-        let probe_ns: u64 = f.progs.values().map(|v| v.1).sum();
+        let probe_ns: u64 = f
+            .progs
+            .iter()
+            .filter(|(name, _)| *name != floor::NAME)
+            .map(|(_, v)| v.1)
+            .sum();
         target_cpu_ns += probe_ns as f64 / share;
         add_progs(&mut progs, &f.progs);
         add_progs(&mut progs_all, &f.progs_all);
     }
     std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
+    let (fr, fns) = progs.get(floor::NAME).copied().unwrap_or((0, 0));
+    let floor_ns = fns as f64 / fr.max(1) as f64;
+    let per_call_runs: u64 = ["ps_send_length", "ps_recv_length"]
+        .iter()
+        .filter_map(|n| progs.get(*n).map(|v| v.0))
+        .sum();
+    let probe_ns: u64 = progs
+        .iter()
+        .filter(|(name, _)| *name != floor::NAME)
+        .map(|(_, v)| v.1)
+        .sum();
+    let share_above_floor = (probe_ns as f64 - floor_ns * per_call_runs as f64) / target_cpu_ns;
     Ok(FanoutCost {
+        floor_ns,
+        share_above_floor,
         dps0,
         dps1,
         thr,
@@ -730,6 +768,19 @@ fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
     println!(
         "{:<60} {:>10.4} {:>10} {:>7}",
         format!(
+            "  steady state above the floor ({:.1} ns per run of an empty program)",
+            f.floor_ns
+        ),
+        f.share_above_floor,
+        "<= 0.01",
+        verdict(f.share_above_floor <= TARGET_PROBE_SHARE)
+    );
+    println!(
+        "  (the floor: an empty program on the same two tracepoints, so on the same calls, is charged that much per run by bpf_stats itself; see xtask/src/bench/floor.rs)"
+    );
+    println!(
+        "{:<60} {:>10.4} {:>10} {:>7}",
+        format!(
             "deliveries/s with ÷ without, paired ({:.0} / {:.0} mean)",
             f.dps1, f.dps0
         ),
@@ -771,7 +822,7 @@ fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
             *ns_all as f64 / *n_all as f64
         );
     }
-    println!("  (runs, ns/run and % of the pusher's CPU in the steady state; runs and ns/run over whole runs)");
+    println!("  (runs, ns/run and % of the pusher's CPU in the steady state; runs and ns/run over whole runs; bench_floor is the empty program)");
 }
 
 fn fanout_cost_json(f: &FanoutCost) -> String {
@@ -789,7 +840,7 @@ fn fanout_cost_json(f: &FanoutCost) -> String {
         })
         .collect();
     format!(
-        "\"deliveries_per_s_without\": {:.0},\n  \"deliveries_per_s_with\": {:.0},\n  \"throughput_ratio\": {:.4},\n  \"throughput_ratio_spread\": {},\n  \"cpu_per_delivery_ratio\": {:.4},\n  \"cpu_per_delivery_ratio_spread\": {},\n  \"probe_share_of_target_cpu\": {:.5},\n  \"probe_share_spread\": {},\n  \"probe_share_whole_runs\": {:.5},\n  \"programs\": {{{}}}",
+        "\"deliveries_per_s_without\": {:.0},\n  \"deliveries_per_s_with\": {:.0},\n  \"throughput_ratio\": {:.4},\n  \"throughput_ratio_spread\": {},\n  \"cpu_per_delivery_ratio\": {:.4},\n  \"cpu_per_delivery_ratio_spread\": {},\n  \"probe_share_of_target_cpu\": {:.5},\n  \"probe_share_spread\": {},\n  \"probe_share_whole_runs\": {:.5},\n  \"floor_ns_per_run\": {:.1},\n  \"probe_share_above_floor\": {:.5},\n  \"programs\": {{{}}}",
         f.dps0,
         f.dps1,
         f.thr.median,
@@ -799,6 +850,8 @@ fn fanout_cost_json(f: &FanoutCost) -> String {
         f.share.median,
         f.share.json(),
         f.share_all.median,
+        f.floor_ns,
+        f.share_above_floor,
         progs.join(", ")
     )
 }
@@ -880,8 +933,8 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
     let mut cpu_ratios = Vec::new();
     let mut runs = Vec::new();
     for round in 0..ROUNDS {
-        let a = fanout_with(false, false, seconds, round * 2, &[])?;
-        let b = fanout_with(false, true, seconds, round * 2 + 1, &[])?;
+        let a = fanout_with(false, false, seconds, round * 2, &[], false)?;
+        let b = fanout_with(false, true, seconds, round * 2 + 1, &[], false)?;
         ratios.push(b.dps / a.dps);
         let cpu = (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps);
         cpu_ratios.push(cpu);
@@ -890,7 +943,7 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
     let ratio = util::median(ratios);
     let cpu_ratio = util::median(cpu_ratios);
     std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let share = fanout_with(false, true, seconds, 99, &[])?
+    let share = fanout_with(false, true, seconds, 99, &[], false)?
         .probe_share
         .unwrap_or(f64::NAN);
     println!("\nprofiler bench ({ROUNDS} fan-out runs each way, 1000 subscribers, {seconds} s)");
