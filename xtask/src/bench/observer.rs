@@ -7,8 +7,12 @@
 //!    their spread (min, p25, p75, max); the pusher is pinned to CPU 0, the
 //!    client and the observer to CPU 1; plus the probes' own run time
 //!    (bpf_stats, 3 runs: median and range) as a share of the pusher's CPU
-//!    time, which other load on the machine does not blur, with each
-//!    program's runs and ns per run;
+//!    time, which other load on the machine blurs far less, with each
+//!    program's runs and ns per run: over the client's measured window
+//!    (the steady state at saturation: it prints `measuring=1`/`0`) and
+//!    over whole runs (with 1,000 connections set up and torn down); and
+//!    the same share above the floor bpf_stats charges any program (an
+//!    empty one on the same two per-call tracepoints, `floor.rs`);
 //! 2. ring-buffer drops while N (20,000) WebSocket connections are
 //!    established at ≥ 2,000/s by 4 `conn_flood` processes from 127.0.0.2-5
 //!    (each connection upgraded, held 1 s, closed), and whether the observer
