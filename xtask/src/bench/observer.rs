@@ -988,3 +988,23 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
 extern "C" {
     fn geteuid() -> u32;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_gives_nearest_rank_quartiles_and_the_median() {
+        let s = Spread::of(vec![0.97, 1.0, 0.95, 0.99, 1.02, 0.98, 0.96, 1.01]);
+        assert_eq!((s.min, s.max), (0.95, 1.02));
+        // sorted: .95 .96 .97 .98 .99 1.0 1.01 1.02; rank ceil(.25*8)=2, ceil(.75*8)=6
+        assert_eq!((s.p25, s.p75), (0.96, 1.0));
+        assert!((s.median - 0.985).abs() < 1e-12);
+        let one = Spread::of(vec![1.5]);
+        assert_eq!(
+            (one.min, one.p25, one.median, one.p75, one.max),
+            (1.5, 1.5, 1.5, 1.5, 1.5)
+        );
+        assert!(Spread::of(Vec::new()).median.is_nan());
+    }
+}
