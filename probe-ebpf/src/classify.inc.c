@@ -218,7 +218,16 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	if (dir == PS_DIR_READ && (ctx->args[2] & PS_MSG_PEEK))
 		return 0;
 	ps_count(PS_CNT_SOCK_CALLS);
+	/* Reading the sock is a probe_read_kernel (its line is in cache:
+	 * the send just wrote it): every send of a hot connection, about 1
+	 * in 16 of a cold one's; an empty queue raises no maximum, so then
+	 * the connection is not looked up for it. */
+	int q = 0;
 	bool sample_q = dir == PS_DIR_WRITE && ps_sample_send();
+	if (sample_q) {
+		q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
+		sample_q = q > 0;
+	}
 	if (!sample_q && !ps_hot_maybe(sk))
 		return 0;
 	ps_count(PS_CNT_SOCK_LOOKUPS);
@@ -226,10 +235,9 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	if (!c)
 		return 0;
 	bool hot = c->hot;
-	/* Reading the sock is a probe_read_kernel: every send of a hot
-	 * connection, about 1 in 16 of a cold one's. */
 	if (dir == PS_DIR_WRITE && (hot || sample_q)) {
-		int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
+		if (!sample_q)
+			q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
 		if (q > 0 && (__u32)q > c->max_wmem)
 			c->max_wmem = q;
 	}
