@@ -71,6 +71,8 @@ pub struct SubAcct {
     closed_hi: u64,
     /// CLOCK_MONOTONIC ns when the first WebSocket upgrade completed.
     pub up_ns: Option<u64>,
+    /// CLOCK_MONOTONIC ns of the latest re-upgrade (a resumed session).
+    pub resumed_at_ns: Option<u64>,
     /// Last server seq received (resume point for protocols that have one).
     pub last_server_seq: Option<u64>,
     /// Last server message id (resume point for protocols that use ids).
@@ -98,6 +100,7 @@ impl SubAcct {
             untracked: None,
             closed_hi: 0,
             up_ns: None,
+            resumed_at_ns: None,
             last_server_seq: None,
             last_message_id: String::new(),
             cap: None,
@@ -317,6 +320,16 @@ pub struct StageStats {
     pub upgrade: Histogram<u64>,
     #[serde(with = "hist_b64")]
     pub first_message: Histogram<u64>,
+    /// Heartbeat round trips (ping sent → pong read), µs.
+    #[serde(with = "hist_b64")]
+    pub heartbeat_rtt: Histogram<u64>,
+    /// The kernel's smoothed RTT of subscriber sockets (`TCP_INFO`
+    /// `tcpi_rtt`), sampled at every pong, µs.
+    #[serde(with = "hist_b64")]
+    pub tcp_srtt: Histogram<u64>,
+    /// Segments the subscribers' sockets retransmitted (`TCP_INFO`
+    /// `tcpi_total_retrans` increments seen at pongs and at session ends).
+    pub tcp_retransmits: u64,
 }
 
 impl Default for StageStats {
@@ -351,6 +364,9 @@ impl Default for StageStats {
             tls: new_hist(),
             upgrade: new_hist(),
             first_message: new_hist(),
+            heartbeat_rtt: new_hist(),
+            tcp_srtt: new_hist(),
+            tcp_retransmits: 0,
         }
     }
 }
@@ -384,6 +400,7 @@ impl StageStats {
         self.latency_clipped += o.latency_clipped;
         self.unmarked += o.unmarked;
         self.reads += o.reads;
+        self.tcp_retransmits += o.tcp_retransmits;
         self.cpu_pct.extend_from_slice(&o.cpu_pct);
         self.rss_bytes.extend_from_slice(&o.rss_bytes);
         for (a, b) in [
@@ -392,6 +409,8 @@ impl StageStats {
             (&mut self.tls, &o.tls),
             (&mut self.upgrade, &o.upgrade),
             (&mut self.first_message, &o.first_message),
+            (&mut self.heartbeat_rtt, &o.heartbeat_rtt),
+            (&mut self.tcp_srtt, &o.tcp_srtt),
         ] {
             a.add(b).expect("same bounds everywhere");
         }

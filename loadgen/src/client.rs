@@ -9,6 +9,7 @@ use crate::ws::{Event, FramesError};
 use crate::{
     accounting::{record_us, StageStats, Verdict},
     clock::mono_ns,
+    faults::events::ConnEventKind,
     lane::{bump, Lane, SubCtl},
     marker::Marker,
     net::{open_ws, Endpoint, Ws},
@@ -33,6 +34,8 @@ pub struct ClientCfg {
     /// Bench floor: count received frames and nothing else (no UTF-8,
     /// marker or accounting), to measure what receiving alone costs.
     pub floor: bool,
+    /// Disconnect / reconnect / resumed-message events (runs with faults).
+    pub conn_events: Option<std::sync::Arc<crate::faults::events::ConnEvents>>,
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -102,7 +105,14 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 {
                     let mut st = lane.state.borrow_mut();
                     st.connected_delta(true);
-                    st.subs[local].upgraded(mono_ns());
+                    let now = mono_ns();
+                    st.subs[local].upgraded(now);
+                    if ever_connected {
+                        st.subs[local].resumed_at_ns = Some(now);
+                        if let Some(ev) = &cfg.conn_events {
+                            ev.record(now, id, ConnEventKind::Reconnected);
+                        }
+                    }
                     let k = st.stage;
                     let s = st.stage_stats(k);
                     s.attempts += 1;
@@ -142,6 +152,9 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                     End::Unexpected(reason) => {
                         s.unexpected_disconnects += 1;
                         StageStats::count_reason(&mut s.disconnects_by_reason, reason);
+                        if let Some(ev) = &cfg.conn_events {
+                            ev.record(mono_ns(), id, ConnEventKind::Lost);
+                        }
                         bump(&lane.gauges.errors);
                         log::debug!("subscriber {id}: disconnected: {reason}");
                     }
@@ -171,6 +184,10 @@ struct SessionState {
     first: bool,
     /// Pings not answered yet.
     outstanding: u32,
+    /// When the oldest unanswered ping went out (pongs answer in order).
+    ping_sent: Option<Instant>,
+    /// The socket's retransmit count at the last sample.
+    retrans_seen: u32,
     /// Messages accounted since the last ACK.
     unacked: u32,
     /// Built into a frame only when sent (every ACK_EVERY frames or heartbeat).
@@ -207,6 +224,8 @@ async fn session(
         up_at,
         first: true,
         outstanding: 0,
+        ping_sent: None,
+        retrans_seen: 0,
         unacked: 0,
         ack: None,
     };
@@ -260,6 +279,7 @@ async fn session(
                     log_ack(lane, id, seq);
                     ws.framer.queue_text(&a);
                 }
+                s.ping_sent.get_or_insert_with(Instant::now);
                 ws.framer.queue_ping();
             }
         }
@@ -287,6 +307,9 @@ fn on_read(
             Event::Pong => {
                 claim_control(io);
                 s.outstanding = 0;
+                if let Some(t) = s.ping_sent.take() {
+                    heartbeat_answered(lane, t.elapsed(), io.tcp_info(), &mut s.retrans_seen);
+                }
                 return Ok(());
             }
             Event::Ping => {
@@ -354,6 +377,25 @@ fn on_read(
         Ok(()) => Ok(()),
         Err(FramesError::Stop(end)) => Err(end),
         Err(FramesError::Ws(e)) => Err(End::Unexpected(e.reason())),
+    }
+}
+
+/// A pong: the heartbeat round trip, and the kernel's view of the socket
+/// at that moment (smoothed RTT, new retransmits).
+fn heartbeat_answered(
+    lane: &Lane,
+    rtt: Duration,
+    tcp: Option<crate::net::TcpInfo>,
+    retrans_seen: &mut u32,
+) {
+    let mut st = lane.state.borrow_mut();
+    let k = st.stage;
+    let s = st.stage_stats(k);
+    record_us(&mut s.heartbeat_rtt, rtt.as_micros() as u64);
+    if let Some(t) = tcp {
+        record_us(&mut s.tcp_srtt, u64::from(t.srtt_us));
+        s.tcp_retransmits += u64::from(t.total_retrans.saturating_sub(*retrans_seen));
+        *retrans_seen = t.total_retrans;
     }
 }
 
@@ -457,6 +499,16 @@ fn on_frame(
     let s = st.stage_stats(m.stage);
     match verdict {
         Verdict::Fresh { out_of_order } => {
+            if let Some(ev) = &cfg.conn_events {
+                // Resent on resume: scheduled before this session began.
+                if st.subs[local]
+                    .resumed_at_ns
+                    .is_some_and(|up| m.sched_ns < up)
+                {
+                    ev.record(now, id, ConnEventKind::Resumed);
+                }
+            }
+            let s = st.stage_stats(m.stage);
             s.received += 1;
             s.out_of_order += u64::from(out_of_order);
             if record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000) {

@@ -10,7 +10,9 @@ pub mod accounting;
 pub mod client;
 pub mod clock;
 pub mod duration;
+pub mod faults;
 pub mod lane;
+pub mod link;
 pub mod live;
 pub mod marker;
 pub mod msgpath;
@@ -94,22 +96,59 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Faults that need no target PID (pushscope run has them all); a
+    // partition needs a link to cut (transparent without --network).
+    let link = match sc.faults.iter().any(|f| f.kind.needs_link()) {
+        true => Some(std::sync::Arc::new(
+            link::Link::start(sc.network.unwrap_or(link::NetworkSpec::transparent())).map_err(
+                |e| match e {
+                    link::LinkError::Permission(_) => usage(e.to_string()),
+                    e => anyhow::Error::new(e),
+                },
+            )?,
+        )),
+        false => None,
+    };
+    let mut env = faults::FaultEnv::for_scenario(&sc, &out);
+    env.link = link
+        .as_ref()
+        .map(|l| std::sync::Arc::new(l.control()) as std::sync::Arc<dyn faults::PartitionSwitch>);
+    let faults = faults::FaultRun::start(&sc, &env, clock::mono_ns()).map_err(usage)?;
     let opts = RunOptions {
         worker: None,
         live: true,
         tracer: None,
+        conn_events: faults.as_ref().map(|f| f.conn_events()),
+        link,
     };
     // Judged stages are kept as they come, so a run that fails midway
     // still leaves what it measured (marked incomplete).
     let mut judged: Vec<StageReport> = Vec::new();
-    let result = rt.block_on(runner::run(&sc, opts, &mut |ev| {
-        if let StageEvent::Ended { report, .. } = ev {
-            judged.push(report.clone());
+    let result = rt.block_on(runner::run(&sc, opts, &mut |ev| match ev {
+        StageEvent::Ended { report, .. } => judged.push(report.clone()),
+        StageEvent::Started { stage, mono_ns, .. } => {
+            if let Some(f) = &faults {
+                f.stage_started(stage as usize, mono_ns);
+            }
         }
+        StageEvent::Tick { .. } => {}
     }));
-    let (stages, warnings, complete) = match &result {
-        Ok(r) => (r.stages.clone(), r.warnings.clone(), true),
-        Err(e) => (judged, vec![format!("the run stopped early: {e}")], false),
+    let fault_records = faults
+        .map(|f| f.finish(&judged, clock::mono_ns()))
+        .unwrap_or_default();
+    let (stages, warnings, complete, network) = match &result {
+        Ok(r) => (
+            r.stages.clone(),
+            r.warnings.clone(),
+            true,
+            r.network.clone(),
+        ),
+        Err(e) => (
+            judged,
+            vec![format!("the run stopped early: {e}")],
+            false,
+            None,
+        ),
     };
     if complete || !stages.is_empty() {
         let summary = report::Summary {
@@ -118,6 +157,8 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
             scenario: &sc,
             stages: &stages,
             warnings: &warnings,
+            faults: &fault_records,
+            network: network.as_ref(),
         };
         let path = report::write_summary(&out, &summary)?;
         for w in &warnings {
@@ -125,8 +166,12 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         }
         eprintln!("pushscope load: summary written to {}", path.display());
     }
-    result.map_err(anyhow::Error::new)?;
-    Ok(Outcome::Completed)
+    match result {
+        // Not being root is the user's to fix, like the observer's probes.
+        Err(e @ LoadError::Link(link::LinkError::Permission(_))) => Err(usage(e.to_string())),
+        Err(e) => Err(anyhow::Error::new(e)),
+        Ok(_) => Ok(Outcome::Completed),
+    }
 }
 
 pub fn run_verify(args: VerifyArgs) -> anyhow::Result<Outcome> {

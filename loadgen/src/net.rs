@@ -43,7 +43,45 @@ pub struct Counted {
     pub writes: Arc<crate::msgpath::WriteCount>,
 }
 
+/// What the kernel says about a TCP socket (`TCP_INFO`).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpInfo {
+    /// Smoothed RTT, µs (`tcpi_rtt`).
+    pub srtt_us: u32,
+    /// Segments retransmitted over the connection's life (`tcpi_total_retrans`).
+    pub total_retrans: u32,
+}
+
 impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+            Io::Counted(c) => c.inner.tcp(),
+        }
+    }
+
+    /// `getsockopt(TCP_INFO)` of the underlying socket.
+    pub fn tcp_info(&self) -> Option<TcpInfo> {
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+        let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: a socket fd we own, a buffer of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.tcp().as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut ti as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(TcpInfo {
+            srtt_us: ti.tcpi_rtt,
+            total_retrans: ti.tcpi_total_retrans,
+        })
+    }
+
     /// The sampled stream's counters, when this stream is sampled.
     pub fn counted(&mut self) -> Option<&mut Counted> {
         match self {
@@ -133,6 +171,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     pub host: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Create sockets in this network namespace (the emulated link's).
+    pub netns: Option<Arc<crate::link::NetNs>>,
 }
 
 /// Client-side phase durations of one successful connection.
@@ -202,12 +242,23 @@ fn io_kind(e: &std::io::Error) -> String {
     }
 }
 
-/// Opens a TCP stream, from `source` when given.
-pub async fn tcp_connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> std::io::Result<TcpStream> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
+/// Opens a TCP stream, from `source` when given, with its socket created
+/// in `netns` when given (the emulated link's namespace).
+pub async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+    netns: Option<&crate::link::NetNs>,
+) -> std::io::Result<TcpStream> {
+    let new = || {
+        if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+    };
+    let sock = match netns {
+        Some(ns) => ns.with_entered(new)??,
+        None => new()?,
     };
     if let Some(ip) = source {
         let one: libc::c_int = 1;
@@ -249,7 +300,7 @@ pub async fn open_stream(
     sampling: Option<Sampling<'_>>,
 ) -> Result<Io, ConnectError> {
     let t = Instant::now();
-    let tcp = tcp_connect(ep.addr, source)
+    let tcp = tcp_connect(ep.addr, source, ep.netns.as_deref())
         .await
         .map_err(|source| ConnectError::Tcp {
             addr: ep.addr,
@@ -359,6 +410,7 @@ pub fn endpoint(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> std::io::R
         addr,
         host,
         tls: if secure { tls } else { None },
+        netns: None,
     })
 }
 
@@ -374,7 +426,9 @@ pub fn scenario_endpoint(url: &str, sc: &crate::scenario::Scenario) -> anyhow::R
     } else {
         None
     };
-    endpoint(url, tls).map_err(|e| anyhow::anyhow!("cannot resolve {url}: {e}"))
+    let mut ep = endpoint(url, tls).map_err(|e| anyhow::anyhow!("cannot resolve {url}: {e}"))?;
+    ep.netns = sc.netns.clone();
+    Ok(ep)
 }
 
 #[cfg(test)]

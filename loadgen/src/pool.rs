@@ -31,6 +31,10 @@ pub enum PoolCmd {
         schedule: Schedule,
         shard: u32,
         shards: u32,
+        /// Path of the emulated link's network namespace
+        /// (`/proc/<coordinator>/fd/<n>`): the worker's sockets go there.
+        #[serde(default)]
+        netns: Option<String>,
     },
     /// Begin stage `stage`: ramp this pool to `target` subscribers at `rate`/s.
     Ramp {
@@ -128,6 +132,7 @@ impl LocalPool {
         shard: u32,
         shards: u32,
         tracer: Option<Arc<crate::msgpath::Tracer>>,
+        conn_events: Option<Arc<crate::faults::events::ConnEvents>>,
     ) -> anyhow::Result<LocalPool> {
         let endpoint = net::scenario_endpoint(&sc.url, sc)?;
         let cfg = Arc::new(ClientCfg {
@@ -140,6 +145,7 @@ impl LocalPool {
             connect_timeout: Duration::from_secs(10),
             tracer,
             floor: sc.floor,
+            conn_events,
         });
         let n = std::thread::available_parallelism()
             .map_or(2, |n| n.get())

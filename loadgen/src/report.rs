@@ -135,7 +135,24 @@ pub struct StageReport {
     pub republished: u64,
     /// Frames without a marker of the subscriber's channel.
     pub unmarked: u64,
+    /// Heartbeat round trips the subscribers saw (ping sent → pong read).
+    #[serde(default = "no_phase")]
+    pub heartbeat_rtt_ms: Phase,
+    /// The subscribers' sockets as the kernel saw them (`TCP_INFO`, sampled
+    /// at every pong): smoothed RTT and retransmitted segments.
+    #[serde(default = "no_phase")]
+    pub tcp_srtt_ms: Phase,
+    #[serde(default)]
+    pub tcp_retransmits: u64,
     pub loadgen: LoadgenHealth,
+}
+
+fn no_phase() -> Phase {
+    Phase {
+        p50: None,
+        p99: None,
+        max: None,
+    }
 }
 
 fn q(h: &Histogram<u64>, quantile: f64) -> Option<f64> {
@@ -234,6 +251,9 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
         late_untracked: s.late_untracked,
         republished: s.republished,
         unmarked: s.unmarked,
+        heartbeat_rtt_ms: phase(&s.heartbeat_rtt),
+        tcp_srtt_ms: phase(&s.tcp_srtt),
+        tcp_retransmits: s.tcp_retransmits,
         loadgen: LoadgenHealth {
             cpu_pct: s.cpu_pct.clone(),
             cpu_warning: s.cpu_pct.iter().any(|&c| c > CPU_WARN_PCT),
@@ -256,8 +276,14 @@ pub struct Summary<'a> {
     pub schema: u32,
     pub complete: bool,
     pub scenario: &'a Scenario,
+    /// Scheduled faults as they happened (empty without faults).
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub faults: &'a [crate::faults::FaultRecord],
     pub stages: &'a [StageReport],
     pub warnings: &'a [String],
+    /// The emulated link: asked, mechanism, measured (absent without `--network`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<&'a crate::link::NetworkReport>,
 }
 
 pub fn write_summary(

@@ -54,18 +54,36 @@ pub struct RunOptions {
     /// Message-path sampling (`pushscope run` with an observer): in-process
     /// runs only; a run sharded over worker processes samples nothing.
     pub tracer: Option<std::sync::Arc<crate::msgpath::Tracer>>,
+    /// Connection events (disconnects, reconnects, resumed messages) for
+    /// the outcome of scheduled faults; in-process runs only.
+    pub conn_events: Option<std::sync::Arc<crate::faults::events::ConnEvents>>,
+    /// A link the caller owns (e.g. to partition it, or a transparent one
+    /// for partitions without `--network`); without it, the run starts
+    /// and stops its own when the scenario has `network`.
+    pub link: Option<std::sync::Arc<crate::link::Link>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub stages: Vec<StageReport>,
     pub warnings: Vec<String>,
+    /// What the emulated link was asked and measured, when there was one.
+    pub network: Option<crate::link::NetworkReport>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("the target {url} is unreachable ({reason}): start the server or fix --url")]
     Unreachable { url: String, reason: String },
+    #[error("the target {url} is unreachable through the emulated network ({reason}): its packets come from {client_addr} via the host device {host_dev}, so the server must listen on 127.0.0.1, 0.0.0.0 or a host address (not inside another namespace)")]
+    UnreachableViaLink {
+        url: String,
+        reason: String,
+        client_addr: String,
+        host_dev: String,
+    },
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
     #[error("{0}")]
     Setup(String),
     #[error("load worker failed: {0}")]
@@ -115,12 +133,18 @@ struct Driver<'f> {
     next_tick: Instant,
     /// Wall clock at a monotonic instant: unix times in reports are display only.
     anchor: Anchor,
+    /// Every stage's socket figures merged: the run's `network.tcp`.
+    tcp_all: StageStats,
 }
 
 /// Checks that the target answers before any load is started. Only "no
 /// server there" is fatal; a TLS or upgrade failure is what the run is for
 /// (counted by reason per stage), so it only warns.
-async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<Option<String>, LoadError> {
+async fn probe(
+    sc: &Scenario,
+    ep: &net::Endpoint,
+    link: Option<&crate::link::Link>,
+) -> Result<Option<String>, LoadError> {
     let proto = crate::protocol::Protocol::new(sc);
     let url = proto.subscribe_url("ch0", None);
     match net::open_ws(
@@ -138,9 +162,17 @@ async fn probe(sc: &Scenario, ep: &net::Endpoint) -> Result<Option<String>, Load
             Ok(None)
         }
         Err(e @ (net::ConnectError::Tcp { .. } | net::ConnectError::Timeout(_))) => {
-            Err(LoadError::Unreachable {
-                url: sc.url.clone(),
-                reason: e.to_string(),
+            Err(match link {
+                Some(l) => LoadError::UnreachableViaLink {
+                    url: sc.url.clone(),
+                    reason: e.to_string(),
+                    client_addr: l.client_addr.to_string(),
+                    host_dev: l.host_dev.clone(),
+                },
+                None => LoadError::Unreachable {
+                    url: sc.url.clone(),
+                    reason: e.to_string(),
+                },
             })
         }
         Err(e) => Ok(Some(format!(
@@ -157,6 +189,20 @@ pub async fn run(
 ) -> Result<RunReport, LoadError> {
     let fd_limit = raise_fd_limit();
     let setup = |e: &dyn std::fmt::Display| LoadError::Setup(e.to_string());
+    // The link lives until every pool and the publisher are stopped
+    // (declared first, dropped last).
+    let owned_link;
+    let link: Option<&crate::link::Link> = match (opts.link.as_deref(), sc.network) {
+        (Some(l), _) => Some(l),
+        (None, Some(spec)) => {
+            owned_link = crate::link::Link::start(spec)?;
+            Some(&owned_link)
+        }
+        (None, None) => None,
+    };
+    let mut with_ns = sc.clone();
+    with_ns.netns = link.map(|l| l.netns());
+    let sc = &with_ns;
     let tls = if sc.url.starts_with("wss://") {
         Some(
             crate::tls::client_config(
@@ -169,11 +215,18 @@ pub async fn run(
     } else {
         None
     };
-    let ep = net::endpoint(&sc.url, tls).map_err(|e| LoadError::Unreachable {
+    let mut ep = net::endpoint(&sc.url, tls).map_err(|e| LoadError::Unreachable {
         url: sc.url.clone(),
         reason: e.to_string(),
     })?;
-    let probe_warning = probe(sc, &ep).await?;
+    if link.is_some() && !ep.addr.is_ipv4() {
+        return Err(LoadError::Setup(format!(
+            "--network carries IPv4 only and {} is {}: use an IPv4 address in --url",
+            sc.url, ep.addr
+        )));
+    }
+    ep.netns = sc.netns.clone();
+    let probe_warning = probe(sc, &ep, link).await?;
 
     let max = sc.max_connections();
     let shards = max.div_ceil(sc.shard_cap).max(1) as u32;
@@ -192,8 +245,15 @@ pub async fn run(
     };
     let mut pools = Vec::new();
     if shards == 1 {
-        let p = LocalPool::new(sc, schedule, 0, 1, opts.tracer.clone())
-            .map_err(|e| setup(&format!("{e:#}")))?;
+        let p = LocalPool::new(
+            sc,
+            schedule,
+            0,
+            1,
+            opts.tracer.clone(),
+            opts.conn_events.clone(),
+        )
+        .map_err(|e| setup(&format!("{e:#}")))?;
         pools.push(AnyPool::Local(Box::new(p)));
     } else {
         let cmd = match opts.worker.clone() {
@@ -206,6 +266,7 @@ pub async fn run(
                 schedule,
                 shard,
                 shards,
+                netns: sc.netns.as_ref().map(|n| n.proc_path()),
             };
             let p = RemotePool::spawn(&cmd, init)
                 .await
@@ -240,6 +301,7 @@ pub async fn run(
         opened_total: 0,
         next_tick: Instant::now(),
         anchor,
+        tcp_all: StageStats::default(),
     };
     let result = d.stages().await;
     for p in d.pools.iter_mut() {
@@ -256,6 +318,11 @@ pub async fn run(
     Ok(RunReport {
         stages: d.reports,
         warnings: d.warnings,
+        network: link.map(|l| {
+            let mut r = l.report();
+            r.tcp = Some(crate::link::TcpMeasured::from_stats(&d.tcp_all));
+            r
+        }),
     })
 }
 
@@ -447,6 +514,15 @@ impl Driver<'_> {
         self.opened_total =
             (self.opened_total + total.opened).saturating_sub(total.intended_disconnects);
         p.meta.opened_total = self.opened_total;
+        self.tcp_all
+            .tcp_srtt
+            .add(&total.tcp_srtt)
+            .expect("same bounds");
+        self.tcp_all
+            .heartbeat_rtt
+            .add(&total.heartbeat_rtt)
+            .expect("same bounds");
+        self.tcp_all.tcp_retransmits += total.tcp_retransmits;
         let report = stage_report(&p.meta, &total, &publish);
         if report.loadgen.cpu_warning {
             let w = format!(

@@ -71,6 +71,17 @@ pub struct Scenario {
     /// the frames they receive and account for nothing.
     #[serde(default)]
     pub floor: bool,
+    /// Faults scheduled in the stages (`[[faults]]`), validated.
+    #[serde(default)]
+    pub faults: Vec<crate::faults::Fault>,
+    /// The emulated link between the load generator and the target
+    /// (`--network`); `None`: the host's network as it is.
+    #[serde(default)]
+    pub network: Option<crate::link::NetworkSpec>,
+    /// Runtime, not configuration: the network namespace sockets are
+    /// created in while a link is up (set by the run, never serialized).
+    #[serde(skip)]
+    pub netns: Option<std::sync::Arc<crate::link::NetNs>>,
 }
 
 /// The TOML form: every key optional, unknown keys rejected.
@@ -101,6 +112,12 @@ pub struct ScenarioFile {
     pub ack_frame: Option<String>,
     pub metrics: Option<String>,
     pub progress_interval: Option<DurationValue>,
+    /// Shell command that starts the target again after a kill-restart fault.
+    pub restart_cmd: Option<String>,
+    /// Faults scheduled in the stages (see `faults::FaultFile`).
+    pub faults: Option<Vec<crate::faults::FaultFile>>,
+    /// `"rtt=2ms,jitter=0.3ms,loss=0.0001%"` or `"financial-backbone"`.
+    pub network: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,7 +163,7 @@ pub enum DurationValue {
 }
 
 impl DurationValue {
-    fn text(self) -> String {
+    pub fn text(self) -> String {
         match self {
             DurationValue::Text(s) => s,
             DurationValue::Secs(n) => n.to_string(),
@@ -296,6 +313,14 @@ pub struct Overrides {
     /// Interval of the plain live lines when stderr is not a TTY (default 5s).
     #[arg(long)]
     pub progress_interval: Option<String>,
+    /// Shell command that starts the target again after a kill-restart
+    /// fault (its output goes to restart-<n>.log in the output directory).
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
+    /// Emulated link to the target, e.g. "rtt=2ms,jitter=0.3ms,loss=0.0001%"
+    /// (optional rate=100mbit) or the preset financial-backbone (root).
+    #[arg(long)]
+    pub network: Option<String>,
 }
 
 impl ScenarioFile {
@@ -396,10 +421,15 @@ impl Scenario {
         if shard_cap == 0 {
             return Err(invalid("--shard-cap must be at least 1"));
         }
+        let network_text = o.network.clone().or(file.network.clone());
+        // Each publisher connection carries one request at a time: over an
+        // emulated link every publish pays the round trip, so give every
+        // channel its own connection (up to 64) unless told otherwise.
+        let default_publishers = if network_text.is_some() { 64 } else { 8 };
         let publishers = o
             .publishers
             .or(file.publishers)
-            .unwrap_or_else(|| (channels as usize).min(8))
+            .unwrap_or_else(|| (channels as usize).min(default_publishers))
             .clamp(1, channels as usize);
         let client_cert = o.client_cert.or(file.client_cert);
         let client_key = o.client_key.or(file.client_key);
@@ -421,6 +451,25 @@ impl Scenario {
                 .or(file.progress_interval.map(DurationValue::text))
                 .unwrap_or("5s".into()),
         )?;
+        let defaults = crate::faults::FaultDefaults {
+            restart_cmd: o.restart_cmd.or(file.restart_cmd),
+        };
+        let faults = crate::faults::parse_faults(
+            file.faults.unwrap_or_default(),
+            &stages,
+            connect_rate,
+            &defaults,
+        )
+        .map_err(invalid)?;
+        let network = match network_text {
+            Some(t) => Some(crate::link::NetworkSpec::parse(&t).map_err(invalid)?),
+            None => None,
+        };
+        if network.is_some() && source_addrs.iter().any(|a| a.is_loopback()) {
+            return Err(invalid(
+                "--source-addrs cannot be loopback addresses with --network: the link gives the load generator its own address; drop --source-addrs",
+            ));
+        }
         Ok(Scenario {
             url,
             publish_url,
@@ -446,6 +495,9 @@ impl Scenario {
             metrics,
             progress_interval,
             floor: false,
+            faults,
+            network,
+            netns: None,
         })
     }
 
@@ -580,6 +632,41 @@ mod tests {
             (sc.grace, sc.heartbeat),
             (Duration::from_secs(12), Duration::from_secs(12))
         );
+    }
+
+    #[test]
+    fn network_from_flag_or_toml_with_sentences_for_bad_values() {
+        let mut o = base();
+        o.network = Some("financial-backbone".into());
+        let sc = Scenario::build(ScenarioFile::default(), o).unwrap();
+        assert_eq!(sc.network, Some(crate::link::spec::FINANCIAL_BACKBONE));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(
+            &p,
+            "url = \"ws://127.0.0.1:1/ws\"\nnetwork = \"rtt=4ms,loss=1%\"\n",
+        )
+        .unwrap();
+        let sc = Scenario::build(ScenarioFile::load(&p).unwrap(), Overrides::default()).unwrap();
+        let n = sc.network.unwrap();
+        assert_eq!((n.rtt, n.loss), (Duration::from_millis(4), 0.01));
+        let mut o = base();
+        o.network = Some("rtt=2ms,lag=1ms".into());
+        let e = Scenario::build(ScenarioFile::default(), o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown key `lag`"), "{e}");
+        let mut o = base();
+        o.network = Some("rtt=2ms".into());
+        o.source_addrs = Some("127.0.0.1-127.0.0.4".into());
+        let e = Scenario::build(ScenarioFile::default(), o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--source-addrs"), "{e}");
+        // Not serialized into workers' or summary's scenario as a handle.
+        let j = serde_json::to_value(&sc).unwrap();
+        assert!(j.get("netns").is_none());
+        assert_eq!(j["network"]["rtt"], 4.0);
     }
 
     proptest::proptest! {

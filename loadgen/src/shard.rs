@@ -132,15 +132,30 @@ pub fn worker_main() -> anyhow::Result<()> {
                         schedule,
                         shard,
                         shards,
+                        netns,
                     },
                     None,
-                ) => match LocalPool::new(&scenario, schedule, shard, shards, None) {
-                    Ok(p) => {
-                        pool = Some(p);
-                        PoolReply::Ok
+                ) => {
+                    let mut scenario = *scenario;
+                    let joined = match netns {
+                        Some(path) => crate::link::NetNs::open(std::path::Path::new(&path))
+                            .map(|ns| scenario.netns = Some(std::sync::Arc::new(ns)))
+                            .map_err(|e| {
+                                format!("cannot join the link's network namespace {path}: {e}")
+                            }),
+                        None => Ok(()),
+                    };
+                    match joined.and_then(|()| {
+                        LocalPool::new(&scenario, schedule, shard, shards, None, None)
+                            .map_err(|e| format!("{e:#}"))
+                    }) {
+                        Ok(p) => {
+                            pool = Some(p);
+                            PoolReply::Ok
+                        }
+                        Err(e) => PoolReply::Err(e),
                     }
-                    Err(e) => PoolReply::Err(format!("{e:#}")),
-                },
+                }
                 (_, None) => PoolReply::Err("not initialised".into()),
                 (cmd, Some(p)) => p.handle(cmd).await,
             };

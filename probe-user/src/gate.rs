@@ -63,6 +63,17 @@ pub struct Thresholds {
     /// wanted to), milliseconds; optional, in no built-in profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stall_max_ms: Option<f64>,
+    /// Scheduled faults (optional, in no built-in profile; judged per
+    /// fault, in the stage it ran in): fault end → reconnected, p99 over
+    /// the clients it disconnected, ms (0 when it disconnected none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_recovery_p99_ms: Option<f64>,
+    /// Partition start → the first disconnect the clients detected, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_detection_max_ms: Option<f64>,
+    /// Messages lost in a fault's stage, after resume, count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_lost_max: Option<u64>,
     /// Optional per-phase limits, e.g. `[phases.accept_wait] p99_ms = 5`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub phases: BTreeMap<String, PhaseLimit>,
@@ -105,6 +116,9 @@ impl Thresholds {
             connect_failure_max_pct: Some(0.001),
             observer_coverage_min_pct: Some(100.0),
             stall_max_ms: None,
+            fault_recovery_p99_ms: None,
+            fault_detection_max_ms: None,
+            fault_lost_max: None,
             phases: BTreeMap::new(),
         }
     }
@@ -186,6 +200,8 @@ impl Thresholds {
             ("e2e_p99_ms", self.e2e_p99_ms),
             ("cpu_peak_max_pct", self.cpu_peak_max_pct),
             ("stall_max_ms", self.stall_max_ms),
+            ("fault_recovery_p99_ms", self.fault_recovery_p99_ms),
+            ("fault_detection_max_ms", self.fault_detection_max_ms),
             (
                 "rss_growth_per_10k_max_pct",
                 self.rss_growth_per_10k_max_pct,
@@ -227,6 +243,9 @@ impl Thresholds {
                 .observer_coverage_min_pct
                 .or(base.observer_coverage_min_pct),
             stall_max_ms: self.stall_max_ms.or(base.stall_max_ms),
+            fault_recovery_p99_ms: self.fault_recovery_p99_ms.or(base.fault_recovery_p99_ms),
+            fault_detection_max_ms: self.fault_detection_max_ms.or(base.fault_detection_max_ms),
+            fault_lost_max: self.fault_lost_max.or(base.fault_lost_max),
             phases,
         }
     }
@@ -331,6 +350,65 @@ fn judge(name: &str, unit: &str, bound: Bound, limit: f64, value: Option<f64>) -
         pass,
         detail: None,
     }
+}
+
+/// Evaluates the fault thresholds that are set against one fault's
+/// outcome; named `fault N (kind) …`. A fault that did not run, or whose
+/// figure was not measured, fails.
+pub fn evaluate_fault(t: &Thresholds, r: &loadgen::faults::FaultRecord) -> Vec<CriterionResult> {
+    use loadgen::faults::FaultStatus;
+    let o = &r.outcome;
+    let ran = matches!(r.status, FaultStatus::Done);
+    let name = |what: &str| format!("fault {} ({}) {what}", r.fault, r.kind);
+    let mut out = Vec::new();
+    let mut push = |mut c: CriterionResult| {
+        if !ran {
+            c.pass = false;
+            c.detail = Some(format!(
+                "the fault did not run as planned ({:?}{})",
+                r.status,
+                r.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        out.push(c);
+    };
+    if let Some(l) = t.fault_recovery_p99_ms {
+        // Nothing disconnected: nothing to recover from.
+        let v = match (o.disconnected, o.recovery_p99_ms) {
+            (Some(0), _) => Some(0.0),
+            (_, p) => p,
+        };
+        let mut c = judge(&name("recovery_p99"), "ms", Bound::Max, l, v);
+        if let (Some(d), Some(n)) = (o.disconnected, o.reconnected) {
+            c.detail = Some(format!("{n} of {d} disconnected clients reconnected"));
+            if n < d {
+                c.pass = false;
+            }
+        }
+        push(c);
+    }
+    if let (Some(l), "partition") = (t.fault_detection_max_ms, r.kind.as_str()) {
+        push(judge(
+            &name("detection"),
+            "ms",
+            Bound::Max,
+            l,
+            o.detection_ms,
+        ));
+    }
+    if let Some(l) = t.fault_lost_max {
+        push(judge(
+            &name("loss"),
+            "messages",
+            Bound::Max,
+            l as f64,
+            o.lost.map(|n| n as f64),
+        ));
+    }
+    out
 }
 
 /// Evaluates every threshold that is set against one stage's figures.

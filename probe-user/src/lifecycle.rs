@@ -275,6 +275,20 @@ impl Tracker {
         }
     }
 
+    /// The target `pid` is killed on purpose (kill-restart fault): its
+    /// exit does not end the run.
+    pub fn expect_exit(&mut self, pid: u32) {
+        if self.target == pid {
+            self.target = 0;
+        }
+    }
+
+    /// Follows a restarted target.
+    pub fn retarget(&mut self, pid: u32) {
+        self.target = pid;
+        self.target_exited = false;
+    }
+
     /// Starts a new stage: the stage aggregates restart from zero.
     pub fn reset_stage(&mut self) {
         self.stage = Aggregates::default();

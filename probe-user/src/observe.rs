@@ -29,7 +29,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -251,6 +251,57 @@ pub struct Observer {
     boundary: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
     ports: Vec<u16>,
+    /// The target followed now (a kill-restart fault replaces it).
+    target: Arc<AtomicU32>,
+    /// Set between a planned kill of the target and its restart: its
+    /// exit is not the end of the run.
+    restarting: Arc<AtomicBool>,
+}
+
+/// A handle that lets a kill-restart fault move the observer to the
+/// restarted target (`Send + Sync`, clonable; outlives nothing).
+#[derive(Clone)]
+pub struct Follower {
+    probes: Arc<Mutex<Probes>>,
+    shared: Arc<Mutex<Shared>>,
+    target: Arc<AtomicU32>,
+    restarting: Arc<AtomicBool>,
+}
+
+impl Follower {
+    /// The target `pid` is about to be killed on purpose.
+    pub fn expect_exit(&self, pid: u32) {
+        self.restarting.store(true, Ordering::SeqCst);
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.tracker.expect_exit(pid);
+    }
+
+    /// Follows the restarted target `pid` and its process tree: the
+    /// probes' target set and listening ports, the /proc sampler, the
+    /// tracker's exit watch. The old target's connections were closed by
+    /// the kernel when it died (their CLOSE events end them in the
+    /// tracker; `ps_exit` cleared its fd table).
+    pub fn retarget(&self, pid: u32) -> Result<(), String> {
+        let tree = target::tree(pid);
+        if tree.is_empty() {
+            return Err(format!("PID {pid} is gone"));
+        }
+        let ports: Vec<u16> = target::listeners(&tree).iter().map(|l| l.port).collect();
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retarget(&tree, &ports)
+            .map_err(|e| format!("the probes could not follow PID {pid}: {e}"))?;
+        {
+            let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            s.tracker.retarget(pid);
+            s.tracker.tasks_followed += tree.len() as u64;
+            s.target_gone = false;
+        }
+        self.target.store(pid, Ordering::SeqCst);
+        self.restarting.store(false, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 /// The ring-buffer reader's poll timeout (ms): the longest a lone event
@@ -411,21 +462,33 @@ impl Observer {
                 }
             }));
         }
+        let target_now = Arc::new(AtomicU32::new(pid));
+        let restarting = Arc::new(AtomicBool::new(false));
         {
             let (shared, stop, probes) = (shared.clone(), stop.clone(), probes.clone());
+            let (target_now, restarting) = (target_now.clone(), restarting.clone());
             let every = opts.sample_every;
             let known: Vec<u16> = ports.clone();
             threads.push(std::thread::spawn(move || {
                 register_own_thread(&shared);
                 let mut known = known;
                 let mut next = Instant::now() + every;
+                let mut pid = pid;
                 while !stop.load(Ordering::Relaxed) {
                     if Instant::now() < next {
                         std::thread::sleep(Duration::from_millis(20));
                         continue;
                     }
                     next += every;
+                    let now = target_now.load(Ordering::SeqCst);
+                    if now != pid {
+                        pid = now;
+                        sampler = Sampler::new(pid);
+                    }
                     let Some(sample) = sampler.sample() else {
+                        if restarting.load(Ordering::SeqCst) {
+                            continue; // killed on purpose: wait for its restart
+                        }
                         shared.lock().unwrap_or_else(|p| p.into_inner()).target_gone = true;
                         break;
                     };
@@ -463,11 +526,25 @@ impl Observer {
             boundary,
             threads,
             ports,
+            target: target_now,
+            restarting,
         })
     }
 
+    /// The target followed now (the restarted one after a kill-restart).
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.target.load(Ordering::SeqCst)
+    }
+
+    /// A handle a kill-restart fault uses to move the observer to the
+    /// restarted target.
+    pub fn follower(&self) -> Follower {
+        Follower {
+            probes: self.probes.clone(),
+            shared: self.shared.clone(),
+            target: self.target.clone(),
+            restarting: self.restarting.clone(),
+        }
     }
 
     /// Listening ports the probes filter server-side connections by.
@@ -835,10 +912,14 @@ fn build(
         slots_recycled: c.slots_recycled,
         closes_tracked: c.closes,
         untracked_closed: c.untracked_closed,
+        socket_calls: c.sock_calls,
+        socket_calls_looked_up: c.sock_lookups,
+        hot_connections_entered: c.hot_entered,
+        hot_connections_left: c.hot_left,
     };
     let mut notes = vec![
         "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),
-        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled at the start of the first 8 and then every 16th write; connections the target never close()s (e.g. it exits) have none of these".to_string(),
+        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled after every send of a connection's first classified calls, then after 1 in 16 sends drawn at random; connections the target never close()s (e.g. it exits) have none of these".to_string(),
         "outbound connect latency is SYN_SENT -> ESTABLISHED per sock; an error is SYN_SENT -> CLOSE; connect() failing before SYN_SENT is not seen".to_string(),
     ];
     if a.tls13 > 0 {

@@ -2,7 +2,7 @@
 //! no network) a person reads to learn the verdict and where time goes.
 
 use super::{
-    svg::{bars, esc, line_chart, short, Series},
+    svg::{bars, esc, line_chart_banded, short, Band, Series},
     RunSummary, Verdict,
 };
 use crate::gate::fmt_value;
@@ -17,7 +17,7 @@ table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #d6dbe1;paddi
 th{background:#f2f4f7}td.pass{background:#e3f5e9}td.fail{background:#fbe3e0}.muted{color:#68707a}\
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart{border:1px solid #e3e6ea;border-radius:4px;background:#fff}\
 .chart.empty{width:560px;padding:8px}.ct{font-size:12px;font-weight:600}.ax{font-size:10px;fill:#555}\
-.grid{stroke:#eceef1}.stage{stroke:#999;stroke-dasharray:4 3}.flame img{width:100%;height:auto}.charts svg{flex:0 0 auto}\
+.fault{fill:#f0b429;fill-opacity:.18;stroke:#d69e2e;stroke-opacity:.5}.fault-label{fill:#9c6d00}.grid{stroke:#eceef1}.stage{stroke:#999;stroke-dasharray:4 3}.flame img{width:100%;height:auto}.charts svg{flex:0 0 auto}\
 code{background:#f2f4f7;padding:1px 4px;border-radius:3px}";
 
 /// Renders the report; `flame_svg` is the observer's lifecycle.svg, if any.
@@ -32,6 +32,9 @@ pub fn render(s: &RunSummary, flame_svg: Option<&str>) -> String {
     banner(&mut h, s);
     criteria_table(&mut h, s);
     charts(&mut h, s);
+    faults(&mut h, s);
+    network(&mut h, s);
+    heartbeats(&mut h, s);
     message_path(&mut h, s);
     profile(&mut h, s);
     phases(&mut h, s);
@@ -159,6 +162,25 @@ fn criteria_table(h: &mut String, s: &RunSummary) {
 fn charts(h: &mut String, s: &RunSummary) {
     h.push_str("<h2>Over time</h2><div class=\"charts\">");
     let marks: Vec<f64> = s.stages.iter().skip(1).map(|st| st.start_s).collect();
+    let labels: Vec<String> = s
+        .faults
+        .iter()
+        .map(|f| format!("fault {} {}", f.fault, f.kind))
+        .collect();
+    let bands: Vec<Band> = s
+        .faults
+        .iter()
+        .zip(&labels)
+        .filter_map(|(f, l)| {
+            Some(Band {
+                from: f.start_s?,
+                to: f.end_s?,
+                label: l,
+            })
+        })
+        .collect();
+    let line_chart =
+        |t: &str, u: &str, se: &[Series], m: &[f64]| line_chart_banded(t, u, se, m, &bands);
     let pts = |f: fn(&super::TimelinePoint) -> Option<f64>| {
         s.timeline.iter().map(|p| (p.t_s, f(p))).collect::<Vec<_>>()
     };
@@ -219,6 +241,61 @@ fn charts(h: &mut String, s: &RunSummary) {
         &marks,
     ));
     h.push_str("</div>");
+}
+
+/// One row per scheduled fault: when it ran and what it did to the clients.
+fn faults(h: &mut String, s: &RunSummary) {
+    if s.faults.is_empty() {
+        return;
+    }
+    let ms = |v: Option<f64>| v.map(|v| format!("{} ms", short(v))).unwrap_or("—".into());
+    let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("—".into());
+    h.push_str("<h2>Faults</h2><table><tr><th>fault</th><th>stage</th><th>at</th><th>held</th><th>status</th><th>detection</th><th>disconnected → reconnected</th><th>recovery p50 / p99 / max</th><th>resumed msgs</th><th>lost / dup</th><th>e2e p99 / max</th><th>notes</th></tr>");
+    for f in &s.faults {
+        let o = &f.outcome;
+        let held = f
+            .start_mono_ns
+            .zip(f.end_mono_ns)
+            .map(|(a, b)| format!("{:.2} s", b.saturating_sub(a) as f64 / 1e9))
+            .unwrap_or("—".into());
+        let mut notes: Vec<String> = o.notes.clone();
+        if let Some(e) = &f.error {
+            notes.insert(0, e.clone());
+        }
+        if let Some(p) = o.new_pid {
+            notes.push(format!(
+                "restarted as PID {p} in {}{}",
+                ms(o.restart_ms),
+                match o.observer_reattached {
+                    Some(true) => ", observer followed",
+                    Some(false) => ", observer did NOT follow",
+                    None => "",
+                }
+            ));
+        }
+        let _ = write!(
+            h,
+            "<tr><td>{} {}</td><td>{}</td><td>{:.1} s</td><td>{held}</td><td>{:?}</td><td>{}</td><td>{} → {}</td><td>{} / {} / {}</td><td>{}</td><td>{} / {}</td><td>{} / {}</td><td>{}</td></tr>",
+            f.fault,
+            esc(&f.kind),
+            f.stage,
+            f.at_s,
+            f.status,
+            ms(o.detection_ms),
+            n(o.disconnected),
+            n(o.reconnected),
+            ms(o.recovery_p50_ms),
+            ms(o.recovery_p99_ms),
+            ms(o.recovery_max_ms),
+            n(o.resumed_messages),
+            n(o.lost),
+            n(o.duplicates),
+            ms(o.latency_p99_ms),
+            ms(o.latency_max_ms),
+            esc(&notes.join("; "))
+        );
+    }
+    h.push_str("</table>");
 }
 
 const PHASE_ORDER: &[&str] = &[
@@ -518,6 +595,96 @@ fn ids(h: &mut String, s: &RunSummary) {
     h.push_str("</table>");
 }
 
+/// The emulated link: what was asked, how, and what it did.
+fn network(h: &mut String, s: &RunSummary) {
+    let Some(n) = &s.network else { return };
+    h.push_str("<h2>Emulated network</h2>");
+    let _ = write!(
+        h,
+        "<p id=\"network\">Asked <code>{}</code> (each direction: mean rtt/2, σ jitter/√2, order kept per flow), mechanism <b>{}</b>, load generator at {}.</p>",
+        esc(&n.asked_text),
+        esc(&n.mechanism),
+        esc(&n.client_addr)
+    );
+    h.push_str("<table><tr><th>direction</th><th>packets</th><th>forwarded</th><th>dropped (loss)</th><th>dropped (partition)</th><th>dropped (queue)</th><th>loss measured</th><th>delay p50 ms</th><th>p99 ms</th><th>mean ms</th><th>stdev ms</th><th>late p99 ms</th></tr>");
+    for (name, d) in [("to target", &n.to_target), ("from target", &n.from_target)] {
+        let _ = write!(
+            h,
+            "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.5} %</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            d.packets,
+            d.forwarded,
+            d.dropped_loss,
+            d.dropped_partition,
+            d.dropped_overflow,
+            d.loss_measured * 100.0,
+            ms3(d.delay_p50_ms),
+            ms3(d.delay_p99_ms),
+            ms3(d.delay_mean_ms),
+            ms3(d.delay_stdev_ms),
+            ms3(d.late_p99_ms)
+        );
+    }
+    h.push_str("</table>");
+    let cell = |v: Option<f64>| v.map(ms3).unwrap_or_else(|| "—".into());
+    let _ = write!(
+        h,
+        "<p>Applied round trip: mean {} ms, jitter (σ) {} ms.",
+        ms3(n.applied_rtt_mean_ms),
+        ms3(n.applied_jitter_ms)
+    );
+    if let Some(t) = &n.tcp {
+        let _ = write!(
+            h,
+            " TCP smoothed RTT of the load generator's connections: p50 {} ms, p99 {} ms ({} samples); segments they retransmitted: {}.",
+            cell(t.srtt_p50_ms),
+            cell(t.srtt_p99_ms),
+            t.srtt_samples,
+            t.retransmits
+        );
+    }
+    if let Some(r) = n.server_retransmits {
+        let _ = write!(h, " Segments the target retransmitted (probes): {r}.");
+    }
+    h.push_str("</p>");
+}
+
+/// Heartbeat round trips and unexpected disconnects per stage: a server
+/// timeout too tight for the link shows here.
+fn heartbeats(h: &mut String, s: &RunSummary) {
+    h.push_str("<h2>Heartbeat RTT and disconnects per stage</h2><table id=\"heartbeats\"><tr><th>stage</th><th>heartbeat RTT p50 ms</th><th>p99 ms</th><th>TCP srtt p50 ms</th><th>p99 ms</th><th>unexpected disconnects by reason</th></tr>");
+    for st in &s.stages {
+        let g = |p: &str| {
+            st.load
+                .pointer(p)
+                .and_then(Value::as_f64)
+                .map(ms3)
+                .unwrap_or_else(|| "—".into())
+        };
+        let reasons = st
+            .load
+            .get("disconnects_by_reason")
+            .filter(|v| v.as_object().is_some_and(|o| !o.is_empty()))
+            .map(flat)
+            .unwrap_or_else(|| "none".into());
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&st.name),
+            g("/heartbeat_rtt_ms/p50"),
+            g("/heartbeat_rtt_ms/p99"),
+            g("/tcp_srtt_ms/p50"),
+            g("/tcp_srtt_ms/p99"),
+            reasons
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// Milliseconds with µs resolution (link delays are sub-millisecond).
+fn ms3(v: f64) -> String {
+    format!("{v:.3}")
+}
+
 fn load_details(h: &mut String, s: &RunSummary) {
     h.push_str("<h2>Load figures per stage</h2>");
     for st in &s.stages {
@@ -659,5 +826,48 @@ mod tests {
             !html.contains("http://")
                 || html.matches("http://").count() == html.matches("xmlns").count()
         );
+        // No link asked: no network section, heartbeats still shown.
+        assert!(!html.contains("Emulated network"));
+        assert!(html.contains("id=\"heartbeats\""));
+    }
+
+    #[test]
+    fn report_shows_the_emulated_network_and_heartbeats() {
+        use loadgen::link::{DirReport, NetworkReport, NetworkSpec};
+        let mut s = summary();
+        let dir = |p50: f64| DirReport {
+            packets: 1000,
+            forwarded: 990,
+            dropped_loss: 10,
+            loss_measured: 0.01,
+            delay_p50_ms: p50,
+            ..Default::default()
+        };
+        s.network = Some(NetworkReport {
+            asked: NetworkSpec::parse("financial-backbone").unwrap(),
+            asked_text: "rtt=2ms,jitter=0.3ms,loss=0.0001%".into(),
+            mechanism: "built-in".into(),
+            to_target: dir(1.01),
+            from_target: dir(0.99),
+            applied_rtt_mean_ms: 2.0,
+            applied_jitter_ms: 0.3,
+            client_addr: "100.64.0.2".into(),
+            tcp: None,
+            server_retransmits: Some(7),
+        });
+        s.stages[0].load = serde_json::json!({
+            "heartbeat_rtt_ms": {"p50": 2.1, "p99": 3.4, "max": 4.0},
+            "tcp_srtt_ms": {"p50": 2.05, "p99": 2.9, "max": 3.0},
+            "disconnects_by_reason": {"heartbeat lost": 2}
+        });
+        let html = super::render(&s, None);
+        assert!(html.contains("Emulated network"));
+        assert!(html.contains("<code>rtt=2ms,jitter=0.3ms,loss=0.0001%</code>"));
+        assert!(html.contains("<b>built-in</b>"));
+        assert!(html.contains("<td>1.010</td>") && html.contains("<td>0.990</td>"));
+        assert!(html.contains("target retransmitted (probes): 7"));
+        assert!(html.contains(
+            "<td>2.100</td><td>3.400</td><td>2.050</td><td>2.900</td><td>heartbeat lost: 2</td>"
+        ));
     }
 }

@@ -105,6 +105,12 @@ pub struct RunSummary {
     pub duplicate_ids: Vec<String>,
     /// The observer's slowest connections (timelines), for the report.
     pub slowest_connections: serde_json::Value,
+    /// Scheduled faults as they happened, with their measured outcome.
+    #[serde(default)]
+    pub faults: Vec<loadgen::faults::FaultRecord>,
+    /// The emulated link (`--network`): asked, mechanism, measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<loadgen::link::NetworkReport>,
 }
 
 impl RunSummary {
@@ -214,6 +220,7 @@ pub(crate) mod fixtures {
             },
             profile: "financial".into(),
             thresholds: t.clone(),
+            network: None,
             stages: vec![stage(0, good), stage(1, bad)],
             timeline: (0..20)
                 .map(|i| TimelinePoint {
@@ -233,6 +240,7 @@ pub(crate) mod fixtures {
             lost_ids: vec!["m-17".into()],
             duplicate_ids: vec![],
             slowest_connections: serde_json::json!([]),
+            faults: Vec::new(),
         };
         s.decide();
         s

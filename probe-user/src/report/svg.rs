@@ -20,6 +20,25 @@ const PAD_B: f64 = 28.0;
 /// Renders a titled line chart; stage boundaries (x values) are drawn as
 /// dashed vertical lines. Returns a note instead when nothing was measured.
 pub fn line_chart(title: &str, unit: &str, series: &[Series], stage_marks: &[f64]) -> String {
+    line_chart_banded(title, unit, series, stage_marks, &[])
+}
+
+/// A span of the x axis drawn as a shaded band under the lines, labelled
+/// (e.g. a scheduled fault from its start to its end).
+pub struct Band<'a> {
+    pub from: f64,
+    pub to: f64,
+    pub label: &'a str,
+}
+
+/// [`line_chart`] with shaded bands (faults) behind the lines.
+pub fn line_chart_banded(
+    title: &str,
+    unit: &str,
+    series: &[Series],
+    stage_marks: &[f64],
+    bands: &[Band],
+) -> String {
     let ys: Vec<f64> = series
         .iter()
         .flat_map(|s| s.points.iter().filter_map(|p| p.1))
@@ -60,6 +79,21 @@ pub fn line_chart(title: &str, unit: &str, series: &[Series], stage_marks: &[f64
             ty = y + 4.0,
             label = short(v)
         );
+    }
+    for b in bands {
+        let (from, to) = (b.from.max(x_min), b.to.min(x_max));
+        if to >= from && b.to > x_min && b.from < x_max {
+            let (x1, x2) = (sx(from), sx(to));
+            let _ = write!(
+                out,
+                "<rect x=\"{x1:.1}\" y=\"{PAD_T}\" width=\"{w:.1}\" height=\"{h:.1}\" class=\"fault\"><title>{l}</title></rect>\
+                 <text x=\"{x1:.1}\" y=\"{ty:.1}\" class=\"ax fault-label\">{l}</text>",
+                w = (x2 - x1).max(1.5),
+                h = H - PAD_T - PAD_B,
+                ty = PAD_T + 10.0,
+                l = esc(b.label)
+            );
+        }
     }
     for &m in stage_marks {
         if m > x_min && m < x_max {
@@ -337,6 +371,7 @@ mod tests {
         };
         let svg = line_chart("latency", "ms", &[s], &[2.0]);
         assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("class=\"fault\"").count(), 0);
         assert_eq!(svg.matches("class=\"stage\"").count(), 1);
         let empty = line_chart(
             "cpu",
@@ -349,6 +384,35 @@ mod tests {
             &[],
         );
         assert!(empty.contains("not measured"));
+    }
+
+    #[test]
+    fn fault_bands_are_drawn_where_they_fall() {
+        let s = || Series {
+            label: "p99",
+            color: "#c00",
+            points: (0..=10).map(|i| (i as f64, Some(1.0))).collect(),
+        };
+        let bands = [
+            Band {
+                from: 2.0,
+                to: 4.0,
+                label: "fault 1 pause",
+            },
+            Band {
+                from: 20.0,
+                to: 30.0,
+                label: "off the chart",
+            },
+        ];
+        let svg = line_chart_banded("latency", "ms", &[s()], &[], &bands);
+        assert_eq!(svg.matches("class=\"fault\"").count(), 1, "{svg}");
+        // x 2..4 of 0..10 over the plot width (560 - 56 - 12 = 492): 98.4 px wide at 154.4.
+        assert!(
+            svg.contains("<rect x=\"154.4\" y=\"22\" width=\"98.4\""),
+            "{svg}"
+        );
+        assert!(svg.contains("fault 1 pause"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::{
 use anyhow::Context;
 use figures::{stage_figures, RssWindow};
 use loadgen::{
+    faults::FaultRun,
     msgpath::Tracer,
     outcome::{usage, Outcome},
     pool::LiveSnap,
@@ -104,6 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         sc.log_dir = Some(out.join("logs"));
     }
     sc.out = Some(out.clone());
+    let link = start_link(&sc)?;
     let observer = match args.pid {
         Some(pid) => Some(attach(pid)?),
         None => {
@@ -147,7 +149,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         Ok(t) => (Some(t), None),
         Err(reason) => (None, Some(reason)),
     };
+    let target_pid = loadgen::faults::TargetPid::new(args.pid);
     let t0 = Instant::now();
+    let t0_ns = loadgen::clock::mono_ns();
+    let faults = start_faults(
+        &sc,
+        &out,
+        &target_pid,
+        observer.as_ref(),
+        link.as_deref(),
+        t0_ns,
+    )?;
     let progress = RefCell::new(Progress::default());
     let timeline = RefCell::new(Vec::<TimelinePoint>::new());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,8 +180,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             t0,
             &progress,
             &timeline,
-            observer.as_ref(),
-            tracer.clone(),
+            Beside {
+                observer: observer.as_ref(),
+                faults: faults.as_ref(),
+            },
+            RunOptions {
+                worker: None,
+                live: true,
+                tracer: tracer.clone(),
+                link: link.clone(),
+                conn_events: faults.as_ref().map(|f| f.conn_events()),
+            },
         ));
         (r, cutter.join().unwrap_or_default())
     });
@@ -178,6 +199,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
     let mut progress = progress.into_inner();
     (progress.observer, progress.profiles) = cuts;
+    let judged: Vec<StageReport> = progress.load.iter().flatten().cloned().collect();
+    let fault_records = faults
+        .map(|f| f.finish(&judged, loadgen::clock::mono_ns()))
+        .unwrap_or_default();
     if let Some(p) = profiler.as_mut() {
         if progress.profiles.len() < progress.starts.len() {
             progress.profiles.push(p.cut_stage());
@@ -190,16 +215,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             progress.observer.push(serde_json::to_value(o.snapshot())?);
         }
     }
-    let target_died = args.pid.is_some_and(|pid| !target::exists(pid))
+    // After a kill-restart the target is the restarted process.
+    let target_died = target_pid.get().is_some_and(|pid| !target::exists(pid))
         || observer.as_ref().is_some_and(|o| o.target_exited());
     let incomplete_reason = match (&load_result, target_died) {
         (_, true) => Some(format!(
             "the target (PID {}) exited during the run",
-            args.pid.unwrap_or(0)
+            target_pid.get().unwrap_or(0)
         )),
         (Err(e), false) => Some(format!("{e:#}")),
-        (Ok(()), false) => None,
+        (Ok(_), false) => None,
     };
+    // The link's figures: the load's (with its sockets' TCP figures) when
+    // it ended, else the forwarder's so far.
+    let network = match (&load_result, &link) {
+        (Ok(Some(r)), _) if r.network.is_some() => r.network.clone(),
+        (_, Some(l)) => Some(l.report()),
+        _ => None,
+    };
+    drop(link);
     let mut summary = RunSummary {
         schema_version: SCHEMA_VERSION,
         tool: format!("pushscope {}", env!("CARGO_PKG_VERSION")),
@@ -222,8 +256,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         lost_ids: Vec::new(),
         duplicate_ids: Vec::new(),
         slowest_connections: serde_json::Value::Array(Vec::new()),
+        faults: fault_records,
+        network,
     };
     build_stages(&mut summary, &sc, &mut progress, observer.is_some());
+    judge_faults(&mut summary);
+    if let (Some(n), true) = (summary.network.as_mut(), observer.is_some()) {
+        n.server_retransmits = Some(
+            summary
+                .stages
+                .iter()
+                .filter_map(|s| s.observer.pointer("/tcp/retransmits")?.as_u64())
+                .sum(),
+        );
+    }
     write_profiles(&mut summary, &out, profile_off);
     let traced_legs = match (&observer, &tracer) {
         (Some(o), Some(t)) => message_path(&mut summary, o, t, &out, speaks_tls(&sc)),
@@ -260,6 +306,73 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         )),
         (Verdict::Admitted, None) => Ok(Outcome::Completed),
         _ => Ok(Outcome::Rejected),
+    }
+}
+
+/// The scenario's faults, ready to fire: the target's PID (replaced by a
+/// kill-restart), the observer following a restarted target. A fault
+/// that cannot run here is a usage error, before any load.
+fn start_faults(
+    sc: &Scenario,
+    out: &Path,
+    target_pid: &loadgen::faults::TargetPid,
+    observer: Option<&Observer>,
+    link: Option<&loadgen::link::Link>,
+    t0_ns: u64,
+) -> anyhow::Result<Option<FaultRun>> {
+    if sc.faults.is_empty() {
+        return Ok(None);
+    }
+    let mut env = loadgen::faults::FaultEnv::for_scenario(sc, out);
+    env.target = target_pid.clone();
+    env.link = link.map(|l| Arc::new(l.control()) as Arc<dyn loadgen::faults::PartitionSwitch>);
+    if let Some(o) = observer {
+        let (a, b) = (o.follower(), o.follower());
+        env.before_kill = Some(Arc::new(move |pid| a.expect_exit(pid)));
+        env.on_restart = Some(Arc::new(move |pid| b.retarget(pid)));
+    }
+    FaultRun::start(sc, &env, t0_ns).map_err(usage)
+}
+
+/// Each fault's criteria (docs/thresholds.md, `[faults]`) join the
+/// criteria of the stage it ran in.
+fn judge_faults(summary: &mut RunSummary) {
+    let t = summary.thresholds.clone();
+    for r in &summary.faults {
+        let criteria = crate::gate::evaluate_fault(&t, r);
+        if let Some(st) = summary.stages.iter_mut().find(|s| s.index + 1 == r.stage) {
+            st.criteria.extend(criteria);
+        }
+        summary.not_measured.extend(
+            r.outcome
+                .notes
+                .iter()
+                .map(|n| format!("fault {} ({}): {n}", r.fault, r.kind)),
+        );
+        if let Some(e) = &r.error {
+            summary
+                .not_measured
+                .push(format!("fault {} ({}): {e}", r.fault, r.kind));
+        }
+    }
+}
+
+/// The emulated link of the run (`--network`), started before the
+/// observer and the load so that both see its traffic from the first
+/// packet; `None` without `--network`.
+fn start_link(sc: &Scenario) -> anyhow::Result<Option<Arc<loadgen::link::Link>>> {
+    // A partition fault needs a link to cut: a transparent one without --network.
+    let spec = match sc.network {
+        Some(spec) => spec,
+        None if sc.faults.iter().any(|f| f.kind.needs_link()) => {
+            loadgen::link::NetworkSpec::transparent()
+        }
+        None => return Ok(None),
+    };
+    match loadgen::link::Link::start(spec) {
+        Ok(l) => Ok(Some(Arc::new(l))),
+        Err(e @ loadgen::link::LinkError::Permission(_)) => Err(usage(e.to_string())),
+        Err(e) => Err(anyhow::Error::new(e)),
     }
 }
 
@@ -344,6 +457,12 @@ fn cut_stages(
     (reports, profiles)
 }
 
+/// What watches and acts beside the load.
+struct Beside<'a> {
+    observer: Option<&'a Observer>,
+    faults: Option<&'a FaultRun>,
+}
+
 /// Runs the load and the 1 Hz sampler until the load ends or the target dies.
 async fn drive(
     sc: &Scenario,
@@ -351,13 +470,17 @@ async fn drive(
     t0: Instant,
     progress: &RefCell<Progress>,
     timeline: &RefCell<Vec<TimelinePoint>>,
-    observer: Option<&Observer>,
-    tracer: Option<Arc<Tracer>>,
-) -> anyhow::Result<()> {
+    beside: Beside<'_>,
+    opts: RunOptions,
+) -> anyhow::Result<Option<loadgen::RunReport>> {
+    let Beside { observer, faults } = beside;
     let mut on_event = |ev: StageEvent<'_>| match ev {
         StageEvent::Started {
             stage, at, mono_ns, ..
         } => {
+            if let Some(f) = faults {
+                f.stage_started(stage as usize, mono_ns);
+            }
             let mut p = progress.borrow_mut();
             // The observer's boundary is marked now (an atomic store), so
             // the stage cut is exact however late the cutter thread runs.
@@ -395,16 +518,11 @@ async fn drive(
             }
         }
     };
-    let opts = RunOptions {
-        worker: None,
-        live: true,
-        tracer,
-    };
     let load = loadgen::runner::run(sc, opts, &mut on_event);
     let watch = sample_until_target_dies(observer, t0, progress, timeline);
     tokio::select! {
-        r = load => r.map(|_| ()).map_err(anyhow::Error::new),
-        () = watch => Ok(()),
+        r = load => r.map(Some).map_err(anyhow::Error::new),
+        () = watch => Ok(None),
     }
 }
 

@@ -35,6 +35,9 @@ const TARGET_LOADGEN_BYTES_PER_CONN: f64 = 6.0 * 1024.0;
 const TARGET_CONNECT_RATE: f64 = 20_000.0;
 const CONNS_PER_WORKER: u64 = 16_000;
 const PUBLISHERS: u64 = 2;
+/// The subscribers, the publishers' HTTP connections and the load's
+/// reachability probe before the stage.
+const EXTRA_ACCEPTS: u64 = PUBLISHERS + 1;
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -383,8 +386,8 @@ pub fn run(args: &[String]) -> Result<()> {
         format!("{accepted:.0}"),
         format!(
             "{n}..{} ({})",
-            n + PUBLISHERS,
-            ok((n as f64..=(n + PUBLISHERS) as f64).contains(&accepted))
+            n + EXTRA_ACCEPTS,
+            ok((n as f64..=(n + EXTRA_ACCEPTS) as f64).contains(&accepted))
         ),
     );
     row(
