@@ -590,13 +590,17 @@ mod tests {
         assert!(a.fd_limit >= a.open_fds);
         assert!(fd_limit(me).is_some());
         assert!(tree(me).contains(&me));
-        // The count follows fds opened and closed (from the directory's size).
-        let before = open_fds(me);
-        let files: Vec<_> = (0..100)
+        // The count (the directory's size) agrees with its entries (less
+        // the fd that lists them); other tests of this process open fds
+        // concurrently, so a few tries.
+        let _files: Vec<_> = (0..100)
             .map(|_| fs::File::open("/dev/null").unwrap())
             .collect();
-        assert_eq!(open_fds(me), before + 100);
-        drop(files);
-        assert_eq!(open_fds(me), before);
+        let agree = (0..20).any(|_| {
+            let size = open_fds(me);
+            let listed = fs::read_dir("/proc/self/fd").unwrap().count() as u64 - 1;
+            size == listed && size >= 103
+        });
+        assert!(agree, "open_fds {} vs listing", open_fds(me));
     }
 }
