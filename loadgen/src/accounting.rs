@@ -310,6 +310,120 @@ pub struct StageStats {
     pub upgrade: Histogram<u64>,
     #[serde(with = "hist_b64")]
     pub first_message: Histogram<u64>,
+    /// Subscribers a `slow-consumers` fault made stop reading, apart.
+    #[serde(default)]
+    pub slow: SlowStats,
+}
+
+/// What the subscribers a `slow-consumers` fault made stop reading saw,
+/// in the stage: a subscriber counts here from the fault's start until its
+/// stage is judged (so the backlog it reads after the fault is its own).
+/// Their `received`, `lost`, `expected` and disconnects are *also* in the
+/// stage's totals (a frame the server dropped is loss, whoever it was
+/// for); their latencies are only here, not in the stage's histogram: a
+/// frame waiting in a socket nobody reads measures the client's pause, not
+/// the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowStats {
+    /// Subscribers made slow (each counted once, at the fault's start).
+    pub subscribers: u64,
+    pub received: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub unexpected_disconnects: u64,
+    pub disconnects_by_reason: BTreeMap<String, u64>,
+    #[serde(with = "hist_b64")]
+    pub latency: Histogram<u64>,
+}
+
+impl Default for SlowStats {
+    fn default() -> Self {
+        SlowStats {
+            subscribers: 0,
+            received: 0,
+            expected: 0,
+            lost: 0,
+            unexpected_disconnects: 0,
+            disconnects_by_reason: BTreeMap::new(),
+            latency: new_hist(),
+        }
+    }
+}
+
+impl SlowStats {
+    pub fn merge(&mut self, o: &SlowStats) {
+        self.subscribers += o.subscribers;
+        self.received += o.received;
+        self.expected += o.expected;
+        self.lost += o.lost;
+        self.unexpected_disconnects += o.unexpected_disconnects;
+        for (k, v) in &o.disconnects_by_reason {
+            *self.disconnects_by_reason.entry(k.clone()).or_default() += v;
+        }
+        self.latency
+            .add(&o.latency)
+            .expect("same bounds everywhere");
+    }
+}
+
+/// Connection attempts and disconnects of a process since its start
+/// (never reset at stage boundaries): a fault takes them before, at the
+/// end of and after its window and reports the differences.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnCounters {
+    pub attempts: u64,
+    pub failed: u64,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub unexpected_disconnects: u64,
+    pub disconnects_by_reason: BTreeMap<String, u64>,
+    pub received: u64,
+}
+
+impl ConnCounters {
+    pub fn merge(&mut self, o: &ConnCounters) {
+        self.attempts += o.attempts;
+        self.failed += o.failed;
+        self.unexpected_disconnects += o.unexpected_disconnects;
+        self.received += o.received;
+        for (k, v) in &o.failed_by_reason {
+            *self.failed_by_reason.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.disconnects_by_reason {
+            *self.disconnects_by_reason.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// What happened between `earlier` and `self` (counters only grow).
+    pub fn since(&self, earlier: &ConnCounters) -> ConnCounters {
+        let diff = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+            a.iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
+                .filter(|(_, v)| *v > 0)
+                .collect()
+        };
+        ConnCounters {
+            attempts: self.attempts.saturating_sub(earlier.attempts),
+            failed: self.failed.saturating_sub(earlier.failed),
+            failed_by_reason: diff(&self.failed_by_reason, &earlier.failed_by_reason),
+            unexpected_disconnects: self
+                .unexpected_disconnects
+                .saturating_sub(earlier.unexpected_disconnects),
+            disconnects_by_reason: diff(
+                &self.disconnects_by_reason,
+                &earlier.disconnects_by_reason,
+            ),
+            received: self.received.saturating_sub(earlier.received),
+        }
+    }
+}
+
+/// Whether subscriber `id` is among a `share_ppm` (parts per million)
+/// share of subscribers: exactly `floor(n * share)` of ids `0..n`, spread
+/// evenly, the same answer in every process of a sharded run.
+pub fn in_share(id: u64, share_ppm: u32) -> bool {
+    let p = u128::from(share_ppm.min(1_000_000));
+    let id = u128::from(id);
+    (id + 1) * p / 1_000_000 > id * p / 1_000_000
 }
 
 impl Default for StageStats {
@@ -342,6 +456,7 @@ impl Default for StageStats {
             tls: new_hist(),
             upgrade: new_hist(),
             first_message: new_hist(),
+            slow: SlowStats::default(),
         }
     }
 }
@@ -375,6 +490,7 @@ impl StageStats {
         self.latency_clipped += o.latency_clipped;
         self.unmarked += o.unmarked;
         self.cpu_pct.extend_from_slice(&o.cpu_pct);
+        self.slow.merge(&o.slow);
         for (a, b) in [
             (&mut self.latency, &o.latency),
             (&mut self.connect, &o.connect),

@@ -28,7 +28,7 @@ pub mod tls;
 pub mod verify;
 
 pub use report::StageReport;
-pub use runner::{run, LoadError, RunOptions, RunReport, StageEvent};
+pub use runner::{run, Control, ControlRx, LoadError, RunOptions, RunReport, StageEvent};
 pub use scenario::Scenario;
 
 use outcome::{usage, Outcome};
@@ -90,6 +90,7 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
         worker: None,
         live: true,
         tracer: None,
+        control: None,
     };
     // Judged stages are kept as they come, so a run that fails midway
     // still leaves what it measured (marked incomplete).

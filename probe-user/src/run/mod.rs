@@ -389,6 +389,7 @@ async fn drive(
         worker: None,
         live: true,
         tracer,
+        control: None,
     };
     let load = loadgen::runner::run(sc, opts, &mut on_event);
     let watch = sample_until_target_dies(observer, t0, progress, timeline);
