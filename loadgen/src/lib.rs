@@ -24,6 +24,7 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod shard;
+pub mod sockdiag;
 pub mod tls;
 pub mod verify;
 
