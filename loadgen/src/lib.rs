@@ -10,6 +10,7 @@ pub mod accounting;
 pub mod client;
 pub mod clock;
 pub mod duration;
+pub mod faults;
 pub mod lane;
 pub mod live;
 pub mod marker;

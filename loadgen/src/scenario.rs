@@ -67,6 +67,9 @@ pub struct Scenario {
     /// Seconds between live lines when stderr is not a TTY.
     #[serde(with = "dur_secs")]
     pub progress_interval: Duration,
+    /// Faults scheduled in the stages (`[[faults]]`), validated.
+    #[serde(default)]
+    pub faults: Vec<crate::faults::Fault>,
 }
 
 /// The TOML form: every key optional, unknown keys rejected.
@@ -97,6 +100,10 @@ pub struct ScenarioFile {
     pub ack_frame: Option<String>,
     pub metrics: Option<String>,
     pub progress_interval: Option<DurationValue>,
+    /// Shell command that starts the target again after a kill-restart fault.
+    pub restart_cmd: Option<String>,
+    /// Faults scheduled in the stages (see `faults::FaultFile`).
+    pub faults: Option<Vec<crate::faults::FaultFile>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,7 +149,7 @@ pub enum DurationValue {
 }
 
 impl DurationValue {
-    fn text(self) -> String {
+    pub fn text(self) -> String {
         match self {
             DurationValue::Text(s) => s,
             DurationValue::Secs(n) => n.to_string(),
@@ -292,6 +299,10 @@ pub struct Overrides {
     /// Interval of the plain live lines when stderr is not a TTY (default 5s).
     #[arg(long)]
     pub progress_interval: Option<String>,
+    /// Shell command that starts the target again after a kill-restart
+    /// fault (its output goes to restart-<n>.log in the output directory).
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
 }
 
 impl ScenarioFile {
@@ -417,6 +428,16 @@ impl Scenario {
                 .or(file.progress_interval.map(DurationValue::text))
                 .unwrap_or("5s".into()),
         )?;
+        let defaults = crate::faults::FaultDefaults {
+            restart_cmd: o.restart_cmd.or(file.restart_cmd),
+        };
+        let faults = crate::faults::parse_faults(
+            file.faults.unwrap_or_default(),
+            &stages,
+            connect_rate,
+            &defaults,
+        )
+        .map_err(invalid)?;
         Ok(Scenario {
             url,
             publish_url,
@@ -441,6 +462,7 @@ impl Scenario {
             ack_frame: o.ack_frame.or(file.ack_frame),
             metrics,
             progress_interval,
+            faults,
         })
     }
 

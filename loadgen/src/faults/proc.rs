@@ -1,0 +1,135 @@
+//! What the faults read from /proc: a process's state, its descendants
+//! (the target's workers), and which process listens on a TCP port.
+
+use std::collections::{HashMap, HashSet};
+
+/// (state letter, ppid) of a process from /proc/PID/stat.
+fn stat(pid: u32) -> Option<(char, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: parse after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// The process's state letter (`R`, `S`, `T` stopped, `Z` zombie, …).
+pub fn state(pid: u32) -> Option<char> {
+    stat(pid).map(|s| s.0)
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `pid` and every descendant, parents before children.
+pub fn tree(pid: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for p in all_pids() {
+        if let Some((_, ppid)) = stat(p) {
+            children.entry(ppid).or_default().push(p);
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    // Bounded: each pid is visited once (a pid is one process's child).
+    while i < out.len() && out.len() < 100_000 {
+        if let Some(c) = children.get(&out[i]) {
+            out.extend(c.iter().copied().filter(|c| *c != pid));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Socket inodes in LISTEN state on `port` (IPv4 and IPv6).
+fn listen_inodes(port: u16) -> HashSet<u64> {
+    let mut out = HashSet::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                if let Ok(inode) = f[9].parse::<u64>() {
+                    out.insert(inode);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The process that listens on `port`: of every process holding a
+/// listening socket there, the topmost (whose parent holds none: NGINX's
+/// master, not its workers). `None` when nothing listens.
+pub fn listener(port: u16) -> Option<u32> {
+    let inodes = listen_inodes(port);
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut owners = Vec::new();
+    for pid in all_pids() {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let holds = fds.filter_map(|e| e.ok()).any(|e| {
+            std::fs::read_link(e.path())
+                .ok()
+                .and_then(|l| {
+                    l.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .is_some_and(|i| inodes.contains(&i))
+        });
+        if holds {
+            owners.push(pid);
+        }
+    }
+    let set: HashSet<u32> = owners.iter().copied().collect();
+    owners
+        .iter()
+        .copied()
+        .find(|p| stat(*p).is_none_or(|(_, pp)| !set.contains(&pp)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_own_listener_and_tree() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(listener(port), Some(std::process::id()));
+        drop(l);
+        assert_eq!(listener(port), None);
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let t = tree(std::process::id());
+        assert_eq!(t[0], std::process::id());
+        assert!(t.contains(&c.id()));
+        assert!(matches!(state(c.id()), Some('S' | 'R')));
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
