@@ -332,6 +332,7 @@ pub struct SlowStats {
     pub lost: u64,
     pub unexpected_disconnects: u64,
     pub disconnects_by_reason: BTreeMap<String, u64>,
+    pub latency_clipped: u64,
     #[serde(with = "hist_b64")]
     pub latency: Histogram<u64>,
 }
@@ -345,6 +346,7 @@ impl Default for SlowStats {
             lost: 0,
             unexpected_disconnects: 0,
             disconnects_by_reason: BTreeMap::new(),
+            latency_clipped: 0,
             latency: new_hist(),
         }
     }

@@ -402,7 +402,9 @@ fn on_frame(
             s.received += 1;
             s.out_of_order += u64::from(out_of_order);
             s.slow.received += 1;
-            record_us(&mut s.slow.latency, now.saturating_sub(m.sched_ns) / 1000);
+            if record_us(&mut s.slow.latency, now.saturating_sub(m.sched_ns) / 1000) {
+                s.slow.latency_clipped += 1;
+            }
         }
         Verdict::Fresh { out_of_order } => {
             s.received += 1;

@@ -60,14 +60,15 @@ pub struct RunOptions {
 
 type ControlMsg = (
     PoolCmd,
-    tokio::sync::oneshot::Sender<Result<Vec<PoolReply>, String>>,
+    std::sync::mpsc::SyncSender<Result<Vec<PoolReply>, String>>,
 );
 
 /// Sends a [`PoolCmd`] to every pool (in-process or worker processes) of
 /// a running load and returns each pool's reply: how faults act on the
 /// subscribers mid-stage (`PoolCmd::Slow`, `ClientCert`, `Counters`).
 /// The run serves commands while it waits (ramp, hold, grace), within
-/// milliseconds; one sent after the run ended gets an error.
+/// milliseconds; one sent after the run ended gets an error. Blocking:
+/// called from the faults' own threads, never from the load's runtime.
 #[derive(Clone)]
 pub struct Control(tokio::sync::mpsc::UnboundedSender<ControlMsg>);
 
@@ -92,13 +93,13 @@ impl Control {
         )
     }
 
-    pub async fn broadcast(&self, cmd: PoolCmd) -> Result<Vec<PoolReply>, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+    pub fn broadcast(&self, cmd: PoolCmd, timeout: Duration) -> Result<Vec<PoolReply>, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.0
             .send((cmd, tx))
             .map_err(|_| "the load is not running".to_string())?;
-        rx.await
-            .map_err(|_| "the load ended before it answered".to_string())?
+        rx.recv_timeout(timeout)
+            .map_err(|_| format!("the load did not answer within {timeout:?}"))?
     }
 }
 
