@@ -686,3 +686,31 @@ mod tests {
         assert_eq!(a.latency.value_at_quantile(0.5), 1000);
     }
 }
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Exactly floor(n * share) of ids 0..n are in the share, for any n.
+        #[test]
+        fn in_share_takes_exactly_the_share(ppm in 0u32..=1_000_000, n in 0u64..50_000) {
+            let got = (0..n).filter(|&id| in_share(id, ppm)).count() as u64;
+            proptest::prop_assert_eq!(got, n * u64::from(ppm) / 1_000_000);
+        }
+
+        /// The counters since an earlier snapshot add back up to the later one.
+        #[test]
+        fn since_undoes_merge(a in 0u64..1000, b in 0u64..1000, r in proptest::collection::vec(("[ab]", 1u64..5), 0..8)) {
+            let mut early = ConnCounters { attempts: a, failed: a / 2, ..Default::default() };
+            early.failed_by_reason.insert("x".into(), 1);
+            let mut delta = ConnCounters { attempts: b, failed: b / 3, ..Default::default() };
+            for (k, v) in r {
+                *delta.failed_by_reason.entry(k).or_default() += v;
+            }
+            let mut late = early.clone();
+            late.merge(&delta);
+            proptest::prop_assert_eq!(late.since(&early), delta);
+        }
+    }
+}

@@ -51,9 +51,10 @@ pub enum LaneCmd {
         on: bool,
         reply: oneshot::Sender<SlowReply>,
     },
-    /// The lane's connection counters since its start.
+    /// The lane's connection counters since its start, and as they were
+    /// when the current stage began.
     Counters {
-        reply: oneshot::Sender<ConnCounters>,
+        reply: oneshot::Sender<(ConnCounters, ConnCounters)>,
     },
 }
 
@@ -146,6 +147,7 @@ pub struct LaneState {
     pub addrs: Vec<Option<std::net::SocketAddr>>,
     /// Connection counters since the lane started (for fault windows).
     pub cum: ConnCounters,
+    cum_at_begin: ConnCounters,
     connected: u64,
     conn_acc_ns: u128,
     conn_acc_at_begin: u128,
@@ -229,6 +231,7 @@ async fn lane_main(
             slow_mark: Vec::new(),
             addrs: Vec::new(),
             cum: ConnCounters::default(),
+            cum_at_begin: ConnCounters::default(),
             connected: 0,
             conn_acc_ns: 0,
             conn_acc_at_begin: 0,
@@ -284,6 +287,7 @@ async fn lane_main(
                 let mut st = lane.state.borrow_mut();
                 st.integrate();
                 st.conn_acc_at_begin = st.conn_acc_ns;
+                st.cum_at_begin = st.cum.clone();
                 st.stage = k;
                 st.stage_stats(k);
             }
@@ -358,7 +362,8 @@ async fn lane_main(
                 let _ = reply.send(out);
             }
             LaneCmd::Counters { reply } => {
-                let _ = reply.send(lane.state.borrow().cum.clone());
+                let st = lane.state.borrow();
+                let _ = reply.send((st.cum.clone(), st.cum_at_begin.clone()));
             }
             LaneCmd::Stop { reply } => {
                 for ctl in &ctls {

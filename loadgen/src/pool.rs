@@ -77,11 +77,17 @@ pub struct LiveSnap {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PoolReply {
     Ok,
-    RampStatus { done: bool },
+    RampStatus {
+        done: bool,
+    },
     Stats(Box<StageStats>),
     Live(LiveSnap),
     Slow(crate::lane::SlowReply),
-    Counters(ConnCounters),
+    /// Since the pool started, and at the current stage's start.
+    Counters {
+        now: ConnCounters,
+        at_stage_begin: ConnCounters,
+    },
     Err(String),
 }
 
@@ -332,11 +338,16 @@ impl LocalPool {
                 PoolReply::Slow(total)
             }
             PoolCmd::Counters => {
-                let mut total = ConnCounters::default();
-                for r in self.ask_lanes(|reply| LaneCmd::Counters { reply }).await {
-                    total.merge(&r);
+                let (mut now, mut at_stage_begin) =
+                    (ConnCounters::default(), ConnCounters::default());
+                for (n, b) in self.ask_lanes(|reply| LaneCmd::Counters { reply }).await {
+                    now.merge(&n);
+                    at_stage_begin.merge(&b);
                 }
-                PoolReply::Counters(total)
+                PoolReply::Counters {
+                    now,
+                    at_stage_begin,
+                }
             }
             PoolCmd::ClientCert { cert, key } => {
                 let Some(slot) = &self.cfg.endpoint.tls else {

@@ -239,6 +239,7 @@ mod tests {
                 Ok(())
             })),
             link: None,
+            control: None,
         };
         let spec = Spec {
             restart_cmd: serve.clone(),
