@@ -5,7 +5,6 @@
 //! The binaries are built by `cargo xtask test` (`cargo build --workspace`)
 //! before the tests run; a missing binary says so.
 
-pub mod fault_run;
 pub mod faulty_server;
 pub mod loadgen;
 pub mod nginx;

@@ -1,9 +1,18 @@
 //! `slow-consumers` end to end: 10 % of the subscribers stop reading for
 //! 3 s under a steady fan-out of 2 KiB messages; what the target did is
 //! classified from the target's send queues (sock_diag), its RSS, the
-//! slow subscribers' own loss and the server's closes. No root needed.
+//! slow subscribers' own loss and the server's closes. Through
+//! `pushscope load` (the same fault wiring as `pushscope run`); no root
+//! needed (sock_diag reads any socket's queues).
 
-use pushscope_tests::{fault_run, heavy_lock, nginx, pusher::Pusher};
+use pushscope_tests::{
+    heavy_lock,
+    loadgen::{pushscope, LoadRun},
+    nginx,
+    pusher::Pusher,
+};
+use serde_json::Value;
+use std::{path::Path, time::Duration};
 
 fn scenario(url: &str, extra: &str, rate: u32) -> String {
     format!(
@@ -30,13 +39,32 @@ duration = "3s"
 
 const RATE: u32 = 300;
 
-fn slow(r: &fault_run::FaultRun) -> &serde_json::Value {
-    let v = r.extra(0, "slow_consumers");
+/// `pushscope load --scenario` with `toml` as the scenario file.
+fn load(dir: &Path, toml: &str) -> LoadRun {
+    let sc = dir.join("scenario.toml");
+    std::fs::write(&sc, toml).unwrap();
+    let out = dir.join("o");
+    let r = pushscope(
+        &["load", "--scenario", sc.to_str().unwrap()],
+        Some(&out),
+        Duration::from_secs(90),
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    r
+}
+
+fn fault(r: &LoadRun) -> &Value {
+    &r.summary.as_ref().expect("summary.json")["faults"][0]
+}
+
+fn slow(r: &LoadRun) -> &Value {
+    let v = &fault(r)["outcome"]["extra"]["slow_consumers"];
     eprintln!("slow_consumers: {v:#}");
     v
 }
 
-fn num(v: &serde_json::Value, k: &str) -> u64 {
+fn num(v: &Value, k: &str) -> u64 {
     v[k].as_u64()
         .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
@@ -49,19 +77,11 @@ fn pusher_buffers_a_short_stall_and_the_slow_subscribers_get_everything() {
     let _g = heavy_lock();
     let p = Pusher::start(&["--fsync", "never"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let r = fault_run::run(
+    let r = load(
         dir.path(),
         &scenario(&p.ws_url("x").replace("?channel=x", ""), "", RATE),
-        Some(p.pid()),
-        p.addr.port(),
-    )
-    .unwrap();
-    assert_eq!(
-        r.faults[0].status,
-        loadgen::faults::FaultStatus::Done,
-        "{:?}",
-        r.faults[0]
     );
+    assert_eq!(fault(&r)["status"], "done", "{:#}", fault(&r));
     let v = slow(&r);
     assert_eq!(v["behaviour"], "buffered", "{v}");
     assert_eq!(num(v, "subscribers"), 2, "10 % of 20");
@@ -80,11 +100,15 @@ fn pusher_buffers_a_short_stall_and_the_slow_subscribers_get_everything() {
     assert!(num(v, "slow_received") >= 2 * 3 * u64::from(RATE), "{v}");
     // They got it late: at least the stall.
     assert!(v["slow_latency_max_ms"].as_f64().unwrap() > 2000.0, "{v}");
-    let s = &r.stages[0];
-    assert_eq!(s.messages.lost, 0);
-    assert_eq!(s.connections.unexpected_disconnects, 0, "{s:?}");
+    let s = r.stage(0);
+    assert_eq!(s["messages"]["lost"], 0);
+    assert_eq!(s["connections"]["unexpected_disconnects"], 0, "{s:#}");
     // The stage's latency is the other subscribers': untouched by the stall.
-    assert!(s.latency_ms.max.unwrap() < 1500.0, "{:?}", s.latency_ms);
+    let max = s["latency_ms"]["max"].as_f64().unwrap();
+    assert!(max < 1500.0, "{:#}", s["latency_ms"]);
+    // The slow subscribers' side of the stage, apart.
+    assert_eq!(s["slow_consumers"]["subscribers"], 2, "{s:#}");
+    assert_eq!(s["slow_consumers"]["lost"], 0, "{s:#}");
 }
 
 /// NGINX + nchan: what it does with subscribers that stop reading.
@@ -98,13 +122,7 @@ fn nchan_slow_consumers_outcome() {
     let n = nginx::Nginx::start(1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("protocol = \"nchan\"\npublish_url = \"{}\"", n.pub_url());
-    let r = fault_run::run(
-        dir.path(),
-        &scenario(&n.sub_url(), &extra, RATE),
-        Some(n.guard.pid()),
-        n.port,
-    )
-    .unwrap();
+    let r = load(dir.path(), &scenario(&n.sub_url(), &extra, RATE));
     let v = slow(&r);
     assert_eq!(num(v, "subscribers"), 2);
     assert_eq!(num(v, "connections_found"), 2);
