@@ -103,9 +103,20 @@ fn pusher_buffers_a_short_stall_and_the_slow_subscribers_get_everything() {
     let s = r.stage(0);
     assert_eq!(s["messages"]["lost"], 0);
     assert_eq!(s["connections"]["unexpected_disconnects"], 0, "{s:#}");
-    // The stage's latency is the other subscribers': untouched by the stall.
-    let max = s["latency_ms"]["max"].as_f64().unwrap();
-    assert!(max < 1500.0, "{:#}", s["latency_ms"]);
+    // The stage's latency is the other subscribers': the stall is not in
+    // it. Their max is not ~0 on this machine: when the slow subscribers
+    // resume they read a ~1.9 MB backlog each on the same client threads
+    // (a debug build, 2 cores shared with other test runs), which delays
+    // the others' frames by 20-900 ms (measured); it never adds the 3 s
+    // stall, which only the slow subscribers' own latency carries.
+    let others_max = s["latency_ms"]["max"].as_f64().unwrap();
+    let slow_max = v["slow_latency_max_ms"].as_f64().unwrap();
+    eprintln!("latency max: others {others_max} ms, slow {slow_max} ms");
+    assert!(
+        slow_max - others_max > 1500.0,
+        "others {:#}, slow {slow_max}",
+        s["latency_ms"]
+    );
     // The slow subscribers' side of the stage, apart.
     assert_eq!(s["slow_consumers"]["subscribers"], 2, "{s:#}");
     assert_eq!(s["slow_consumers"]["lost"], 0, "{s:#}");
