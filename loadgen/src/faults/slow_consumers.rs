@@ -7,8 +7,11 @@
 //! classified by [`judge`] once the stage is judged, from measurements
 //! only:
 //!
-//! * `disconnected`: the server closed slow connections (their server
-//!   socket left ESTABLISHED or vanished during the window);
+//! * `disconnected`: the server closed slow connections: their server
+//!   socket left ESTABLISHED or vanished during the window, or (a server
+//!   that notices an overflow only when the socket drains, like the
+//!   reference pusher) the slow subscribers saw the server cut them once
+//!   they read again (any reason but their own missed pongs);
 //! * `dropped`: they stayed up, but the slow subscribers lost messages
 //!   the others did not;
 //! * `buffered`: no closes, no loss on the slow subscribers, and their send
@@ -323,6 +326,13 @@ fn tree_rss(pid: u32) -> Option<u64> {
     any.then_some(sum)
 }
 
+fn reasons(by: &std::collections::BTreeMap<String, u64>) -> String {
+    by.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Below this a send queue is an ordinary one (a few frames in flight).
 const GREW_BYTES: u64 = 64 * 1024;
 
@@ -346,6 +356,19 @@ pub fn judge(out: &mut FaultOutcome, stage: &StageReport) {
         (Some(a), Some(b)) => Some(b as i64 - a as i64),
         _ => None,
     };
+    // Disconnects of slow subscribers the server caused: all but their
+    // own heartbeat verdict (they sent no ping while not reading).
+    let slow_server_cuts: std::collections::BTreeMap<String, u64> = slow
+        .as_ref()
+        .map(|s| {
+            s.disconnects_by_reason
+                .iter()
+                .filter(|(k, _)| k.as_str() != "heartbeat lost")
+                .map(|(k, v)| (k.clone(), *v))
+                .collect()
+        })
+        .unwrap_or_default();
+    let server_cut: u64 = slow_server_cuts.values().sum();
     let queued = m.max_send_queue_bytes >= GREW_BYTES;
     let rss_grew = rss_growth.is_some_and(|g| g > GREW_BYTES as i64 * m.subscribers.max(1) as i64);
     let (behaviour, why) = if m.samples == 0 {
@@ -361,6 +384,15 @@ pub fn judge(out: &mut FaultOutcome, stage: &StageReport) {
                 m.server_closed,
                 m.connections_found,
                 m.first_close_ms.unwrap_or(0.0)
+            ),
+        )
+    } else if server_cut > 0 {
+        (
+            "disconnected",
+            format!(
+                "the server cut {server_cut} slow subscribers ({}) when they read again; their sockets stayed ESTABLISHED while they did not read (send queue up to {} bytes)",
+                reasons(&slow_server_cuts),
+                m.max_send_queue_bytes
             ),
         )
     } else if slow_lost > 0 {
@@ -499,6 +531,26 @@ mod tests {
         assert_eq!(
             judged(closed, &stage_with(5, Some(slow(5)))).behaviour,
             "disconnected"
+        );
+        // Cut when they read again: seen by the subscribers only.
+        let mut cut = slow(0);
+        cut.unexpected_disconnects = 2;
+        cut.disconnects_by_reason
+            .insert("connection reset".into(), 2);
+        let queued_then_cut = Measured {
+            max_send_queue_bytes: 4 << 20,
+            ..base.clone()
+        };
+        let j = judged(queued_then_cut.clone(), &stage_with(0, Some(cut)));
+        assert_eq!(j.behaviour, "disconnected", "{}", j.why);
+        assert!(j.why.contains("connection reset: 2"), "{}", j.why);
+        // Their own missed pongs are not the server's doing.
+        let mut own = slow(0);
+        own.unexpected_disconnects = 1;
+        own.disconnects_by_reason.insert("heartbeat lost".into(), 1);
+        assert_eq!(
+            judged(queued_then_cut, &stage_with(0, Some(own))).behaviour,
+            "buffered"
         );
         let j = judged(base.clone(), &stage_with(7, Some(slow(5))));
         assert_eq!(
