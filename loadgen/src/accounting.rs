@@ -330,6 +330,122 @@ pub struct StageStats {
     /// Segments the subscribers' sockets retransmitted (`TCP_INFO`
     /// `tcpi_total_retrans` increments seen at pongs and at session ends).
     pub tcp_retransmits: u64,
+    /// Subscribers a `slow-consumers` fault made stop reading, apart.
+    #[serde(default)]
+    pub slow: SlowStats,
+}
+
+/// What the subscribers a `slow-consumers` fault made stop reading saw,
+/// in the stage: a subscriber counts here from the fault's start until its
+/// stage is judged (so the backlog it reads after the fault is its own).
+/// Their `received`, `lost`, `expected` and disconnects are *also* in the
+/// stage's totals (a frame the server dropped is loss, whoever it was
+/// for); their latencies are only here, not in the stage's histogram: a
+/// frame waiting in a socket nobody reads measures the client's pause, not
+/// the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlowStats {
+    /// Subscribers made slow (each counted once, at the fault's start).
+    pub subscribers: u64,
+    pub received: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub unexpected_disconnects: u64,
+    pub disconnects_by_reason: BTreeMap<String, u64>,
+    pub latency_clipped: u64,
+    #[serde(with = "hist_b64")]
+    pub latency: Histogram<u64>,
+}
+
+impl Default for SlowStats {
+    fn default() -> Self {
+        SlowStats {
+            subscribers: 0,
+            received: 0,
+            expected: 0,
+            lost: 0,
+            unexpected_disconnects: 0,
+            disconnects_by_reason: BTreeMap::new(),
+            latency_clipped: 0,
+            latency: new_hist(),
+        }
+    }
+}
+
+impl SlowStats {
+    pub fn merge(&mut self, o: &SlowStats) {
+        self.subscribers += o.subscribers;
+        self.received += o.received;
+        self.expected += o.expected;
+        self.lost += o.lost;
+        self.unexpected_disconnects += o.unexpected_disconnects;
+        for (k, v) in &o.disconnects_by_reason {
+            *self.disconnects_by_reason.entry(k.clone()).or_default() += v;
+        }
+        self.latency
+            .add(&o.latency)
+            .expect("same bounds everywhere");
+    }
+}
+
+/// Connection attempts and disconnects of a process since its start
+/// (never reset at stage boundaries): a fault takes them before, at the
+/// end of and after its window and reports the differences.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnCounters {
+    pub attempts: u64,
+    pub failed: u64,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub unexpected_disconnects: u64,
+    pub disconnects_by_reason: BTreeMap<String, u64>,
+    pub received: u64,
+}
+
+impl ConnCounters {
+    pub fn merge(&mut self, o: &ConnCounters) {
+        self.attempts += o.attempts;
+        self.failed += o.failed;
+        self.unexpected_disconnects += o.unexpected_disconnects;
+        self.received += o.received;
+        for (k, v) in &o.failed_by_reason {
+            *self.failed_by_reason.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.disconnects_by_reason {
+            *self.disconnects_by_reason.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// What happened between `earlier` and `self` (counters only grow).
+    pub fn since(&self, earlier: &ConnCounters) -> ConnCounters {
+        let diff = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| {
+            a.iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
+                .filter(|(_, v)| *v > 0)
+                .collect()
+        };
+        ConnCounters {
+            attempts: self.attempts.saturating_sub(earlier.attempts),
+            failed: self.failed.saturating_sub(earlier.failed),
+            failed_by_reason: diff(&self.failed_by_reason, &earlier.failed_by_reason),
+            unexpected_disconnects: self
+                .unexpected_disconnects
+                .saturating_sub(earlier.unexpected_disconnects),
+            disconnects_by_reason: diff(
+                &self.disconnects_by_reason,
+                &earlier.disconnects_by_reason,
+            ),
+            received: self.received.saturating_sub(earlier.received),
+        }
+    }
+}
+
+/// Whether subscriber `id` is among a `share_ppm` (parts per million)
+/// share of subscribers: exactly `floor(n * share)` of ids `0..n`, spread
+/// evenly, the same answer in every process of a sharded run.
+pub fn in_share(id: u64, share_ppm: u32) -> bool {
+    let p = u128::from(share_ppm.min(1_000_000));
+    let id = u128::from(id);
+    (id + 1) * p / 1_000_000 > id * p / 1_000_000
 }
 
 impl Default for StageStats {
@@ -367,6 +483,7 @@ impl Default for StageStats {
             heartbeat_rtt: new_hist(),
             tcp_srtt: new_hist(),
             tcp_retransmits: 0,
+            slow: SlowStats::default(),
         }
     }
 }
@@ -403,6 +520,7 @@ impl StageStats {
         self.tcp_retransmits += o.tcp_retransmits;
         self.cpu_pct.extend_from_slice(&o.cpu_pct);
         self.rss_bytes.extend_from_slice(&o.rss_bytes);
+        self.slow.merge(&o.slow);
         for (a, b) in [
             (&mut self.latency, &o.latency),
             (&mut self.connect, &o.connect),
@@ -596,5 +714,33 @@ mod tests {
         assert_eq!(a.latency.len(), 2000);
         assert_eq!(a.latency.max(), b.latency.max());
         assert_eq!(a.latency.value_at_quantile(0.5), 1000);
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Exactly floor(n * share) of ids 0..n are in the share, for any n.
+        #[test]
+        fn in_share_takes_exactly_the_share(ppm in 0u32..=1_000_000, n in 0u64..50_000) {
+            let got = (0..n).filter(|&id| in_share(id, ppm)).count() as u64;
+            proptest::prop_assert_eq!(got, n * u64::from(ppm) / 1_000_000);
+        }
+
+        /// The counters since an earlier snapshot add back up to the later one.
+        #[test]
+        fn since_undoes_merge(a in 0u64..1000, b in 0u64..1000, r in proptest::collection::vec(("[ab]", 1u64..5), 0..8)) {
+            let mut early = ConnCounters { attempts: a, failed: a / 2, ..Default::default() };
+            early.failed_by_reason.insert("x".into(), 1);
+            let mut delta = ConnCounters { attempts: b, failed: b / 3, ..Default::default() };
+            for (k, v) in r {
+                *delta.failed_by_reason.entry(k).or_default() += v;
+            }
+            let mut late = early.clone();
+            late.merge(&delta);
+            proptest::prop_assert_eq!(late.since(&early), delta);
+        }
     }
 }

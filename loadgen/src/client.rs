@@ -90,11 +90,15 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
         match result {
             Err(e) => {
                 let mut st = lane.state.borrow_mut();
+                let reason = e.reason();
+                st.cum.attempts += 1;
+                st.cum.failed += 1;
+                StageStats::count_reason(&mut st.cum.failed_by_reason, &reason);
                 let k = st.stage;
                 let s = st.stage_stats(k);
                 s.attempts += 1;
                 s.failed += 1;
-                StageStats::count_reason(&mut s.failed_by_reason, &e.reason());
+                StageStats::count_reason(&mut s.failed_by_reason, &reason);
                 bump(&lane.gauges.errors);
                 if !ever_connected && attempt == 0 {
                     bump(&lane.gauges.settled);
@@ -107,6 +111,8 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                     st.connected_delta(true);
                     let now = mono_ns();
                     st.subs[local].upgraded(now);
+                    st.cum.attempts += 1;
+                    st.addrs[local] = ws.io.local_addr();
                     if ever_connected {
                         st.subs[local].resumed_at_ns = Some(now);
                         if let Some(ev) = &cfg.conn_events {
@@ -141,8 +147,18 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 let mut st = lane.state.borrow_mut();
                 st.connected_delta(false);
+                st.addrs[local] = None;
+                if let End::Unexpected(reason) = end {
+                    st.cum.unexpected_disconnects += 1;
+                    StageStats::count_reason(&mut st.cum.disconnects_by_reason, reason);
+                }
+                let slow = st.slow_mark[local];
                 let k = st.stage;
                 let s = st.stage_stats(k);
+                if let (true, End::Unexpected(reason)) = (slow, &end) {
+                    s.slow.unexpected_disconnects += 1;
+                    StageStats::count_reason(&mut s.slow.disconnects_by_reason, reason);
+                }
                 match end {
                     End::Intended => {
                         s.intended_disconnects += 1;
@@ -246,6 +262,24 @@ async fn session(
             _ = &mut stop => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
                 return End::Intended;
+            }
+            _ = ctl.until_slow(true) => {
+                // A slow-consumers fault: neither read nor ping until it
+                // ends. The socket's receive buffer fills, the window
+                // closes and the target's send queue grows; what the
+                // server did (kept, dropped, closed) is read after.
+                tokio::select! {
+                    _ = ctl.until_slow(false) => {}
+                    _ = &mut stop => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
+                        return End::Intended;
+                    }
+                }
+                // Our own pause is no missed pong.
+                s.outstanding = 0;
+                hb.as_mut().reset(Instant::now() + cfg.heartbeat);
+                hb_armed = false;
+                continue;
             }
             // One read takes every frame queued on the socket, into the
             // lane's scratch buffer (the connection keeps none while idle).
@@ -472,6 +506,8 @@ fn on_frame(
         return None;
     };
     let verdict = st.subs[local].on_marker(&m, run, &st.schedule, cfg.settle_ns);
+    st.cum.received += 1;
+    let slow = st.slow_mark[local];
     let k = st.stage;
     match verdict {
         // Neither is a delivery of this run to judge: count and move on.
@@ -498,6 +534,14 @@ fn on_frame(
     }
     let s = st.stage_stats(m.stage);
     match verdict {
+        Verdict::Fresh { out_of_order } if slow => {
+            s.received += 1;
+            s.out_of_order += u64::from(out_of_order);
+            s.slow.received += 1;
+            if record_us(&mut s.slow.latency, now.saturating_sub(m.sched_ns) / 1000) {
+                s.slow.latency_clipped += 1;
+            }
+        }
         Verdict::Fresh { out_of_order } => {
             if let Some(ev) = &cfg.conn_events {
                 // Resent on resume: scheduled before this session began.

@@ -5,7 +5,7 @@
 //! atomic. The pool talks to lanes through `LaneCmd`s.
 
 use crate::{
-    accounting::{StageStats, SubAcct},
+    accounting::{in_share, ConnCounters, StageStats, SubAcct},
     client::{self, ClientCfg},
     marker::Schedule,
     oplog::LogWriter,
@@ -44,6 +44,27 @@ pub enum LaneCmd {
     Stop {
         reply: oneshot::Sender<()>,
     },
+    /// `slow-consumers`: the subscribers in the `share_ppm` share stop
+    /// (`on`) or resume reading their sockets.
+    Slow {
+        share_ppm: u32,
+        on: bool,
+        reply: oneshot::Sender<SlowReply>,
+    },
+    /// The lane's connection counters since its start, and as they were
+    /// when the current stage began.
+    Counters {
+        reply: oneshot::Sender<(ConnCounters, ConnCounters)>,
+    },
+}
+
+/// Which subscribers a `slow-consumers` switch reached.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SlowReply {
+    pub subscribers: u64,
+    /// Local addresses of their connections that were up at the switch
+    /// (the target sees them as its sockets' peers).
+    pub addrs: Vec<std::net::SocketAddr>,
 }
 
 /// Figures the live view reads without asking the lane thread.
@@ -63,6 +84,8 @@ pub struct LaneGauges {
 #[derive(Default)]
 pub struct SubCtl {
     pub stop: Cell<bool>,
+    /// A `slow-consumers` fault: the session stops reading while set.
+    pub slow: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -72,6 +95,27 @@ impl SubCtl {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+    }
+
+    pub fn set_slow(&self, on: bool) {
+        self.slow.set(on);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Ready once `slow` equals `want`.
+    pub fn until_slow(&self, want: bool) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.slow.get() == want {
+                return Poll::Ready(());
+            }
+            let mut w = self.waker.borrow_mut();
+            if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *w = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
     }
 
     /// Ready once a stop was requested (before or after the call).
@@ -97,6 +141,13 @@ pub struct LaneState {
     pub subs: Vec<SubAcct>,
     pub ids: Vec<u64>,
     pub stats: Vec<StageStats>,
+    /// Per subscriber: made slow by a fault since its stage was last judged.
+    pub slow_mark: Vec<bool>,
+    /// Per subscriber: local address of its connection while up.
+    pub addrs: Vec<Option<std::net::SocketAddr>>,
+    /// Connection counters since the lane started (for fault windows).
+    pub cum: ConnCounters,
+    cum_at_begin: ConnCounters,
     connected: u64,
     conn_acc_ns: u128,
     conn_acc_at_begin: u128,
@@ -185,6 +236,10 @@ async fn lane_main(
             subs: Vec::new(),
             ids: Vec::new(),
             stats: Vec::new(),
+            slow_mark: Vec::new(),
+            addrs: Vec::new(),
+            cum: ConnCounters::default(),
+            cum_at_begin: ConnCounters::default(),
             connected: 0,
             conn_acc_ns: 0,
             conn_acc_at_begin: 0,
@@ -217,6 +272,8 @@ async fn lane_main(
                     let mut st = lane.state.borrow_mut();
                     st.subs.push(SubAcct::new(channel));
                     st.ids.push(id);
+                    st.slow_mark.push(false);
+                    st.addrs.push(None);
                     st.subs.len() - 1
                 };
                 let ctl = Rc::new(SubCtl::default());
@@ -238,6 +295,7 @@ async fn lane_main(
                 let mut st = lane.state.borrow_mut();
                 st.integrate();
                 st.conn_acc_at_begin = st.conn_acc_ns;
+                st.cum_at_begin = st.cum.clone();
                 st.stage = k;
                 st.stage_stats(k);
             }
@@ -257,28 +315,65 @@ async fn lane_main(
                 let sched = st.schedule;
                 let settle = lane.cfg.settle_ns;
                 let (mut expected, mut lost) = (0, 0);
+                let (mut slow_expected, mut slow_lost) = (0, 0);
                 let mut failed_by_channel: Vec<Vec<u64>> = vec![Vec::new(); his.len()];
                 for &(c, p) in failed.iter() {
                     if let Some(v) = failed_by_channel.get_mut(c as usize) {
                         v.push(p);
                     }
                 }
+                let st = &mut *st;
                 // The bench floor accounts for nothing: no loss to judge.
                 let judged = if lane.cfg.floor { 0 } else { st.subs.len() };
-                for sub in st.subs.iter_mut().take(judged) {
+                for (i, sub) in st.subs.iter_mut().enumerate().take(judged) {
                     let c = sub.channel as usize;
                     let hi = his.get(c).copied().unwrap_or(0);
                     let f = failed_by_channel.get(c).map_or(&[][..], |v| v.as_slice());
                     let (e, l) = sub.close(hi, f, &sched, settle);
                     expected += e;
                     lost += l;
+                    if st.slow_mark[i] {
+                        slow_expected += e;
+                        slow_lost += l;
+                        // Judged: from the next stage on it is an ordinary
+                        // subscriber again, unless the fault still holds it.
+                        st.slow_mark[i] = ctls.get(i).is_some_and(|c| c.slow.get());
+                    }
                 }
                 let s = st.stage_stats(stage);
                 s.expected += expected;
                 s.lost += lost;
+                s.slow.expected += slow_expected;
+                s.slow.lost += slow_lost;
                 let out = std::mem::take(s);
                 st.first_open = st.first_open.max(stage + 1);
                 let _ = reply.send(out);
+            }
+            LaneCmd::Slow {
+                share_ppm,
+                on,
+                reply,
+            } => {
+                let mut st = lane.state.borrow_mut();
+                let mut out = SlowReply::default();
+                for (i, ctl) in ctls.iter().enumerate() {
+                    if ctl.stop.get() || !in_share(st.ids[i], share_ppm) || ctl.slow.get() == on {
+                        continue;
+                    }
+                    if on {
+                        st.slow_mark[i] = true;
+                        out.subscribers += 1;
+                        out.addrs.extend(st.addrs[i]);
+                    }
+                    ctl.set_slow(on);
+                }
+                let k = st.stage;
+                st.stage_stats(k).slow.subscribers += out.subscribers;
+                let _ = reply.send(out);
+            }
+            LaneCmd::Counters { reply } => {
+                let st = lane.state.borrow();
+                let _ = reply.send((st.cum.clone(), st.cum_at_begin.clone()));
             }
             LaneCmd::Stop { reply } => {
                 for ctl in &ctls {

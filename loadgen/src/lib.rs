@@ -26,12 +26,13 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod shard;
+pub mod sockdiag;
 pub mod tls;
 pub mod verify;
 pub mod ws;
 
 pub use report::StageReport;
-pub use runner::{run, LoadError, RunOptions, RunReport, StageEvent};
+pub use runner::{run, Control, ControlRx, LoadError, RunOptions, RunReport, StageEvent};
 pub use scenario::Scenario;
 
 use outcome::{usage, Outcome};
@@ -113,13 +114,14 @@ pub fn run_load(args: LoadArgs) -> anyhow::Result<Outcome> {
     env.link = link
         .as_ref()
         .map(|l| std::sync::Arc::new(l.control()) as std::sync::Arc<dyn faults::PartitionSwitch>);
-    let faults = faults::FaultRun::start(&sc, &env, clock::mono_ns()).map_err(usage)?;
+    let mut faults = faults::FaultRun::start(&sc, &env, clock::mono_ns()).map_err(usage)?;
     let opts = RunOptions {
         worker: None,
         live: true,
         tracer: None,
         conn_events: faults.as_ref().map(|f| f.conn_events()),
         link,
+        control: faults.as_mut().and_then(|f| f.take_control()),
     };
     // Judged stages are kept as they come, so a run that fails midway
     // still leaves what it measured (marked incomplete).

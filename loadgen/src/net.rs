@@ -89,6 +89,15 @@ impl Io {
             _ => None,
         }
     }
+
+    /// The local address of the TCP connection underneath.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Io::Plain(t) => t.local_addr().ok(),
+            Io::Tls(s) => s.get_ref().0.local_addr().ok(),
+            Io::Counted(c) => c.inner.local_addr(),
+        }
+    }
 }
 
 impl AsyncRead for Io {
@@ -170,9 +179,31 @@ const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub host: String,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: Option<TlsSlot>,
     /// Create sockets in this network namespace (the emulated link's).
     pub netns: Option<Arc<crate::link::NetNs>>,
+}
+
+/// The TLS client configuration new connections use. A `cert-rotate`
+/// fault swaps it under load ([`TlsSlot::set`]): connections already up
+/// keep the configuration they were opened with, every later handshake
+/// takes the new one. Read once per connection attempt (an uncontended
+/// read lock), never per message.
+#[derive(Clone)]
+pub struct TlsSlot(Arc<std::sync::RwLock<Arc<rustls::ClientConfig>>>);
+
+impl TlsSlot {
+    pub fn new(cfg: Arc<rustls::ClientConfig>) -> TlsSlot {
+        TlsSlot(Arc::new(std::sync::RwLock::new(cfg)))
+    }
+
+    pub fn get(&self) -> Arc<rustls::ClientConfig> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, cfg: Arc<rustls::ClientConfig>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = cfg;
+    }
 }
 
 /// Client-side phase durations of one successful connection.
@@ -333,7 +364,7 @@ pub async fn open_stream(
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
         }
     })?;
-    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+    let tls = tokio_rustls::TlsConnector::from(cfg.get())
         .connect(name, tcp)
         .await
         .map_err(|source| ConnectError::Tls {
@@ -409,7 +440,7 @@ pub fn endpoint(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> std::io::R
     Ok(Endpoint {
         addr,
         host,
-        tls: if secure { tls } else { None },
+        tls: if secure { tls.map(TlsSlot::new) } else { None },
         netns: None,
     })
 }

@@ -4,7 +4,7 @@
 //! drives one local pool or many worker processes the same way.
 
 use crate::{
-    accounting::StageStats,
+    accounting::{ConnCounters, StageStats},
     client::ClientCfg,
     lane::{self, LaneCmd, LaneGauges},
     marker::Schedule,
@@ -24,7 +24,7 @@ use std::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PoolCmd {
     Init {
         scenario: Box<Scenario>,
@@ -53,6 +53,20 @@ pub enum PoolCmd {
     },
     Live,
     Stop,
+    /// `slow-consumers`: a share (parts per million) of the subscribers
+    /// stops (`on`) or resumes reading.
+    Slow {
+        share_ppm: u32,
+        on: bool,
+    },
+    /// Connection counters since the pool started.
+    Counters,
+    /// `cert-rotate`: new connections present this client certificate
+    /// (mTLS) from now on; connections already up keep theirs.
+    ClientCert {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
@@ -67,9 +81,17 @@ pub struct LiveSnap {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PoolReply {
     Ok,
-    RampStatus { done: bool },
+    RampStatus {
+        done: bool,
+    },
     Stats(Box<StageStats>),
     Live(LiveSnap),
+    Slow(crate::lane::SlowReply),
+    /// Since the pool started, and at the current stage's start.
+    Counters {
+        now: ConnCounters,
+        at_stage_begin: ConnCounters,
+    },
     Err(String),
 }
 
@@ -96,6 +118,9 @@ pub struct LocalPool {
     rss_bytes: HashMap<u32, u64>,
     /// Freed memory was returned to the OS after the current ramp.
     trimmed: bool,
+    cfg: Arc<ClientCfg>,
+    /// `--ca-cert` of the scenario (a rotated client certificate keeps it).
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 /// CPU seconds used by this process so far (user + system).
@@ -166,6 +191,8 @@ impl LocalPool {
             cpu_pct: HashMap::new(),
             rss_bytes: HashMap::new(),
             trimmed: true,
+            cfg: cfg.clone(),
+            ca_cert: sc.ca_cert.clone(),
         };
         for i in 0..n {
             let log = match &sc.log_dir {
@@ -321,11 +348,70 @@ impl LocalPool {
                 PoolReply::Stats(Box::new(total))
             }
             PoolCmd::Live => PoolReply::Live(self.live()),
+            PoolCmd::Slow { share_ppm, on } => {
+                let mut total = crate::lane::SlowReply::default();
+                for r in self
+                    .ask_lanes(|reply| LaneCmd::Slow {
+                        share_ppm,
+                        on,
+                        reply,
+                    })
+                    .await
+                {
+                    total.subscribers += r.subscribers;
+                    total.addrs.extend(r.addrs);
+                }
+                PoolReply::Slow(total)
+            }
+            PoolCmd::Counters => {
+                let (mut now, mut at_stage_begin) =
+                    (ConnCounters::default(), ConnCounters::default());
+                for (n, b) in self.ask_lanes(|reply| LaneCmd::Counters { reply }).await {
+                    now.merge(&n);
+                    at_stage_begin.merge(&b);
+                }
+                PoolReply::Counters {
+                    now,
+                    at_stage_begin,
+                }
+            }
+            PoolCmd::ClientCert { cert, key } => {
+                let Some(slot) = &self.cfg.endpoint.tls else {
+                    return PoolReply::Err(
+                        "a client certificate rotation needs a wss:// --url".into(),
+                    );
+                };
+                match crate::tls::client_config(self.ca_cert.as_deref(), Some(&cert), Some(&key)) {
+                    Ok(c) => {
+                        slot.set(c);
+                        PoolReply::Ok
+                    }
+                    Err(e) => PoolReply::Err(e.to_string()),
+                }
+            }
             PoolCmd::Stop => {
                 self.stop().await;
                 PoolReply::Ok
             }
         }
+    }
+
+    /// Sends one command to every lane and collects their answers (a lane
+    /// that died answers nothing).
+    async fn ask_lanes<T>(&self, cmd: impl Fn(oneshot::Sender<T>) -> LaneCmd) -> Vec<T> {
+        let mut waits = Vec::new();
+        for l in &self.lanes {
+            let (tx, rx) = oneshot::channel();
+            let _ = l.send(cmd(tx));
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for w in waits {
+            if let Ok(r) = w.await {
+                out.push(r);
+            }
+        }
+        out
     }
 
     pub fn live(&self) -> LiveSnap {

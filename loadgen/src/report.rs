@@ -145,6 +145,23 @@ pub struct StageReport {
     #[serde(default)]
     pub tcp_retransmits: u64,
     pub loadgen: LoadgenHealth,
+    /// Subscribers a `slow-consumers` fault made stop reading, apart
+    /// (their received/expected/lost are also in `messages`; their
+    /// latencies only here). Absent when the stage had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_consumers: Option<SlowConsumers>,
+}
+
+/// The slow subscribers' side of a stage (`accounting::SlowStats`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SlowConsumers {
+    pub subscribers: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub unexpected_disconnects: u64,
+    pub disconnects_by_reason: BTreeMap<String, u64>,
+    pub latency_ms: Latency,
 }
 
 fn no_phase() -> Phase {
@@ -267,6 +284,22 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
             publish_failed: p.failed.len() as u64,
             publish_backlog: p.backlog,
         },
+        slow_consumers: (s.slow.subscribers > 0).then(|| SlowConsumers {
+            subscribers: s.slow.subscribers,
+            expected: s.slow.expected,
+            received: s.slow.received,
+            lost: s.slow.lost,
+            unexpected_disconnects: s.slow.unexpected_disconnects,
+            disconnects_by_reason: s.slow.disconnects_by_reason.clone(),
+            latency_ms: Latency {
+                p50: q(&s.slow.latency, 0.5),
+                p90: q(&s.slow.latency, 0.9),
+                p99: q(&s.slow.latency, 0.99),
+                p999: q(&s.slow.latency, 0.999),
+                max: max(&s.slow.latency),
+                clipped: s.slow.latency_clipped,
+            },
+        }),
     }
 }
 

@@ -61,6 +61,53 @@ pub struct RunOptions {
     /// for partitions without `--network`); without it, the run starts
     /// and stops its own when the scenario has `network`.
     pub link: Option<std::sync::Arc<crate::link::Link>>,
+    /// Commands for every pool while the run goes on (faults): see [`Control`].
+    pub control: Option<ControlRx>,
+}
+
+type ControlMsg = (
+    PoolCmd,
+    std::sync::mpsc::SyncSender<Result<Vec<PoolReply>, String>>,
+);
+
+/// Sends a [`PoolCmd`] to every pool (in-process or worker processes) of
+/// a running load and returns each pool's reply: how faults act on the
+/// subscribers mid-stage (`PoolCmd::Slow`, `ClientCert`, `Counters`).
+/// The run serves commands while it waits (ramp, hold, grace), within
+/// milliseconds; one sent after the run ended gets an error. Blocking:
+/// called from the faults' own threads, never from the load's runtime.
+#[derive(Clone)]
+pub struct Control(tokio::sync::mpsc::UnboundedSender<ControlMsg>);
+
+/// The run's end of a [`Control`], given in [`RunOptions::control`].
+#[derive(Clone)]
+pub struct ControlRx(
+    std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ControlMsg>>>,
+);
+
+impl std::fmt::Debug for ControlRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlRx")
+    }
+}
+
+impl Control {
+    pub fn new() -> (Control, ControlRx) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (
+            Control(tx),
+            ControlRx(std::sync::Arc::new(tokio::sync::Mutex::new(rx))),
+        )
+    }
+
+    pub fn broadcast(&self, cmd: PoolCmd, timeout: Duration) -> Result<Vec<PoolReply>, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.0
+            .send((cmd, tx))
+            .map_err(|_| "the load is not running".to_string())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| format!("the load did not answer within {timeout:?}"))?
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +182,7 @@ struct Driver<'f> {
     anchor: Anchor,
     /// Every stage's socket figures merged: the run's `network.tcp`.
     tcp_all: StageStats,
+    control: Option<ControlRx>,
 }
 
 /// Checks that the target answers before any load is started. Only "no
@@ -302,6 +350,7 @@ pub async fn run(
         next_tick: Instant::now(),
         anchor,
         tcp_all: StageStats::default(),
+        control: opts.control.clone(),
     };
     let result = d.stages().await;
     for p in d.pools.iter_mut() {
@@ -386,8 +435,42 @@ impl Driver<'_> {
             if let Some(p) = self.pending.front() {
                 wake = wake.min(p.deadline);
             }
-            tokio::time::sleep_until(wake).await;
+            self.sleep_or_serve(wake).await?;
         }
+    }
+
+    /// Sleeps until `wake`, or serves one [`Control`] command if one comes first.
+    async fn sleep_or_serve(&mut self, wake: Instant) -> Result<(), LoadError> {
+        let Some(rx) = self.control.clone() else {
+            tokio::time::sleep_until(wake).await;
+            return Ok(());
+        };
+        let msg = tokio::select! {
+            m = async { rx.0.lock().await.recv().await } => m,
+            _ = tokio::time::sleep_until(wake) => return Ok(()),
+        };
+        let Some((cmd, reply)) = msg else {
+            self.control = None; // every Control dropped
+            return Ok(());
+        };
+        let mut out = Vec::with_capacity(self.pools.len());
+        let mut err = None;
+        for p in self.pools.iter_mut() {
+            match p.call(cmd.clone()).await {
+                Ok(PoolReply::Err(e)) => err = Some(e),
+                Ok(r) => out.push(r),
+                // A pool that cannot answer at all ends the run.
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        let _ = reply.send(match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        });
+        Ok(())
     }
 
     async fn stages(&mut self) -> Result<(), LoadError> {

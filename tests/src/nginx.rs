@@ -32,32 +32,58 @@ pub fn available() -> bool {
 
 impl Nginx {
     pub fn start(workers: u32) -> anyhow::Result<Nginx> {
-        Nginx::start_with(workers, None, false)
+        Nginx::start_with(workers, None, false, "")
     }
 
     /// For tens of thousands of connections: one listening socket per
     /// worker (`reuseport`), so the kernel spreads connections evenly and
     /// no worker goes past its fd limit.
     pub fn start_scale(workers: u32) -> anyhow::Result<Nginx> {
-        Nginx::start_with(workers, None, true)
+        Nginx::start_with(workers, None, true, "")
     }
 
     /// The same server over TLS (OpenSSL) with this certificate and key.
     pub fn start_tls(workers: u32, cert: &str, key: &str) -> anyhow::Result<Nginx> {
-        Nginx::start_with(workers, Some((cert, key)), false)
+        Nginx::start_with(workers, Some((cert, key)), false, "")
+    }
+
+    /// TLS with client certificates required (mTLS): a handshake without
+    /// a certificate signed by one of the CAs in `client_ca_bundle` (PEM,
+    /// one or more CAs) fails.
+    pub fn start_mtls(
+        workers: u32,
+        cert: &str,
+        key: &str,
+        client_ca_bundle: &str,
+    ) -> anyhow::Result<Nginx> {
+        let verify = format!(
+            "ssl_verify_client on;\n        ssl_client_certificate {client_ca_bundle};\n        ssl_verify_depth 2;"
+        );
+        Nginx::start_with(workers, Some((cert, key)), false, &verify)
+    }
+
+    /// A shell command that makes the running master reload its
+    /// configuration and certificates (`nginx -s reload`: new workers,
+    /// the old ones finish gracefully).
+    pub fn reload_cmd(&self) -> String {
+        format!(
+            "nginx -c {0}/nginx.conf -p {0} -s reload",
+            self.dir.path().display()
+        )
     }
 
     fn start_with(
         workers: u32,
         tls: Option<(&str, &str)>,
         reuseport: bool,
+        more_ssl: &str,
     ) -> anyhow::Result<Nginx> {
         let dir = tempfile::tempdir()?;
         let port = crate::free_port();
         let (ssl, ssl_conf) = match tls {
             Some((cert, key)) => (
                 " ssl".to_string(),
-                format!("ssl_certificate {cert};\n        ssl_certificate_key {key};"),
+                format!("ssl_certificate {cert};\n        ssl_certificate_key {key};\n        {more_ssl}"),
             ),
             None => (String::new(), String::new()),
         };

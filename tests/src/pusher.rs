@@ -24,18 +24,26 @@ impl Pusher {
 
     /// Starts the pusher on 127.0.0.1:0 with `data_dir` (reused across restarts).
     pub fn start_in(data_dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<Pusher> {
-        Self::spawn_in(data_dir, extra, None)
+        Self::spawn_in(Some(data_dir), extra, None)
+    }
+
+    /// Starts the pusher on 127.0.0.1:0 without `--data-dir`: messages
+    /// live in memory only and a restart loses them (`data_dir` is empty).
+    pub fn start_in_memory(extra: &[&str]) -> anyhow::Result<Pusher> {
+        Self::spawn_in(None, extra, None)
     }
 
     fn spawn_in(
-        data_dir: &std::path::Path,
+        data_dir: Option<&std::path::Path>,
         extra: &[&str],
         log: Option<&std::path::Path>,
     ) -> anyhow::Result<Pusher> {
         let mut cmd = Command::new(bin_path("pushscope-pusher"));
-        cmd.args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra);
+        cmd.args(["--listen", "127.0.0.1:0"]);
+        if let Some(d) = data_dir {
+            cmd.arg("--data-dir").arg(d);
+        }
+        cmd.args(extra);
         if let Some(log) = log {
             cmd.stderr(std::fs::File::create(log)?);
         }
@@ -47,7 +55,7 @@ impl Pusher {
         Ok(Pusher {
             guard,
             addr,
-            data_dir: data_dir.to_path_buf(),
+            data_dir: data_dir.map(|d| d.to_path_buf()).unwrap_or_default(),
             _tmp: None,
         })
     }
@@ -69,7 +77,7 @@ impl Pusher {
         extra: &[&str],
         log: &std::path::Path,
     ) -> anyhow::Result<Pusher> {
-        Self::spawn_in(data_dir, extra, Some(log))
+        Self::spawn_in(Some(data_dir), extra, Some(log))
     }
 
     /// URL resuming after `last_seq`.

@@ -2,7 +2,9 @@
 //! reference pusher (root: the observer attaches): pause (SIGSTOP/SIGCONT
 //! of the target, also continued when pushscope is interrupted) and
 //! kill-restart (SIGKILL, `--restart-cmd`, the observer follows the new
-//! PID, zero loss with persistence).
+//! PID, zero loss with persistence; without `--data-dir` the loss named
+//! message by message and matched against the run's publish/receive
+//! logs), partition (heartbeat detection, reconnect, resume).
 
 use pushscope_tests::{
     bin_path, heavy_lock,
@@ -314,4 +316,182 @@ fn thresholds(dir: &Path) -> String {
     )
     .unwrap();
     p.display().to_string()
+}
+
+#[test]
+fn kill_restart_without_persistence_names_the_loss_needs_root() {
+    if skip_unless_root("kill_restart_without_persistence_names_the_loss_needs_root") {
+        return;
+    }
+    let _heavy = heavy_lock();
+    let pusher = Pusher::start_in_memory(&[]).unwrap();
+    let listen = pusher.addr.to_string();
+    let restart = format!(
+        "exec {} --listen {listen}",
+        bin_path("pushscope-pusher").display(),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let sc = write_scenario(
+        out.path(),
+        &format!(
+            "stages = [\"100:9s\"]\nheartbeat = \"1s\"\nrestart_cmd = {restart:?}\n\
+             [[faults]]\nat = \"2s\"\nstage = 1\nkind = \"kill-restart\"\nduration = \"500ms\"\n"
+        ),
+    );
+    let url = format!("ws://{listen}/ws");
+    let r = run(pusher.pid(), &url, &sc, &[], &out.path().join("o"));
+    let s = r.summary.as_ref().unwrap_or_else(|| panic!("{}", r.stderr));
+    let f = fault(&r, 0);
+    struct Kill(Option<u32>);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                // SAFETY: kill(2) of the process the test started through pushscope.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+        }
+    }
+    let _kill = Kill(f["outcome"]["new_pid"].as_u64().map(|p| p as u32));
+    eprintln!("kill-restart (in memory) fault: {f:#}");
+    assert_eq!(s["complete"], true, "{}\n{f:#}", r.stderr);
+    assert_eq!(f["status"], "done", "{f:#}");
+    let o = &f["outcome"];
+    assert_eq!(o["observer_reattached"], true, "{o:#}");
+    assert_eq!(o["disconnected"], 100, "{o:#}");
+    assert_eq!(o["reconnected"], 100, "{o:#}");
+    let load = &s["stages"][0]["load"];
+    // The publisher retried what the dead pusher refused: every message
+    // was accepted by one pusher or the other.
+    assert_eq!(load["loadgen"]["publish_failed"], 0, "{load:#}");
+    let lost = o["lost"].as_u64().unwrap();
+    assert_eq!(load["messages"]["lost"], lost);
+    assert_eq!(o["duplicates"], 0, "{o:#}");
+    // The loss, named from the logs the run wrote (logs/publish.log: the
+    // server seq each message got; recv-*.log: what each subscriber got).
+    let predicted = predicted_loss(&out.path().join("o/logs"));
+    eprintln!(
+        "lost {lost}: {} messages the old pusher never delivered, {} skipped by resumes (per subscriber: {:?} ...)",
+        predicted.undelivered, predicted.skipped, &predicted.per_subscriber[..4]
+    );
+    assert!(
+        lost > 0,
+        "an in-memory pusher restarted loses messages: {o:#}"
+    );
+    assert_eq!(
+        predicted.undelivered + predicted.skipped,
+        lost,
+        "{predicted:?}"
+    );
+    // ...and the run named exactly those: summary.json lost_ids.
+    assert_eq!(s["lost_ids"].as_array().unwrap().len() as u64, lost);
+    let named: std::collections::BTreeSet<String> = s["lost_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(named, predicted.ids, "lost ids");
+}
+
+/// What the logs say an in-memory pusher's restart must cost each
+/// subscriber. The restarted pusher numbers every channel from seq 1
+/// again; a subscriber resumes with `last_seq = L`, the last seq it got
+/// from the old pusher, so (1) old messages above L (accepted, never
+/// delivered, not persisted) are gone, and (2) the new pusher's messages
+/// numbered 1..=L are below its resume point: never replayed, never pushed.
+#[derive(Debug)]
+struct Predicted {
+    undelivered: u64,
+    skipped: u64,
+    per_subscriber: Vec<u64>,
+    /// As summary.json `lost_ids` writes them.
+    ids: std::collections::BTreeSet<String>,
+}
+
+fn predicted_loss(logs: &Path) -> Predicted {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    // msg_id -> (channel, server seq, which pusher: 0 old, 1 restarted)
+    let mut published: BTreeMap<u64, (u64, u64, u32)> = BTreeMap::new();
+    let mut last: HashMap<u64, (u64, u32)> = HashMap::new();
+    for line in std::fs::read_to_string(logs.join("publish.log"))
+        .unwrap()
+        .lines()
+    {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.first() != Some(&"p") {
+            continue;
+        }
+        let (id, ch): (u64, u64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        let seq: u64 = f[5].parse().expect("the pusher answers with a seq");
+        let e = last.entry(ch).or_insert((0, 0));
+        if seq <= e.0 {
+            e.1 += 1; // numbering restarted: the new pusher
+        }
+        e.0 = seq;
+        published.insert(id, (ch, seq, e.1));
+    }
+    assert!(
+        last.values().all(|(_, era)| *era == 1),
+        "every channel's numbering restarted once: {last:?}"
+    );
+    let mut got: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+    let mut channel_of: BTreeMap<u64, u64> = BTreeMap::new();
+    for e in std::fs::read_dir(logs).unwrap() {
+        let path = e.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("recv-")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.first() {
+                Some(&"r") => {
+                    got.entry(f[1].parse().unwrap())
+                        .or_default()
+                        .insert(f[2].parse().unwrap());
+                }
+                Some(&"s") => {
+                    channel_of.insert(f[1].parse().unwrap(), f[2].parse().unwrap());
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut p = Predicted {
+        undelivered: 0,
+        skipped: 0,
+        per_subscriber: Vec::new(),
+        ids: BTreeSet::new(),
+    };
+    let empty = BTreeSet::new();
+    for (sub, ch) in &channel_of {
+        let got = got.get(sub).unwrap_or(&empty);
+        let resume_at = got
+            .iter()
+            .filter_map(|id| published.get(id))
+            .filter(|(_, _, era)| *era == 0)
+            .map(|(_, seq, _)| *seq)
+            .max()
+            .unwrap_or(0);
+        let mut n = 0;
+        for (id, (c, seq, era)) in &published {
+            if c != ch || got.contains(id) {
+                continue;
+            }
+            match (era, *seq > resume_at) {
+                (0, true) => p.undelivered += 1,
+                (1, false) => p.skipped += 1,
+                _ => panic!("subscriber {sub} lost msg_id {id} (seq {seq}, pusher {era}), which no resume explains"),
+            }
+            n += 1;
+            p.ids.insert(format!("msg_id {id} (subscriber {sub})"));
+        }
+        p.per_subscriber.push(n);
+    }
+    p
 }

@@ -269,6 +269,7 @@ mod tests {
             })),
             before_kill: None,
             link: None,
+            control: None,
         };
         let spec = Spec {
             restart_cmd: serve.clone(),

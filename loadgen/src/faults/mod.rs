@@ -20,6 +20,7 @@
 //! generator measured around the fault (disconnects, reconnects, resumed
 //! messages) is folded in by [`events`].
 
+pub mod cert_rotate;
 pub mod events;
 pub mod kill_restart;
 pub mod partition;
@@ -27,6 +28,7 @@ pub mod pause;
 pub mod proc;
 pub mod run;
 pub mod schedule;
+pub mod slow_consumers;
 
 pub use run::FaultRun;
 
@@ -82,6 +84,11 @@ pub enum FaultKind {
     KillRestart(kill_restart::Spec),
     /// Drop all traffic between load generator and target for `duration`.
     Partition,
+    /// New connections present another client certificate and/or the
+    /// server's certificate is reloaded (`reload_cmd`) at the start.
+    CertRotate(cert_rotate::Spec),
+    /// A share of the subscribers stops reading for `duration`.
+    SlowConsumers(slow_consumers::Spec),
 }
 
 impl FaultKind {
@@ -91,6 +98,8 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::KillRestart(_) => "kill-restart",
             FaultKind::Partition => "partition",
+            FaultKind::CertRotate(_) => "cert-rotate",
+            FaultKind::SlowConsumers(_) => "slow-consumers",
         }
     }
 
@@ -102,11 +111,8 @@ impl FaultKind {
             "pause" => FaultKind::Pause,
             "kill-restart" => FaultKind::KillRestart(kill_restart::Spec::parse(keys, defaults)?),
             "partition" => FaultKind::Partition,
-            "cert-rotate" | "slow-consumers" => {
-                return Err(format!(
-                    "kind `{name}` is not available in this build: use pause, kill-restart or partition"
-                ))
-            }
+            "cert-rotate" => FaultKind::CertRotate(cert_rotate::Spec::parse(keys)?),
+            "slow-consumers" => FaultKind::SlowConsumers(slow_consumers::Spec::parse(keys)?),
             other => {
                 return Err(format!(
                 "unknown kind `{other}`: use pause, kill-restart, partition, cert-rotate or slow-consumers"
@@ -143,6 +149,11 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The key's value as written, whatever its type.
+    pub fn take(&mut self, key: &str) -> Option<toml::Value> {
+        self.table.remove(key)
+    }
+
     pub fn take_str(&mut self, key: &str) -> Result<Option<String>, String> {
         match self.table.remove(key) {
             None => Ok(None),
@@ -303,6 +314,9 @@ pub struct FaultEnv {
     pub on_restart: Option<RestartHook>,
     /// The emulated link's partition control, when the run has a link.
     pub link: Option<Arc<dyn PartitionSwitch>>,
+    /// Commands to the load generator's subscribers (slow-consumers,
+    /// cert-rotate): `RunOptions::control`'s sending end.
+    pub control: Option<crate::runner::Control>,
 }
 
 impl FaultEnv {
@@ -353,6 +367,14 @@ pub fn injector(f: &Fault, env: &FaultEnv) -> Result<Box<dyn Injector>, String> 
             Box::new(kill_restart::KillRestart::new(spec.clone(), f.index, env)?)
         }
         FaultKind::Partition => Box::new(partition::Partition::new(f.index, env)?),
+        FaultKind::CertRotate(spec) => {
+            Box::new(cert_rotate::CertRotate::new(spec.clone(), f.index, env)?)
+        }
+        FaultKind::SlowConsumers(spec) => Box::new(slow_consumers::SlowConsumers::new(
+            spec.clone(),
+            f.index,
+            env,
+        )?),
     })
 }
 

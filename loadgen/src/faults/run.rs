@@ -3,8 +3,9 @@
 //! judged. Used the same way by `pushscope load` and `pushscope run`:
 //!
 //! ```ignore
-//! let faults = FaultRun::start(&sc, &env, mono_ns())?;          // before the load
-//! // RunOptions { conn_events: faults.as_ref().map(|f| f.conn_events()), .. }
+//! let mut faults = FaultRun::start(&sc, &env, mono_ns())?;      // before the load
+//! // RunOptions { conn_events: faults.as_ref().map(|f| f.conn_events()),
+//! //              control: faults.as_mut().and_then(|f| f.take_control()), .. }
 //! // on StageEvent::Started: faults.stage_started(stage, mono_ns)
 //! let records = faults.finish(&stage_reports, mono_ns());        // after the load
 //! ```
@@ -14,27 +15,48 @@ use super::{
     schedule::Scheduler,
     FaultEnv, FaultRecord,
 };
-use crate::{scenario::Scenario, StageReport};
+use crate::{
+    runner::{Control, ControlRx},
+    scenario::Scenario,
+    StageReport,
+};
 use std::sync::Arc;
 
 pub struct FaultRun {
     scheduler: Scheduler,
     events: Arc<ConnEvents>,
     sharded: bool,
+    control: Option<ControlRx>,
 }
 
 impl FaultRun {
     /// `None` when the scenario has no faults. An error is a usage error
     /// (a fault that cannot run in this environment), said before any load.
+    /// The faults get the sending end of a new [`Control`] (slow-consumers,
+    /// cert-rotate act on the subscribers through it); the load gets its
+    /// receiving end from [`FaultRun::take_control`].
     pub fn start(sc: &Scenario, env: &FaultEnv, t0_ns: u64) -> Result<Option<FaultRun>, String> {
         if sc.faults.is_empty() {
             return Ok(None);
         }
+        let (control, rx) = Control::new();
+        let env = FaultEnv {
+            control: Some(control),
+            ..env.clone()
+        };
         Ok(Some(FaultRun {
-            scheduler: Scheduler::start(&sc.faults, env, t0_ns)?,
+            scheduler: Scheduler::start(&sc.faults, &env, t0_ns)?,
             events: Arc::new(ConnEvents::default()),
             sharded: sc.max_connections().div_ceil(sc.shard_cap) > 1,
+            control: Some(rx),
         }))
+    }
+
+    /// The receiving end of the faults' [`Control`], for
+    /// `RunOptions::control` (once: when the load ends and drops it, a
+    /// fault still sending is told at once that the load is over).
+    pub fn take_control(&mut self) -> Option<ControlRx> {
+        self.control.take()
     }
 
     pub fn conn_events(&self) -> Arc<ConnEvents> {
@@ -49,7 +71,9 @@ impl FaultRun {
     /// Stops the faults (one still in effect ends now), then measures
     /// each fault's outcome: connection figures from the events between
     /// its start and the next fault's start (or `run_end_ns`), loss,
-    /// duplicates and latency of its stage from the judged `stages`.
+    /// duplicates and latency of its stage from the judged `stages`, and
+    /// the kind's own judgement of its stage (slow-consumers: buffered /
+    /// dropped / disconnected; cert-rotate: the figures after the fault).
     pub fn finish(self, stages: &[StageReport], run_end_ns: u64) -> Vec<FaultRecord> {
         let mut records = self.scheduler.finish();
         let (events, dropped) = self.events.snapshot();
@@ -87,6 +111,8 @@ impl FaultRun {
                     r.outcome.duplicates = Some(st.messages.duplicates);
                     r.outcome.latency_p99_ms = st.latency_ms.p99;
                     r.outcome.latency_max_ms = st.latency_ms.max;
+                    super::slow_consumers::judge(&mut r.outcome, st);
+                    super::cert_rotate::judge(&mut r.outcome, st);
                 }
                 None => r.outcome.notes.push(format!(
                     "stage {} was not judged: its loss and latency are not measured",

@@ -152,7 +152,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let target_pid = loadgen::faults::TargetPid::new(args.pid);
     let t0 = Instant::now();
     let t0_ns = loadgen::clock::mono_ns();
-    let faults = start_faults(
+    let mut faults = start_faults(
         &sc,
         &out,
         &target_pid,
@@ -169,6 +169,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     // Stage cuts wait for the probes' ring buffer to drain (up to ~100 ms):
     // they run on a thread of their own, never on the runtime the
     // publisher shares, so the tool adds no latency at stage boundaries.
+    let control = faults.as_mut().and_then(|f| f.take_control());
     let (load_result, cuts) = std::thread::scope(|scope| {
         let (cut_tx, cut_rx) = std::sync::mpsc::channel::<Cut>();
         let (obs, tr, tls) = (observer.as_ref(), tracer.as_deref(), speaks_tls(&sc));
@@ -190,6 +191,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
                 tracer: tracer.clone(),
                 link: link.clone(),
                 conn_events: faults.as_ref().map(|f| f.conn_events()),
+                control,
             },
         ));
         (r, cutter.join().unwrap_or_default())
