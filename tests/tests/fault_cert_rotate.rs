@@ -448,7 +448,9 @@ grace = "2s"
         n(&rogue["failed"]) + 2 >= n(&rogue["attempts"]),
         "{rogue:#}"
     );
-    assert!(n(&r.stage(2)["new_connections"]) <= 2);
+    // Only the subscribers opened before the rotation (about 20 in the
+    // stage's first 0.5 s, and at most one per lane just after) connected.
+    assert!(n(&r.stage(2)["new_connections"]) < 40, "{:#}", r.stage(2));
     let reasons = rogue["failed_by_reason"].as_object().unwrap();
     assert_eq!(reasons.values().map(n).sum::<u64>(), n(&rogue["failed"]));
     assert!(!reasons.contains_key("timeout"), "{rogue:#}");
