@@ -248,6 +248,12 @@ fn client_certificates_from_an_untrusted_ca_fail_by_reason_and_the_gate_rejects_
         n(&stage2["connections"]["failed"]) >= n(&during["failed"]),
         "{stage2:#}"
     );
+    // The report's faults table says it in words.
+    let html = std::fs::read_to_string(dir.path().join("o/report.html")).unwrap();
+    assert!(
+        html.contains("connection attempts failed (http_400: "),
+        "faults table"
+    );
     // Only the subscribers opened before the rotation (about 20 in the
     // stage's first 0.5 s) ever connected in stage 2.
     assert!(n(&stage2["new_connections"]) < 40, "{stage2:#}");
