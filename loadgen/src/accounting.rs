@@ -301,6 +301,10 @@ pub struct StageStats {
     pub latency_clipped: u64,
     /// Frames without a marker (or not parseable).
     pub unmarked: u64,
+    /// Subscriber reads that returned bytes (each is one `recv`): with
+    /// `received`, how many frames one read took on average.
+    #[serde(default)]
+    pub reads: u64,
     /// CPU used by each process during the stage, % of one core.
     pub cpu_pct: Vec<f64>,
     /// Resident memory of each process at the stage's end.
@@ -468,6 +472,7 @@ impl Default for StageStats {
             foreign: 0,
             latency_clipped: 0,
             unmarked: 0,
+            reads: 0,
             cpu_pct: Vec::new(),
             rss_bytes: Vec::new(),
             latency: new_hist(),
@@ -511,6 +516,7 @@ impl StageStats {
         self.foreign += o.foreign;
         self.latency_clipped += o.latency_clipped;
         self.unmarked += o.unmarked;
+        self.reads += o.reads;
         self.tcp_retransmits += o.tcp_retransmits;
         self.cpu_pct.extend_from_slice(&o.cpu_pct);
         self.rss_bytes.extend_from_slice(&o.rss_bytes);

@@ -5,6 +5,7 @@
 //! server seq where the protocol allows. The same loop serves every
 //! protocol; `Protocol` supplies the differences.
 
+use crate::ws::{Event, FramesError};
 use crate::{
     accounting::{record_us, StageStats, Verdict},
     clock::mono_ns,
@@ -14,11 +15,9 @@ use crate::{
     net::{open_ws, Endpoint, Ws},
     protocol::{AckPoint, Protocol, Resume},
 };
-use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use std::{net::Ipv4Addr, rc::Rc, time::Duration};
+use std::{future::Future, net::Ipv4Addr, rc::Rc, time::Duration};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 /// What every subscriber of a process shares.
 pub struct ClientCfg {
@@ -32,6 +31,9 @@ pub struct ClientCfg {
     pub connect_timeout: Duration,
     /// Message-path sampling (in-process runs under `pushscope run`).
     pub tracer: Option<std::sync::Arc<crate::msgpath::Tracer>>,
+    /// Bench floor: count received frames and nothing else (no UTF-8,
+    /// marker or accounting), to measure what receiving alone costs.
+    pub floor: bool,
     /// Disconnect / reconnect / resumed-message events (runs with faults).
     pub conn_events: Option<std::sync::Arc<crate::faults::events::ConnEvents>>,
 }
@@ -110,7 +112,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                     let now = mono_ns();
                     st.subs[local].upgraded(now);
                     st.cum.attempts += 1;
-                    st.addrs[local] = ws.get_ref().local_addr();
+                    st.addrs[local] = ws.io.local_addr();
                     if ever_connected {
                         st.subs[local].resumed_at_ns = Some(now);
                         if let Some(ev) = &cfg.conn_events {
@@ -184,20 +186,28 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
     }
 }
 
-fn classify(e: &tungstenite::Error) -> &'static str {
-    use tungstenite::Error as E;
-    match e {
-        E::ConnectionClosed | E::AlreadyClosed => "closed",
-        E::Io(io) if io.kind() == std::io::ErrorKind::ConnectionReset => "connection reset",
-        E::Io(_) => "io error",
-        // The peer vanished (crash, RST, EOF) without a close frame.
-        E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
-            "connection reset"
-        }
-        E::Protocol(_) => "protocol error",
-        E::Capacity(_) => "frame too large",
-        _ => "websocket error",
+/// The key an I/O error on an established connection is counted under.
+fn io_reason(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => "connection reset",
+        _ => "io error",
     }
+}
+
+/// What a session keeps between reads.
+struct SessionState {
+    up_at: Instant,
+    first: bool,
+    /// Pings not answered yet.
+    outstanding: u32,
+    /// When the oldest unanswered ping went out (pongs answer in order).
+    ping_sent: Option<Instant>,
+    /// The socket's retransmit count at the last sample.
+    retrans_seen: u32,
+    /// Messages accounted since the last ACK.
+    unacked: u32,
+    /// Built into a frame only when sent (every ACK_EVERY frames or heartbeat).
+    ack: Option<AckPoint>,
 }
 
 async fn session(
@@ -210,33 +220,47 @@ async fn session(
 ) -> End {
     let cfg = &lane.cfg;
     if let Some(f) = cfg.protocol.subscribe_frame(ch_name) {
-        if ws.send(Message::text(f)).await.is_err() {
+        ws.framer.queue_text(&f);
+        if ws.flush().await.is_err() {
             return End::Unexpected("write error");
         }
     }
     let up_at = Instant::now();
-    let mut first = true;
     // Spread pings so 20k clients do not all ping in the same millisecond.
     let offset = Duration::from_millis(
         rand::thread_rng().gen_range(0..=cfg.heartbeat.as_millis() as u64 / 4),
     );
-    let mut hb = tokio::time::interval_at(up_at + cfg.heartbeat + offset, cfg.heartbeat);
-    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut outstanding: u32 = 0;
-    // When the oldest unanswered ping went out (pongs answer in order).
-    let mut ping_sent: Option<Instant> = None;
-    // The socket's retransmit count at the last sample.
-    let mut retrans_seen: u32 = 0;
-    let mut unacked: u32 = 0;
-    // Built into a frame only when sent (every ACK_EVERY frames or heartbeat).
-    let mut ack: Option<AckPoint> = None;
+    let hb = tokio::time::sleep_until(up_at + cfg.heartbeat + offset);
+    tokio::pin!(hb);
+    // The heartbeat's waker is registered by its first poll after each
+    // reset; every other wake-up of the task (one per read) only asks
+    // whether it fired, an atomic load instead of a timer poll.
+    let mut hb_armed = false;
+    let mut s = SessionState {
+        up_at,
+        first: true,
+        outstanding: 0,
+        ping_sent: None,
+        retrans_seen: 0,
+        unacked: 0,
+        ack: None,
+    };
+    // Frames that came with the upgrade response.
+    if ws.framer.has_partial() {
+        if let Err(end) = on_read(lane, local, id, ch_name, &mut ws, &mut s, &[]) {
+            return end;
+        }
+    }
     let stop = ctl.stopped();
     tokio::pin!(stop);
     loop {
+        if ws.framer.has_out() && ws.flush().await.is_err() {
+            return End::Unexpected("write error");
+        }
         tokio::select! {
             biased;
             _ = &mut stop => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
                 return End::Intended;
             }
             _ = ctl.until_slow(true) => {
@@ -247,78 +271,146 @@ async fn session(
                 tokio::select! {
                     _ = ctl.until_slow(false) => {}
                     _ = &mut stop => {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
                         return End::Intended;
                     }
                 }
                 // Our own pause is no missed pong.
-                outstanding = 0;
-                hb.reset();
+                s.outstanding = 0;
+                hb.as_mut().reset(Instant::now() + cfg.heartbeat);
+                hb_armed = false;
                 continue;
             }
-            msg = ws.next() => {
-                let text = match msg {
-                    None => return End::Unexpected("eof"),
-                    Some(Err(e)) => return End::Unexpected(classify(&e)),
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(b))) => match tungstenite::Utf8Bytes::try_from(b) {
-                        Ok(t) => t,
-                        Err(_) => { unmarked(lane); continue; }
-                    },
-                    Some(Ok(Message::Pong(_))) => {
-                        claim_control(&mut ws);
-                        outstanding = 0;
-                        if let Some(t) = ping_sent.take() {
-                            heartbeat_answered(lane, t.elapsed(), ws.get_ref().tcp_info(), &mut retrans_seen);
-                        }
-                        continue;
-                    }
-                    Some(Ok(Message::Close(_))) => return End::Unexpected("server close"),
-                    Some(Ok(_)) => { claim_control(&mut ws); continue; }
+            // One read takes every frame queued on the socket, into the
+            // lane's scratch buffer (the connection keeps none while idle).
+            r = std::future::poll_fn(|cx| ws.poll_read(cx, &mut lane.scratch.borrow_mut())) => {
+                let n = match r {
+                    Ok(0) => return End::Unexpected("eof"),
+                    Ok(n) => n,
+                    Err(e) => return End::Unexpected(io_reason(&e)),
                 };
-                // A sampled connection: where this message's frame ended, and when it was read.
-                let wire = ws
-                    .get_mut()
-                    .counted()
-                    .and_then(|c| Some((c.port, c.frames.claim_message()?)));
-                if first {
-                    first = false;
-                    let mut st = lane.state.borrow_mut();
-                    let k = st.stage;
-                    record_us(&mut st.stage_stats(k).first_message, up_at.elapsed().as_micros() as u64);
-                }
-                if let Some(a) = on_frame(lane, local, id, text.as_str(), wire) {
-                    ack = Some(a);
-                    unacked += 1;
-                    if unacked >= ACK_EVERY {
-                        unacked = 0;
-                        if let Some((a, seq)) = ack.take().and_then(|at| cfg.protocol.ack_frame(ch_name, at)) {
-                            log_ack(lane, id, seq);
-                            if ws.send(Message::text(a)).await.is_err() {
-                                return End::Unexpected("write error");
-                            }
-                        }
-                    }
+                let scratch = lane.scratch.borrow();
+                if let Err(end) = on_read(lane, local, id, ch_name, &mut ws, &mut s, &scratch[..n]) {
+                    return end;
                 }
             }
-            _ = hb.tick() => {
-                if outstanding >= cfg.max_missed {
+            _ = std::future::poll_fn(|cx| {
+                if hb_armed && !hb.is_elapsed() {
+                    return std::task::Poll::Pending;
+                }
+                hb_armed = true;
+                hb.as_mut().poll(cx)
+            }) => {
+                // The next ping a period after this one (a late tick delays the next).
+                hb.as_mut().reset(Instant::now() + cfg.heartbeat);
+                hb_armed = false;
+                if s.outstanding >= cfg.max_missed {
                     return End::Unexpected("heartbeat lost");
                 }
-                outstanding += 1;
-                if let Some((a, seq)) = ack.take().and_then(|at| cfg.protocol.ack_frame(ch_name, at)) {
-                    unacked = 0;
+                s.outstanding += 1;
+                if let Some((a, seq)) = s.ack.take().and_then(|at| cfg.protocol.ack_frame(ch_name, at)) {
+                    s.unacked = 0;
                     log_ack(lane, id, seq);
-                    if ws.feed(Message::text(a)).await.is_err() {
-                        return End::Unexpected("write error");
-                    }
+                    ws.framer.queue_text(&a);
                 }
-                ping_sent.get_or_insert_with(Instant::now);
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return End::Unexpected("write error");
+                s.ping_sent.get_or_insert_with(Instant::now);
+                ws.framer.queue_ping();
+            }
+        }
+    }
+}
+
+/// Handles every frame one read completed (`data`: the bytes it returned).
+/// ACKs and pongs are queued, written by the caller.
+fn on_read(
+    lane: &Lane,
+    local: usize,
+    id: u64,
+    ch_name: &str,
+    ws: &mut Ws,
+    s: &mut SessionState,
+    data: &[u8],
+) -> Result<(), End> {
+    let cfg = &lane.cfg;
+    let crate::ws::WsConn { io, framer } = ws;
+    // Floor mode (bench): frames are counted, nothing else.
+    let mut floor_count = 0u64;
+    let r = framer.frames(data, |framer, ev| {
+        let (text, payload) = match ev {
+            Event::Message { text, payload } => (text, payload),
+            Event::Pong => {
+                claim_control(io);
+                s.outstanding = 0;
+                if let Some(t) = s.ping_sent.take() {
+                    heartbeat_answered(lane, t.elapsed(), io.tcp_info(), &mut s.retrans_seen);
+                }
+                return Ok(());
+            }
+            Event::Ping => {
+                claim_control(io);
+                return Ok(());
+            }
+            Event::Close => return Err(End::Unexpected("server close")),
+        };
+        // A sampled connection: where this message's frame ended, and when it was read.
+        let wire = io
+            .counted()
+            .and_then(|c| Some((c.port, c.frames.claim_message()?)));
+        if cfg.floor {
+            floor_count += 1;
+            return Ok(());
+        }
+        let text = match std::str::from_utf8(payload) {
+            Ok(t) => t,
+            // A text frame must be UTF-8 (RFC 6455 8.1).
+            Err(_) if text => return Err(End::Unexpected("protocol error")),
+            Err(_) => {
+                unmarked(lane);
+                return Ok(());
+            }
+        };
+        if s.first {
+            s.first = false;
+            let mut st = lane.state.borrow_mut();
+            let k = st.stage;
+            record_us(
+                &mut st.stage_stats(k).first_message,
+                s.up_at.elapsed().as_micros() as u64,
+            );
+        }
+        if let Some(a) = on_frame(lane, local, id, text, wire) {
+            s.ack = Some(a);
+            s.unacked += 1;
+            if s.unacked >= ACK_EVERY {
+                s.unacked = 0;
+                if let Some((a, seq)) = s
+                    .ack
+                    .take()
+                    .and_then(|at| cfg.protocol.ack_frame(ch_name, at))
+                {
+                    log_ack(lane, id, seq);
+                    framer.queue_text(&a);
                 }
             }
         }
+        Ok(())
+    });
+    if !data.is_empty() || floor_count > 0 {
+        let mut st = lane.state.borrow_mut();
+        let k = st.stage;
+        let stats = st.stage_stats(k);
+        stats.reads += u64::from(!data.is_empty());
+        stats.received += floor_count;
+        if floor_count > 0 {
+            lane.gauges
+                .received
+                .fetch_add(floor_count, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    match r {
+        Ok(()) => Ok(()),
+        Err(FramesError::Stop(end)) => Err(end),
+        Err(FramesError::Ws(e)) => Err(End::Unexpected(e.reason())),
     }
 }
 
@@ -374,8 +466,8 @@ fn client_stall() {
 }
 
 /// A control frame reached the session: its end is not a message's.
-fn claim_control(ws: &mut Ws) {
-    if let Some(c) = ws.get_mut().counted() {
+fn claim_control(io: &mut crate::net::Io) {
+    if let Some(c) = io.counted() {
         c.frames.claim_control();
     }
 }

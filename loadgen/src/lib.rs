@@ -29,6 +29,7 @@ pub mod shard;
 pub mod sockdiag;
 pub mod tls;
 pub mod verify;
+pub mod ws;
 
 pub use report::StageReport;
 pub use runner::{run, Control, ControlRx, LoadError, RunOptions, RunReport, StageEvent};
@@ -51,6 +52,11 @@ pub struct LoadArgs {
     /// Internal: run as a worker process of a sharded run.
     #[arg(long, hide = true)]
     pub shard_worker: bool,
+    /// Bench floor: subscribers only count the frames they receive (no
+    /// UTF-8 check, marker or accounting); `cargo xtask bench loadgen`
+    /// compares the full load generator with it.
+    #[arg(long, hide = true)]
+    pub floor: bool,
 }
 
 impl LoadArgs {
@@ -60,7 +66,9 @@ impl LoadArgs {
             Some(p) => ScenarioFile::load(p).map_err(|e| usage(e.to_string()))?,
             None => ScenarioFile::default(),
         };
-        Scenario::build(file, self.flags.clone()).map_err(|e| usage(e.to_string()))
+        let mut sc = Scenario::build(file, self.flags.clone()).map_err(|e| usage(e.to_string()))?;
+        sc.floor = self.floor;
+        Ok(sc)
     }
 }
 

@@ -48,30 +48,37 @@ impl Marker {
 
     /// Finds and parses the marker anywhere in a received frame: the first
     /// occurrence of the prefix followed by seven numbers each ended by a
-    /// dot (a cut-off marker is not taken for a shorter number).
+    /// dot (a cut-off marker is not taken for a shorter number). One pass
+    /// over the bytes, no allocation: it runs for every received frame.
     pub fn find(frame: &str) -> Option<Marker> {
-        let mut rest = frame;
+        let b = frame.as_bytes();
+        let mut at = 0;
         // Bounded by the frame's length: each round moves past one prefix.
-        while let Some(at) = rest.find(PREFIX) {
-            rest = &rest[at + PREFIX.len()..];
-            if let Some(m) = Self::parse_fields(rest) {
+        while let Some(i) = find_bytes(&b[at..], PREFIX.as_bytes()) {
+            at += i + PREFIX.len();
+            if let Some(m) = Self::parse_fields(&b[at..]) {
                 return Some(m);
             }
         }
         None
     }
 
-    fn parse_fields(s: &str) -> Option<Marker> {
-        let mut it = s.splitn(8, '.');
-        let mut next = || {
-            let f = it.next()?;
-            // Digits only: `parse` would also take a leading `+`.
-            if f.is_empty() || f.len() > 20 || !f.bytes().all(|b| b.is_ascii_digit()) {
+    fn parse_fields(s: &[u8]) -> Option<Marker> {
+        let mut at = 0;
+        // A field: 1 to 20 ASCII digits (no sign) that fit a u64, then a dot.
+        let mut next = || -> Option<u64> {
+            let digits = s[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 || digits > 20 || s.get(at + digits) != Some(&b'.') {
                 return None;
             }
-            f.parse::<u64>().ok()
+            let mut v: u64 = 0;
+            for &c in &s[at..at + digits] {
+                v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            }
+            at += digits + 1;
+            Some(v)
         };
-        let m = Marker {
+        Some(Marker {
             run: u32::try_from(next()?).ok()?,
             channel: u32::try_from(next()?).ok()?,
             pseq: next()?,
@@ -79,11 +86,16 @@ impl Marker {
             stage: u32::try_from(next()?).ok()?,
             sched_ns: next()?,
             attempt: u32::try_from(next()?).ok()?,
-        };
-        // The dot after `attempt` must be there.
-        it.next()?;
-        Some(m)
+        })
     }
+}
+
+/// Where `needle` (not empty) first starts in `hay`. A plain scan: on
+/// frames of a few hundred bytes it beats building a two-way searcher,
+/// which `str::find` does on every call.
+pub(crate) fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let last = hay.len().checked_sub(needle.len())?;
+    (0..=last).find(|&i| hay[i] == needle[0] && &hay[i..i + needle.len()] == needle)
 }
 
 /// `X-Msg-Id` of message `msg_id` of run `run`.
@@ -197,6 +209,41 @@ mod tests {
         assert!(m.body(10).len() > 10, "marker is never truncated");
     }
 
+    /// The parser as first written (str search, `splitn`, `parse`): the
+    /// one-pass parser must agree with it on every input.
+    fn reference_find(frame: &str) -> Option<Marker> {
+        let mut rest = frame;
+        while let Some(at) = rest.find(PREFIX) {
+            rest = &rest[at + PREFIX.len()..];
+            let parts: Vec<&str> = rest.splitn(8, '.').collect();
+            let mut it = parts.iter();
+            let mut next = || {
+                let f = it.next()?;
+                if f.is_empty() || f.len() > 20 || !f.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                f.parse::<u64>().ok()
+            };
+            let m = (|| {
+                let m = Marker {
+                    run: u32::try_from(next()?).ok()?,
+                    channel: u32::try_from(next()?).ok()?,
+                    pseq: next()?,
+                    msg_id: next()?,
+                    stage: u32::try_from(next()?).ok()?,
+                    sched_ns: next()?,
+                    attempt: u32::try_from(next()?).ok()?,
+                };
+                // The dot after `attempt` must be there.
+                (parts.len() == 8).then_some(m)
+            })();
+            if m.is_some() {
+                return m;
+            }
+        }
+        None
+    }
+
     #[test]
     fn schedule_is_deterministic() {
         let s = Schedule {
@@ -232,6 +279,16 @@ mod tests {
             let m = Marker { run, channel, pseq, msg_id, stage, sched_ns, attempt };
             let frame = format!("{before}{}{after}", m.body(pad));
             proptest::prop_assert_eq!(Marker::find(&frame), Some(m));
+        }
+
+        #[test]
+        fn one_pass_parser_agrees_with_the_split_reference(
+            frame in "(psm2\\.|[0-9]{1,22}\\.|[0-9x+.]|psm){0,24}",
+            junk in "\\PC{0,40}",
+        ) {
+            for f in [frame.clone(), format!("{junk}{frame}"), format!("{frame}{junk}")] {
+                proptest::prop_assert_eq!(Marker::find(&f), reference_find(&f), "{:?}", f);
+            }
         }
 
         #[test]

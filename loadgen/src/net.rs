@@ -13,12 +13,9 @@ use std::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::{
-    tungstenite::{self, protocol::WebSocketConfig},
-    WebSocketStream,
-};
 
-pub type Ws = WebSocketStream<Io>;
+/// A subscriber's connection (see `ws`).
+pub type Ws = crate::ws::WsConn;
 
 /// A plain or TLS client stream. The TLS state is boxed: a plain
 /// connection then costs 40 bytes here instead of the ~1.1 KB an inline
@@ -263,30 +260,6 @@ impl ConnectError {
             ConnectError::Timeout(_) => "timeout".into(),
         }
     }
-
-    /// What a failed handshake of tungstenite's was.
-    fn from_handshake(e: tungstenite::Error) -> ConnectError {
-        use tungstenite::{error::ProtocolError, Error as E};
-        match e {
-            E::Http(resp) => ConnectError::Http(resp.status().as_u16()),
-            E::Io(io) => match io.raw_os_error() {
-                Some(libc::ECONNRESET) | Some(libc::EPIPE) => {
-                    ConnectError::UpgradeReset(io.to_string())
-                }
-                _ if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    ConnectError::UpgradeReset(io.to_string())
-                }
-                _ => ConnectError::Upgrade(io.to_string()),
-            },
-            E::ConnectionClosed
-            | E::AlreadyClosed
-            | E::Protocol(ProtocolError::HandshakeIncomplete)
-            | E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                ConnectError::UpgradeReset(e.to_string())
-            }
-            e => ConnectError::Upgrade(e.to_string()),
-        }
-    }
 }
 
 fn io_kind(e: &std::io::Error) -> String {
@@ -298,17 +271,6 @@ fn io_kind(e: &std::io::Error) -> String {
         Some(libc::ETIMEDOUT) => "timeout".into(),
         _ => format!("tcp: {:?}", e.kind()).to_lowercase(),
     }
-}
-
-/// tungstenite's default read buffer is 128 KiB per connection; push
-/// clients mostly idle, so keep it to a page and flush writes at once.
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(2048)
-        .write_buffer_size(0)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
 }
 
 /// Opens a TCP stream, from `source` when given, with its socket created
@@ -436,14 +398,11 @@ pub async fn open_ws(
             tracer,
             frames: true,
         });
-        let stream = open_stream(ep, source, &mut phases, sampling).await?;
+        let mut stream = open_stream(ep, source, &mut phases, sampling).await?;
         let t = Instant::now();
-        let (ws, _resp) =
-            tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config()))
-                .await
-                .map_err(ConnectError::from_handshake)?;
+        let leftover = crate::ws::upgrade(&mut stream, req, subprotocol).await?;
         phases.upgrade = t.elapsed();
-        Ok((ws, phases))
+        Ok((crate::ws::WsConn::new(stream, leftover), phases))
     };
     tokio::time::timeout(timeout, fut)
         .await
@@ -522,15 +481,6 @@ mod tests {
             ConnectError::Timeout(Duration::from_secs(1)).reason(),
             "timeout"
         );
-        let closed = ConnectError::from_handshake(tungstenite::Error::ConnectionClosed);
-        assert_eq!(closed.reason(), "reset");
-        let resp = tungstenite::http::Response::builder()
-            .status(429)
-            .body(None)
-            .unwrap();
-        assert_eq!(
-            ConnectError::from_handshake(tungstenite::Error::Http(resp)).reason(),
-            "http_429"
-        );
+        assert_eq!(ConnectError::UpgradeReset("eof".into()).reason(), "reset");
     }
 }

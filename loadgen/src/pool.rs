@@ -169,6 +169,7 @@ impl LocalPool {
             settle_ns: SETTLE.as_nanos() as u64,
             connect_timeout: Duration::from_secs(10),
             tracer,
+            floor: sc.floor,
             conn_events,
         });
         let n = std::thread::available_parallelism()

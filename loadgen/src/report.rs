@@ -85,6 +85,12 @@ pub struct LoadgenHealth {
     /// connection costs the load generator (`null` with none held).
     #[serde(default)]
     pub rss_per_connection_bytes: Option<f64>,
+    /// Messages received (replayed, foreign and unmarked included) ÷
+    /// subscriber reads (`recv` calls that returned bytes, pings and pongs
+    /// alone included): how many queued messages one read took; the
+    /// receive cost per message falls as it grows (`null` with no read).
+    #[serde(default)]
+    pub messages_per_read: Option<f64>,
     pub publish_errors: BTreeMap<String, u64>,
     pub publish_failed: u64,
     /// Stage messages not yet published when the stage was judged (the
@@ -271,6 +277,9 @@ pub fn stage_report(meta: &StageMeta, s: &StageStats, p: &StagePublish) -> Stage
             rss_bytes: s.rss_bytes.clone(),
             rss_per_connection_bytes: (meta.opened_total > 0 && !s.rss_bytes.is_empty())
                 .then(|| s.rss_bytes.iter().sum::<u64>() as f64 / meta.opened_total as f64),
+            messages_per_read: (s.reads > 0).then(|| {
+                (s.received + s.replayed + s.foreign + s.unmarked) as f64 / s.reads as f64
+            }),
             publish_errors: p.errors.clone(),
             publish_failed: p.failed.len() as u64,
             publish_backlog: p.backlog,

@@ -206,7 +206,7 @@ async fn probe(
     .await
     {
         Ok((mut ws, _)) => {
-            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
             Ok(None)
         }
         Err(e @ (net::ConnectError::Tcp { .. } | net::ConnectError::Timeout(_))) => {

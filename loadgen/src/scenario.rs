@@ -67,6 +67,10 @@ pub struct Scenario {
     /// Seconds between live lines when stderr is not a TTY.
     #[serde(with = "dur_secs")]
     pub progress_interval: Duration,
+    /// Bench floor (`pushscope-loadgen load --floor`): subscribers count
+    /// the frames they receive and account for nothing.
+    #[serde(default)]
+    pub floor: bool,
     /// Faults scheduled in the stages (`[[faults]]`), validated.
     #[serde(default)]
     pub faults: Vec<crate::faults::Fault>,
@@ -490,6 +494,7 @@ impl Scenario {
             ack_frame: o.ack_frame.or(file.ack_frame),
             metrics,
             progress_interval,
+            floor: false,
             faults,
             network,
             netns: None,

@@ -35,7 +35,7 @@ struct ps_conn {
 	__u64 sk;
 	__u32 io_seq;   /* classified calls so far */
 	__u32 max_wmem; /* max sk_wmem_queued, sampled after sends */
-	__u64 writes;   /* sends (the send queue is sampled every 16th) */
+	__u64 hot;      /* 1 while counted in `hot_socks` (see ps_conn_cool) */
 	__u64 bytes[2]; /* cumulative bytes received [PS_DIR_READ] and sent [PS_DIR_WRITE] */
 	__u64 plain[2]; /* msgpath over OpenSSL: cumulative plaintext of SSL_read/SSL_write */
 	__u32 trace_port; /* msgpath: the peer port when every call is marked, else 0 */
@@ -145,6 +145,43 @@ struct {
 	__type(value, __u32);
 } outs SEC(".maps");
 
+/* Which socks need more than the steady state's work on a receive or
+ * send: a tracked connection is hot from its accept until its first
+ * `io_events_per_conn` calls are classified, and for good when the message
+ * path traces it (classify.inc.c). A call of a cold connection is turned
+ * away without finding its connection (an LRU-hash lookup by sk, then its
+ * fdtab entry: three cache misses each when a fan-out walks thousands of
+ * sockets, ~475 ns per send measured at the reference pusher's
+ * saturation). Two levels, so the common case reads only a line that
+ * stays in every CPU's cache: `hot_total` (slot 0: hot connections
+ * anywhere; 0 in a steady fan-out without the message path), then
+ * `hot_socks`, counters indexed by a hash of the sock's address
+ * (ps_hot_slot). A slot shared with a hot sock only sends a cold one down
+ * the full path, which finds its entry cold and does what the fast path
+ * would. */
+#define PS_HOT_SLOTS 8192
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} hot_total SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PS_HOT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} hot_socks SEC(".maps");
+
+/* Per CPU: sends until the next send-queue sample (classify.inc.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} send_sample SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 16 << 20);
@@ -181,6 +218,51 @@ static __always_inline void ps_hint_set(__u32 tgid)
 static __always_inline bool ps_in_target(__u32 tgid)
 {
 	return ps_hinted(tgid) && bpf_map_lookup_elem(&tgids, &tgid) != 0;
+}
+
+/* Slot of `sk` in `hot_socks`: socks are slab objects (low bits zero),
+ * so a multiplicative hash of the address spreads them. */
+static __always_inline __u32 ps_hot_slot(__u64 sk)
+{
+	return ((sk >> 6) * 0x9E3779B97F4A7C15ULL) >> 51; /* 13 bits: PS_HOT_SLOTS */
+}
+
+/* May `sk` be hot? (false: certainly cold) */
+static __always_inline bool ps_hot_maybe(__u64 sk)
+{
+	__u32 zero = 0;
+	__s64 *t = bpf_map_lookup_elem(&hot_total, &zero);
+	if (!t || *t <= 0)
+		return false;
+	__u32 k = ps_hot_slot(sk);
+	__u32 *n = bpf_map_lookup_elem(&hot_socks, &k);
+	return n && *n;
+}
+
+/* Adds `d` (+1: made hot, before its fd reaches userspace; -1: left) to
+ * the sock's slot and the total. Locked adds: a call that reads 0 after a
+ * connection was made hot cannot be that connection's. */
+static __always_inline void ps_hot_add(__u64 sk, __s32 d)
+{
+	__u32 k = ps_hot_slot(sk);
+	__u32 *n = bpf_map_lookup_elem(&hot_socks, &k);
+	if (n)
+		__sync_fetch_and_add(n, d);
+	__u32 zero = 0;
+	__s64 *t = bpf_map_lookup_elem(&hot_total, &zero);
+	if (t)
+		__sync_fetch_and_add(t, (__s64)d);
+}
+
+/* Takes a hot connection out of `hot_socks` (once, whoever calls first:
+ * its receive/send hooks on several threads, its close, its process's
+ * exit). */
+static __always_inline void ps_conn_cool(struct ps_conn *c, __u64 sk)
+{
+	if (c->hot && __sync_val_compare_and_swap(&c->hot, 1, 0) == 1) {
+		ps_hot_add(sk, -1);
+		ps_count(PS_CNT_HOT_LEFT);
+	}
 }
 
 /* Reserves a zeroed event or counts the drop. */

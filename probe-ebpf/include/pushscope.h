@@ -30,7 +30,11 @@ enum ps_counter {
 	PS_CNT_UNTRACKED_CLOSED = 19,   /* `socks` entries of untracked fds deleted at close */
 	PS_CNT_TLS_ABORTED = 20,        /* SSL_do_handshake begun, socket closed before success */
 	PS_CNT_MSGPATH_TRACED = 21,     /* connections whose every call is marked (msgpath) */
-	PS_CNT_MAX = 24,
+	PS_CNT_SOCK_CALLS = 22,         /* receives and sends of the target on any socket */
+	PS_CNT_SOCK_LOOKUPS = 23,       /* ... that looked their connection up (not turned away as cold) */
+	PS_CNT_HOT_ENTERED = 24,        /* tracked connections made hot (at accept) */
+	PS_CNT_HOT_LEFT = 25,           /* ... that left `hot_socks` (classified and untraced, closed, exited) */
+	PS_CNT_MAX = 32,
 };
 
 /* Processes of the target that get an fd table slot (slot 1: the target

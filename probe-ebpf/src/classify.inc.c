@@ -14,10 +14,11 @@
  * read/write-family syscall tracepoints whose perf-event dispatch cost
  * every read and write of every process on the machine (pipes and files
  * included) ~70 ns. Only the class leaves the kernel, never payload bytes.
- * Past the first calls an I/O costs a tgid check, one sk-hash lookup and
- * an array access; every 16th send also samples sk_wmem_queued; bytes
- * in/out are read from tcp_sock at close, not summed per call. x86-64
- * syscall numbers and registers. Included by pushscope.bpf.c. */
+ * Past the first calls (ps_sock_io: a cold connection) an I/O costs a
+ * tgid check and the read of `hot_total`; about 1 in 16 sends, at random
+ * intervals, also samples sk_wmem_queued; bytes in/out are read from
+ * tcp_sock at close, not summed per call. x86-64 syscall numbers and
+ * registers. Included by pushscope.bpf.c. */
 
 #define PS_PEEK 16
 
@@ -151,10 +152,57 @@ static __always_inline __u8 ps_io_class(__u32 dir, long ret, __u8 *detail)
 	return ps_classify(b, n, detail);
 }
 
+/* Is this send one of about 1 in 16 whose send queue is sampled? A per-CPU
+ * countdown reloaded with a random interval of 1..31 sends (mean 16): a
+ * fixed stride would alias with a fan-out that walks its sockets in a
+ * fixed order and sample some of them never; drawing a random number per
+ * send would cost every send a helper call. */
+static __always_inline bool ps_sample_send(void)
+{
+	__u32 zero = 0;
+	__u32 *left = bpf_map_lookup_elem(&send_sample, &zero);
+	if (!left)
+		return false;
+	if (*left > 1) {
+		*left -= 1;
+		return false;
+	}
+	*left = 1 + bpf_get_prandom_u32() % 31;
+	return true;
+}
+
+/* The tracked connection of this call. fdtab is indexed by fd, and the
+ * fd is in the syscall's saved registers (di: the first argument of the
+ * eight socket syscalls): no hash lookup. Calls made otherwise (io_uring,
+ * sendfile), or whose fd's entry holds another sock, are found by sk. */
+static __always_inline struct ps_conn *ps_conn_of_call(__u64 sk, __u32 tgid)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(t);
+	if (regs) {
+		unsigned long nr = regs->orig_ax;
+		if (nr == PS_NR_READ || nr == PS_NR_WRITE || nr == PS_NR_READV ||
+		    nr == PS_NR_WRITEV || (nr >= PS_NR_SENDTO && nr <= PS_NR_RECVMSG)) {
+			__u32 idx = 0;
+			struct ps_conn *c = ps_conn_of(tgid, (__u32)regs->di, &idx);
+			if (c && c->sk == sk)
+				return c;
+		}
+	}
+	return ps_conn_of_sk(sk);
+}
+
 /* A receive or send on an accepted socket of the target: after
  * sock->ops->recvmsg/sendmsg returned `ret` (bytes, or -errno). The
  * event's time is the end of the call. Failed calls (ret <= 0: EAGAIN,
- * EOF) are no I/O milestone; a failed send still samples the send queue. */
+ * EOF) are no I/O milestone; a failed send still samples the send queue.
+ *
+ * Steady state (a cold connection: past its classified calls, not traced
+ * by the message path) costs a tgid check, a per-CPU counter, the read of
+ * `hot_total` (and of its `hot_socks` slot while some connection is hot)
+ * and, on a send, a per-CPU countdown: about 1 in 16 sends (ps_sample_send)
+ * finds its connection and samples sk_wmem_queued. Only a hot connection
+ * does the work below. */
 static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32 dir)
 {
 	__u32 tgid = ps_tgid();
@@ -169,19 +217,32 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	long ret = (int)ctx->args[1];
 	if (dir == PS_DIR_READ && (ctx->args[2] & PS_MSG_PEEK))
 		return 0;
-	struct ps_conn *c = ps_conn_of_sk(sk);
+	ps_count(PS_CNT_SOCK_CALLS);
+	/* Reading the sock is a probe_read_kernel (its line is in cache:
+	 * the send just wrote it): every send of a hot connection, about 1
+	 * in 16 of a cold one's; an empty queue raises no maximum, so then
+	 * the connection is not looked up for it. */
+	int q = 0;
+	bool sample_q = dir == PS_DIR_WRITE && ps_sample_send();
+	if (sample_q) {
+		q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
+		sample_q = q > 0;
+	}
+	if (!sample_q && !ps_hot_maybe(sk))
+		return 0;
+	ps_count(PS_CNT_SOCK_LOOKUPS);
+	struct ps_conn *c = ps_conn_of_call(sk, tgid);
 	if (!c)
 		return 0;
-	if (dir == PS_DIR_WRITE) {
-		/* Reading the sock is a probe_read_kernel: sample every 16th
-		 * send (and those of the first calls). */
-		__u64 w = c->writes++;
-		if ((w & 15) == 0 || c->io_seq < 8) {
-			int q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
-			if (q > 0 && (__u32)q > c->max_wmem)
-				c->max_wmem = q;
-		}
+	bool hot = c->hot;
+	if (dir == PS_DIR_WRITE && (hot || sample_q)) {
+		if (!sample_q)
+			q = BPF_CORE_READ((struct sock *)sk, sk_wmem_queued);
+		if (q > 0 && (__u32)q > c->max_wmem)
+			c->max_wmem = q;
 	}
+	if (!hot)
+		return 0;
 	if (ret > 0) {
 		if (c->io_seq == 0 && (cfg->msgpath || cfg->trace_one_in))
 			ps_msgpath_check(c, sk, cfg->trace_one_in);
@@ -189,8 +250,13 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	}
 	if (cfg->msgpath & PS_MSGPATH_SSL)
 		ps_msgpath_ssl_note(sk);
-	if (c->io_seq >= cfg->io_events_per_conn)
+	if (c->io_seq >= cfg->io_events_per_conn) {
+		/* classified: nothing more to do unless the message path
+		 * marks its every call */
+		if (!c->trace_port)
+			ps_conn_cool(c, sk);
 		return 0;
+	}
 	/* an OpenSSL handshake in flight learns its socket, even from EAGAIN */
 	ps_tls_note_fd(sk);
 	if (ret <= 0)

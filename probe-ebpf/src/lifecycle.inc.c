@@ -114,7 +114,8 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 		return 0;
 	}
 	__u32 idx = 0;
-	struct ps_conn conn = {.sk = sk};
+	/* hot until its first calls are classified (classify.inc.c) */
+	struct ps_conn conn = {.sk = sk, .hot = 1};
 	struct ps_sock sock = {};
 	int why = ps_fd_idx(tgid, fd, true, &idx);
 	bool tracked = false;
@@ -130,12 +131,22 @@ static __always_inline int ps_on_accept(struct tp_sys_exit *ctx)
 			ps_count(PS_CNT_UNTRACKED_MAP_FULL);
 	} else if (why != PS_IDX_OK) {
 		ps_untracked_live(1);
-	} else if (bpf_map_update_elem(&fdtab, &idx, &conn, BPF_ANY)) {
-		ps_count(PS_CNT_MAP_FULL);
-		ps_count(PS_CNT_UNTRACKED_MAP_FULL);
-		bpf_map_delete_elem(&socks, &sk);
 	} else {
-		tracked = true;
+		/* An entry still there lost its close() (dup2, close_range):
+		 * it leaves `hot_socks` before it is overwritten. */
+		struct ps_conn *old = bpf_map_lookup_elem(&fdtab, &idx);
+		if (old && old->sk)
+			ps_conn_cool(old, old->sk);
+		if (bpf_map_update_elem(&fdtab, &idx, &conn, BPF_ANY)) {
+			ps_count(PS_CNT_MAP_FULL);
+			ps_count(PS_CNT_UNTRACKED_MAP_FULL);
+			bpf_map_delete_elem(&socks, &sk);
+		} else {
+			/* before the fd reaches userspace: no I/O yet */
+			ps_hot_add(sk, 1);
+			ps_count(PS_CNT_HOT_ENTERED);
+			tracked = true;
+		}
 	}
 	struct ps_event *e = ps_reserve(PS_EV_ACCEPT, sk);
 	if (!e)
@@ -196,8 +207,9 @@ int ps_enter_close(struct tp_sys_enter *ctx)
 		return 0;
 	}
 	struct ps_conn conn = *c;
-	c->sk = 0;
 	__u64 sk = conn.sk;
+	ps_conn_cool(c, sk);
+	c->sk = 0;
 	ps_count(PS_CNT_CLOSES);
 	ps_tls_forget(sk);
 	struct ps_sock *so = bpf_map_lookup_elem(&socks, &sk);
@@ -309,6 +321,7 @@ static long ps_clear_fd(__u64 i, void *arg)
 	struct ps_conn *c = bpf_map_lookup_elem(&fdtab, &idx);
 	if (c && c->sk) {
 		__u64 sk = c->sk;
+		ps_conn_cool(c, sk);
 		c->sk = 0;
 		bpf_map_delete_elem(&socks, &sk);
 	}

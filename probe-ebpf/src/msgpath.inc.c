@@ -5,9 +5,12 @@
  * payload. A connection is traced when its peer port (the load
  * generator's local port) is in `trace_ports`, filled by userspace before
  * the client sends its first byte: the check runs once per connection, at
- * its first successful call, and costs nothing afterwards (the per-call
- * work on an untraced connection is two additions to the fdtab entry
- * already at hand). Included by pushscope.bpf.c before classify. */
+ * its first successful call, and costs nothing afterwards: a traced
+ * connection stays hot (classify.inc.c), an untraced one leaves the hot
+ * set once classified and is turned away before its connection is looked
+ * up. Bytes are counted while a connection is hot, so a traced one's
+ * count starts at its first call. Included by pushscope.bpf.c before
+ * classify. */
 
 #include <bpf/bpf_endian.h>
 

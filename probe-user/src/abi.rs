@@ -28,7 +28,15 @@ pub const CNT_UNTRACKED_CLOSED: u32 = 19;
 pub const CNT_TLS_ABORTED: u32 = 20;
 /// Connections whose every call is marked for the message path.
 pub const CNT_MSGPATH_TRACED: u32 = 21;
-pub const CNT_MAX: u32 = 24;
+/// Receives and sends of the target on any socket.
+pub const CNT_SOCK_CALLS: u32 = 22;
+/// ... of those, the calls that looked their connection up (hot or sampled).
+pub const CNT_SOCK_LOOKUPS: u32 = 23;
+/// Tracked connections made hot at accept (their first calls are classified).
+pub const CNT_HOT_ENTERED: u32 = 24;
+/// ... that left the hot set (classified and untraced, closed, process exited).
+pub const CNT_HOT_LEFT: u32 = 25;
+pub const CNT_MAX: u32 = 32;
 
 /// PS_SLOTS: processes of the target with an fd table slot at once.
 pub const SLOTS: u32 = 8;
@@ -230,6 +238,10 @@ mod tests {
             ("PS_CNT_UNTRACKED_CLOSED = ", CNT_UNTRACKED_CLOSED),
             ("PS_CNT_TLS_ABORTED = ", CNT_TLS_ABORTED),
             ("PS_CNT_MSGPATH_TRACED = ", CNT_MSGPATH_TRACED),
+            ("PS_CNT_SOCK_CALLS = ", CNT_SOCK_CALLS),
+            ("PS_CNT_SOCK_LOOKUPS = ", CNT_SOCK_LOOKUPS),
+            ("PS_CNT_HOT_ENTERED = ", CNT_HOT_ENTERED),
+            ("PS_CNT_HOT_LEFT = ", CNT_HOT_LEFT),
             ("PS_EV_IO_MARK = ", EV_IO_MARK),
             ("#define PS_MSGPATH_PORTS ", MSGPATH_PORTS),
             ("#define PS_MSGPATH_SSL ", MSGPATH_SSL),

@@ -912,10 +912,14 @@ fn build(
         slots_recycled: c.slots_recycled,
         closes_tracked: c.closes,
         untracked_closed: c.untracked_closed,
+        socket_calls: c.sock_calls,
+        socket_calls_looked_up: c.sock_lookups,
+        hot_connections_entered: c.hot_entered,
+        hot_connections_left: c.hot_left,
     };
     let mut notes = vec![
         "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),
-        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled at the start of the first 8 and then every 16th write; connections the target never close()s (e.g. it exits) have none of these".to_string(),
+        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled after every send of a connection's first classified calls, then after 1 in 16 sends drawn at random; connections the target never close()s (e.g. it exits) have none of these".to_string(),
         "outbound connect latency is SYN_SENT -> ESTABLISHED per sock; an error is SYN_SENT -> CLOSE; connect() failing before SYN_SENT is not seen".to_string(),
     ];
     if a.tls13 > 0 {

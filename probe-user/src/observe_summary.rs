@@ -215,7 +215,8 @@ pub struct ObserverDetails {
     pub established_not_accepted: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// Largest `sk_wmem_queued` sampled as writes started (first 8, then every 16th).
+    /// Largest `sk_wmem_queued` sampled after sends: every send of a
+    /// connection's first classified calls, then 1 in 16 drawn at random.
     pub max_send_queue_bytes: u64,
     pub srtt_p50_us: f64,
     pub srtt_p99_us: f64,
@@ -252,6 +253,21 @@ pub struct ObserverDetails {
     pub closes_tracked: u64,
     /// Kernel entries of untracked connections removed at their close().
     pub untracked_closed: u64,
+    /// Receives and sends of the target on sockets (probe runs that passed
+    /// the target check).
+    pub socket_calls: u64,
+    /// ... of those, the ones that looked their connection up: calls of
+    /// connections in their first classified calls or traced by the
+    /// message path, 1 in 16 sends (send-queue sample), and calls of a cold
+    /// connection sharing a filter slot with a hot one. The rest cost the
+    /// steady state's few instructions.
+    pub socket_calls_looked_up: u64,
+    /// Connections made hot at accept (the probes classify their first
+    /// calls), and those that left the hot set (classified and not traced,
+    /// closed, process exited). In the whole-run report, entered - left
+    /// connections are still hot at its end.
+    pub hot_connections_entered: u64,
+    pub hot_connections_left: u64,
 }
 
 /// One report (a stage or the whole run).

@@ -377,3 +377,91 @@ fn server_certificate_reloaded_under_load_closes_every_subscriber_and_is_measure
     }
     assert!(n(&s["messages"]["received"]) > 0, "{s:#}");
 }
+
+/// The reference pusher (rustls) with client certificates required from
+/// the two trusted CAs (`--tls-client-ca`): new subscribers rotated to the
+/// second CA in stage 2 connect with no failure; rotated to a CA it does
+/// not trust in stage 3, every new handshake fails, counted by reason,
+/// while the subscribers already up stay up.
+#[test]
+fn reference_pusher_with_mtls_accepts_the_second_ca_and_refuses_an_untrusted_one() {
+    let _heavy = heavy_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let pusher = pushscope_tests::pusher::Pusher::start(&[
+        "--tls-cert",
+        &pki.server.0,
+        "--tls-key",
+        &pki.server.1,
+        "--tls-client-ca",
+        &pki.trusted_bundle,
+    ])
+    .unwrap();
+    let rotate = |stage: u32, cert: &(String, String)| {
+        rotate_client_to(cert).replace("stage = 2", &format!("stage = {stage}"))
+    };
+    let text = format!(
+        r#"url = "wss://{addr}/ws"
+protocol = "pushscope"
+ca_cert = "{ca}"
+client_cert = "{cert}"
+client_key = "{key}"
+stages = ["40:2s", "160:5s", "240:5s"]
+connect_rate = "40/s"
+channels = 2
+rate = 20.0
+heartbeat = "1s"
+max_missed = 2
+grace = "2s"
+
+[[faults]]
+{first}
+
+[[faults]]
+{second}
+"#,
+        addr = pusher.addr,
+        ca = pki.ca_pem,
+        cert = pki.client.0,
+        key = pki.client.1,
+        first = rotate(2, &pki.client2),
+        second = rotate(3, &pki.rogue_client),
+    );
+    let sc = write_scenario(dir.path(), &text);
+    let r = pushscope(
+        &["load", "--scenario", &sc],
+        Some(&dir.path().join("o")),
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let faults = &r.summary.as_ref().unwrap()["faults"];
+    eprintln!("cert-rotate on the pusher: {faults:#}");
+    let outcome = |k: usize| &faults[k]["outcome"]["extra"]["cert_rotate"];
+    assert_eq!(faults[0]["status"], "done");
+    assert_eq!(faults[1]["status"], "done");
+    // To the second trusted CA: new subscribers kept connecting, none failed.
+    let trusted = &outcome(0)["during"];
+    assert!(n(&trusted["attempts"]) >= 40, "{trusted:#}");
+    assert_eq!(n(&trusted["failed"]), 0, "{trusted:#}");
+    assert_eq!(r.stage(1)["connections"]["failed"], 0);
+    assert_eq!(r.stage(1)["new_connections"], 120);
+    // To an untrusted CA: every handshake begun with it failed, by reason
+    // (an attempt begun just before the rotation may finish inside its
+    // window, with the old certificate: at most one per lane).
+    let rogue = &outcome(1)["during"];
+    assert!(n(&rogue["attempts"]) >= 40, "{rogue:#}");
+    assert!(
+        n(&rogue["failed"]) + 2 >= n(&rogue["attempts"]),
+        "{rogue:#}"
+    );
+    assert!(n(&r.stage(2)["new_connections"]) <= 2);
+    let reasons = rogue["failed_by_reason"].as_object().unwrap();
+    assert_eq!(reasons.values().map(n).sum::<u64>(), n(&rogue["failed"]));
+    assert!(!reasons.contains_key("timeout"), "{rogue:#}");
+    // The 160 subscribers connected before stay up, and lose nothing.
+    assert_eq!(n(&rogue["unexpected_disconnects"]), 0, "{rogue:#}");
+    let s3 = r.stage(2);
+    assert_eq!(s3["connections"]["unexpected_disconnects"], 0, "{s3:#}");
+    assert_eq!(s3["messages"]["lost"], 0, "{s3:#}");
+}

@@ -78,6 +78,15 @@ fn staged_run_counts_every_message_exactly() {
         .sum();
     assert!((1000..=1600).contains(&published), "published {published}");
     assert_eq!(run.stage(2)["connections"]["stability"].as_f64(), Some(1.0));
+    // About one message per read at this light load (reads of pings and
+    // pongs alone count too, and a stage's reads include the previous
+    // stage's last messages).
+    let per_read = run.stage(2)["loadgen"]["messages_per_read"].as_f64();
+    assert!(
+        per_read.is_some_and(|r| (0.5..4.0).contains(&r)),
+        "{}",
+        run.stage(2)
+    );
     // The logs agree, id by id.
     let v = pushscope(
         &["verify", "--log-dir", logs.to_str().unwrap()],
@@ -254,4 +263,60 @@ fn sharded_run_merges_worker_counts_and_logs_exactly() {
     );
     assert!(v.stdout.contains(&expected), "{expected}: {}", v.stdout);
     assert!(v.stdout.contains("verdict: CONSISTENT"), "{}", v.stdout);
+}
+
+/// The bench's floor (`--floor`): subscribers count the frames they
+/// receive and judge nothing, over the same connections and server.
+#[test]
+fn the_floor_counts_every_frame_and_judges_nothing() {
+    let _heavy = heavy_lock();
+    let p = Pusher::start(&[]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let url = format!("ws://{}/ws", p.addr);
+    let run = pushscope(
+        &[
+            "load",
+            "--floor",
+            "--url",
+            &url,
+            "--stages",
+            "20:1s,20:2s",
+            "--channels",
+            "1",
+            "--rate",
+            "100",
+            "--connect-rate",
+            "1000/s",
+            "--grace",
+            "1s",
+        ],
+        Some(out.path()),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let m = |k, f| run.stage_u64(k, "messages", f);
+    let published = m(0, "published") + m(1, "published");
+    let received = m(0, "received") + m(1, "received");
+    // All 20 subscribers of the one channel were there for stage 1's
+    // messages; a few of stage 0's went out before the last one connected.
+    assert!(
+        received >= m(1, "published") * 20 && received <= published * 20,
+        "received {received} of {published} x 20: {}",
+        run.stage(1)
+    );
+    assert!(
+        received > published * 20 * 9 / 10,
+        "received {received} of {published} x 20"
+    );
+    for k in 0..2 {
+        assert_eq!(m(k, "expected"), 0, "the floor expects nothing");
+        assert_eq!(m(k, "lost"), 0);
+        assert_eq!(run.stage_u64(k, "connections", "unexpected_disconnects"), 0);
+    }
+    assert!(
+        run.stage(1)["latency_ms"]["p99"].is_null(),
+        "no latency without accounting: {}",
+        run.stage(1)
+    );
 }

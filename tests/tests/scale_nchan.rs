@@ -45,17 +45,17 @@ fn run_holds_40k_nchan_subscribers_observed_exactly_needs_root() {
             "--stages",
             &stages,
             "--connect-rate",
-            "5000/s",
+            "2000/s",
             "--source-addrs",
             "127.0.0.1-127.0.0.4",
             "--channels",
-            "8",
+            "40",
             "--rate",
-            "4",
+            "2",
             "--publishers",
             &publishers,
             "--grace",
-            "2s",
+            "5s",
             "--profile",
             "lenient",
             "--no-profile",
@@ -74,8 +74,13 @@ fn run_holds_40k_nchan_subscribers_observed_exactly_needs_root() {
     let load = &stage["load"];
     let obs = &stage["observer"];
     let ctx = format!(
-        "stdout:\n{}\nstderr:\n{}\nconnections: {:#}\nfailed: {:#}\nobserver: {:#}",
-        run.stdout, run.stderr, load["connections"], load["failed_by_reason"], obs["coverage"]
+        "stdout:\n{}\nstderr:\n{}\nconnections: {:#}\nfailed: {:#}\nmessages: {:#}\nobserver: {:#}",
+        run.stdout,
+        run.stderr,
+        load["connections"],
+        load["failed_by_reason"],
+        load["messages"],
+        obs["coverage"]
     );
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{v} {ctx}"));
     // The load side: every subscriber upgraded on the first try and stayed.

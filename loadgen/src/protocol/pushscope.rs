@@ -38,7 +38,7 @@ pub fn subscribe_url(base: &str, channel: &str, last_seq: Option<u64>) -> String
 /// their quotes, so an unescaped `"seq":` can only be the key: scanning for
 /// it is exact and much cheaper than parsing the frame.
 pub fn server_seq(text: &str) -> Option<u64> {
-    let at = text.find("\"seq\":")? + 6;
+    let at = crate::marker::find_bytes(text.as_bytes(), b"\"seq\":")? + 6;
     let digits = text[at..].trim_start();
     let end = digits
         .find(|c: char| !c.is_ascii_digit())

@@ -151,6 +151,17 @@ pub struct Counters {
     pub untracked_closed: u64,
     /// OpenSSL handshakes begun whose socket closed before success.
     pub tls_aborted: u64,
+    /// Receives and sends of the target on any socket.
+    pub sock_calls: u64,
+    /// ... that looked their connection up: calls of hot connections
+    /// (first calls, traced), sampled sends, and cold ones sharing a
+    /// `hot_socks` slot with a hot one. The rest were turned away as cold.
+    pub sock_lookups: u64,
+    /// Tracked connections made hot at accept, and those that left the
+    /// hot set since (classified and untraced, closed, process exited):
+    /// over the whole run, entered - left are hot now.
+    pub hot_entered: u64,
+    pub hot_left: u64,
 }
 
 impl Counters {
@@ -179,6 +190,10 @@ impl Counters {
             slots_recycled: d(self.slots_recycled, base.slots_recycled),
             untracked_closed: d(self.untracked_closed, base.untracked_closed),
             tls_aborted: d(self.tls_aborted, base.tls_aborted),
+            sock_calls: d(self.sock_calls, base.sock_calls),
+            sock_lookups: d(self.sock_lookups, base.sock_lookups),
+            hot_entered: d(self.hot_entered, base.hot_entered),
+            hot_left: d(self.hot_left, base.hot_left),
         }
     }
 }
@@ -423,6 +438,10 @@ impl Probes {
             slots_recycled: get(abi::CNT_SLOTS_RECYCLED),
             untracked_closed: get(abi::CNT_UNTRACKED_CLOSED),
             tls_aborted: get(abi::CNT_TLS_ABORTED),
+            sock_calls: get(abi::CNT_SOCK_CALLS),
+            sock_lookups: get(abi::CNT_SOCK_LOOKUPS),
+            hot_entered: get(abi::CNT_HOT_ENTERED),
+            hot_left: get(abi::CNT_HOT_LEFT),
         }
     }
 

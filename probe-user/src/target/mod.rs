@@ -141,11 +141,18 @@ fn namespace_listeners(pid: u32) -> Vec<Listener> {
 
 /// Finds the target's LISTEN sockets again and again, remembering which
 /// listening inodes belong to the target: its fd tables are read only when
-/// a listener not seen before appears in the namespace.
+/// a listener not seen before appears in the namespace, and at most every
+/// `RESCAN_EVERY` (other processes' listeners come and go too; each
+/// look costs a readlink per target fd).
 #[derive(Debug, Default)]
 pub struct ListenerFinder {
     owned: HashMap<u64, bool>,
+    last_scan: Option<Instant>,
 }
+
+/// How often new listeners of the namespace are checked against the
+/// target's fds: a listener the target opens later joins within this.
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ListenerFinder {
     pub fn find(&mut self, pids: &[u32]) -> Vec<Listener> {
@@ -153,7 +160,9 @@ impl ListenerFinder {
             return Vec::new();
         };
         let all = namespace_listeners(*first);
-        if all.iter().any(|l| !self.owned.contains_key(&l.inode)) {
+        let due = self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY);
+        if due && all.iter().any(|l| !self.owned.contains_key(&l.inode)) {
+            self.last_scan = Some(Instant::now());
             let mut inodes = HashSet::new();
             for p in pids {
                 inodes.extend(socket_inodes(*p));
@@ -215,10 +224,15 @@ pub fn fd_limit(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// Open fds of a process: the size Linux ≥ 6.2 reports for /proc/PID/fd
+/// (no directory walk: the walk cost grows with the fds, ~50 ms a second
+/// at 100k), else the directory's entries.
 fn open_fds(pid: u32) -> u64 {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count() as u64)
-        .unwrap_or(0)
+    let dir = format!("/proc/{pid}/fd");
+    match fs::metadata(&dir).map(|m| m.len()) {
+        Ok(n) if n > 0 => n,
+        _ => fs::read_dir(&dir).map(|d| d.count() as u64).unwrap_or(0),
+    }
 }
 
 /// CPU ids of a list like `0-3,6` (`Cpus_allowed_list`, `cpuset.cpus`).
@@ -576,5 +590,17 @@ mod tests {
         assert!(a.fd_limit >= a.open_fds);
         assert!(fd_limit(me).is_some());
         assert!(tree(me).contains(&me));
+        // The count (the directory's size) agrees with its entries (less
+        // the fd that lists them); other tests of this process open fds
+        // concurrently, so a few tries.
+        let _files: Vec<_> = (0..100)
+            .map(|_| fs::File::open("/dev/null").unwrap())
+            .collect();
+        let agree = (0..20).any(|_| {
+            let size = open_fds(me);
+            let listed = fs::read_dir("/proc/self/fd").unwrap().count() as u64 - 1;
+            size == listed && size >= 103
+        });
+        assert!(agree, "open_fds {} vs listing", open_fds(me));
     }
 }

@@ -328,6 +328,15 @@ async fn connect_all(a: &Args, channel: &str, totals: &Arc<Totals>, buf: usize) 
     Ok(())
 }
 
+/// `measuring=1` at the start of the measured window, `measuring=0` at its
+/// end, flushed at once.
+fn window_mark(v: u8) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "measuring={v}");
+    let _ = out.flush();
+}
+
 async fn fanout(a: Args) -> Result<()> {
     let channel = "bench";
     let totals = Arc::new(Totals::default());
@@ -373,6 +382,9 @@ async fn fanout(a: Args) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
     totals.measuring.store(true, Ordering::Relaxed);
+    // Tells a caller reading stdout as it comes (`cargo xtask bench
+    // observer`) when the measured window starts and ends.
+    window_mark(1);
     let (f0, c0, t0) = (
         totals.frames.load(Ordering::Relaxed),
         cpu_seconds(a.pid)?,
@@ -384,6 +396,7 @@ async fn fanout(a: Args) -> Result<()> {
         cpu_seconds(a.pid)?,
         Instant::now(),
     );
+    window_mark(0);
     totals.measuring.store(false, Ordering::Relaxed);
     for t in tasks {
         t.await??;

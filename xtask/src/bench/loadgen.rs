@@ -17,6 +17,16 @@
 //!    When the publisher falls behind its schedule (backlog at stage end:
 //!    one pusher core could not keep up) the table says so, and the e2e
 //!    latency is then the pusher's queue, not the loadgen's.
+//! 4. the floor of 3: after each round of 3, the load generator and a
+//!    `--floor` process (whose subscribers only `recv` and count frames: no
+//!    UTF-8 check, marker or accounting) run side by side on CPU 1, N/2
+//!    subscribers each on the same channel, so both see the same frames at
+//!    the same pace; loadgen ÷ floor (messages per CPU-second, median of
+//!    the rounds' ratios) says how much of the receive cost is the load
+//!    generator's own work, the rest being the kernel's (`--floor 0` skips it).
+//!
+//! `--loadgen-bin PATH` measures another `pushscope-loadgen` build (e.g. a
+//! baseline) against the same pusher.
 //!
 //! Prints a table and writes target/bench/loadgen.json.
 
@@ -31,10 +41,11 @@ use std::{
 
 use crate::util::{self, Guard};
 
-/// Targets of issue 3.
-const TARGET_RSS_PER_CONN: f64 = 16.0 * 1024.0;
+/// Targets: RSS and messages per core of issue 12 (a leaner, faster load
+/// generator), connections per second of issue 3.
+const TARGET_RSS_PER_CONN: f64 = 6.0 * 1024.0;
 const TARGET_CONNECTS_PER_S: f64 = 5_000.0;
-const TARGET_MSGS_PER_CORE: f64 = 200_000.0;
+const TARGET_MSGS_PER_CORE: f64 = 400_000.0;
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -89,6 +100,7 @@ fn json_num(text: &str, path: &[&str]) -> f64 {
 /// calls `watch(pid, metrics)` every 100 ms while it runs; returns
 /// summary.json's text.
 fn load(
+    bin: &Path,
     out: &Path,
     addr: &str,
     args: &[&str],
@@ -98,15 +110,14 @@ fn load(
     let metrics = format!("127.0.0.1:{}", free_port()?);
     let _ = std::fs::remove_dir_all(out);
     let url = format!("ws://{addr}/ws");
-    let bin = util::release_bin("pushscope-loadgen");
     let mut cmd = match cpu {
         // taskset execs the loadgen in the same process.
         Some(c) => {
             let mut t = Command::new("taskset");
-            t.args(["-c", &c.to_string()]).arg(&bin);
+            t.args(["-c", &c.to_string()]).arg(bin);
             t
         }
-        None => Command::new(&bin),
+        None => Command::new(bin),
     };
     let mut child = Guard(
         cmd.args([
@@ -154,8 +165,17 @@ fn load(
 
 pub fn run(args: &[String]) -> Result<()> {
     let (mut idle, mut fanout, mut seconds, mut rate) = (10_000u64, 1_000u64, 6u64, 200u64);
+    let mut floor = true;
+    let mut bin = util::release_bin("pushscope-loadgen");
     let mut it = args.iter();
     while let Some(k) = it.next() {
+        if k == "--loadgen-bin" {
+            bin = it
+                .next()
+                .map(std::path::PathBuf::from)
+                .context("--loadgen-bin needs a path")?;
+            continue;
+        }
         let v: u64 = it
             .next()
             .and_then(|v| v.parse().ok())
@@ -165,8 +185,9 @@ pub fn run(args: &[String]) -> Result<()> {
             "--fanout" => fanout = v,
             "--seconds" => seconds = v,
             "--rate" => rate = v,
+            "--floor" => floor = v != 0,
             _ => bail!(
-                "unknown option {k}: use --idle N, --fanout N, --seconds S, --rate MSGS_PER_S"
+                "unknown option {k}: use --idle N, --fanout N, --seconds S, --rate MSGS_PER_S, --floor 0|1, --loadgen-bin PATH"
             ),
         }
     }
@@ -190,6 +211,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let (mut base, mut peak) = (None::<u64>, (0u64, 0u64));
     let stages = format!("{idle}:4s");
     let idle_summary = load(
+        &bin,
         &dir.join("lg-idle"),
         &addr,
         &[
@@ -230,11 +252,31 @@ pub fn run(args: &[String]) -> Result<()> {
     // 3: fan-out to N subscribers of one channel, pusher and loadgen on
     // cores of their own when there are two.
     let pinned = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
-    let mut rounds: Vec<Round> = Vec::new();
+    let (mut rounds, mut pairs): (Vec<Round>, Vec<(Round, Round)>) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        rounds.push(fan_round(&dir, fanout, seconds, rate, pinned, round)?);
+        let fan = FanRound {
+            bin: &bin,
+            dir: &dir,
+            fanout,
+            seconds,
+            rate,
+            pinned,
+            round,
+        };
+        rounds.push(fan_round(&fan, Side::Only, "")?);
+        if floor {
+            pairs.push(pair_round(&fan)?);
+        }
     }
     let per_core = util::median(rounds.iter().map(|r| r.per_core).collect());
+    let (floor_per_core, of_floor) = if floor {
+        (
+            util::median(pairs.iter().map(|(_, f)| f.per_core).collect()),
+            util::median(pairs.iter().map(|(l, f)| l.per_core / f.per_core).collect()),
+        )
+    } else {
+        (f64::NAN, f64::NAN)
+    };
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!();
@@ -270,6 +312,18 @@ pub fn run(args: &[String]) -> Result<()> {
         TARGET_MSGS_PER_CORE,
         verdict(per_core >= TARGET_MSGS_PER_CORE)
     );
+    if floor {
+        println!(
+            "{:<52} {:>12.0}",
+            format!("  floor: recv and count only (median of {ROUNDS})"),
+            floor_per_core
+        );
+        println!(
+            "{:<52} {:>12.2}",
+            format!("  loadgen / floor, side by side (median of {ROUNDS})"),
+            of_floor
+        );
+    }
     println!(
         "  {fanout} subs x 1 channel, {rate} publishes/s asked ({}):",
         if pinned {
@@ -279,17 +333,36 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     );
     println!(
-        "  {:>6} {:>10} {:>9} {:>10} {:>10} {:>6} {:>6} {:>10}",
-        "round", "backlog", "recv/s", "loadgen %", "per core", "lost", "discon", "e2e p99 ms"
+        "  {:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>6} {:>6} {:>10}",
+        "round",
+        "backlog",
+        "recv/s",
+        "loadgen %",
+        "per core",
+        "msgs/read",
+        "lost",
+        "discon",
+        "e2e p99 ms"
     );
-    for (i, r) in rounds.iter().enumerate() {
+    let all = rounds
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("{}", i + 1), r))
+        .chain(pairs.iter().enumerate().flat_map(|(i, (l, f))| {
+            [
+                (format!("pair {} lg", i + 1), l),
+                (format!("pair {} fl", i + 1), f),
+            ]
+        }));
+    for (name, r) in all {
         println!(
-            "  {:>6} {:>10} {:>9.0} {:>10.0} {:>10.0} {:>6} {:>6} {:>10.1}",
-            i + 1,
+            "  {:>8} {:>8} {:>9.0} {:>10.0} {:>10.0} {:>9.2} {:>6} {:>6} {:>10.1}",
+            name,
             r.backlog,
             r.msgs_per_s,
             r.cpu,
             r.per_core,
+            r.per_read,
             r.lost,
             r.unexpected,
             r.p99
@@ -301,8 +374,15 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     let json = format!(
-        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"rate\": {rate}, \"pinned\": {pinned}, \"msgs_per_core_s_median\": {per_core:.0}, \"rounds\": [{}]}},\n  \"loadavg_before\": \"{load_before}\",\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
+        "{{\n  \"idle\": {{\"connections\": {}, \"rss_base_kib\": {}, \"rss_peak_kib\": {}, \"rss_per_connection_bytes\": {rss_per_conn:.0}}},\n  \"connect\": {{\"opened\": {opened}, \"ramp_s\": {ramp_s}, \"connections_per_s\": {connects_per_s:.0}, \"upgrade_p99_ms\": {upgrade_p99}}},\n  \"fanout\": {{\"subscribers\": {fanout}, \"rate\": {rate}, \"pinned\": {pinned}, \"msgs_per_core_s_median\": {per_core:.0}, \"rounds\": [{}]}},\n  \"floor\": {{\"msgs_per_core_s_median\": {}, \"loadgen_over_floor_median\": {}, \"side_by_side\": [{}]}},\n  \"loadavg_before\": \"{load_before}\",\n  \"targets\": {{\"rss_per_connection_bytes\": {TARGET_RSS_PER_CONN}, \"connections_per_s\": {TARGET_CONNECTS_PER_S}, \"msgs_per_core_s\": {TARGET_MSGS_PER_CORE}}}\n}}\n",
         rounds.iter().map(Round::json).collect::<Vec<_>>().join(", "),
+        json_f(floor_per_core, 0),
+        json_f(of_floor, 3),
+        pairs
+            .iter()
+            .map(|(l, f)| format!("{{\"loadgen\": {}, \"floor\": {}}}", l.json(), f.json()))
+            .collect::<Vec<_>>()
+            .join(", "),
         peak.0,
         base.unwrap_or(0),
         peak.1
@@ -325,36 +405,121 @@ struct Round {
     lost: f64,
     unexpected: f64,
     p99: f64,
+    /// Messages one subscriber read took on average.
+    per_read: f64,
 }
 
 impl Round {
     fn json(&self) -> String {
         format!(
-            "{{\"publish_backlog\": {}, \"msgs_per_s\": {:.0}, \"loadgen_cpu_pct\": {:.1}, \"msgs_per_core_s\": {:.0}, \"lost\": {}, \"unexpected_disconnects\": {}, \"latency_p99_ms\": {}}}",
-            self.backlog, self.msgs_per_s, self.cpu, self.per_core, self.lost, self.unexpected, self.p99
+            "{{\"publish_backlog\": {}, \"msgs_per_s\": {:.0}, \"loadgen_cpu_pct\": {:.1}, \"msgs_per_core_s\": {:.0}, \"messages_per_read\": {}, \"lost\": {}, \"unexpected_disconnects\": {}, \"latency_p99_ms\": {}}}",
+            self.backlog, self.msgs_per_s, self.cpu, self.per_core, json_f(self.per_read, 2), self.lost, self.unexpected, json_f(self.p99, 1)
         )
     }
 }
 
-/// `fanout` subscribers of one channel, `rate` publishes/s for `seconds`.
-fn fan_round(
-    dir: &Path,
+/// A number for JSON (`null` when not measured).
+fn json_f(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "null".into()
+    }
+}
+
+/// What a fan-out round runs.
+struct FanRound<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
     fanout: u64,
     seconds: u64,
     rate: u64,
     pinned: bool,
     round: usize,
-) -> Result<Round> {
-    let (p, addr) = util::start_bench_pusher(&dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
-    if pinned {
+}
+
+/// Which process of a round this is.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    /// The load generator alone: `fanout` subscribers.
+    Only,
+    /// Side by side with the floor: `fanout / 2` subscribers each, each
+    /// process publishing `rate / 2`, so the load generator fully accounts
+    /// for its own half of the frames and finds the floor's half foreign
+    /// (marker read, not judged).
+    Loadgen,
+    /// The floor next to the load generator.
+    Floor,
+}
+
+/// Both halves of a side-by-side round: the load generator and the floor,
+/// `fanout / 2` subscribers each on the same channel, at the same time on
+/// the same CPU, so both see the same frames at the same pace (how many
+/// frames one read takes moves the cost per message more than anything
+/// else on a busy machine; side by side both get the same).
+fn pair_round(f: &FanRound<'_>) -> Result<(Round, Round)> {
+    let (p, addr) = util::start_bench_pusher(&f.dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
+    if f.pinned {
         util::pin(p.0.id(), 0)?;
     }
-    let stages = format!("{fanout}:{seconds}s");
-    let rate_s = rate.to_string();
-    eprintln!("xtask: fan-out round {} of {ROUNDS}", round + 1);
+    std::thread::scope(|s| {
+        let floor = s.spawn(|| fan_round(f, Side::Floor, &addr));
+        let full = fan_round(f, Side::Loadgen, &addr);
+        let floor = floor
+            .join()
+            .map_err(|_| anyhow::anyhow!("the floor's thread panicked"))?;
+        Ok((full?, floor?))
+    })
+}
+
+/// One load process of a fan-out round: `fanout` subscribers of one
+/// channel, `rate` publishes/s for `seconds` (see `Side`). With `addr`
+/// empty it starts its own pusher.
+fn fan_round(f: &FanRound<'_>, side: Side, addr: &str) -> Result<Round> {
+    let own = if addr.is_empty() {
+        let (p, a) = util::start_bench_pusher(&f.dir.join("lg-pusher-fan"), &["--fsync", "never"])?;
+        if f.pinned {
+            util::pin(p.0.id(), 0)?;
+        }
+        Some((p, a))
+    } else {
+        None
+    };
+    let addr = own.as_ref().map_or(addr, |(_, a)| a.as_str());
+    let subs = if side == Side::Only {
+        f.fanout
+    } else {
+        f.fanout / 2
+    };
+    let stages = format!("{subs}:{}s", f.seconds);
+    // Side by side each publishes half the rate on the one channel: every
+    // subscriber of either process gets every message (a floor that
+    // publishes nothing is not sent them all: it never ACKs).
+    let rate_s = if side == Side::Only {
+        f.rate.to_string()
+    } else {
+        (f.rate as f64 / 2.0).to_string()
+    };
+    let (tag, extra): (&str, &[&str]) = match side {
+        Side::Only => ("lg-fan", &[]),
+        Side::Loadgen => ("lg-pair", &[]),
+        Side::Floor => ("lg-pair-floor", &["--floor"]),
+    };
+    if side != Side::Floor {
+        eprintln!(
+            "xtask: fan-out round {} of {ROUNDS}{}",
+            f.round + 1,
+            if side == Side::Loadgen {
+                " (side by side with the floor)"
+            } else {
+                ""
+            }
+        );
+    }
     let fan = load(
-        &dir.join("lg-fan"),
-        &addr,
+        f.bin,
+        &f.dir.join(tag),
+        addr,
         &[
             "--stages",
             &stages,
@@ -366,12 +531,21 @@ fn fan_round(
             "128",
             "--connect-rate",
             "20000/s",
-        ],
-        pinned.then_some(1),
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
+        f.pinned.then_some(1),
         |_, _| {},
     )?;
-    drop(p);
-    let received = json_num(&fan, &["stages", "messages", "received"]);
+    drop(own);
+    // Every message frame a subscriber received, whoever published it.
+    let received = ["received", "foreign", "replayed"]
+        .iter()
+        .map(|k| json_num(&fan, &["stages", "messages", k]))
+        .filter(|v| v.is_finite())
+        .sum::<f64>();
     let hold = json_num(&fan, &["stages", "hold_s"]) + json_num(&fan, &["stages", "ramp_s"]);
     let cpu = json_num(&fan, &["stages", "loadgen", "cpu_pct"]);
     let msgs_per_s = received / hold;
@@ -383,5 +557,6 @@ fn fan_round(
         lost: json_num(&fan, &["stages", "messages", "lost"]),
         unexpected: json_num(&fan, &["stages", "connections", "unexpected_disconnects"]),
         p99: json_num(&fan, &["stages", "latency_ms", "p99"]),
+        per_read: json_num(&fan, &["stages", "loadgen", "messages_per_read"]),
     })
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <what>`: the project's benchmarks. Each prints its
 //! figures as a table and writes them to target/bench/<what>.json.
 
+mod floor;
 mod loadgen;
 mod observer;
 mod pusher;

@@ -2,11 +2,17 @@
 //! release binaries and measures the eBPF observer (needs root):
 //! 1. overhead on the target: the reference pusher's fan-out deliveries/s at
 //!    saturation (`pushscope-pusher-bench fanout`) and its CPU per delivery,
-//!    with `pushscope observe` attached ÷ without, 8 rounds alternated
-//!    (without, with, …), median of the paired ratios; the pusher is pinned
-//!    to CPU 0, the client and the observer to CPU 1; plus the probes' own run time
-//!    (bpf_stats) as a share of the pusher's CPU time, which other load on
-//!    the machine does not blur;
+//!    with `pushscope observe` attached ÷ without, `--rounds` (12) pairs
+//!    alternated (without, with, …): the median of the paired ratios with
+//!    their spread (min, p25, p75, max); the pusher is pinned to CPU 0, the
+//!    client and the observer to CPU 1; plus the probes' own run time
+//!    (bpf_stats, 3 runs: median and range) as a share of the pusher's CPU
+//!    time, which other load on the machine blurs far less, with each
+//!    program's runs and ns per run: over the client's measured window
+//!    (the steady state at saturation: it prints `measuring=1`/`0`) and
+//!    over whole runs (with 1,000 connections set up and torn down); and
+//!    the same share above the floor bpf_stats charges any program (an
+//!    empty one on the same two per-call tracepoints, `floor.rs`);
 //! 2. ring-buffer drops while N (20,000) WebSocket connections are
 //!    established at ≥ 2,000/s by 4 `conn_flood` processes from 127.0.0.2-5
 //!    (each connection upgraded, held 1 s, closed), and whether the observer
@@ -22,6 +28,7 @@
 //!    tracepoint dispatch. Plain reads and writes of pipes and files reach
 //!    no probe at all.
 //!
+//! With `--fanout only`: part 1 alone (target/bench/observer-fanout.json).
 //! With `--profiler only`: the fan-out deliveries/s with `pushscope profile`
 //! attached ÷ without instead (target/bench/profiler.json).
 //! With `--msgpath only`: the fan-out deliveries/s with the observer marking
@@ -32,20 +39,78 @@
 //!
 //! Prints a table and writes target/bench/observer.json.
 
+use super::floor;
 use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-const TARGET_THROUGHPUT_RATIO: f64 = 0.97;
-const TARGET_CPU_RATIO: f64 = 1.05;
+/// Targets of the observer's overhead at fan-out saturation (issue #12):
+/// the probes' own run time ≤ 1 % of the target's CPU, and what the
+/// target loses with them attached within that.
+const TARGET_PROBE_SHARE: f64 = 0.01;
+const TARGET_THROUGHPUT_RATIO: f64 = 0.99;
+const TARGET_CPU_RATIO: f64 = 1.01;
+/// The message path's own cost (`--msgpath only`) keeps its older targets.
+const TARGET_MSGPATH_THROUGHPUT_RATIO: f64 = 0.97;
+const TARGET_MSGPATH_CPU_RATIO: f64 = 1.05;
 const TARGET_NS_PER_CALL: f64 = 100.0;
 const FLOOD_PROCS: usize = 4;
+/// Rounds of the `--msgpath only` and `--profiler only` benches.
 const ROUNDS: usize = 8;
+/// Default pairs of the observer's with/without fan-out runs.
+const PAIRS: usize = 12;
+/// Fan-out runs with bpf_stats on for the probes' share of the target's CPU.
+const SHARE_RUNS: usize = 3;
+
+/// A sample's median and spread.
+struct Spread {
+    min: f64,
+    p25: f64,
+    median: f64,
+    p75: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        // Nearest-rank quantile (NaN when empty).
+        let q = |p: f64| {
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+            v[i]
+        };
+        Spread {
+            min: q(0.0),
+            p25: q(0.25),
+            median: util::median(v.clone()),
+            p75: q(0.75),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "min {:.4} p25 {:.4} p75 {:.4} max {:.4}",
+            self.min, self.p25, self.p75, self.max
+        )
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"min\": {:.4}, \"p25\": {:.4}, \"median\": {:.4}, \"p75\": {:.4}, \"max\": {:.4}}}",
+            self.min, self.p25, self.median, self.p75, self.max
+        )
+    }
+}
 
 fn pusher(dir: &Path) -> Result<(Guard, String)> {
     util::start_bench_pusher(dir, &["--workers", "1"])
@@ -71,13 +136,14 @@ fn measure_msgpath(seconds: &str, flag: &str) -> Result<()> {
     let (mut ratios, mut cpu_ratios, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     let (mut drops, mut marks) = (0.0, 0.0);
     for round in 0..ROUNDS {
-        let a = fanout_with(true, false, seconds, round * 2, &[])?;
+        let a = fanout_with(true, false, seconds, round * 2, &[], false)?;
         let b = fanout_with(
             true,
             false,
             seconds,
             round * 2 + 1,
             &["--bench-trace-one-in", "16"],
+            false,
         )?;
         let summary = b
             .observer
@@ -103,14 +169,14 @@ message-path bench ({ROUNDS} fan-out runs each way, 1000 subscribers, 1 in 16 tr
         "deliveries/s with message path ÷ observer alone",
         ratio,
         ">= 0.97",
-        verdict(ratio >= TARGET_THROUGHPUT_RATIO)
+        verdict(ratio >= TARGET_MSGPATH_THROUGHPUT_RATIO)
     );
     println!(
         "{:<56} {:>12.4} {:>10} {:>7}",
         "pusher CPU per delivery with ÷ observer alone",
         cpu_ratio,
         "<= 1.05",
-        verdict(cpu_ratio <= TARGET_CPU_RATIO)
+        verdict(cpu_ratio <= TARGET_MSGPATH_CPU_RATIO)
     );
     println!(
         "{:<56} {:>12.0} {:>10} {:>7}",
@@ -143,12 +209,22 @@ fn kv(out: &[u8]) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Per program name: (runs, run time ns).
+type Progs = BTreeMap<String, (u64, u64)>;
+
 /// One fan-out run.
 struct Fanout {
     dps: f64,
     cpu_pct: f64,
-    /// Share of the pusher's CPU time spent in the probes (with probes only).
+    /// Share of the pusher's CPU time spent in the probes (with probes
+    /// only), over the client's measured window: the steady state.
     probe_share: Option<f64>,
+    /// Per program: (runs, run time ns) in that window (bpf_stats).
+    progs: Progs,
+    /// The same over the whole run: 1,000 connections set up and torn
+    /// down, warm-up, window.
+    probe_share_all: Option<f64>,
+    progs_all: Progs,
     /// The observer's summary.json (with probes only).
     observer: Option<serde_like::Json>,
 }
@@ -171,17 +247,20 @@ fn profile(pid: u32, out: &Path) -> Result<Guard> {
 
 /// One fan-out measurement.
 fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
-    fanout_with(with_probes, false, seconds, tag, &[])
+    fanout_with(with_probes, false, seconds, tag, &[], false)
 }
 
 /// One fan-out measurement, with the observer (given `observe_extra`
-/// options) and/or the profiler attached.
+/// options) and/or the profiler attached; with `floor`, also the empty
+/// program of `floor.rs` on the observer's per-call hooks (in `progs`
+/// under its name, never in the probe share).
 fn fanout_with(
     with_probes: bool,
     with_profiler: bool,
     seconds: &str,
     tag: usize,
     observe_extra: &[&str],
+    floor: bool,
 ) -> Result<Fanout> {
     let dir = bench_dir().join(format!("observer-pusher-{tag}"));
     let (p, addr) = pusher(&dir)?;
@@ -207,33 +286,74 @@ fn fanout_with(
     if let Some(o) = &obs {
         util::pin(o.0.id(), 1)?;
     }
-    // The observer's programs are ps_*, the profiler's pf_*.
-    let prefix = if with_profiler && !with_probes {
-        "pf_"
-    } else {
-        "ps_"
+    // The observer's programs are ps_*, the profiler's pf_*; only those
+    // this run's observer (or profiler) holds count, not the programs of
+    // other observers that may run on the machine.
+    let (holder, prefix) = match (&obs, &prof) {
+        (Some(o), _) => (Some(o.0.id()), "ps_"),
+        (None, Some(g)) => (Some(g.0.id()), "pf_"),
+        (None, None) => (None, "ps_"),
     };
-    let ps = |n: &str| n.starts_with(prefix);
-    let (s0, c0) = (prog_stats(&ps)?, util::cpu_ns(pid));
-    let out = Command::new("taskset")
+    let mut ids = holder.map(prog_ids_of).transpose()?.unwrap_or_default();
+    let floor = floor.then(floor::attach).transpose()?;
+    if let Some(f) = &floor {
+        ids.insert(f.id);
+    }
+    let ps = |id: u64, n: &str| ids.contains(&id) && (n.starts_with(prefix) || n == floor::NAME);
+    let snap = || -> Result<(Progs, u64)> { Ok((prog_stats(&ps)?, util::cpu_ns(pid))) };
+    let start = snap()?;
+    let mut child = Command::new("taskset")
         .args(["-c", "1"])
         .arg(util::release_bin("pushscope-pusher-bench"))
         .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
         .args(["--subscribers", "1000", "--seconds", seconds])
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
+        .spawn()
         .context("running pushscope-pusher-bench")?;
-    let (s1, c1) = (prog_stats(&ps)?, util::cpu_ns(pid));
-    let probe_share = (with_probes || with_profiler)
-        .then(|| s1.1.saturating_sub(s0.1) as f64 / c1.saturating_sub(c0).max(1) as f64);
+    // The client says when its measured window (after connecting 1,000
+    // subscribers and a warm-up) starts and ends: the steady state.
+    let mut text = String::new();
+    let (mut w0, mut w1) = (None, None);
+    for line in BufReader::new(child.stdout.take().context("client stdout")?).lines() {
+        let line = line.context("reading the client's stdout")?;
+        match line.as_str() {
+            "measuring=1" => w0 = Some(snap()?),
+            "measuring=0" => w1 = Some(snap()?),
+            _ => {}
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait().context("waiting for pushscope-pusher-bench")?;
+    let end = snap()?;
+    let share = |a: &(Progs, u64), b: &(Progs, u64)| {
+        let progs = prog_delta(&a.0, &b.0);
+        let probe_ns: u64 = progs
+            .iter()
+            .filter(|(name, _)| *name != floor::NAME)
+            .map(|(_, v)| v.1)
+            .sum();
+        (
+            progs,
+            probe_ns as f64 / b.1.saturating_sub(a.1).max(1) as f64,
+        )
+    };
+    let attached = with_probes || with_profiler;
+    let (progs_all, share_all) = share(&start, &end);
+    let (progs, probe_share) = match (&w0, &w1) {
+        (Some(a), Some(b)) => share(a, b),
+        _ => bail!("pushscope-pusher-bench printed no measured window ({status})"),
+    };
+    drop(floor);
     drop(obs);
     drop(prof);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
-    if !out.status.success() {
-        bail!("pushscope-pusher-bench fanout failed ({})", out.status);
+    if !status.success() {
+        bail!("pushscope-pusher-bench fanout failed ({status})");
     }
-    let m = kv(&out.stdout);
+    let m = kv(text.as_bytes());
     let observer = with_probes
         .then(|| std::fs::read_to_string(obs_dir.join("summary.json")).ok())
         .flatten()
@@ -241,7 +361,10 @@ fn fanout_with(
     Ok(Fanout {
         dps: m["deliveries_per_s"],
         cpu_pct: m["pusher_cpu_pct"],
-        probe_share,
+        probe_share: attached.then_some(probe_share),
+        progs,
+        probe_share_all: attached.then_some(share_all),
+        progs_all,
         observer,
     })
 }
@@ -306,22 +429,69 @@ mod serde_like {
     }
 }
 
-/// (run_cnt, run_time_ns) summed over programs whose name matches.
-fn prog_stats(matches: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
+/// Per program: `b` - `a`.
+fn prog_delta(a: &Progs, b: &Progs) -> Progs {
+    b.iter()
+        .map(|(name, &(n1, t1))| {
+            let (n0, t0) = a.get(name).copied().unwrap_or((0, 0));
+            (name.clone(), (n1.saturating_sub(n0), t1.saturating_sub(t0)))
+        })
+        .collect()
+}
+
+/// IDs of the BPF programs process `pid` holds open (`prog_id:` in the
+/// fdinfo of its fds).
+fn prog_ids_of(pid: u32) -> Result<BTreeSet<u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = BTreeSet::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = std::fs::read_to_string(e?.path()) else {
+            continue; // closed meanwhile
+        };
+        if let Some(id) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            ids.insert(id);
+        }
+    }
+    if ids.is_empty() {
+        bail!("PID {pid} holds no BPF program (is it attached?)");
+    }
+    Ok(ids)
+}
+
+/// (run_cnt, run_time_ns) summed over programs that match.
+fn prog_stats_sum(matches: &dyn Fn(u64, &str) -> bool) -> Result<(u64, u64)> {
+    Ok(prog_stats(matches)?
+        .values()
+        .fold((0, 0), |(c, t), &(n, ns)| (c + n, t + ns)))
+}
+
+/// Per program name: (run_cnt, run_time_ns), summed over the loaded
+/// programs of that name that match (by id and name).
+fn prog_stats(matches: &dyn Fn(u64, &str) -> bool) -> Result<Progs> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
         .context("running bpftool (apt-get install bpftool)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let (mut cnt, mut ns) = (0, 0);
+    let mut per = BTreeMap::new();
     // One object per program: split on `{"id":`.
     for obj in text.split("{\"id\":").skip(1) {
+        let id: u64 = obj
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0);
         let name = obj
             .split("\"name\":\"")
             .nth(1)
             .and_then(|r| r.split('"').next())
             .unwrap_or("");
-        if !matches(name) {
+        if !matches(id, name) {
             continue;
         }
         let field = |k: &str| -> u64 {
@@ -335,10 +505,11 @@ fn prog_stats(matches: &dyn Fn(&str) -> bool) -> Result<(u64, u64)> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        cnt += field("run_cnt");
-        ns += field("run_time_ns");
+        let e: &mut (u64, u64) = per.entry(name.to_string()).or_default();
+        e.0 += field("run_cnt");
+        e.1 += field("run_time_ns");
     }
-    Ok((cnt, ns))
+    Ok(per)
 }
 
 /// ns per call of the read and send programs while `dd` (unrelated) runs.
@@ -379,10 +550,11 @@ fn syscall_cost(flag: &str) -> Result<(f64, f64, u64)> {
         "ps_exit_openat",
         "ps_enter_close",
     ];
-    let is = |n: &str| names.contains(&n);
-    let (c0, t0) = prog_stats(&is)?;
+    let ids = prog_ids_of(obs.0.id())?;
+    let is = |id: u64, n: &str| ids.contains(&id) && names.contains(&n);
+    let (c0, t0) = prog_stats_sum(&is)?;
     loop_ns_per_call()?;
-    let (c1, t1) = prog_stats(&is)?;
+    let (c1, t1) = prog_stats_sum(&is)?;
     drop(obs);
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
@@ -402,6 +574,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut connections = 20_000usize;
     let mut profiler_only = false;
     let mut msgpath_only = false;
+    let mut fanout_only = false;
+    let mut pairs = PAIRS;
     let mut it = args.iter();
     while let Some(k) = it.next() {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
@@ -410,8 +584,16 @@ pub fn run(args: &[String]) -> Result<()> {
             "--connections" => connections = v.parse().context("--connections N")?,
             "--profiler" => profiler_only = v == "only",
             "--msgpath" => msgpath_only = v == "only",
+            "--fanout" => fanout_only = v == "only",
+            "--rounds" => {
+                pairs = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .context("--rounds N needs a positive number of with/without pairs")?
+            }
             _ => bail!(
-                "unknown option {k}: use --seconds S, --connections N, --profiler only, --msgpath only"
+                "unknown option {k}: use --seconds S, --connections N, --rounds N, --fanout only, --profiler only, --msgpath only"
             ),
         }
     }
@@ -441,33 +623,65 @@ pub fn run(args: &[String]) -> Result<()> {
     } else if profiler_only {
         measure_profiler(&seconds, flag)
     } else {
-        measure(&seconds, connections, flag)
+        measure(&seconds, connections, pairs, fanout_only, flag)
     };
     let _ = std::fs::write(flag, flag_before.trim());
     result
 }
 
-fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
+/// The observer's overhead at fan-out saturation (part 1 of the bench).
+struct FanoutCost {
+    dps0: f64,
+    dps1: f64,
+    thr: Spread,
+    cpu: Spread,
+    /// Probe run time ÷ pusher CPU time in the steady state (the client's
+    /// measured window) and over whole runs (with connection setup).
+    share: Spread,
+    share_all: Spread,
+    /// Per program over the bpf_stats runs' windows: (runs, run time ns),
+    /// and over the whole runs.
+    progs: Progs,
+    progs_all: Progs,
+    /// The pusher's CPU time over the bpf_stats runs' windows (ns).
+    target_cpu_ns: f64,
+    /// The empty program's (floor.rs) ns per run in those windows, and the
+    /// probe run time ÷ pusher CPU above it: Σ run time of the observer's
+    /// programs − floor × runs of its two per-call programs.
+    floor_ns: f64,
+    share_above_floor: f64,
+    runs: Vec<String>,
+}
+
+fn add_progs(into: &mut Progs, from: &Progs) {
+    for (name, (n, ns)) in from {
+        let e = into.entry(name.clone()).or_default();
+        e.0 += n;
+        e.1 += ns;
+    }
+}
+
+fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
     std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
     let mut without = Vec::new();
     let mut with = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..pairs {
+        eprintln!("xtask: fan-out pair {} of {pairs}", round + 1);
         without.push(fanout(false, seconds, round * 2)?);
         with.push(fanout(true, seconds, round * 2 + 1)?);
     }
     let mean = |v: &[Fanout], f: fn(&Fanout) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
     let (dps0, dps1) = (mean(&without, |x| x.dps), mean(&with, |x| x.dps));
-    // Each round pairs a run without and one with the probes, back to back;
-    // the median of the paired ratios resists a round disturbed by other
-    // load on a shared 2-core machine better than a ratio of means.
+    // Each pair is a run without and one with the probes, back to back;
+    // the median of the paired ratios resists a pair disturbed by other
+    // load on a shared 2-core machine better than a ratio of means, and
+    // the spread shows how much such load there was.
     let paired = |f: fn(&Fanout, &Fanout) -> f64| {
-        util::median(without.iter().zip(&with).map(|(a, b)| f(a, b)).collect())
+        Spread::of(without.iter().zip(&with).map(|(a, b)| f(a, b)).collect())
     };
-    let thr_ratio = paired(|a, b| b.dps / a.dps);
-    let cpu_ratio = paired(|a, b| (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps));
-    std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let share = fanout(true, seconds, 99)?.probe_share.unwrap_or(f64::NAN);
-    let runs: Vec<String> = without
+    let thr = paired(|a, b| b.dps / a.dps);
+    let cpu = paired(|a, b| (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps));
+    let runs = without
         .iter()
         .zip(&with)
         .map(|(a, b)| {
@@ -479,7 +693,189 @@ fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
             )
         })
         .collect();
+    std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let (mut shares, mut shares_all) = (Vec::new(), Vec::new());
+    let (mut progs, mut progs_all) = (BTreeMap::new(), BTreeMap::new());
+    let mut target_cpu_ns = 0.0;
+    for i in 0..SHARE_RUNS {
+        let f = fanout_with(true, false, seconds, 90 + i, &[], true)?;
+        let share = f.probe_share.unwrap_or(f64::NAN);
+        shares.push(share);
+        shares_all.push(f.probe_share_all.unwrap_or(f64::NAN));
+        let probe_ns: u64 = f
+            .progs
+            .iter()
+            .filter(|(name, _)| *name != floor::NAME)
+            .map(|(_, v)| v.1)
+            .sum();
+        target_cpu_ns += probe_ns as f64 / share;
+        add_progs(&mut progs, &f.progs);
+        add_progs(&mut progs_all, &f.progs_all);
+    }
+    std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
+    let (fr, fns) = progs.get(floor::NAME).copied().unwrap_or((0, 0));
+    let floor_ns = fns as f64 / fr.max(1) as f64;
+    let per_call_runs: u64 = ["ps_send_length", "ps_recv_length"]
+        .iter()
+        .filter_map(|n| progs.get(*n).map(|v| v.0))
+        .sum();
+    let probe_ns: u64 = progs
+        .iter()
+        .filter(|(name, _)| *name != floor::NAME)
+        .map(|(_, v)| v.1)
+        .sum();
+    let share_above_floor = (probe_ns as f64 - floor_ns * per_call_runs as f64) / target_cpu_ns;
+    Ok(FanoutCost {
+        floor_ns,
+        share_above_floor,
+        dps0,
+        dps1,
+        thr,
+        cpu,
+        share: Spread::of(shares),
+        share_all: Spread::of(shares_all),
+        progs,
+        progs_all,
+        target_cpu_ns,
+        runs,
+    })
+}
+
+fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nobserver at fan-out saturation ({pairs} pairs of runs without/with, 1000 subscribers, {seconds} s each; load avg {})",
+        loadavg.trim()
+    );
+    println!(
+        "deliveries/s with/without (CPU per delivery ratio) per pair: {}",
+        f.runs.join(", ")
+    );
+    println!(
+        "{:<60} {:>10} {:>10} {:>7}",
+        "figure", "median", "target", ""
+    );
+    println!(
+        "{:<60} {:>10.4} {:>10} {:>7}",
+        format!("probe run time ÷ pusher CPU time, steady state ({SHARE_RUNS} runs)"),
+        f.share.median,
+        "<= 0.01",
+        verdict(f.share.median <= TARGET_PROBE_SHARE)
+    );
+    println!("    spread over runs: {}", f.share.text());
+    println!(
+        "{:<60} {:>10.4}",
+        "  the same over whole runs (1,000 connections set up, torn down)", f.share_all.median
+    );
+    println!("    spread over runs: {}", f.share_all.text());
+    println!(
+        "{:<60} {:>10.4} {:>10} {:>7}",
+        format!(
+            "  steady state above the floor ({:.1} ns per run of an empty program)",
+            f.floor_ns
+        ),
+        f.share_above_floor,
+        "<= 0.01",
+        verdict(f.share_above_floor <= TARGET_PROBE_SHARE)
+    );
+    println!(
+        "  (the floor: an empty program on the same two tracepoints, so on the same calls, is charged that much per run by bpf_stats itself; see xtask/src/bench/floor.rs)"
+    );
+    println!(
+        "{:<60} {:>10.4} {:>10} {:>7}",
+        format!(
+            "deliveries/s with ÷ without, paired ({:.0} / {:.0} mean)",
+            f.dps1, f.dps0
+        ),
+        f.thr.median,
+        ">= 0.99",
+        verdict(f.thr.median >= TARGET_THROUGHPUT_RATIO)
+    );
+    println!("    spread over pairs: {}", f.thr.text());
+    println!(
+        "{:<60} {:>10.4} {:>10} {:>7}",
+        "pusher CPU per delivery with ÷ without, paired",
+        f.cpu.median,
+        "<= 1.01",
+        verdict(f.cpu.median <= TARGET_CPU_RATIO)
+    );
+    println!("    spread over pairs: {}", f.cpu.text());
+    println!(
+        "  (the ratios add what bpf_stats does not see: the kernel's tracepoint dispatch; on a machine shared with other work they scatter, the bpf_stats share does not)"
+    );
+    println!(
+        "  (bpf_stats counts every run of the observer's programs, also those that turn away other processes' calls: the load client's, anything else on the machine)"
+    );
+    println!(
+        "{:<20} {:>10} {:>8} {:>8} | {:>10} {:>8}",
+        "program (bpf_stats)", "runs", "ns/run", "% CPU", "whole run", "ns/run"
+    );
+    for (name, (n_all, ns_all)) in &f.progs_all {
+        if *n_all == 0 {
+            continue;
+        }
+        let (n, ns) = f.progs.get(name).copied().unwrap_or((0, 0));
+        println!(
+            "{:<20} {:>10} {:>8.1} {:>8.3} | {:>10} {:>8.1}",
+            name,
+            n,
+            ns as f64 / n.max(1) as f64,
+            100.0 * ns as f64 / f.target_cpu_ns,
+            n_all,
+            *ns_all as f64 / *n_all as f64
+        );
+    }
+    println!("  (runs, ns/run and % of the pusher's CPU in the steady state; runs and ns/run over whole runs; bench_floor is the empty program)");
+}
+
+fn fanout_cost_json(f: &FanoutCost) -> String {
+    let progs: Vec<String> = f
+        .progs_all
+        .iter()
+        .filter(|(_, (n, _))| *n > 0)
+        .map(|(name, (n_all, ns_all))| {
+            let (n, ns) = f.progs.get(name).copied().unwrap_or((0, 0));
+            format!(
+                "\"{name}\": {{\"runs\": {n}, \"ns_per_run\": {:.1}, \"runs_whole\": {n_all}, \"ns_per_run_whole\": {:.1}}}",
+                ns as f64 / n.max(1) as f64,
+                *ns_all as f64 / *n_all as f64
+            )
+        })
+        .collect();
+    format!(
+        "\"deliveries_per_s_without\": {:.0},\n  \"deliveries_per_s_with\": {:.0},\n  \"throughput_ratio\": {:.4},\n  \"throughput_ratio_spread\": {},\n  \"cpu_per_delivery_ratio\": {:.4},\n  \"cpu_per_delivery_ratio_spread\": {},\n  \"probe_share_of_target_cpu\": {:.5},\n  \"probe_share_spread\": {},\n  \"probe_share_whole_runs\": {:.5},\n  \"floor_ns_per_run\": {:.1},\n  \"probe_share_above_floor\": {:.5},\n  \"programs\": {{{}}}",
+        f.dps0,
+        f.dps1,
+        f.thr.median,
+        f.thr.json(),
+        f.cpu.median,
+        f.cpu.json(),
+        f.share.median,
+        f.share.json(),
+        f.share_all.median,
+        f.floor_ns,
+        f.share_above_floor,
+        progs.join(", ")
+    )
+}
+
+fn measure(
+    seconds: &str,
+    connections: usize,
+    pairs: usize,
+    fanout_only: bool,
+    flag: &str,
+) -> Result<()> {
+    let cost = fanout_cost(seconds, pairs, flag)?;
+    if fanout_only {
+        print_fanout_cost(&cost, pairs, seconds);
+        let path = bench_dir().join("observer-fanout.json");
+        std::fs::write(&path, format!("{{\n  {}\n}}\n", fanout_cost_json(&cost)))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nwritten {}", path.display());
+        return Ok(());
+    }
 
     let (fl, summary) = flood(connections)?;
     let established = fl.get("established").copied().unwrap_or(0.0);
@@ -491,36 +887,8 @@ fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
     let (ns_per_run, ns_per_call, calls) = syscall_cost(flag)?;
 
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!(
-        "\nobserver bench ({ROUNDS} fan-out runs each way, 1000 subscribers, {seconds} s; load avg {})",
-        loadavg.trim()
-    );
-    println!(
-        "fan-out deliveries/s with/without per round: {}",
-        runs.join(", ")
-    );
-    println!(
-        "{:<52} {:>12} {:>10} {:>7}",
-        "figure", "value", "target", ""
-    );
-    println!(
-        "{:<52} {:>12.4} {:>10} {:>7}",
-        format!("deliveries/s with ÷ without, median of pairs ({dps1:.0} / {dps0:.0} mean)"),
-        thr_ratio,
-        ">= 0.97",
-        verdict(thr_ratio >= TARGET_THROUGHPUT_RATIO)
-    );
-    println!(
-        "{:<52} {:>12.4} {:>10} {:>7}",
-        "target CPU per delivery with ÷ without",
-        cpu_ratio,
-        "<= 1.05",
-        verdict(cpu_ratio <= TARGET_CPU_RATIO)
-    );
-    println!(
-        "{:<52} {:>12.4} {:>10} {:>7}",
-        "probe run time ÷ pusher CPU time (bpf_stats)", share, "", ""
-    );
+    print_fanout_cost(&cost, pairs, seconds);
+    println!();
     println!(
         "{:<52} {:>12} {:>10} {:>7}",
         format!("ring-buffer drops, {established:.0} conns at {flood_rate:.0}/s"),
@@ -551,7 +919,8 @@ fn measure(seconds: &str, connections: usize, flag: &str) -> Result<()> {
         "  (the wall figure adds the kernel's tracepoint dispatch: with any syscall tracepoint attached, every syscall of every process takes the traced entry/exit path)"
     );
     let json = format!(
-        "{{\n  \"deliveries_per_s_without\": {dps0:.0},\n  \"deliveries_per_s_with\": {dps1:.0},\n  \"throughput_ratio\": {thr_ratio:.4},\n  \"cpu_per_delivery_ratio\": {cpu_ratio:.4},\n  \"probe_share_of_target_cpu\": {share:.4},\n  \"flood_established\": {established},\n  \"flood_rate_per_s\": {flood_rate:.0},\n  \"flood_accepted_observed\": {accepted},\n  \"flood_drops\": {drops},\n  \"flood_accept_wait_p99_ms\": {accept_p99},\n  \"ns_per_unrelated_call_wall\": {ns_per_call:.1},\n  \"ns_per_unrelated_call_prog_run\": {ns_per_run:.1},\n  \"unrelated_probe_runs\": {calls}\n}}\n"
+        "{{\n  {},\n  \"flood_established\": {established},\n  \"flood_rate_per_s\": {flood_rate:.0},\n  \"flood_accepted_observed\": {accepted},\n  \"flood_drops\": {drops},\n  \"flood_accept_wait_p99_ms\": {accept_p99},\n  \"ns_per_unrelated_call_wall\": {ns_per_call:.1},\n  \"ns_per_unrelated_call_prog_run\": {ns_per_run:.1},\n  \"unrelated_probe_runs\": {calls}\n}}\n",
+        fanout_cost_json(&cost)
     );
     let path = bench_dir().join("observer.json");
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
@@ -568,8 +937,8 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
     let mut cpu_ratios = Vec::new();
     let mut runs = Vec::new();
     for round in 0..ROUNDS {
-        let a = fanout_with(false, false, seconds, round * 2, &[])?;
-        let b = fanout_with(false, true, seconds, round * 2 + 1, &[])?;
+        let a = fanout_with(false, false, seconds, round * 2, &[], false)?;
+        let b = fanout_with(false, true, seconds, round * 2 + 1, &[], false)?;
         ratios.push(b.dps / a.dps);
         let cpu = (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps);
         cpu_ratios.push(cpu);
@@ -578,7 +947,7 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
     let ratio = util::median(ratios);
     let cpu_ratio = util::median(cpu_ratios);
     std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let share = fanout_with(false, true, seconds, 99, &[])?
+    let share = fanout_with(false, true, seconds, 99, &[], false)?
         .probe_share
         .unwrap_or(f64::NAN);
     println!("\nprofiler bench ({ROUNDS} fan-out runs each way, 1000 subscribers, {seconds} s)");
@@ -618,4 +987,24 @@ fn measure_profiler(seconds: &str, flag: &str) -> Result<()> {
 
 extern "C" {
     fn geteuid() -> u32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spread;
+
+    #[test]
+    fn spread_gives_nearest_rank_quartiles_and_the_median() {
+        let s = Spread::of(vec![0.97, 1.0, 0.95, 0.99, 1.02, 0.98, 0.96, 1.01]);
+        assert_eq!((s.min, s.max), (0.95, 1.02));
+        // sorted: .95 .96 .97 .98 .99 1.0 1.01 1.02; rank ceil(.25*8)=2, ceil(.75*8)=6
+        assert_eq!((s.p25, s.p75), (0.96, 1.0));
+        assert!((s.median - 0.985).abs() < 1e-12);
+        let one = Spread::of(vec![1.5]);
+        assert_eq!(
+            (one.min, one.p25, one.median, one.p75, one.max),
+            (1.5, 1.5, 1.5, 1.5, 1.5)
+        );
+        assert!(Spread::of(Vec::new()).median.is_nan());
+    }
 }
