@@ -532,6 +532,15 @@ fn on_frame(
     if let Some(log) = st.log.as_mut() {
         log.received(id, m.msg_id, m.attempt);
     }
+    if let (Verdict::Fresh { .. }, Some(ev)) = (&verdict, &cfg.conn_events) {
+        // Resent on resume: scheduled before this session began.
+        if st.subs[local]
+            .resumed_at_ns
+            .is_some_and(|up| m.sched_ns < up)
+        {
+            ev.record(now, id, ConnEventKind::Resumed);
+        }
+    }
     let s = st.stage_stats(m.stage);
     match verdict {
         Verdict::Fresh { out_of_order } if slow => {
@@ -543,16 +552,6 @@ fn on_frame(
             }
         }
         Verdict::Fresh { out_of_order } => {
-            if let Some(ev) = &cfg.conn_events {
-                // Resent on resume: scheduled before this session began.
-                if st.subs[local]
-                    .resumed_at_ns
-                    .is_some_and(|up| m.sched_ns < up)
-                {
-                    ev.record(now, id, ConnEventKind::Resumed);
-                }
-            }
-            let s = st.stage_stats(m.stage);
             s.received += 1;
             s.out_of_order += u64::from(out_of_order);
             if record_us(&mut s.latency, now.saturating_sub(m.sched_ns) / 1000) {

@@ -97,6 +97,8 @@ fn pause_2s_of_nginx_nchan_shows_in_latency_with_no_loss_needs_root() {
         "held {held} ns"
     );
     let o = &f["outcome"];
+    // The master and its worker.
+    assert_eq!(o["extra"]["processes_stopped"], 2, "{o:#}");
     // 40 messages/s: one is due within 25 ms of the stop and waits for the
     // SIGCONT, ~2 s later.
     let max = o["latency_max_ms"].as_f64().unwrap();

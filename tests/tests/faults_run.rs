@@ -97,6 +97,7 @@ fn pause_2s_of_the_pusher_shows_in_latency_with_no_loss_needs_root() {
     // Planned from the stage's actual start, fired on time (busy machine: < 300 ms late).
     assert!(f["start_lag_ms"].as_f64().unwrap() < 300.0, "{f:#}");
     let o = &f["outcome"];
+    assert_eq!(o["extra"]["processes_stopped"], 1, "the pusher: {o:#}");
     // A message due just after the SIGSTOP waits for the SIGCONT: the
     // publish schedule is 40/s, so one is due within 25 ms of the stop.
     let max = o["latency_max_ms"].as_f64().unwrap();

@@ -15,6 +15,8 @@ pub struct Pause {
     target: TargetPid,
     /// Processes this pause stopped (to continue exactly those).
     stopped: Vec<u32>,
+    /// How many it stopped (`stopped` is emptied when they are continued).
+    count: usize,
 }
 
 impl Pause {
@@ -22,6 +24,7 @@ impl Pause {
         Pause {
             target,
             stopped: Vec::new(),
+            count: 0,
         }
     }
 }
@@ -40,7 +43,10 @@ impl Injector for Pause {
             // continues a process that was never stopped (harmless).
             register(p);
             match kill(Pid::from_raw(p as i32), Signal::SIGSTOP) {
-                Ok(()) => self.stopped.push(p),
+                Ok(()) => {
+                    self.stopped.push(p);
+                    self.count += 1;
+                }
                 Err(e) if p == pid => {
                     unregister(p);
                     return Err(format!("SIGSTOP to PID {p}: {e}"));
@@ -67,10 +73,8 @@ impl Injector for Pause {
     }
 
     fn outcome(&self, out: &mut FaultOutcome) {
-        out.extra.insert(
-            "processes_stopped".into(),
-            serde_json::json!(self.stopped.len()),
-        );
+        out.extra
+            .insert("processes_stopped".into(), serde_json::json!(self.count));
     }
 }
 

@@ -262,6 +262,7 @@ fn faults(h: &mut String, s: &RunSummary) {
         if let Some(e) = &f.error {
             notes.insert(0, e.clone());
         }
+        notes.extend(kind_notes(o));
         if let Some(p) = o.new_pid {
             notes.push(format!(
                 "restarted as PID {p} in {}{}",
@@ -296,6 +297,57 @@ fn faults(h: &mut String, s: &RunSummary) {
         );
     }
     h.push_str("</table>");
+}
+
+/// What a kind measured beyond the common figures, in words: the
+/// slow-consumers verdict (buffered / dropped / disconnected, why) and
+/// the cert-rotate handshakes failed by reason during and after it.
+fn kind_notes(o: &loadgen::faults::FaultOutcome) -> Vec<String> {
+    use loadgen::faults::{cert_rotate, slow_consumers};
+    let mut out = Vec::new();
+    let extra = |k: &str| o.extra.get(k).cloned();
+    if let Some(j) = extra("slow_consumers")
+        .and_then(|v| serde_json::from_value::<slow_consumers::Judged>(v).ok())
+    {
+        out.push(format!("server {}: {}", j.behaviour, j.why));
+    }
+    if let Some(r) =
+        extra("cert_rotate").and_then(|v| serde_json::from_value::<cert_rotate::Rotated>(v).ok())
+    {
+        let window = |name: &str, w: &cert_rotate::Window| {
+            let reasons: Vec<String> = w
+                .failed_by_reason
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            format!(
+                "{name}: {} of {} connection attempts failed{}, {} unexpected disconnects",
+                w.failed,
+                w.attempts,
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reasons.join(", "))
+                },
+                w.unexpected_disconnects
+            )
+        };
+        if let Some(c) = &r.client_cert {
+            out.push(format!("client certificate → {}", c.display()));
+        }
+        if let Some(rl) = &r.reload {
+            out.push(format!(
+                "reload_cmd exit {} in {}",
+                rl.exit_code.map_or("—".into(), |c| c.to_string()),
+                short(rl.ms) + " ms"
+            ));
+        }
+        out.push(window("during", &r.during));
+        if let Some(a) = &r.after {
+            out.push(window("after", a));
+        }
+    }
+    out
 }
 
 const PHASE_ORDER: &[&str] = &[
@@ -869,5 +921,45 @@ mod tests {
         assert!(html.contains(
             "<td>2.100</td><td>3.400</td><td>2.050</td><td>2.900</td><td>heartbeat lost: 2</td>"
         ));
+    }
+
+    #[test]
+    fn fault_rows_say_what_the_server_did() {
+        let o = |k: &str, v: serde_json::Value| {
+            let mut o = loadgen::faults::FaultOutcome::default();
+            o.extra.insert(k.into(), v);
+            o
+        };
+        let slow = o(
+            "slow_consumers",
+            serde_json::json!({"behaviour": "dropped", "why": "they lost 5 of 100", "share": 0.1,
+                "subscribers": 2, "connections_found": 2, "samples": 9, "max_send_queue_bytes": 0,
+                "max_unacked_bytes": 0, "max_total_send_queue_bytes": 0,
+                "others_max_send_queue_bytes": 0, "rss_start_bytes": null, "rss_max_bytes": null,
+                "server_closed": 0, "first_close_ms": null, "error": null, "rss_growth_bytes": null,
+                "slow_lost": 5, "slow_expected": 100, "slow_received": 95, "others_lost": 0,
+                "slow_disconnects": 0, "slow_disconnects_by_reason": {},
+                "slow_latency_p99_ms": null, "slow_latency_max_ms": null}),
+        );
+        assert_eq!(
+            super::kind_notes(&slow),
+            ["server dropped: they lost 5 of 100"]
+        );
+        let rot = o(
+            "cert_rotate",
+            serde_json::json!({"client_cert": "/c/rogue.pem", "reload": null,
+                "during": {"attempts": 10, "failed": 10, "failed_by_reason": {"http_400": 10},
+                    "unexpected_disconnects": 0, "disconnects_by_reason": {}},
+                "after": {"attempts": 4, "failed": 4, "failed_by_reason": {"http_400": 4},
+                    "unexpected_disconnects": 0, "disconnects_by_reason": {}}}),
+        );
+        assert_eq!(
+            super::kind_notes(&rot),
+            [
+                "client certificate → /c/rogue.pem",
+                "during: 10 of 10 connection attempts failed (http_400: 10), 0 unexpected disconnects",
+                "after: 4 of 4 connection attempts failed (http_400: 4), 0 unexpected disconnects"
+            ]
+        );
     }
 }
