@@ -455,7 +455,10 @@ grace = "2s"
         n(&rogue["failed"]) + 2 >= n(&rogue["attempts"]),
         "{rogue:#}"
     );
-    assert!(n(&r.stage(2)["new_connections"]) <= 2);
+    // Stage 3's new subscribers are those opened in its first 0.5 s,
+    // before the rotation (about 20 at 40/s; 20 measured); none after.
+    let opened = n(&r.stage(2)["new_connections"]);
+    assert!((1..30).contains(&opened), "{opened}: {:#}", r.stage(2));
     let reasons = rogue["failed_by_reason"].as_object().unwrap();
     assert_eq!(reasons.values().map(n).sum::<u64>(), n(&rogue["failed"]));
     assert!(!reasons.contains_key("timeout"), "{rogue:#}");
