@@ -239,3 +239,38 @@ pub fn run_demo(profile_dir: &str, pass: &[String]) -> Result<i32> {
     let _ = std::fs::remove_dir_all(&data);
     Ok(code)
 }
+
+/// A free loopback TCP port (bound, then released).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// VmRSS of a process, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `pushscope_load_connections` from a load's live endpoint, if it answers yet.
+pub fn live_connections(metrics: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| l.strip_prefix("pushscope_load_connections "))?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as u64)
+}

@@ -32,8 +32,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
+    io::Read,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -46,37 +45,6 @@ use crate::util::{self, Guard};
 const TARGET_RSS_PER_CONN: f64 = 6.0 * 1024.0;
 const TARGET_CONNECTS_PER_S: f64 = 5_000.0;
 const TARGET_MSGS_PER_CORE: f64 = 400_000.0;
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// `pushscope_load_connections` from the live endpoint, if it answers yet.
-fn connected(metrics: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(metrics).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| l.strip_prefix("pushscope_load_connections "))?
-        .trim()
-        .parse()
-        .ok()
-}
 
 /// The first number after the keys `path` found one after the other in
 /// the pretty `summary.json` (stage 0 comes first).
@@ -107,7 +75,7 @@ fn load(
     cpu: Option<u32>,
     mut watch: impl FnMut(u32, &str),
 ) -> Result<String> {
-    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", util::free_port()?);
     let _ = std::fs::remove_dir_all(out);
     let url = format!("ws://{addr}/ws");
     let mut cmd = match cpu {
@@ -226,7 +194,7 @@ pub fn run(args: &[String]) -> Result<()> {
         ],
         None,
         |pid, metrics| {
-            if let (Some(c), Some(rss)) = (connected(metrics), rss_kib(pid)) {
+            if let (Some(c), Some(rss)) = (util::live_connections(metrics), util::rss_kib(pid)) {
                 if c == 0 {
                     base.get_or_insert(rss);
                 }

@@ -23,7 +23,6 @@ use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::{
-    io::{Read, Write},
     net::TcpStream,
     path::Path,
     process::{Command, Stdio},
@@ -38,26 +37,6 @@ const PUBLISHERS: u64 = 2;
 /// The subscribers, the publishers' HTTP connections and the load's
 /// reachability probe before the stage.
 const EXTRA_ACCEPTS: u64 = PUBLISHERS + 1;
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
 
 /// A process and all its descendants.
 fn tree(pid: u32) -> Vec<u32> {
@@ -80,7 +59,7 @@ fn tree(pid: u32) -> Vec<u32> {
 fn tree_rss_bytes(pid: u32) -> u64 {
     tree(pid)
         .iter()
-        .map(|p| status_kib(*p, "VmRSS:") * 1024)
+        .map(|p| util::rss_kib(*p).unwrap_or(0) * 1024)
         .sum()
 }
 
@@ -111,22 +90,6 @@ fn tcp_mem_bytes() -> u64 {
             f.get(i + 1)?.parse::<u64>().ok()
         })
         .map_or(0, |pages| pages * 4096)
-}
-
-/// `pushscope_load_connections` of the load's live endpoint.
-fn connected(metrics: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(metrics).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| l.strip_prefix("pushscope_load_connections "))?
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(|v| v as u64)
 }
 
 fn start_nginx(dir: &Path, workers: u64, port: u16) -> Result<Guard> {
@@ -192,7 +155,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let dir = bench_dir().join("scale");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let port = free_port()?;
+    let port = util::free_port()?;
     let nginx = start_nginx(&dir.join("nginx"), workers, port)?;
     let master = nginx.0.id();
     eprintln!("bench scale: nginx + nchan, {workers} workers, port {port}; {n} subscribers, hold {hold} s");
@@ -217,7 +180,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let (overflows0, drops0) = listen_drops();
     let tcp_mem0 = tcp_mem_bytes();
     let nginx_rss0 = tree_rss_bytes(master);
-    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", util::free_port()?);
     let load_dir = dir.join("load");
     let stages = format!("{n}:{hold}s");
     let sub = format!("ws://127.0.0.1:{port}/sub/{{channel}}");
@@ -265,7 +228,7 @@ pub fn run(args: &[String]) -> Result<()> {
         if let Ok(Some(st)) = load.0.try_wait() {
             bail!("pushscope load exited ({st}) before holding {n} connections");
         }
-        if connected(&metrics).is_some_and(|c| c >= n) {
+        if util::live_connections(&metrics).is_some_and(|c| c >= n) {
             break Instant::now();
         }
         if Instant::now() > ramp_deadline {
@@ -283,11 +246,11 @@ pub fn run(args: &[String]) -> Result<()> {
     std::thread::sleep(window);
     let observer_cpu_pct =
         (util::cpu_ns(obs_pid) - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
-    let observer_rss = status_kib(obs_pid, "VmRSS:") * 1024;
+    let observer_rss = util::rss_kib(obs_pid).unwrap_or(0) * 1024;
     let loadgen_rss = tree_rss_bytes(load_pid);
     let nginx_rss = tree_rss_bytes(master);
     let tcp_mem = tcp_mem_bytes();
-    let still = connected(&metrics).unwrap_or(0);
+    let still = util::live_connections(&metrics).unwrap_or(0);
     // The load ends by itself after the hold and grace.
     let end_deadline = Instant::now() + Duration::from_secs(hold + 120);
     let status = loop {
