@@ -184,12 +184,7 @@ fn register_own_thread(shared: &Mutex<Shared>) {
 /// CPU ticks (utime + stime) of these threads of this process so far.
 fn own_cpu_ticks(tids: &[i32]) -> u64 {
     tids.iter()
-        .filter_map(|t| std::fs::read_to_string(format!("/proc/self/task/{t}/stat")).ok())
-        .filter_map(|st| {
-            let rest = &st[st.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
+        .filter_map(|t| target::own_thread_cpu_ticks(*t))
         .sum()
 }
 

@@ -32,7 +32,17 @@ pub fn exists(pid: u32) -> bool {
 
 /// (ppid, utime+stime ticks, threads, rss pages) from /proc/PID/stat.
 fn stat(pid: u32) -> Option<(u32, u64, u64, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU ticks (utime + stime) of one thread of this process.
+pub fn own_thread_cpu_ticks(tid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    parse_stat(&text).map(|(_, ticks, ..)| ticks)
+}
+
+/// (ppid, utime+stime ticks, threads, rss pages) of a `stat` file's text.
+fn parse_stat(s: &str) -> Option<(u32, u64, u64, u64)> {
     // comm may contain spaces and parens: fields start after the last ')'.
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
