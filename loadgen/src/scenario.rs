@@ -512,7 +512,8 @@ impl Scenario {
     }
 }
 
-mod dur_secs {
+/// Serde for a `Duration` as seconds (f64); shared by the fault records.
+pub(crate) mod dur_secs {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,
         s: S,

@@ -18,7 +18,7 @@ pub struct Spec {
     /// Shell command that starts the target again.
     pub restart_cmd: String,
     /// Longest wait for the restarted target to listen.
-    #[serde(with = "super::secs")]
+    #[serde(with = "crate::scenario::dur_secs")]
     pub wait_listen: Duration,
 }
 

@@ -66,9 +66,9 @@ pub struct Fault {
     /// Stage index (0-based; the scenario file writes it 1-based).
     pub stage: usize,
     /// From the start of the stage.
-    #[serde(with = "secs")]
+    #[serde(with = "crate::scenario::dur_secs")]
     pub at: Duration,
-    #[serde(with = "secs")]
+    #[serde(with = "crate::scenario::dur_secs")]
     pub duration: Duration,
     pub kind: FaultKind,
 }
@@ -456,22 +456,6 @@ pub struct FaultOutcome {
     /// What could not be measured, or caveats, in plain words.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-}
-
-mod secs {
-    pub fn serialize<S: serde::Serializer>(
-        d: &std::time::Duration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<std::time::Duration, D::Error> {
-        let secs = <f64 as serde::Deserialize>::deserialize(d)?;
-        std::time::Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]
