@@ -52,6 +52,27 @@ pub struct TcpInfo {
     pub total_retrans: u32,
 }
 
+/// `getsockopt(TCP_INFO)` of a TCP socket.
+pub fn tcp_info_of(sock: &impl AsRawFd) -> Option<TcpInfo> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a socket fd the caller owns, a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut ti as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(TcpInfo {
+        srtt_us: ti.tcpi_rtt,
+        total_retrans: ti.tcpi_total_retrans,
+    })
+}
+
 impl Io {
     fn tcp(&self) -> &TcpStream {
         match self {
@@ -63,23 +84,7 @@ impl Io {
 
     /// `getsockopt(TCP_INFO)` of the underlying socket.
     pub fn tcp_info(&self) -> Option<TcpInfo> {
-        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
-        let mut ti: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: a socket fd we own, a buffer of `len` bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.tcp().as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut ti as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(TcpInfo {
-            srtt_us: ti.tcpi_rtt,
-            total_retrans: ti.tcpi_total_retrans,
-        })
+        tcp_info_of(self.tcp())
     }
 
     /// The sampled stream's counters, when this stream is sampled.

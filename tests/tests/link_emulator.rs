@@ -107,6 +107,15 @@ fn link_connect_rtt_median_and_jitter_as_asked_root() {
         "to target: {:?}\nfrom target: {:?}",
         r.to_target, r.from_target
     );
+    // The host's own path was measured at start and taken off the drawn
+    // delays (see loadgen::link::PathCalibration).
+    let path = r.path.expect("a link that adds delay calibrates its path");
+    eprintln!("host path: {path:?}");
+    assert_eq!(path.samples, loadgen::link::CALIBRATION_CONNECTS);
+    assert!(
+        path.base_rtt_ms > 0.0 && path.compensated_ms <= 2.0,
+        "{path:?}"
+    );
     assert!(
         (1.8..=2.2).contains(&med),
         "median connect RTT {med:.3} ms, asked 2 ms ± 10 %"

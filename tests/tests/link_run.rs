@@ -96,10 +96,16 @@ fn load_over_financial_backbone_sharded_loses_nothing_and_reports_the_link_root(
     assert_eq!(n["asked_text"], "rtt=2ms,jitter=0.3ms,loss=0.0001%");
     assert_eq!(f(n, "/asked/rtt"), 2.0);
     assert!(f(n, "/to_target/forwarded") > 1000.0 && f(n, "/from_target/forwarded") > 1000.0);
-    // The forwarder's applied delay: 1 ms each way (± 10 %).
+    // The forwarder's applied delay plus half the host path it measured
+    // at start and took off (`path.compensated_ms`): 1 ms each way (± 10 %).
+    let half_path = f(n, "/path/compensated_ms") / 2.0;
+    assert!((0.0..0.5).contains(&half_path), "host path {:#}", n["path"]);
     for d in ["to_target", "from_target"] {
-        let p50 = f(n, &format!("/{d}/delay_p50_ms"));
-        assert!((0.9..=1.1).contains(&p50), "{d} delay p50 {p50} ms");
+        let p50 = f(n, &format!("/{d}/delay_p50_ms")) + half_path;
+        assert!(
+            (0.9..=1.1).contains(&p50),
+            "{d} delay p50 {p50} ms (with the path's {half_path} ms)"
+        );
     }
     // Every subscriber lives in a worker process: at least the link's 2 ms
     // (a worker outside the namespace would show loopback srtts, tens of

@@ -21,7 +21,7 @@ use std::{
     io::{Read, Write},
     os::fd::AsRawFd,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
 };
@@ -150,6 +150,12 @@ impl DirStats {
 pub struct Shared {
     pub partitioned: AtomicBool,
     pub stop: AtomicBool,
+    /// While set, packets pass at once, never lost (the link measuring
+    /// its own path, see `Link::calibrate`).
+    pub passthrough: AtomicBool,
+    /// Taken off every drawn delay (ns): half the round trip the host's
+    /// own path (TUN wake-ups, the stacks) adds, so TCP sees what was asked.
+    pub compensation_ns: AtomicU64,
     /// `[to target, from target]`.
     pub stats: [Mutex<DirStats>; 2],
 }
@@ -219,6 +225,8 @@ pub struct Shaper {
     /// ns per byte at the link's rate.
     ns_per_byte: Option<f64>,
     link_free: u64,
+    /// Taken off the mean of every draw (ns), see `Shared::compensation_ns`.
+    pub compensation_ns: f64,
     flows: HashMap<FlowKey, u64>,
     prune_at: usize,
     rng: StdRng,
@@ -239,6 +247,7 @@ impl Shaper {
             loss: spec.loss,
             ns_per_byte: spec.rate_bps.map(|r| 8e9 / r as f64),
             link_free: 0,
+            compensation_ns: 0.0,
             flows: HashMap::new(),
             prune_at: 4096,
             rng: match seed {
@@ -266,10 +275,11 @@ impl Shaper {
             self.link_free = start + (len as f64 * npb) as u64;
             base = self.link_free;
         }
+        let mean = (self.mean_ns - self.compensation_ns).max(0.0);
         let d = if self.sigma_ns > 0.0 {
-            (self.mean_ns + self.sigma_ns * self.normal()).max(0.0)
+            (mean + self.sigma_ns * self.normal()).max(0.0)
         } else {
-            self.mean_ns
+            mean
         };
         let mut release = base + d as u64;
         if self.flows.len() >= self.prune_at {
@@ -406,7 +416,13 @@ pub fn run_direction(
                 st.dropped_partition += 1;
                 continue;
             }
-            match shaper.admit(key, n, arrived) {
+            let fate = if shared.passthrough.load(Ordering::Relaxed) {
+                Fate::Release(arrived)
+            } else {
+                shaper.compensation_ns = shared.compensation_ns.load(Ordering::Relaxed) as f64;
+                shaper.admit(key, n, arrived)
+            };
+            match fate {
                 Fate::Lost => st.dropped_loss += 1,
                 Fate::Release(_) if heap.len() >= QUEUE_LIMIT => st.dropped_overflow += 1,
                 Fate::Release(release) => {

@@ -72,7 +72,31 @@ pub struct Link {
     pub client_addr: Ipv4Addr,
     pub host_dev: String,
     pub ns_dev: String,
+    /// The host path's own round trip, measured at start and compensated.
+    pub path: Option<PathCalibration>,
 }
+
+/// The round trip the host itself adds through the link (TUN wake-ups,
+/// both network stacks), measured when the link starts with nothing
+/// added: the kernel's RTT of a TCP handshake to a listener on the
+/// host's 127.0.0.1, median of [`CALIBRATION_CONNECTS`]. Taken off the
+/// drawn delays, so TCP over the link sees the round trip asked for, not
+/// that plus the host's 0.05–0.3 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PathCalibration {
+    /// Median handshake RTT with nothing added (ms).
+    pub base_rtt_ms: f64,
+    /// Its 10th and 90th percentiles (ms): how steady the host path was.
+    pub base_rtt_p10_ms: f64,
+    pub base_rtt_p90_ms: f64,
+    pub samples: usize,
+    /// Round trip taken off the drawn delays (ms): the base, at most the
+    /// asked rtt.
+    pub compensated_ms: f64,
+}
+
+/// Handshakes timed to calibrate the path (after 3 warm-ups).
+pub const CALIBRATION_CONNECTS: usize = 41;
 
 /// Cheap handle for faults and live figures: clone freely.
 #[derive(Clone)]
@@ -110,12 +134,17 @@ pub struct NetworkReport {
     pub to_target: DirReport,
     /// Measured by the forwarder: target → load generator.
     pub from_target: DirReport,
-    /// Sum of both directions' applied mean delay (ms).
+    /// Sum of both directions' applied mean delay (ms); with `path`'s
+    /// compensation added back this is the round trip TCP sees.
     pub applied_rtt_mean_ms: f64,
     /// √(σ₁² + σ₂²) of the applied delays (ms): the jitter as asked.
     pub applied_jitter_ms: f64,
     /// The load generator's address inside the namespace.
     pub client_addr: String,
+    /// The host path's own round trip, measured at start and taken off
+    /// the drawn delays (absent for a link that adds no delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathCalibration>,
     /// What TCP and the heartbeats saw over the link during the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpMeasured>,
@@ -179,7 +208,12 @@ impl Link {
             let ns_dev = format!("{DEV_PREFIX}{pid}n{k}");
             let addr = client_addr_for(pid, k);
             match Link::build(spec, ns.clone(), host_dev, ns_dev, addr) {
-                Ok(l) => return Ok(l),
+                Ok(mut l) => {
+                    if !spec.one_way_mean().is_zero() {
+                        l.calibrate();
+                    }
+                    return Ok(l);
+                }
                 Err(e @ LinkError::Setup { .. }) if e.to_string().contains("exists") => {
                     last_err = Some(e)
                 }
@@ -240,7 +274,74 @@ impl Link {
             client_addr: addr,
             host_dev,
             ns_dev,
+            path: None,
         })
+    }
+
+    /// Measures the host path's round trip with nothing added and
+    /// compensates it (see [`PathCalibration`]). On failure the link runs
+    /// uncompensated, with a warning.
+    fn calibrate(&mut self) {
+        match self.measure_path() {
+            Ok(mut rtts) => {
+                rtts.sort_by(f64::total_cmp);
+                let n = rtts.len();
+                let base = rtts[n / 2];
+                let asked = self.spec.rtt.as_secs_f64() * 1e3;
+                let compensated = base.min(asked);
+                self.shared
+                    .compensation_ns
+                    .store((compensated * 1e6 / 2.0) as u64, Ordering::Relaxed);
+                log::info!(
+                    "emulated link: the host path adds {base:.3} ms round trip (p10 {:.3}, p90 {:.3}, {n} handshakes); taken off the asked {asked} ms",
+                    rtts[n / 10],
+                    rtts[n * 9 / 10]
+                );
+                self.path = Some(PathCalibration {
+                    base_rtt_ms: base,
+                    base_rtt_p10_ms: rtts[n / 10],
+                    base_rtt_p90_ms: rtts[n * 9 / 10],
+                    samples: n,
+                    compensated_ms: compensated,
+                });
+            }
+            Err(e) => log::warn!(
+                "emulated link: could not measure the host path's own round trip ({e}); delays are applied uncompensated"
+            ),
+        }
+    }
+
+    /// Kernel handshake RTTs (ms) through the link in passthrough.
+    fn measure_path(&self) -> std::io::Result<Vec<f64>> {
+        use std::net::{TcpListener, TcpStream};
+        use std::time::Duration;
+        // Handshakes complete in the kernel: nobody needs to accept them
+        // (the backlog holds them), the listener's drop resets them.
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        self.shared.passthrough.store(true, Ordering::SeqCst);
+        let rtts = self.ns.run_in(move || {
+            let mut v = Vec::with_capacity(CALIBRATION_CONNECTS);
+            for i in 0..CALIBRATION_CONNECTS + 3 {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+                let info = crate::net::tcp_info_of(&s)
+                    .ok_or_else(|| std::io::Error::other("TCP_INFO unavailable"))?;
+                if i >= 3 {
+                    v.push(f64::from(info.srtt_us) / 1e3);
+                }
+            }
+            Ok(v)
+        });
+        // The resets and FINs of those handshakes pass before the run's
+        // packets are shaped and counted.
+        drop(listener);
+        std::thread::sleep(Duration::from_millis(20));
+        self.shared.passthrough.store(false, Ordering::SeqCst);
+        // What the forwarder counted while measuring is not the run's.
+        for dir in 0..2 {
+            *self.shared.lock(dir) = forwarder::DirStats::default();
+        }
+        rtts
     }
 
     /// A link that adds no delay and no loss (for partitions without `--network`).
@@ -275,6 +376,7 @@ impl Link {
             to_target: to,
             from_target: from,
             client_addr: self.client_addr.to_string(),
+            path: self.path,
             tcp: None,
             server_retransmits: None,
         }
