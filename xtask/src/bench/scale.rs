@@ -1,5 +1,5 @@
 //! `cargo xtask bench scale [--connections 100000] [--hold 60] [--connect-rate 20000]
-//! [--workers W]`: 100,000 WebSocket subscribers on one host (needs root,
+//! [--workers W] [--heartbeat 5]`: 100,000 WebSocket subscribers on one host (needs root,
 //! nginx and libnginx-mod-nchan):
 //! 1. NGINX + nchan with W workers (default: 16,000 connections each, under
 //!    the 20,000 per-process fd limit), one `reuseport` listener per worker;
@@ -54,6 +54,47 @@ fn tree(pid: u32) -> Vec<u32> {
         i += 1;
     }
     out
+}
+
+fn tree_cpu_ns(pid: u32) -> u64 {
+    tree(pid).iter().map(|p| util::cpu_ns(*p)).sum()
+}
+
+/// The machine's CPU time (ns, all cores) from /proc/stat: (busy, softirq, total).
+fn machine_cpu_ns() -> (u64, u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0) * 10_000_000;
+    // user nice system idle iowait irq softirq steal
+    let total: u64 = (0..8).map(at).sum();
+    (total - at(3) - at(4), at(6), total)
+}
+
+/// CPU each side spent while the connections ramped up.
+#[derive(Clone, Copy)]
+struct RampCpu {
+    nginx: u64,
+    load: u64,
+    observer: u64,
+    machine: (u64, u64, u64),
+}
+
+impl RampCpu {
+    fn now(nginx: u32, load: u32, observer: u32) -> RampCpu {
+        RampCpu {
+            nginx: tree_cpu_ns(nginx),
+            load: tree_cpu_ns(load),
+            observer: util::cpu_ns(observer),
+            machine: machine_cpu_ns(),
+        }
+    }
 }
 
 fn tree_rss_bytes(pid: u32) -> u64 {
@@ -130,7 +171,8 @@ fn num(v: &Value, path: &str) -> f64 {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let (mut n, mut hold, mut rate, mut workers) = (100_000u64, 60u64, 20_000u64, 0u64);
+    let (mut n, mut hold, mut rate, mut workers, mut heartbeat) =
+        (100_000u64, 60u64, 20_000u64, 0u64, 5u64);
     let mut it = args.iter();
     while let Some(k) = it.next() {
         let v: u64 = it
@@ -142,7 +184,8 @@ pub fn run(args: &[String]) -> Result<()> {
             "--hold" => hold = v,
             "--connect-rate" => rate = v,
             "--workers" => workers = v,
-            _ => bail!("unknown option {k}: use --connections N, --hold SECONDS, --connect-rate N, --workers W"),
+            "--heartbeat" => heartbeat = v,
+            _ => bail!("unknown option {k}: use --connections N, --hold SECONDS, --connect-rate N, --workers W, --heartbeat SECONDS"),
         }
     }
     if unsafe { libc_geteuid() } != 0 {
@@ -158,7 +201,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let port = util::free_port()?;
     let nginx = start_nginx(&dir.join("nginx"), workers, port)?;
     let master = nginx.0.id();
-    eprintln!("bench scale: nginx + nchan, {workers} workers, port {port}; {n} subscribers, hold {hold} s");
+    eprintln!("bench scale: nginx + nchan, {workers} workers, port {port}; {n} subscribers, hold {hold} s, heartbeat {heartbeat} s");
 
     let obs_dir = dir.join("observe");
     let observer = Guard(
@@ -211,6 +254,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 &PUBLISHERS.to_string(),
                 "--grace",
                 "2s",
+                "--heartbeat",
+                &format!("{heartbeat}s"),
                 "--metrics",
                 &metrics,
             ])
@@ -222,6 +267,7 @@ pub fn run(args: &[String]) -> Result<()> {
             .context("starting pushscope load")?,
     );
     let load_pid = load.0.id();
+    let ramp0 = RampCpu::now(master, load_pid, obs_pid);
     // Held: the live endpoint says every subscriber is connected.
     let ramp_deadline = load_started + Duration::from_secs(120 + n / 1000);
     let held_at = loop {
@@ -239,6 +285,8 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Read while held: the load's shard workers (children) still live.
+    let ramp1 = RampCpu::now(master, load_pid, obs_pid);
     // Measure over most of the hold, leaving its first seconds to settle.
     std::thread::sleep(Duration::from_secs(2));
     let (cpu0, t0) = (util::cpu_ns(obs_pid), Instant::now());
@@ -280,10 +328,21 @@ pub fn run(args: &[String]) -> Result<()> {
     let accepted = num(&obs_summary, "/observer/coverage/accepted");
     let tracked_open = num(&obs_summary, "/observe/details/open_connections").max(opened);
     let per = |bytes: u64| bytes as f64 / n as f64;
+    // µs of CPU per new connection, each side, over load start → held.
+    let us_per_conn = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e3 / n as f64;
+    let ramp_nginx_us = us_per_conn(ramp0.nginx, ramp1.nginx);
+    let ramp_load_us = us_per_conn(ramp0.load, ramp1.load);
+    let ramp_observer_us = us_per_conn(ramp0.observer, ramp1.observer);
+    let machine_total = ramp1.machine.2.saturating_sub(ramp0.machine.2).max(1) as f64;
+    let ramp_busy_pct =
+        ramp1.machine.0.saturating_sub(ramp0.machine.0) as f64 / machine_total * 100.0;
+    let ramp_softirq_pct =
+        ramp1.machine.1.saturating_sub(ramp0.machine.1) as f64 / machine_total * 100.0;
     let figures = json!({
         "connections": n,
         "nginx_workers": workers,
         "hold_s": hold,
+        "heartbeat_s": heartbeat,
         "load_exit": status.code(),
         "held_at_s": held_at.duration_since(load_started).as_secs_f64(),
         "upgraded": opened,
@@ -294,6 +353,13 @@ pub fn run(args: &[String]) -> Result<()> {
         "disconnects_by_reason": st["disconnects_by_reason"],
         "ramp_s": ramp_s,
         "connect_rate_per_s": connect_rate,
+        "ramp_cpu_us_per_connection": {
+            "nginx": ramp_nginx_us,
+            "load_generator": ramp_load_us,
+            "observer": ramp_observer_us,
+        },
+        "ramp_machine_busy_pct": ramp_busy_pct,
+        "ramp_machine_softirq_pct": ramp_softirq_pct,
         "lost": num(st, "/messages/lost"),
         "observer_accepted": accepted,
         "observer_coverage_pct": num(&obs_summary, "/observer/coverage/pct"),
@@ -313,7 +379,7 @@ pub fn run(args: &[String]) -> Result<()> {
         serde_json::to_vec_pretty(&figures)?,
     )?;
     let ok = |b: bool| if b { "met" } else { "MISSED" };
-    println!("\nbench scale: {n} subscribers on NGINX + nchan ({workers} workers), held {hold} s");
+    println!("\nbench scale: {n} subscribers on NGINX + nchan ({workers} workers), held {hold} s, heartbeat {heartbeat} s");
     println!("{:<44} {:>14}  target", "figure", "value");
     let row = |name: &str, v: String, target: String| println!("{name:<44} {v:>14}  {target}");
     row(
@@ -338,6 +404,16 @@ pub fn run(args: &[String]) -> Result<()> {
             "≥ {TARGET_CONNECT_RATE:.0} ({})",
             ok(connect_rate >= TARGET_CONNECT_RATE)
         ),
+    );
+    row(
+        "ramp CPU per new connection: nginx / load / observer",
+        format!("{ramp_nginx_us:.0} / {ramp_load_us:.0} / {ramp_observer_us:.0} µs"),
+        "reported".into(),
+    );
+    row(
+        "machine busy during the ramp (softirq apart)",
+        format!("{ramp_busy_pct:.0} % ({ramp_softirq_pct:.0} %)"),
+        "reported".into(),
     );
     row(
         "listen overflows / drops",
