@@ -225,7 +225,11 @@ fn kill_restart_with_persistence_loses_nothing_and_the_observer_follows_needs_ro
             }
         }
     }
-    let _kill = Kill(new_pid);
+    let _kill = Kill(
+        new_pid.or(f["outcome"]["extra"]["restart_shell_pid"]
+            .as_u64()
+            .map(|p| p as u32)),
+    );
     eprintln!("kill-restart fault: {f:#}");
     assert_eq!(s["complete"], true, "{}\n{f:#}", r.stderr);
     assert_eq!(f["status"], "done", "{f:#}");
@@ -352,7 +356,12 @@ fn kill_restart_without_persistence_names_the_loss_needs_root() {
             }
         }
     }
-    let _kill = Kill(f["outcome"]["new_pid"].as_u64().map(|p| p as u32));
+    // The restart shell is the pusher (`exec`), also when the fault did
+    // not find it listening.
+    let restarted = f["outcome"]["new_pid"]
+        .as_u64()
+        .or(f["outcome"]["extra"]["restart_shell_pid"].as_u64());
+    let _kill = Kill(restarted.map(|p| p as u32));
     eprintln!("kill-restart (in memory) fault: {f:#}");
     assert_eq!(s["complete"], true, "{}\n{f:#}", r.stderr);
     assert_eq!(f["status"], "done", "{f:#}");
