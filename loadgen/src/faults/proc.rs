@@ -48,8 +48,20 @@ pub fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
-/// Socket inodes in LISTEN state on `port` (IPv4 and IPv6).
+/// Socket inodes in LISTEN state on `port` (IPv4 and IPv6): through
+/// sock_diag, which reads only the kernel's listening table; /proc/net/tcp
+/// (every socket of the namespace, TIME_WAIT included) if that fails.
 fn listen_inodes(port: u16) -> HashSet<u64> {
+    match crate::sockdiag::listening_inodes(port) {
+        Ok(inodes) => inodes.into_iter().collect(),
+        Err(e) => {
+            log::debug!("sock_diag of the listeners failed ({e}): reading /proc/net/tcp");
+            listen_inodes_procfs(port)
+        }
+    }
+}
+
+fn listen_inodes_procfs(port: u16) -> HashSet<u64> {
     let mut out = HashSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
@@ -170,6 +182,8 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert_eq!(listener(port), Some(std::process::id()));
+        // Both ways of finding the listening socket agree.
+        assert_eq!(listen_inodes(port), listen_inodes_procfs(port));
         let scan = scan_listeners(port);
         assert_eq!(scan.holders, vec![std::process::id()]);
         assert_eq!(scan.inodes.len(), 1);
