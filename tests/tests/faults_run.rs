@@ -379,7 +379,8 @@ fn kill_restart_without_persistence_names_the_loss_needs_root() {
     // The loss, named from the logs the run wrote (logs/publish.log: the
     // server seq each message got; recv-*.log: what each subscriber got).
     let killed_at = f["start_mono_ns"].as_u64().expect("the kill's time");
-    let predicted = predicted_loss(&out.path().join("o/logs"), killed_at);
+    let predicted =
+        predicted_loss(&out.path().join("o/logs"), killed_at).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "lost {lost}: {} messages the old pusher never delivered, {} skipped by resumes (per subscriber: {:?} ...); {} subscribers resumed past the old pusher's last answered seq",
         predicted.undelivered, predicted.skipped, &predicted.per_subscriber[..4], predicted.resumed_past_answered
@@ -432,7 +433,8 @@ struct Predicted {
     ids: std::collections::BTreeSet<String>,
 }
 
-fn predicted_loss(logs: &Path, killed_at_ns: u64) -> Predicted {
+/// `Err` names a loss or a resume point the logs do not explain.
+fn predicted_loss(logs: &Path, killed_at_ns: u64) -> Result<Predicted, String> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     // msg_id -> (channel, server seq, which pusher: 0 old, 1 restarted)
     let mut published: BTreeMap<u64, (u64, u64, u32)> = BTreeMap::new();
@@ -513,7 +515,7 @@ fn predicted_loss(logs: &Path, killed_at_ns: u64) -> Predicted {
         let ch = s.channel.expect("every subscriber's summary line");
         let resume_at = s
             .resume
-            .unwrap_or_else(|| panic!("subscriber {sub} never resumed after the kill"));
+            .ok_or(format!("subscriber {sub} never resumed after the kill"))?;
         // What publish.log says it got from the old pusher.
         let old = s.before_resume.iter().filter_map(|id| published.get(id));
         let answered_max = old
@@ -523,12 +525,12 @@ fn predicted_loss(logs: &Path, killed_at_ns: u64) -> Predicted {
             .max()
             .unwrap_or(0);
         let reaccepted = old.filter(|(_, _, era)| *era == 1).count() as u64;
-        assert_eq!(
-            resume_at,
-            answered_max + reaccepted,
-            "subscriber {sub} resumed with last_seq {resume_at}: the old pusher's answers show \
-             {answered_max}, plus {reaccepted} messages it got that the new pusher accepted"
-        );
+        if resume_at != answered_max + reaccepted {
+            return Err(format!(
+                "subscriber {sub} resumed with last_seq {resume_at}: the old pusher's answers show \
+                 {answered_max}, plus {reaccepted} messages it got that the new pusher accepted"
+            ));
+        }
         p.resumed_past_answered += u64::from(reaccepted > 0);
         let mut n = 0;
         for (id, (c, seq, era)) in &published {
@@ -538,14 +540,18 @@ fn predicted_loss(logs: &Path, killed_at_ns: u64) -> Predicted {
             match (era, *seq > resume_at) {
                 (0, true) => p.undelivered += 1,
                 (1, false) => p.skipped += 1,
-                _ => panic!("subscriber {sub} lost msg_id {id} (seq {seq}, pusher {era}), which no resume explains"),
+                _ => {
+                    return Err(format!(
+                        "subscriber {sub} lost msg_id {id} (seq {seq}, pusher {era}), which no resume explains"
+                    ))
+                }
             }
             n += 1;
             p.ids.insert(format!("msg_id {id} (subscriber {sub})"));
         }
         p.per_subscriber.push(n);
     }
-    p
+    Ok(p)
 }
 
 /// The model on logs shaped like a failing run's: the old pusher pushed
@@ -571,7 +577,7 @@ fn the_loss_model_follows_a_resume_past_the_last_answered_seq() {
         )
     };
     std::fs::write(d.join("recv-0-0.log"), recv(3)).unwrap();
-    let p = predicted_loss(d, 900);
+    let p = predicted_loss(d, 900).unwrap();
     assert_eq!(
         (p.undelivered, p.skipped, p.resumed_past_answered),
         (0, 4, 1)
@@ -589,7 +595,10 @@ fn the_loss_model_follows_a_resume_past_the_last_answered_seq() {
     );
     // A resume point the logs cannot explain is a failure, not a fit.
     std::fs::write(d.join("recv-0-0.log"), recv(4)).unwrap();
-    let unexplained = std::panic::catch_unwind(|| predicted_loss(d, 900)).unwrap_err();
-    let why = unexplained.downcast_ref::<String>().unwrap();
+    let why = predicted_loss(d, 900).unwrap_err();
     assert!(why.contains("resumed with last_seq 4"), "{why}");
+    // ...and so is one below what the subscriber got (seq 3 of msg 3).
+    std::fs::write(d.join("recv-0-0.log"), recv(2)).unwrap();
+    let why = predicted_loss(d, 900).unwrap_err();
+    assert!(why.contains("resumed with last_seq 2"), "{why}");
 }
