@@ -404,6 +404,21 @@ fn kill_restart_without_persistence_names_the_loss_needs_root() {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     assert_eq!(named, predicted.ids, "lost ids");
+    // `verify` reads the same logs (their R lines too) to the same loss.
+    let logs = out.path().join("o/logs");
+    let v = pushscope(
+        &["verify", "--log-dir", logs.to_str().unwrap()],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(v.code, Some(1), "{}\n{}", v.stdout, v.stderr);
+    for part in [
+        ", 100 reconnects".to_string(),
+        format!("({lost} lost, 0 duplicated"),
+    ] {
+        assert!(v.stdout.contains(&part), "{part}: {}", v.stdout);
+    }
 }
 
 /// What the logs say an in-memory pusher's restart must cost each
