@@ -69,7 +69,8 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
         if ctl.stop.get() {
             break;
         }
-        let url = {
+        // The resume point asked for, as the receive log records it.
+        let (url, resume_point) = {
             let st = lane.state.borrow();
             let sub = &st.subs[local];
             let resume = match (cfg.protocol.resumes(), sub.last_server_seq) {
@@ -80,7 +81,10 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                 }
                 (true, None) => None,
             };
-            cfg.protocol.subscribe_url(&ch_name, resume)
+            let point = resume
+                .filter(|_| st.log.is_some() && ever_connected)
+                .map(|r| r.log_token());
+            (cfg.protocol.subscribe_url(&ch_name, resume), point)
         };
         let result = tokio::select! {
             // Boxed: the connect future is large and only lives while connecting.
@@ -115,6 +119,9 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                     st.addrs[local] = ws.io.local_addr();
                     if ever_connected {
                         st.subs[local].resumed_at_ns = Some(now);
+                        if let Some(log) = st.log.as_mut() {
+                            log.resumed(id, now, resume_point.as_deref());
+                        }
                         if let Some(ev) = &cfg.conn_events {
                             ev.record(now, id, ConnEventKind::Reconnected);
                         }

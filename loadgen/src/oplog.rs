@@ -8,7 +8,9 @@
 //! `y <subscriber> <msg_id>` per replayed frame (scheduled before the
 //! subscriber's first upgrade), `f <subscriber> <run_id> <msg_id>` per frame
 //! of another run,
-//! `a <subscriber> <seq>` per ACK sent, and at the end one
+//! `a <subscriber> <seq>` per ACK sent, `R <subscriber> <upgrade_mono_ns>
+//! <resume_point|->` per reconnect (the `last_seq` or last event id the
+//! resumed session asked for, `-` when it asked for none), and at the end one
 //! `s <subscriber> <channel> <baseline_pseq|-> <judged_up_to_pseq>` per subscriber.
 
 use crate::accounting::SubAcct;
@@ -49,6 +51,11 @@ impl LogWriter {
     /// The first line of `publish.log`.
     pub fn run_header(&mut self, run: u32) {
         let _ = writeln!(self.out, "run {run}");
+    }
+
+    /// A reconnect's session began at `mono_ns`, resuming after `point`.
+    pub fn resumed(&mut self, sub: u64, mono_ns: u64, point: Option<&str>) {
+        let _ = writeln!(self.out, "R {sub} {mono_ns} {}", point.unwrap_or("-"));
     }
 
     pub fn acked(&mut self, sub: u64, seq: u64) {

@@ -2,7 +2,9 @@
 //! (`NETLINK_SOCK_DIAG`, `inet_diag_req_v2` dumps of AF_INET and AF_INET6
 //! with `INET_DIAG_SKMEMINFO`): per socket its send queue (`sk_wmem_queued`,
 //! bytes queued for sending including unacked ones), unacked/unsent bytes
-//! (`idiag_wqueue`, ss' Send-Q), receive queue and buffer sizes.
+//! (`idiag_wqueue`, ss' Send-Q), receive queue and buffer sizes; and the
+//! inodes of a port's listening sockets (kill-restart finds the restarted
+//! target by them).
 //!
 //! Why sock_diag and not the probes' send hook: a slow consumer's socket
 //! matters most once the server has *stopped* writing to it (waiting for
@@ -67,7 +69,7 @@ struct Request {
 pub fn tcp_sockets(port: u16) -> io::Result<Vec<TcpSock>> {
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        dump(family, &mut |s| {
+        dump(family, !(1u32 << TCP_LISTEN), &mut |s| {
             if s.local.port() == port {
                 out.push(s);
             }
@@ -76,7 +78,25 @@ pub fn tcp_sockets(port: u16) -> io::Result<Vec<TcpSock>> {
     Ok(out)
 }
 
-fn dump(family: u8, f: &mut dyn FnMut(TcpSock)) -> io::Result<()> {
+/// Inodes of the sockets listening on `port` (IPv4 and IPv6). The kernel
+/// dumps only its listening table for this query: the cost does not grow
+/// with connections or TIME_WAIT sockets, as reading /proc/net/tcp does
+/// (tens of thousands of TIME_WAIT sockets after a load made one read of
+/// it take seconds on a busy machine).
+pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        dump(family, 1u32 << TCP_LISTEN, &mut |s| {
+            if s.local.port() == port && u32::from(s.state) == TCP_LISTEN {
+                out.push(u64::from(s.inode));
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+/// Dumps the TCP sockets of `family` in `states` (a bit per TCP state).
+fn dump(family: u8, states: u32, f: &mut dyn FnMut(TcpSock)) -> io::Result<()> {
     // SAFETY: plain socket(2); the fd is owned below.
     let fd = unsafe {
         libc::socket(
@@ -101,7 +121,7 @@ fn dump(family: u8, f: &mut dyn FnMut(TcpSock)) -> io::Result<()> {
         protocol: libc::IPPROTO_TCP as u8,
         ext: 1 << (INET_DIAG_SKMEMINFO - 1),
         pad: 0,
-        states: !(1u32 << TCP_LISTEN),
+        states,
         id: [0; 48],
     };
     // SAFETY: a zeroed sockaddr_nl addresses the kernel.
@@ -238,6 +258,22 @@ mod tests {
 
     /// A connection whose reader never reads: the writer's socket shows
     /// the bytes queued, as the kernel counts them.
+    #[test]
+    fn listening_inodes_name_the_listener_only() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_s, _) = l.accept().unwrap();
+        let inodes = listening_inodes(port).unwrap();
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+        // The same inode as the listener's fd link, socket:[N].
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        assert_eq!(link.to_str().unwrap(), format!("socket:[{}]", inodes[0]));
+        drop(l);
+        assert!(listening_inodes(port).unwrap().is_empty());
+    }
+
     #[test]
     fn a_never_read_connection_shows_its_send_queue() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

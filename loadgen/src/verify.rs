@@ -58,6 +58,8 @@ pub struct VerifyResult {
     /// Frames logged as history replay (`y`) and as other runs' (`f`).
     pub replayed: u64,
     pub foreign: u64,
+    /// Reconnects logged (`R`): sessions that resumed.
+    pub resumes: u64,
 }
 
 impl VerifyResult {
@@ -75,8 +77,8 @@ impl VerifyResult {
         let run = self.run.map_or("-".to_string(), |r| r.to_string());
         let _ = writeln!(
             s,
-            "verify: run {run}: {} published, {} subscribers, {} expected deliveries, {} received ({} replayed, {} of other runs not judged)",
-            self.published, self.subscribers, self.expected, self.received, self.replayed, self.foreign
+            "verify: run {run}: {} published, {} subscribers, {} expected deliveries, {} received ({} replayed, {} of other runs not judged), {} reconnects",
+            self.published, self.subscribers, self.expected, self.received, self.replayed, self.foreign, self.resumes
         );
         fn list<T>(s: &mut String, items: &[T], f: impl Fn(&T) -> String) {
             for it in items.iter().take(LIMIT) {
@@ -196,6 +198,10 @@ pub fn verify(dir: &Path, server_ids: Option<&Path>) -> Result<VerifyResult, Ver
                     result.received += 1;
                 }
                 (Some(&"a"), Some(_), Some(_)) => {}
+                // The resume point (a seq, an event id or `-`) is not judged.
+                (Some(&"R"), Some(_), Some(_)) if f.len() == 4 && !f[3].is_empty() => {
+                    result.resumes += 1
+                }
                 (Some(&"y"), Some(_), Some(_)) => result.replayed += 1,
                 (Some(&"f"), Some(_), Some(_)) if parse(3).is_some() => result.foreign += 1,
                 (Some(&"s"), Some(sub), Some(ch)) => {
@@ -297,7 +303,7 @@ mod tests {
         // server duplicate).
         std::fs::write(
             d.join("recv-0-0.log"),
-            "r 7 2\nr 7 3\nr 7 3 1\nr 7 5\nr 7 5\na 7 5\nr 7 6\nr 7 99\ns 7 0 2 6\n",
+            "r 7 2\nr 7 3\nR 7 1000 3\nr 7 3 1\nr 7 5\nr 7 5\na 7 5\nr 7 6\nR 7 2000 -\nr 7 99\ns 7 0 2 6\n",
         )
         .unwrap();
         std::fs::write(d.join("server.txt"), "1\n2\n3\n4\n5\n42\n").unwrap();
@@ -309,6 +315,7 @@ mod tests {
         assert_eq!(r.server_missing, vec![6]);
         assert_eq!(r.server_unexpected, vec![42]);
         assert_eq!(r.expected, 5);
+        assert_eq!(r.resumes, 2);
         assert!(!r.is_clean());
         assert!(r.render().contains("lost msg_id=4 subscriber=7"));
     }
@@ -336,8 +343,8 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn arbitrary_logs_never_panic(publog in "([pyfsar]|run)( [0-9-]{0,21}){0,6}(\n([pyfsar]|run)( [0-9-]{0,21}){0,6}){0,8}",
-                                      recv in "([pyfsar]|run)( [0-9-]{0,21}){0,6}(\n([pyfsar]|run)( [0-9-]{0,21}){0,6}){0,8}",
+        fn arbitrary_logs_never_panic(publog in "([pyfsarR]|run)( [0-9-]{0,21}){0,6}(\n([pyfsarR]|run)( [0-9-]{0,21}){0,6}){0,8}",
+                                      recv in "([pyfsarR]|run)( [0-9-]{0,21}){0,6}(\n([pyfsarR]|run)( [0-9-]{0,21}){0,6}){0,8}",
                                       ids in "[0-9-]{0,22}(\n[0-9-]{0,22}){0,4}") {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path();

@@ -225,7 +225,11 @@ fn kill_restart_with_persistence_loses_nothing_and_the_observer_follows_needs_ro
             }
         }
     }
-    let _kill = Kill(new_pid);
+    let _kill = Kill(
+        new_pid.or(f["outcome"]["extra"]["restart_shell_pid"]
+            .as_u64()
+            .map(|p| p as u32)),
+    );
     eprintln!("kill-restart fault: {f:#}");
     assert_eq!(s["complete"], true, "{}\n{f:#}", r.stderr);
     assert_eq!(f["status"], "done", "{f:#}");
@@ -352,7 +356,12 @@ fn kill_restart_without_persistence_names_the_loss_needs_root() {
             }
         }
     }
-    let _kill = Kill(f["outcome"]["new_pid"].as_u64().map(|p| p as u32));
+    // The restart shell is the pusher (`exec`), also when the fault did
+    // not find it listening.
+    let restarted = f["outcome"]["new_pid"]
+        .as_u64()
+        .or(f["outcome"]["extra"]["restart_shell_pid"].as_u64());
+    let _kill = Kill(restarted.map(|p| p as u32));
     eprintln!("kill-restart (in memory) fault: {f:#}");
     assert_eq!(s["complete"], true, "{}\n{f:#}", r.stderr);
     assert_eq!(f["status"], "done", "{f:#}");
@@ -369,11 +378,14 @@ fn kill_restart_without_persistence_names_the_loss_needs_root() {
     assert_eq!(o["duplicates"], 0, "{o:#}");
     // The loss, named from the logs the run wrote (logs/publish.log: the
     // server seq each message got; recv-*.log: what each subscriber got).
-    let predicted = predicted_loss(&out.path().join("o/logs"));
+    let killed_at = f["start_mono_ns"].as_u64().expect("the kill's time");
+    let predicted =
+        predicted_loss(&out.path().join("o/logs"), killed_at).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
-        "lost {lost}: {} messages the old pusher never delivered, {} skipped by resumes (per subscriber: {:?} ...)",
-        predicted.undelivered, predicted.skipped, &predicted.per_subscriber[..4]
+        "lost {lost}: {} messages the old pusher never delivered, {} skipped by resumes (per subscriber: {:?} ...); {} subscribers resumed past the old pusher's last answered seq",
+        predicted.undelivered, predicted.skipped, &predicted.per_subscriber[..4], predicted.resumed_past_answered
     );
+    assert_eq!(predicted.per_subscriber.len(), 100, "{predicted:?}");
     assert!(
         lost > 0,
         "an in-memory pusher restarted loses messages: {o:#}"
@@ -392,24 +404,52 @@ fn kill_restart_without_persistence_names_the_loss_needs_root() {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     assert_eq!(named, predicted.ids, "lost ids");
+    // `verify` reads the same logs (their R lines too) to the same loss.
+    let logs = out.path().join("o/logs");
+    let v = pushscope(
+        &["verify", "--log-dir", logs.to_str().unwrap()],
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(v.code, Some(1), "{}\n{}", v.stdout, v.stderr);
+    for part in [
+        ", 100 reconnects".to_string(),
+        format!("({lost} lost, 0 duplicated"),
+    ] {
+        assert!(v.stdout.contains(&part), "{part}: {}", v.stdout);
+    }
 }
 
 /// What the logs say an in-memory pusher's restart must cost each
 /// subscriber. The restarted pusher numbers every channel from seq 1
-/// again; a subscriber resumes with `last_seq = L`, the last seq it got
-/// from the old pusher, so (1) old messages above L (accepted, never
-/// delivered, not persisted) are gone, and (2) the new pusher's messages
-/// numbered 1..=L are below its resume point: never replayed, never pushed.
+/// again; a subscriber's first session on it resumes with `last_seq = L`
+/// (its `R` line in recv-*.log), the highest seq it got from the old
+/// pusher, so (1) old messages above L (accepted, never delivered, not
+/// persisted) are gone, and (2) the new pusher's messages numbered 1..=L
+/// are below its resume point: never replayed, never pushed.
+///
+/// L can exceed the highest old seq publish.log shows the subscriber got:
+/// a message the old pusher committed and pushed to some subscribers just
+/// before SIGKILL, but never answered, was re-posted by the publisher and
+/// accepted by the new pusher (publish.log holds only that answer, a new
+/// seq). Such a subscriber got old seqs up to L without gaps, so L is its
+/// highest old seq in publish.log plus exactly the number of those
+/// re-accepted messages it got before resuming: the model checks that.
 #[derive(Debug)]
 struct Predicted {
     undelivered: u64,
     skipped: u64,
     per_subscriber: Vec<u64>,
+    /// Subscribers that resumed above the old seqs publish.log shows
+    /// them: they got a message the old pusher never answered.
+    resumed_past_answered: u64,
     /// As summary.json `lost_ids` writes them.
     ids: std::collections::BTreeSet<String>,
 }
 
-fn predicted_loss(logs: &Path) -> Predicted {
+/// `Err` names a loss or a resume point the logs do not explain.
+fn predicted_loss(logs: &Path, killed_at_ns: u64) -> Result<Predicted, String> {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
     // msg_id -> (channel, server seq, which pusher: 0 old, 1 restarted)
     let mut published: BTreeMap<u64, (u64, u64, u32)> = BTreeMap::new();
@@ -435,8 +475,17 @@ fn predicted_loss(logs: &Path) -> Predicted {
         last.values().all(|(_, era)| *era == 1),
         "every channel's numbering restarted once: {last:?}"
     );
-    let mut got: HashMap<u64, BTreeSet<u64>> = HashMap::new();
-    let mut channel_of: BTreeMap<u64, u64> = BTreeMap::new();
+    /// One subscriber's receive log, in its order.
+    #[derive(Default)]
+    struct Sub {
+        got: BTreeSet<u64>,
+        /// Received before its first resume after the kill (old pusher).
+        before_resume: Vec<u64>,
+        /// `last_seq` of its first resume after the kill.
+        resume: Option<u64>,
+        channel: Option<u64>,
+    }
+    let mut subs: BTreeMap<u64, Sub> = BTreeMap::new();
     for e in std::fs::read_dir(logs).unwrap() {
         let path = e.unwrap().path();
         if !path
@@ -450,15 +499,22 @@ fn predicted_loss(logs: &Path) -> Predicted {
         }
         for line in std::fs::read_to_string(&path).unwrap().lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            match f.first() {
-                Some(&"r") => {
-                    got.entry(f[1].parse().unwrap())
-                        .or_default()
-                        .insert(f[2].parse().unwrap());
+            let Some(sub) = f.get(1).and_then(|v| v.parse::<u64>().ok()) else {
+                continue;
+            };
+            let s = subs.entry(sub).or_default();
+            match f[0] {
+                "r" => {
+                    let id = f[2].parse().unwrap();
+                    s.got.insert(id);
+                    if s.resume.is_none() {
+                        s.before_resume.push(id);
+                    }
                 }
-                Some(&"s") => {
-                    channel_of.insert(f[1].parse().unwrap(), f[2].parse().unwrap());
+                "R" if s.resume.is_none() && f[2].parse::<u64>().unwrap() >= killed_at_ns => {
+                    s.resume = Some(f[3].parse().expect("a pushscope resume names a last_seq"));
                 }
+                "s" => s.channel = Some(f[2].parse().unwrap()),
                 _ => {}
             }
         }
@@ -467,32 +523,97 @@ fn predicted_loss(logs: &Path) -> Predicted {
         undelivered: 0,
         skipped: 0,
         per_subscriber: Vec::new(),
+        resumed_past_answered: 0,
         ids: BTreeSet::new(),
     };
-    let empty = BTreeSet::new();
-    for (sub, ch) in &channel_of {
-        let got = got.get(sub).unwrap_or(&empty);
-        let resume_at = got
-            .iter()
-            .filter_map(|id| published.get(id))
+    for (sub, s) in &subs {
+        let ch = s.channel.expect("every subscriber's summary line");
+        let resume_at = s
+            .resume
+            .ok_or(format!("subscriber {sub} never resumed after the kill"))?;
+        // What publish.log says it got from the old pusher.
+        let old = s.before_resume.iter().filter_map(|id| published.get(id));
+        let answered_max = old
+            .clone()
             .filter(|(_, _, era)| *era == 0)
             .map(|(_, seq, _)| *seq)
             .max()
             .unwrap_or(0);
+        let reaccepted = old.filter(|(_, _, era)| *era == 1).count() as u64;
+        if resume_at != answered_max + reaccepted {
+            return Err(format!(
+                "subscriber {sub} resumed with last_seq {resume_at}: the old pusher's answers show \
+                 {answered_max}, plus {reaccepted} messages it got that the new pusher accepted"
+            ));
+        }
+        p.resumed_past_answered += u64::from(reaccepted > 0);
         let mut n = 0;
         for (id, (c, seq, era)) in &published {
-            if c != ch || got.contains(id) {
+            if *c != ch || s.got.contains(id) {
                 continue;
             }
             match (era, *seq > resume_at) {
                 (0, true) => p.undelivered += 1,
                 (1, false) => p.skipped += 1,
-                _ => panic!("subscriber {sub} lost msg_id {id} (seq {seq}, pusher {era}), which no resume explains"),
+                _ => {
+                    return Err(format!(
+                        "subscriber {sub} lost msg_id {id} (seq {seq}, pusher {era}), which no resume explains"
+                    ))
+                }
             }
             n += 1;
             p.ids.insert(format!("msg_id {id} (subscriber {sub})"));
         }
         p.per_subscriber.push(n);
     }
-    p
+    Ok(p)
+}
+
+/// The model on logs shaped like a failing run's: the old pusher pushed
+/// msg 3 (its seq 3) to subscriber 0 only and was killed before answering
+/// the publish; the publisher re-posted it and the new pusher gave it seq 1.
+/// Subscriber 0 resumed with last_seq 3, so the new pusher's seqs 2 and 3
+/// (msgs 4, 5) are below its resume point although publish.log shows it
+/// only old seq 2; subscriber 1 (a reconnect to the old pusher before the
+/// kill, then last_seq 2) loses new seqs 1 and 2 (msgs 3, 4).
+#[test]
+fn the_loss_model_follows_a_resume_past_the_last_answered_seq() {
+    let logs = tempfile::tempdir().unwrap();
+    let d = logs.path();
+    std::fs::write(
+        d.join("publish.log"),
+        "run 7\np 1 0 1 100 1\np 2 0 2 200 2\np 3 0 3 300 1\np 4 0 4 400 2\np 5 0 5 500 3\np 6 0 6 600 4\n",
+    )
+    .unwrap();
+    let recv = |resume_0: u64| {
+        format!(
+            "r 0 1\nr 1 1\nR 1 500 1\nr 0 2\nr 1 2\nr 0 3\nR 0 1000 {resume_0}\nR 1 1001 2\n\
+             a 0 3\nr 0 6\nr 1 5\nr 1 6\ns 0 0 1 6\ns 1 0 1 6\n"
+        )
+    };
+    std::fs::write(d.join("recv-0-0.log"), recv(3)).unwrap();
+    let p = predicted_loss(d, 900).unwrap();
+    assert_eq!(
+        (p.undelivered, p.skipped, p.resumed_past_answered),
+        (0, 4, 1)
+    );
+    assert_eq!(p.per_subscriber, vec![2, 2]);
+    let ids: Vec<&str> = p.ids.iter().map(String::as_str).collect();
+    assert_eq!(
+        ids,
+        [
+            "msg_id 3 (subscriber 1)",
+            "msg_id 4 (subscriber 0)",
+            "msg_id 4 (subscriber 1)",
+            "msg_id 5 (subscriber 0)"
+        ]
+    );
+    // A resume point the logs cannot explain is a failure, not a fit.
+    std::fs::write(d.join("recv-0-0.log"), recv(4)).unwrap();
+    let why = predicted_loss(d, 900).unwrap_err();
+    assert!(why.contains("resumed with last_seq 4"), "{why}");
+    // ...and so is one below what the subscriber got (seq 3 of msg 3).
+    std::fs::write(d.join("recv-0-0.log"), recv(2)).unwrap();
+    let why = predicted_loss(d, 900).unwrap_err();
+    assert!(why.contains("resumed with last_seq 2"), "{why}");
 }

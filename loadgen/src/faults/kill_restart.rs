@@ -55,6 +55,8 @@ pub struct KillRestart {
     restart_ms: Option<f64>,
     reattached: Option<Result<(), String>>,
     restarted: bool,
+    /// PID of the restart command's shell (the server itself when it `exec`s).
+    shell: Option<u32>,
 }
 
 impl KillRestart {
@@ -76,6 +78,7 @@ impl KillRestart {
             restart_ms: None,
             reattached: None,
             restarted: false,
+            shell: None,
         })
     }
 
@@ -120,6 +123,7 @@ impl KillRestart {
             .spawn()
             .map_err(|e| format!("cannot run --restart-cmd `{}`: {e}", self.spec.restart_cmd))?;
         let shell = child.id();
+        self.shell = Some(shell);
         let mut followed = None;
         if let Some(h) = &self.hook {
             let r = h(shell);
@@ -139,18 +143,28 @@ impl KillRestart {
         self.restarted = true;
         let until = std::time::Instant::now() + self.spec.wait_listen;
         let old = self.killed;
+        let (mut looks, mut slowest) = (0u32, Duration::ZERO);
         let pid = loop {
-            match super::proc::listener(self.port) {
+            let scan = super::proc::scan_listeners(self.port);
+            looks += 1;
+            slowest = slowest.max(scan.took);
+            match scan.listener {
                 Some(p) if Some(p) != old => break p,
                 _ => {}
             }
             if std::time::Instant::now() >= until {
+                // What the looks saw: the next failure names its cause.
                 return Err(format!(
-                    "nothing listened on port {} within {:.1}s of --restart-cmd `{}` (shell PID {shell}; its output: {})",
+                    "nothing listened on port {} within {:.1}s of --restart-cmd `{}` (shell PID {shell}, {}; its output: {}); last of {looks} looks (slowest {:.0} ms): {scan}",
                     self.port,
                     self.spec.wait_listen.as_secs_f64(),
                     self.spec.restart_cmd,
-                    self.log.display()
+                    match super::proc::state(shell) {
+                        Some(s) => format!("state {s}"),
+                        None => "gone".into(),
+                    },
+                    self.log.display(),
+                    slowest.as_secs_f64() * 1e3,
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -206,6 +220,11 @@ impl Injector for KillRestart {
         out.restart_ms = self.restart_ms;
         if let Some(k) = self.killed {
             out.extra.insert("killed_pid".into(), serde_json::json!(k));
+        }
+        // Also when no listener was found: what to stop afterwards.
+        if let Some(sh) = self.shell {
+            out.extra
+                .insert("restart_shell_pid".into(), serde_json::json!(sh));
         }
         out.extra.insert(
             "restart_log".into(),

@@ -48,8 +48,20 @@ pub fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
-/// Socket inodes in LISTEN state on `port` (IPv4 and IPv6).
+/// Socket inodes in LISTEN state on `port` (IPv4 and IPv6): through
+/// sock_diag, which reads only the kernel's listening table; /proc/net/tcp
+/// (every socket of the namespace, TIME_WAIT included) if that fails.
 fn listen_inodes(port: u16) -> HashSet<u64> {
+    match crate::sockdiag::listening_inodes(port) {
+        Ok(inodes) => inodes.into_iter().collect(),
+        Err(e) => {
+            log::debug!("sock_diag of the listeners failed ({e}): reading /proc/net/tcp");
+            listen_inodes_procfs(port)
+        }
+    }
+}
+
+fn listen_inodes_procfs(port: u16) -> HashSet<u64> {
     let mut out = HashSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
@@ -74,13 +86,61 @@ fn listen_inodes(port: u16) -> HashSet<u64> {
     out
 }
 
+/// What one look for the listener of a port found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListenScan {
+    /// Inodes of the sockets in LISTEN state on the port.
+    pub inodes: Vec<u64>,
+    /// Processes holding one of them, in /proc order.
+    pub holders: Vec<u32>,
+    /// The topmost holder (whose parent holds none).
+    pub listener: Option<u32>,
+    /// How long the look took.
+    pub took: std::time::Duration,
+}
+
+impl std::fmt::Display for ListenScan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.inodes.is_empty(), self.holders.is_empty()) {
+            (true, _) => write!(f, "no socket listened on the port")?,
+            (false, true) => write!(
+                f,
+                "socket inode(s) {:?} listened on the port, held by no process pushscope can see",
+                self.inodes
+            )?,
+            (false, false) => write!(
+                f,
+                "socket inode(s) {:?} listened on the port, held by PID(s) {:?}",
+                self.inodes, self.holders
+            )?,
+        }
+        write!(
+            f,
+            " (the look took {:.0} ms)",
+            self.took.as_secs_f64() * 1e3
+        )
+    }
+}
+
 /// The process that listens on `port`: of every process holding a
 /// listening socket there, the topmost (whose parent holds none: NGINX's
 /// master, not its workers). `None` when nothing listens.
 pub fn listener(port: u16) -> Option<u32> {
+    scan_listeners(port).listener
+}
+
+/// [`listener`], with what the look saw.
+pub fn scan_listeners(port: u16) -> ListenScan {
+    let t = std::time::Instant::now();
     let inodes = listen_inodes(port);
+    let mut scan = ListenScan {
+        inodes: inodes.iter().copied().collect(),
+        ..Default::default()
+    };
+    scan.inodes.sort_unstable();
     if inodes.is_empty() {
-        return None;
+        scan.took = t.elapsed();
+        return scan;
     }
     let mut owners = Vec::new();
     for pid in all_pids() {
@@ -104,10 +164,13 @@ pub fn listener(port: u16) -> Option<u32> {
         }
     }
     let set: HashSet<u32> = owners.iter().copied().collect();
-    owners
+    scan.listener = owners
         .iter()
         .copied()
-        .find(|p| stat(*p).is_none_or(|(_, pp)| !set.contains(&pp)))
+        .find(|p| stat(*p).is_none_or(|(_, pp)| !set.contains(&pp)));
+    scan.holders = owners;
+    scan.took = t.elapsed();
+    scan
 }
 
 #[cfg(test)]
@@ -119,8 +182,17 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert_eq!(listener(port), Some(std::process::id()));
+        // Both ways of finding the listening socket agree.
+        assert_eq!(listen_inodes(port), listen_inodes_procfs(port));
+        let scan = scan_listeners(port);
+        assert_eq!(scan.holders, vec![std::process::id()]);
+        assert_eq!(scan.inodes.len(), 1);
+        assert!(scan.to_string().contains("held by PID(s)"), "{scan}");
         drop(l);
         assert_eq!(listener(port), None);
+        assert!(scan_listeners(port)
+            .to_string()
+            .starts_with("no socket listened on the port"));
         let mut c = std::process::Command::new("sleep")
             .arg("5")
             .spawn()

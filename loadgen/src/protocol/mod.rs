@@ -24,6 +24,17 @@ pub enum Resume<'a> {
     Id(&'a str),
 }
 
+impl Resume<'_> {
+    /// One whitespace-free token for the receive log's `R` line: the seq,
+    /// or the id as the subscribe URL carries it (percent-encoded).
+    pub fn log_token(&self) -> String {
+        match self {
+            Resume::Seq(n) => n.to_string(),
+            Resume::Id(id) => nchan::percent_encode(id),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Protocol {
     pub kind: ProtocolKind,
@@ -173,6 +184,9 @@ mod tests {
             p.subscribe_url("c", Some(Resume::Seq(9))),
             "ws://h:1/ws?channel=c&last_seq=9"
         );
+        // The receive log's `R` token: one field whatever the id holds.
+        assert_eq!(Resume::Seq(9).log_token(), "9");
+        assert_eq!(Resume::Id("17:[3] 0").log_token(), "17%3A%5B3%5D%200");
         assert_eq!(
             p.ack_frame("c", at(Some(12))).unwrap(),
             (r#"{"ack":12}"#.to_string(), 12)

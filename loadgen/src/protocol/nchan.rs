@@ -19,15 +19,22 @@ pub fn subscribe_url(template: &str, channel: &str, last_id: Option<&str>) -> St
     if let Some(id) = last_id {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str("last_event_id=");
-        for b in id.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                url.push(b as char);
-            } else {
-                url.push_str(&format!("%{b:02X}"));
-            }
-        }
+        url.push_str(&percent_encode(id));
     }
     url
+}
+
+/// `id` with every byte but unreserved URL characters as `%XX`.
+pub fn percent_encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
