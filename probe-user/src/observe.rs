@@ -58,6 +58,11 @@ pub struct ObserveArgs {
     /// path does (cost measurement without a load generator).
     #[arg(long, default_value_t = 0, hide = true)]
     pub bench_trace_one_in: u32,
+    /// Bench only: SIGUSR1 detaches the tracepoint programs, SIGUSR2
+    /// attaches them again (windows with and without the probes in one
+    /// run of the target: `cargo xtask bench observer`).
+    #[arg(long, hide = true)]
+    pub bench_toggle_signals: bool,
 }
 
 /// Options of [`Observer::attach`].
@@ -251,6 +256,16 @@ pub struct Observer {
     /// Set between a planned kill of the target and its restart: its
     /// exit is not the end of the run.
     restarting: Arc<AtomicBool>,
+}
+
+impl Observer {
+    /// See [`Probes::set_tracepoints_attached`] (bench only).
+    pub fn set_tracepoints_attached(&self, on: bool) -> Result<(), ProbeError> {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_tracepoints_attached(on)
+    }
 }
 
 /// A handle that lets a kill-restart fault move the observer to the
@@ -914,7 +929,7 @@ fn build(
     };
     let mut notes = vec![
         "fd.open_peak, target.* and the listen queue are 1 Hz /proc samples: peaks between samples can be missed (emfile/enfile are exact kernel counts)".to_string(),
-        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled after every send of a connection's first classified calls, then after 1 in 16 sends drawn at random; connections the target never close()s (e.g. it exits) have none of these".to_string(),
+        "srtt, bytes in (bytes_received) and out (bytes_acked) are read from tcp_sock at close(); the max send queue is sk_wmem_queued sampled after every send of a connection's first classified calls, then after 1 in 64 sends drawn at random; connections the target never close()s (e.g. it exits) have none of these".to_string(),
         "outbound connect latency is SYN_SENT -> ESTABLISHED per sock; an error is SYN_SENT -> CLOSE; connect() failing before SYN_SENT is not seen".to_string(),
     ];
     if a.tls13 > 0 {
@@ -983,9 +998,15 @@ fn build(
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// `--bench-toggle-signals`: whether the tracepoints should be attached.
+static WANT_ATTACHED: AtomicBool = AtomicBool::new(true);
 
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+extern "C" fn on_toggle(sig: libc::c_int) {
+    WANT_ATTACHED.store(sig == libc::SIGUSR2, Ordering::Relaxed);
 }
 
 /// `pushscope observe`.
@@ -1004,6 +1025,10 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        if args.bench_toggle_signals {
+            libc::signal(libc::SIGUSR1, on_toggle as *const () as libc::sighandler_t);
+            libc::signal(libc::SIGUSR2, on_toggle as *const () as libc::sighandler_t);
+        }
     }
     let _metrics = match args.metrics {
         Some(addr) => {
@@ -1026,9 +1051,15 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     );
     let _ = std::io::stdout().flush();
     let started = Instant::now();
+    let mut attached = true;
     let why = loop {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break "interrupted";
+        }
+        let want = WANT_ATTACHED.load(Ordering::Relaxed);
+        if args.bench_toggle_signals && want != attached {
+            obs.set_tracepoints_attached(want)?;
+            attached = want;
         }
         if obs.target_exited() {
             break "target exited";
@@ -1036,7 +1067,8 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
         if args.duration.is_some_and(|d| started.elapsed() >= d) {
             break "duration reached";
         }
-        std::thread::sleep(Duration::from_millis(100));
+        let tick = if args.bench_toggle_signals { 5 } else { 100 };
+        std::thread::sleep(Duration::from_millis(tick));
     };
     // Let the reader drain what the kernel already queued, then write.
     std::thread::sleep(Duration::from_millis(200));

@@ -216,7 +216,7 @@ pub struct ObserverDetails {
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Largest `sk_wmem_queued` sampled after sends: every send of a
-    /// connection's first classified calls, then 1 in 16 drawn at random.
+    /// connection's first classified calls, then 1 in 64 drawn at random.
     pub max_send_queue_bytes: u64,
     pub srtt_p50_us: f64,
     pub srtt_p99_us: f64,
@@ -258,7 +258,7 @@ pub struct ObserverDetails {
     pub socket_calls: u64,
     /// ... of those, the ones that looked their connection up: calls of
     /// connections in their first classified calls or traced by the
-    /// message path, 1 in 16 sends (send-queue sample), and calls of a cold
+    /// message path, 1 in 64 sends (send-queue sample), and calls of a cold
     /// connection sharing a filter slot with a hot one. The rest cost the
     /// steady state's few instructions.
     pub socket_calls_looked_up: u64,

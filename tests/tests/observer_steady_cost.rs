@@ -7,11 +7,11 @@
 //! * every tracked connection entered the hot set, and after all of them
 //!   closed, as many left it (no counter of `hot_socks` stays raised);
 //! * calls that looked their connection up ≤ the first calls of every
-//!   connection (`io_events_per_conn` each) + the 1-in-16 send-queue
+//!   connection (`io_events_per_conn` each) + the 1-in-64 send-queue
 //!   samples (binomial: 16 % margin is > 10 standard deviations at these
 //!   counts) — the rest took the fast path;
 //! * the send-queue sample is alive: the lookups beyond the first calls
-//!   are at least a quarter of the expected 1 in 16 of the calls (nearly
+//!   are at least a quarter of the expected 1 in 64 of the calls (nearly
 //!   every call of the pusher here is a send; a sampled send whose queue
 //!   is empty needs no lookup: ~15 % of them here), and the max send queue
 //!   is > 0;
@@ -100,15 +100,17 @@ fn steady_state_calls_skip_the_connection_lookup_root() {
         "too few socket calls ({calls}) for {deliveries} deliveries: {d:#}"
     );
     let first_calls = IO_EVENTS_PER_CONN * tracked;
-    let bound = first_calls + calls / 16.0 * 1.16;
+    // The send-queue sample: about 1 in 64 sends (ps_sample_send).
+    const SAMPLE_ONE_IN: f64 = 64.0;
+    let bound = first_calls + calls / SAMPLE_ONE_IN * 1.16;
     assert!(
         looked_up <= bound,
         "{looked_up} of {calls} calls looked their connection up, more than {bound:.0} \
-         (first calls {first_calls} + 1 in 16 sends): {d:#}"
+         (first calls {first_calls} + 1 in {SAMPLE_ONE_IN} sends): {d:#}"
     );
     assert!(
-        looked_up - first_calls >= calls / 16.0 / 4.0,
-        "the 1-in-16 send-queue sample looks dead: {looked_up} lookups of {calls} calls: {d:#}"
+        looked_up - first_calls >= calls / SAMPLE_ONE_IN / 4.0,
+        "the 1-in-{SAMPLE_ONE_IN} send-queue sample looks dead: {looked_up} lookups of {calls} calls: {d:#}"
     );
     assert!(num(d, "max_send_queue_bytes") > 0.0, "{d:#}");
     eprintln!(

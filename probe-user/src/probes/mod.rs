@@ -6,7 +6,10 @@
 use crate::abi;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, Queue, RingBuf},
-    programs::{RawTracePoint, TracePoint, UProbe},
+    programs::{
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, RawTracePoint,
+        TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
 use std::time::Duration;
@@ -83,6 +86,50 @@ pub struct Probes {
     config: abi::Config,
     /// Why the OpenSSL plaintext marks could not be attached, if they could not.
     pub msgpath_tls_note: Option<String>,
+    /// The tracepoint links while attached (empty while detached, see
+    /// [`Probes::set_tracepoints_attached`]).
+    tp_links: Vec<(&'static str, TracePointLinkId)>,
+    raw_links: Vec<(&'static str, RawTracePointLinkId)>,
+}
+
+type TracepointLinks = (
+    Vec<(&'static str, TracePointLinkId)>,
+    Vec<(&'static str, RawTracePointLinkId)>,
+);
+
+/// Attaches every (loaded) program of [`ATTACH`] and [`RAW_ATTACH`].
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<TracepointLinks, ProbeError> {
+    let mut tp = Vec::new();
+    for (prog, category, name) in ATTACH {
+        let attach_err = |source| ProbeError::Attach {
+            program: (*prog).to_string(),
+            category: (*category).to_string(),
+            name: (*name).to_string(),
+            source: Box::new(source),
+        };
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or(ProbeError::Missing("program"))?
+            .try_into()
+            .map_err(attach_err)?;
+        tp.push((*prog, p.attach(category, name).map_err(attach_err)?));
+    }
+    let mut raw = Vec::new();
+    for (prog, name) in RAW_ATTACH {
+        let attach_err = |source| ProbeError::Attach {
+            program: (*prog).to_string(),
+            category: "raw".to_string(),
+            name: (*name).to_string(),
+            source: Box::new(source),
+        };
+        let p: &mut RawTracePoint = ebpf
+            .program_mut(prog)
+            .ok_or(ProbeError::Missing("program"))?
+            .try_into()
+            .map_err(attach_err)?;
+        raw.push((*prog, p.attach(name).map_err(attach_err)?));
+    }
+    Ok((tp, raw))
 }
 
 /// Largest fd table per slot: 8 slots × 2^18 × 48 B = 96 MiB of kernel
@@ -365,7 +412,6 @@ impl Probes {
                 .try_into()
                 .map_err(attach_err)?;
             p.load().map_err(attach_err)?;
-            p.attach(category, name).map_err(attach_err)?;
         }
         for (prog, name) in RAW_ATTACH {
             let attach_err = |source| ProbeError::Attach {
@@ -380,8 +426,8 @@ impl Probes {
                 .try_into()
                 .map_err(attach_err)?;
             p.load().map_err(attach_err)?;
-            p.attach(name).map_err(attach_err)?;
         }
+        let (tp_links, raw_links) = attach_tracepoints(&mut ebpf)?;
         let (tls_libs, tls_note) = attach_tls(&mut ebpf, tgids);
         let counters = PerCpuArray::try_from(
             ebpf.take_map("counters")
@@ -396,7 +442,43 @@ impl Probes {
             fds_per_slot,
             config,
             msgpath_tls_note: None,
+            tp_links,
+            raw_links,
         })
+    }
+
+    /// Detaches (`false`) or attaches again (`true`) every tracepoint
+    /// program, keeping the maps and what they hold. For the overhead
+    /// bench only: it alternates windows with and without the probes in
+    /// one run of the target, so the pairs share its conditions.
+    pub fn set_tracepoints_attached(&mut self, on: bool) -> Result<(), ProbeError> {
+        let attached = !self.tp_links.is_empty() || !self.raw_links.is_empty();
+        if on == attached {
+            return Ok(());
+        }
+        if on {
+            let (tp, raw) = attach_tracepoints(&mut self.ebpf)?;
+            self.tp_links = tp;
+            self.raw_links = raw;
+            return Ok(());
+        }
+        for (prog, id) in self.tp_links.drain(..) {
+            if let Some(p) = self.ebpf.program_mut(prog) {
+                let p: Result<&mut TracePoint, _> = p.try_into();
+                if let Ok(p) = p {
+                    let _ = p.detach(id);
+                }
+            }
+        }
+        for (prog, id) in self.raw_links.drain(..) {
+            if let Some(p) = self.ebpf.program_mut(prog) {
+                let p: Result<&mut RawTracePoint, _> = p.try_into();
+                if let Ok(p) = p {
+                    let _ = p.detach(id);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes the ring buffer (once) for a reader thread.

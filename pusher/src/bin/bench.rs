@@ -41,6 +41,11 @@ struct Args {
     publishers: usize,
     /// Messages/s over all publishers; 0 = flow-controlled maximum.
     rate: f64,
+    /// A `pushscope observe --bench-toggle-signals` to switch off
+    /// (SIGUSR1) and on (SIGUSR2) in alternate windows of the measured time.
+    toggle_observer: Option<u32>,
+    /// Length of one window (s) of those pairs.
+    toggle_window: f64,
 }
 
 fn parse_args() -> Result<Args> {
@@ -57,6 +62,8 @@ fn parse_args() -> Result<Args> {
         window: 64,
         publishers: 8,
         rate: 0.0,
+        toggle_observer: None,
+        toggle_window: 1.0,
     };
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
@@ -70,6 +77,8 @@ fn parse_args() -> Result<Args> {
             "--window" => a.window = v.parse()?,
             "--publishers" => a.publishers = v.parse()?,
             "--rate" => a.rate = v.parse()?,
+            "--toggle-observer" => a.toggle_observer = Some(v.parse()?),
+            "--toggle-window" => a.toggle_window = v.parse()?,
             _ => bail!("unknown option {k}"),
         }
     }
@@ -87,6 +96,76 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks as f64 / hz)
+}
+
+/// On-CPU time of every thread of `pid` (ns, /proc/PID/task/*/schedstat):
+/// exact where utime + stime count 10 ms ticks.
+fn cpu_ns_exact(pid: u32) -> Result<u64> {
+    let mut sum = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("reading /proc/{pid}/task"))?
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+            sum += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(sum)
+}
+
+/// Windows with and without the observer's probes, alternated within one
+/// run (`--toggle-observer`): each pair's ratios (with ÷ without) of
+/// deliveries/s and of the pusher's CPU per delivery. The order flips
+/// every pair so a drift of the run favours neither side; each window
+/// starts `SETTLE` after the switch.
+async fn toggled_pairs(a: &Args, observer: u32, totals: &Totals) -> Result<Vec<(f64, f64)>> {
+    const SETTLE: Duration = Duration::from_millis(200);
+    let signal = |on: bool| {
+        let sig = if on { libc::SIGUSR2 } else { libc::SIGUSR1 };
+        // SAFETY: kill(2) of the observer process the caller named.
+        unsafe { libc::kill(observer as i32, sig) };
+    };
+    let window = |on: bool| async move {
+        signal(on);
+        tokio::time::sleep(SETTLE).await;
+        let (f0, c0, t0) = (
+            totals.frames.load(Ordering::Relaxed),
+            cpu_ns_exact(a.pid)?,
+            Instant::now(),
+        );
+        tokio::time::sleep(Duration::from_secs_f64(a.toggle_window)).await;
+        let (f1, c1, t1) = (
+            totals.frames.load(Ordering::Relaxed),
+            cpu_ns_exact(a.pid)?,
+            Instant::now(),
+        );
+        let dps = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
+        let cpu_per = (c1 - c0) as f64 / (f1 - f0).max(1) as f64;
+        anyhow::Ok((dps, cpu_per))
+    };
+    let pairs = ((a.seconds / (2.0 * (a.toggle_window + SETTLE.as_secs_f64()))) as usize).max(1);
+    let mut out = Vec::new();
+    for i in 0..pairs {
+        let (on, off) = if i % 2 == 0 {
+            let on = window(true).await?;
+            (on, window(false).await?)
+        } else {
+            let off = window(false).await?;
+            (window(true).await?, off)
+        };
+        let pair = (on.0 / off.0, on.1 / off.1);
+        println!(
+            "toggle_pair={i} with_dps={:.0} without_dps={:.0} thr={:.4} cpu={:.4}",
+            on.0, off.0, pair.0, pair.1
+        );
+        out.push(pair);
+    }
+    signal(true);
+    Ok(out)
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -390,7 +469,12 @@ async fn fanout(a: Args) -> Result<()> {
         cpu_seconds(a.pid)?,
         Instant::now(),
     );
-    tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
+    match a.toggle_observer {
+        Some(obs) => {
+            toggled_pairs(&a, obs, &totals).await?;
+        }
+        None => tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await,
+    }
     let (f1, c1, t1) = (
         totals.frames.load(Ordering::Relaxed),
         cpu_seconds(a.pid)?,

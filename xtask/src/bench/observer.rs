@@ -1,11 +1,16 @@
 //! `cargo xtask bench observer [--seconds S] [--connections N]`: builds the
 //! release binaries and measures the eBPF observer (needs root):
-//! 1. overhead on the target: the reference pusher's fan-out deliveries/s at
-//!    saturation (`pushscope-pusher-bench fanout`) and its CPU per delivery,
-//!    with `pushscope observe` attached ÷ without, `--rounds` (12) pairs
-//!    alternated (without, with, …): the median of the paired ratios with
-//!    their spread (min, p25, p75, max); the pusher is pinned to CPU 0, the
-//!    client and the observer to CPU 1; plus the probes' own run time
+//! 1. overhead on the target: the reference pusher's fan-out
+//!    (`pushscope-pusher-bench fanout`, 1,000 subscribers) with
+//!    `pushscope observe --bench-toggle-signals` attached, its probes
+//!    detached and attached again in alternate 1 s windows of one run
+//!    (`--rounds` (12) pairs, order flipped every pair): deliveries/s with ÷
+//!    without at saturation, and the pusher's CPU per delivery with ÷
+//!    without paced at 70 % of that rate (one frame per write): medians of
+//!    the paired ratios with their spread (min, p25, p75, max); the pusher
+//!    is pinned to CPU 0, the client and the observer to CPU 1; plus the
+//!    probes' own run time
+//!    (bpf_stats, 3 runs: median and range) as a share of the pusher's CPU
 //!    (bpf_stats, 3 runs: median and range) as a share of the pusher's CPU
 //!    time, which other load on the machine blurs far less, with each
 //!    program's runs and ns per run: over the client's measured window
@@ -243,11 +248,6 @@ fn profile(pid: u32, out: &Path) -> Result<Guard> {
     .arg(out)
     .env("RUST_LOG", "warn");
     Ok(util::spawn_first_line(cmd, "pushscope profile")?.0)
-}
-
-/// One fan-out measurement.
-fn fanout(with_probes: bool, seconds: &str, tag: usize) -> Result<Fanout> {
-    fanout_with(with_probes, false, seconds, tag, &[], false)
 }
 
 /// One fan-out measurement, with the observer (given `observe_extra`
@@ -650,7 +650,11 @@ struct FanoutCost {
     /// programs − floor × runs of its two per-call programs.
     floor_ns: f64,
     share_above_floor: f64,
+    /// Per pair at saturation: "with/without deliveries/s (CPU ratio)".
     runs: Vec<String>,
+    /// The same, paced (`thr` is from saturation, `cpu` from these).
+    paced_runs: Vec<String>,
+    paced_dps: f64,
 }
 
 fn add_progs(into: &mut Progs, from: &Progs) {
@@ -661,38 +665,113 @@ fn add_progs(into: &mut Progs, from: &Progs) {
     }
 }
 
-fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
-    std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
-    let mut without = Vec::new();
-    let mut with = Vec::new();
-    for round in 0..pairs {
-        eprintln!("xtask: fan-out pair {} of {pairs}", round + 1);
-        without.push(fanout(false, seconds, round * 2)?);
-        with.push(fanout(true, seconds, round * 2 + 1)?);
+/// One run of the pusher with the observer attached, its probes switched
+/// off and on in alternate windows of `WINDOW_S` (`pushscope observe
+/// --bench-toggle-signals`, the client signals it): `pairs` pairs of
+/// (with ÷ without) deliveries/s and CPU per delivery, and the mean
+/// deliveries/s with and without. `rate` 0: saturation (flow-controlled),
+/// else messages/s paced. Pairs within one run share its connections,
+/// its pusher and the machine's state of the moment: separate runs on
+/// this shared VM scatter by ±20 %, adjacent windows by a few %.
+fn interleaved(pairs: usize, rate: f64, tag: usize) -> Result<Interleaved> {
+    const WINDOW_S: f64 = 1.0;
+    let dir = bench_dir().join(format!("observer-pusher-{tag}"));
+    let (p, addr) = pusher(&dir)?;
+    let pid = p.0.id();
+    let obs_dir = bench_dir().join(format!("observer-fanout-{tag}"));
+    let obs = observe_with(pid, &obs_dir, &["--bench-toggle-signals"])?;
+    util::pin(pid, 0)?;
+    util::pin(obs.0.id(), 1)?;
+    // Each window is preceded by a 0.2 s settle after the switch.
+    let seconds = pairs as f64 * 2.0 * (WINDOW_S + 0.2) + 0.1;
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(util::release_bin("pushscope-pusher-bench"))
+        .args(["fanout", "--addr", &addr, "--pid", &pid.to_string()])
+        .args([
+            "--subscribers",
+            "1000",
+            "--seconds",
+            &format!("{seconds:.1}"),
+        ])
+        .args(["--toggle-observer", &obs.0.id().to_string()])
+        .args(["--toggle-window", &WINDOW_S.to_string()])
+        .args(["--rate", &format!("{rate:.0}")])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running pushscope-pusher-bench")?;
+    drop(obs);
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        bail!("pushscope-pusher-bench fanout failed ({})", out.status);
     }
-    let mean = |v: &[Fanout], f: fn(&Fanout) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
-    let (dps0, dps1) = (mean(&without, |x| x.dps), mean(&with, |x| x.dps));
-    // Each pair is a run without and one with the probes, back to back;
-    // the median of the paired ratios resists a pair disturbed by other
-    // load on a shared 2-core machine better than a ratio of means, and
-    // the spread shows how much such load there was.
-    let paired = |f: fn(&Fanout, &Fanout) -> f64| {
-        Spread::of(without.iter().zip(&with).map(|(a, b)| f(a, b)).collect())
-    };
-    let thr = paired(|a, b| b.dps / a.dps);
-    let cpu = paired(|a, b| (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps));
-    let runs = without
-        .iter()
-        .zip(&with)
-        .map(|(a, b)| {
-            format!(
-                "{:.0}/{:.0} ({:.3})",
-                b.dps,
-                a.dps,
-                (b.cpu_pct / b.dps) / (a.cpu_pct / a.dps)
-            )
-        })
-        .collect();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut r = Interleaved::default();
+    for line in text.lines().filter(|l| l.starts_with("toggle_pair=")) {
+        let f: BTreeMap<&str, f64> = line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+            .collect();
+        r.thr.push(f["thr"]);
+        r.cpu.push(f["cpu"]);
+        r.dps_with.push(f["with_dps"]);
+        r.dps_without.push(f["without_dps"]);
+    }
+    if r.thr.is_empty() {
+        bail!("pushscope-pusher-bench printed no toggled pairs:\n{text}");
+    }
+    Ok(r)
+}
+
+/// Paired windows of one [`interleaved`] run.
+#[derive(Default)]
+struct Interleaved {
+    thr: Vec<f64>,
+    cpu: Vec<f64>,
+    dps_with: Vec<f64>,
+    dps_without: Vec<f64>,
+}
+
+impl Interleaved {
+    fn mean(v: &[f64]) -> f64 {
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+
+    fn pairs_text(&self) -> Vec<String> {
+        (0..self.thr.len())
+            .map(|i| {
+                format!(
+                    "{:.0}/{:.0} ({:.3})",
+                    self.dps_with[i], self.dps_without[i], self.cpu[i]
+                )
+            })
+            .collect()
+    }
+}
+
+fn fanout_cost(pairs: usize, flag: &str) -> Result<FanoutCost> {
+    std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
+    // Throughput at saturation, then CPU per delivery paced at 70 % of
+    // it: at saturation the pusher's cost per delivery moves with how
+    // many frames each write carries (it batches when subscribers lag),
+    // which scatters the CPU ratio; paced, one write carries one frame.
+    eprintln!("xtask: fan-out at saturation, {pairs} pairs of 1 s windows without/with the probes");
+    let sat = interleaved(pairs, 0.0, 0)?;
+    let (dps0, dps1) = (
+        Interleaved::mean(&sat.dps_without),
+        Interleaved::mean(&sat.dps_with),
+    );
+    let rate = (0.7 * dps0 / 1000.0).round();
+    eprintln!("xtask: fan-out paced at {rate} msgs/s × 1000 subscribers, {pairs} pairs");
+    let paced = interleaved(pairs, rate, 1)?;
+    let thr = Spread::of(sat.thr.clone());
+    let cpu = Spread::of(paced.cpu.clone());
+    let runs = sat.pairs_text();
+    let paced_runs = paced.pairs_text();
+    let paced_dps = Interleaved::mean(&paced.dps_without);
+    let seconds = "5";
     std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
     let (mut shares, mut shares_all) = (Vec::new(), Vec::new());
     let (mut progs, mut progs_all) = (BTreeMap::new(), BTreeMap::new());
@@ -738,6 +817,8 @@ fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
         progs_all,
         target_cpu_ns,
         runs,
+        paced_runs,
+        paced_dps,
     })
 }
 
@@ -745,12 +826,17 @@ fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "\nobserver at fan-out saturation ({pairs} pairs of runs without/with, 1000 subscribers, {seconds} s each; load avg {})",
+        "\nobserver at fan-out saturation (1000 subscribers; bpf_stats runs of {seconds} s; {pairs} pairs of 1 s windows with/without the probes in one run, at saturation and paced at {:.0} deliveries/s; load avg {})",
+        f.paced_dps,
         loadavg.trim()
     );
     println!(
-        "deliveries/s with/without (CPU per delivery ratio) per pair: {}",
+        "at saturation, deliveries/s with/without (CPU per delivery ratio) per pair: {}",
         f.runs.join(", ")
+    );
+    println!(
+        "paced, deliveries/s with/without (CPU per delivery ratio) per pair: {}",
+        f.paced_runs.join(", ")
     );
     println!(
         "{:<60} {:>10} {:>10} {:>7}",
@@ -785,7 +871,7 @@ fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
     println!(
         "{:<60} {:>10.4} {:>10} {:>7}",
         format!(
-            "deliveries/s with ÷ without, paired ({:.0} / {:.0} mean)",
+            "deliveries/s with ÷ without at saturation ({:.0} / {:.0} mean)",
             f.dps1, f.dps0
         ),
         f.thr.median,
@@ -795,14 +881,14 @@ fn print_fanout_cost(f: &FanoutCost, pairs: usize, seconds: &str) {
     println!("    spread over pairs: {}", f.thr.text());
     println!(
         "{:<60} {:>10.4} {:>10} {:>7}",
-        "pusher CPU per delivery with ÷ without, paired",
+        "pusher CPU per delivery with ÷ without, paced",
         f.cpu.median,
         "<= 1.01",
         verdict(f.cpu.median <= TARGET_CPU_RATIO)
     );
     println!("    spread over pairs: {}", f.cpu.text());
     println!(
-        "  (the ratios add what bpf_stats does not see: the kernel's tracepoint dispatch; on a machine shared with other work they scatter, the bpf_stats share does not)"
+        "  (the ratios see all the probes cost the pusher, also what bpf_stats does not: the tracepoints' dispatch, syscall tracing; windows alternate within one run, so a pair shares its connections and the machine's moment)"
     );
     println!(
         "  (bpf_stats counts every run of the observer's programs, also those that turn away other processes' calls: the load client's, anything else on the machine)"
@@ -867,7 +953,7 @@ fn measure(
     fanout_only: bool,
     flag: &str,
 ) -> Result<()> {
-    let cost = fanout_cost(seconds, pairs, flag)?;
+    let cost = fanout_cost(pairs, flag)?;
     if fanout_only {
         print_fanout_cost(&cost, pairs, seconds);
         let path = bench_dir().join("observer-fanout.json");
