@@ -60,7 +60,9 @@ pub struct ObserveArgs {
     pub bench_trace_one_in: u32,
     /// Bench only: SIGUSR1 detaches the tracepoint programs, SIGUSR2
     /// attaches them again (windows with and without the probes in one
-    /// run of the target: `cargo xtask bench observer`).
+    /// run of the target: `cargo xtask bench observer`); once a switch is
+    /// done (a detach waits for the kernel's RCU grace periods: ~1 s),
+    /// `<out>/bench-probes-attached` says `1` or `0`.
     #[arg(long, hide = true)]
     pub bench_toggle_signals: bool,
 }
@@ -1052,14 +1054,29 @@ pub fn run(args: ObserveArgs) -> anyhow::Result<Outcome> {
     let _ = std::io::stdout().flush();
     let started = Instant::now();
     let mut attached = true;
+    if args.bench_toggle_signals {
+        std::fs::create_dir_all(&args.out)?;
+        std::fs::write(args.out.join("bench-probes-attached"), "1")?;
+    }
     let why = loop {
         if INTERRUPTED.load(Ordering::Relaxed) {
             break "interrupted";
         }
         let want = WANT_ATTACHED.load(Ordering::Relaxed);
         if args.bench_toggle_signals && want != attached {
+            let t = Instant::now();
             obs.set_tracepoints_attached(want)?;
+            log::info!(
+                "bench: tracepoints {} in {:?}",
+                if want { "attached" } else { "detached" },
+                t.elapsed()
+            );
             attached = want;
+            std::fs::create_dir_all(&args.out)?;
+            std::fs::write(
+                args.out.join("bench-probes-attached"),
+                if want { "1" } else { "0" },
+            )?;
         }
         if obs.target_exited() {
             break "target exited";

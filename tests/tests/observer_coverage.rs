@@ -159,3 +159,48 @@ fn observer_usable_cores_follow_cpu_affinity_needs_root() {
     );
     assert_eq!(num(t, "cpu_cores_machine"), machine as f64, "{t:#}");
 }
+
+/// `observe --bench-toggle-signals` (the overhead bench's windows with and
+/// without the probes): SIGUSR1 detaches the tracepoints — connections
+/// accepted then are not seen — and SIGUSR2 attaches them again, with the
+/// maps and what they held kept; each switch is announced when done.
+#[test]
+fn bench_toggle_signals_detach_and_reattach_the_probes_needs_root() {
+    if skip_unless_root("bench_toggle_signals_detach_and_reattach_the_probes_needs_root") {
+        return;
+    }
+    let _l = heavy_lock();
+    let (srv, addr) = server(&[], &["--max-secs", "60"]);
+    let mut obs = Observe::start(srv.pid(), &["--bench-toggle-signals"]).unwrap();
+    let mut held = Vec::new();
+    let mut connect = |n: usize| {
+        for _ in 0..n {
+            held.push(hello(addr));
+        }
+    };
+    // Once a switch is done the observer says so in this file (a detach
+    // waits for the kernel's RCU grace periods: about a second).
+    let state = obs.out.join("bench-probes-attached");
+    let switched = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&state).ok().as_deref() != Some(want) {
+            assert!(Instant::now() < deadline, "no switch to {want} within 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    switched("1");
+    connect(3);
+    obs.guard.signal(libc::SIGUSR1);
+    switched("0");
+    connect(4);
+    obs.guard.signal(libc::SIGUSR2);
+    switched("1");
+    connect(5);
+    let s = obs.stop().unwrap();
+    let o = &s["observer"];
+    eprintln!(
+        "connections: {} details: {}",
+        o["connections"], s["observe"]["details"]
+    );
+    assert_eq!(num(o, "connections.accepted"), 8.0, "{o:#}");
+}

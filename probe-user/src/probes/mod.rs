@@ -466,7 +466,9 @@ impl Probes {
             if let Some(p) = self.ebpf.program_mut(prog) {
                 let p: Result<&mut TracePoint, _> = p.try_into();
                 if let Ok(p) = p {
-                    let _ = p.detach(id);
+                    if let Err(e) = p.detach(id) {
+                        log::warn!("detaching {prog}: {e}");
+                    }
                 }
             }
         }
@@ -474,7 +476,9 @@ impl Probes {
             if let Some(p) = self.ebpf.program_mut(prog) {
                 let p: Result<&mut RawTracePoint, _> = p.try_into();
                 if let Ok(p) = p {
-                    let _ = p.detach(id);
+                    if let Err(e) = p.detach(id) {
+                        log::warn!("detaching {prog}: {e}");
+                    }
                 }
             }
         }

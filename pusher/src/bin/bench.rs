@@ -46,6 +46,8 @@ struct Args {
     toggle_observer: Option<u32>,
     /// Length of one window (s) of those pairs.
     toggle_window: f64,
+    /// The file the observer writes `1`/`0` to once a switch is done.
+    toggle_state: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -64,6 +66,7 @@ fn parse_args() -> Result<Args> {
         rate: 0.0,
         toggle_observer: None,
         toggle_window: 1.0,
+        toggle_state: None,
     };
     while let Some(k) = it.next() {
         let v = it.next().ok_or_else(|| anyhow!("{k} needs a value"))?;
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args> {
             "--rate" => a.rate = v.parse()?,
             "--toggle-observer" => a.toggle_observer = Some(v.parse()?),
             "--toggle-window" => a.toggle_window = v.parse()?,
+            "--toggle-state" => a.toggle_state = Some(v.into()),
             _ => bail!("unknown option {k}"),
         }
     }
@@ -121,7 +125,8 @@ fn cpu_ns_exact(pid: u32) -> Result<u64> {
 /// run (`--toggle-observer`): each pair's ratios (with ÷ without) of
 /// deliveries/s and of the pusher's CPU per delivery. The order flips
 /// every pair so a drift of the run favours neither side; each window
-/// starts `SETTLE` after the switch.
+/// starts `SETTLE` after the observer says the switch is done
+/// (`--toggle-state`: detaching waits for RCU grace periods, ~1 s).
 async fn toggled_pairs(a: &Args, observer: u32, totals: &Totals) -> Result<Vec<(f64, f64)>> {
     const SETTLE: Duration = Duration::from_millis(200);
     let signal = |on: bool| {
@@ -129,25 +134,45 @@ async fn toggled_pairs(a: &Args, observer: u32, totals: &Totals) -> Result<Vec<(
         // SAFETY: kill(2) of the observer process the caller named.
         unsafe { libc::kill(observer as i32, sig) };
     };
-    let window = |on: bool| async move {
-        signal(on);
-        tokio::time::sleep(SETTLE).await;
-        let (f0, c0, t0) = (
-            totals.frames.load(Ordering::Relaxed),
-            cpu_ns_exact(a.pid)?,
-            Instant::now(),
-        );
-        tokio::time::sleep(Duration::from_secs_f64(a.toggle_window)).await;
-        let (f1, c1, t1) = (
-            totals.frames.load(Ordering::Relaxed),
-            cpu_ns_exact(a.pid)?,
-            Instant::now(),
-        );
-        let dps = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
-        let cpu_per = (c1 - c0) as f64 / (f1 - f0).max(1) as f64;
-        anyhow::Ok((dps, cpu_per))
+    let state = a
+        .toggle_state
+        .clone()
+        .ok_or_else(|| anyhow!("--toggle-observer needs --toggle-state FILE"))?;
+    let window = |on: bool| {
+        let state = state.clone();
+        async move {
+            signal(on);
+            let want = if on { "1" } else { "0" };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::fs::read_to_string(&state).ok().as_deref() != Some(want) {
+                if Instant::now() > deadline {
+                    bail!(
+                        "the observer did not switch its probes {} within 20 s",
+                        if on { "on" } else { "off" }
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(SETTLE).await;
+            let (f0, c0, t0) = (
+                totals.frames.load(Ordering::Relaxed),
+                cpu_ns_exact(a.pid)?,
+                Instant::now(),
+            );
+            tokio::time::sleep(Duration::from_secs_f64(a.toggle_window)).await;
+            let (f1, c1, t1) = (
+                totals.frames.load(Ordering::Relaxed),
+                cpu_ns_exact(a.pid)?,
+                Instant::now(),
+            );
+            let dps = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
+            let cpu_per = (c1 - c0) as f64 / (f1 - f0).max(1) as f64;
+            anyhow::Ok((dps, cpu_per))
+        }
     };
-    let pairs = ((a.seconds / (2.0 * (a.toggle_window + SETTLE.as_secs_f64()))) as usize).max(1);
+    // A pair: one detach (~1 s) and one attach, two settles, two windows.
+    let pair_s = 1.2 + 2.0 * (a.toggle_window + SETTLE.as_secs_f64());
+    let pairs = ((a.seconds / pair_s) as usize).max(1);
     let mut out = Vec::new();
     for i in 0..pairs {
         let (on, off) = if i % 2 == 0 {

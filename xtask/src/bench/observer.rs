@@ -682,8 +682,9 @@ fn interleaved(pairs: usize, rate: f64, tag: usize) -> Result<Interleaved> {
     let obs = observe_with(pid, &obs_dir, &["--bench-toggle-signals"])?;
     util::pin(pid, 0)?;
     util::pin(obs.0.id(), 1)?;
-    // Each window is preceded by a 0.2 s settle after the switch.
-    let seconds = pairs as f64 * 2.0 * (WINDOW_S + 0.2) + 0.1;
+    // A pair: a detach (~1 s: RCU grace periods) and an attach, each
+    // window preceded by a 0.2 s settle once the switch is done.
+    let seconds = pairs as f64 * (1.2 + 2.0 * (WINDOW_S + 0.2)) + 0.5;
     let out = Command::new("taskset")
         .args(["-c", "1"])
         .arg(util::release_bin("pushscope-pusher-bench"))
@@ -696,6 +697,8 @@ fn interleaved(pairs: usize, rate: f64, tag: usize) -> Result<Interleaved> {
         ])
         .args(["--toggle-observer", &obs.0.id().to_string()])
         .args(["--toggle-window", &WINDOW_S.to_string()])
+        .arg("--toggle-state")
+        .arg(obs_dir.join("bench-probes-attached"))
         .args(["--rate", &format!("{rate:.0}")])
         .stderr(Stdio::inherit())
         .output()
