@@ -1,5 +1,5 @@
 //! `cargo xtask bench scale [--connections 100000] [--hold 60] [--connect-rate 20000]
-//! [--workers W] [--heartbeat 5]`: 100,000 WebSocket subscribers on one host (needs root,
+//! [--workers W] [--heartbeat 5] [--warm]`: 100,000 WebSocket subscribers on one host (needs root,
 //! nginx and libnginx-mod-nchan):
 //! 1. NGINX + nchan with W workers (default: 16,000 connections each, under
 //!    the 20,000 per-process fd limit), one `reuseport` listener per worker;
@@ -9,7 +9,10 @@
 //! 3. `pushscope load --protocol nchan` ramps to N subscribers at the
 //!    connect rate (sharded over worker processes above 15,000, source
 //!    addresses 127.0.0.1-127.0.0.8), holds them `--hold` seconds with
-//!    heartbeats every 5 s and a trickle of publishes.
+//!    heartbeats every 5 s and a trickle of publishes. With `--warm`, a
+//!    first ramp of N (closed again, before the observer attaches) leaves
+//!    NGINX's per-connection memory touched: the measured ramp then shows
+//!    what a warm server takes, not the VM's first-touch page faults.
 //!
 //! Reports: upgraded / failed / unexpected disconnects and the ramp's
 //! rate; the observer's accepted count across the workers, coverage,
@@ -166,6 +169,28 @@ fn start_nginx(dir: &Path, workers: u64, port: u16) -> Result<Guard> {
     Ok(guard)
 }
 
+/// `pushscope load` of `n` nchan subscribers (8 source addresses, 100
+/// channels, 10 msgs/s, 2 publishers) with its output in `out`.
+fn load_cmd(port: u16, stages: &str, rate: u64, heartbeat: u64, out: &Path) -> Command {
+    let mut cmd = Command::new(util::release_bin("pushscope"));
+    cmd.args(["load", "--protocol", "nchan"])
+        .args(["--url", &format!("ws://127.0.0.1:{port}/sub/{{channel}}")])
+        .args([
+            "--publish-url",
+            &format!("http://127.0.0.1:{port}/pub/{{channel}}"),
+        ])
+        .args(["--stages", stages, "--connect-rate", &format!("{rate}/s")])
+        .args(["--source-addrs", "127.0.0.1-127.0.0.8"])
+        .args(["--channels", "100", "--rate", "10"])
+        .args(["--publishers", &PUBLISHERS.to_string(), "--grace", "2s"])
+        .args(["--heartbeat", &format!("{heartbeat}s")])
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
 fn num(v: &Value, path: &str) -> f64 {
     v.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
@@ -173,8 +198,13 @@ fn num(v: &Value, path: &str) -> f64 {
 pub fn run(args: &[String]) -> Result<()> {
     let (mut n, mut hold, mut rate, mut workers, mut heartbeat) =
         (100_000u64, 60u64, 20_000u64, 0u64, 5u64);
+    let mut warm = false;
     let mut it = args.iter();
     while let Some(k) = it.next() {
+        if k == "--warm" {
+            warm = true;
+            continue;
+        }
         let v: u64 = it
             .next()
             .and_then(|v| v.parse().ok())
@@ -185,7 +215,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "--connect-rate" => rate = v,
             "--workers" => workers = v,
             "--heartbeat" => heartbeat = v,
-            _ => bail!("unknown option {k}: use --connections N, --hold SECONDS, --connect-rate N, --workers W, --heartbeat SECONDS"),
+            _ => bail!("unknown option {k}: use --connections N, --hold SECONDS, --connect-rate N, --workers W, --heartbeat SECONDS, --warm"),
         }
     }
     if unsafe { libc_geteuid() } != 0 {
@@ -203,6 +233,26 @@ pub fn run(args: &[String]) -> Result<()> {
     let master = nginx.0.id();
     eprintln!("bench scale: nginx + nchan, {workers} workers, port {port}; {n} subscribers, hold {hold} s, heartbeat {heartbeat} s");
 
+    if warm {
+        // A first ramp of as many subscribers, closed again: NGINX keeps
+        // the memory it touched (glibc does not hand it back), so the
+        // measured ramp no longer pays the first touch of NGINX's
+        // per-connection memory — slow in a VM (a host page fault each).
+        eprintln!("bench scale: warming NGINX with a first ramp of {n}");
+        let st = load_cmd(
+            port,
+            &format!("{n}:1s"),
+            rate,
+            heartbeat,
+            &dir.join("warm-up"),
+        )
+        .status()
+        .context("running the warm-up load")?;
+        if !st.success() {
+            bail!("the warm-up load failed ({st})");
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
     let obs_dir = dir.join("observe");
     let observer = Guard(
         Command::new(util::release_bin("pushscope"))
@@ -226,43 +276,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let metrics = format!("127.0.0.1:{}", util::free_port()?);
     let load_dir = dir.join("load");
     let stages = format!("{n}:{hold}s");
-    let sub = format!("ws://127.0.0.1:{port}/sub/{{channel}}");
-    let publish = format!("http://127.0.0.1:{port}/pub/{{channel}}");
     let load_started = Instant::now();
     let mut load = Guard(
-        Command::new(util::release_bin("pushscope"))
-            .args([
-                "load",
-                "--protocol",
-                "nchan",
-                "--url",
-                &sub,
-                "--publish-url",
-                &publish,
-            ])
-            .args(["--stages", &stages, "--connect-rate", &format!("{rate}/s")])
-            .args([
-                "--source-addrs",
-                "127.0.0.1-127.0.0.8",
-                "--channels",
-                "100",
-                "--rate",
-                "10",
-            ])
-            .args([
-                "--publishers",
-                &PUBLISHERS.to_string(),
-                "--grace",
-                "2s",
-                "--heartbeat",
-                &format!("{heartbeat}s"),
-                "--metrics",
-                &metrics,
-            ])
-            .arg("--out")
-            .arg(&load_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+        load_cmd(port, &stages, rate, heartbeat, &load_dir)
+            .args(["--metrics", &metrics])
             .spawn()
             .context("starting pushscope load")?,
     );
@@ -343,6 +360,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "nginx_workers": workers,
         "hold_s": hold,
         "heartbeat_s": heartbeat,
+        "nginx_warmed_by_a_first_ramp": warm,
         "load_exit": status.code(),
         "held_at_s": held_at.duration_since(load_started).as_secs_f64(),
         "upgraded": opened,
@@ -379,7 +397,10 @@ pub fn run(args: &[String]) -> Result<()> {
         serde_json::to_vec_pretty(&figures)?,
     )?;
     let ok = |b: bool| if b { "met" } else { "MISSED" };
-    println!("\nbench scale: {n} subscribers on NGINX + nchan ({workers} workers), held {hold} s, heartbeat {heartbeat} s");
+    println!(
+        "\nbench scale: {n} subscribers on NGINX + nchan ({workers} workers, {}), held {hold} s, heartbeat {heartbeat} s",
+        if warm { "warmed by a first ramp" } else { "cold" }
+    );
     println!("{:<44} {:>14}  target", "figure", "value");
     let row = |name: &str, v: String, target: String| println!("{name:<44} {v:>14}  {target}");
     row(
