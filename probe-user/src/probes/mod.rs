@@ -97,37 +97,48 @@ type TracepointLinks = (
     Vec<(&'static str, RawTracePointLinkId)>,
 );
 
-/// Attaches every (loaded) program of [`ATTACH`] and [`RAW_ATTACH`].
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<TracepointLinks, ProbeError> {
+fn attach_err(
+    prog: &str,
+    category: &str,
+    name: &str,
+) -> impl Fn(aya::programs::ProgramError) -> ProbeError {
+    let (prog, category, name) = (prog.to_string(), category.to_string(), name.to_string());
+    move |source| ProbeError::Attach {
+        program: prog.clone(),
+        category: category.clone(),
+        name: name.clone(),
+        source: Box::new(source),
+    }
+}
+
+/// Attaches every program of [`ATTACH`] and [`RAW_ATTACH`], loading it
+/// first if `load` (once per object; a re-attach after a detach does not).
+fn attach_tracepoints(ebpf: &mut Ebpf, load: bool) -> Result<TracepointLinks, ProbeError> {
     let mut tp = Vec::new();
     for (prog, category, name) in ATTACH {
-        let attach_err = |source| ProbeError::Attach {
-            program: (*prog).to_string(),
-            category: (*category).to_string(),
-            name: (*name).to_string(),
-            source: Box::new(source),
-        };
+        let err = attach_err(prog, category, name);
         let p: &mut TracePoint = ebpf
             .program_mut(prog)
             .ok_or(ProbeError::Missing("program"))?
             .try_into()
-            .map_err(attach_err)?;
-        tp.push((*prog, p.attach(category, name).map_err(attach_err)?));
+            .map_err(&err)?;
+        if load {
+            p.load().map_err(&err)?;
+        }
+        tp.push((*prog, p.attach(category, name).map_err(&err)?));
     }
     let mut raw = Vec::new();
     for (prog, name) in RAW_ATTACH {
-        let attach_err = |source| ProbeError::Attach {
-            program: (*prog).to_string(),
-            category: "raw".to_string(),
-            name: (*name).to_string(),
-            source: Box::new(source),
-        };
+        let err = attach_err(prog, "raw", name);
         let p: &mut RawTracePoint = ebpf
             .program_mut(prog)
             .ok_or(ProbeError::Missing("program"))?
             .try_into()
-            .map_err(attach_err)?;
-        raw.push((*prog, p.attach(name).map_err(attach_err)?));
+            .map_err(&err)?;
+        if load {
+            p.load().map_err(&err)?;
+        }
+        raw.push((*prog, p.attach(name).map_err(&err)?));
     }
     Ok((tp, raw))
 }
@@ -399,35 +410,7 @@ impl Probes {
             }
         }
         insert_listen_ports(&mut ebpf, ports)?;
-        for (prog, category, name) in ATTACH {
-            let attach_err = |source| ProbeError::Attach {
-                program: (*prog).to_string(),
-                category: (*category).to_string(),
-                name: (*name).to_string(),
-                source: Box::new(source),
-            };
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or(ProbeError::Missing("program"))?
-                .try_into()
-                .map_err(attach_err)?;
-            p.load().map_err(attach_err)?;
-        }
-        for (prog, name) in RAW_ATTACH {
-            let attach_err = |source| ProbeError::Attach {
-                program: (*prog).to_string(),
-                category: "raw".to_string(),
-                name: (*name).to_string(),
-                source: Box::new(source),
-            };
-            let p: &mut RawTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or(ProbeError::Missing("program"))?
-                .try_into()
-                .map_err(attach_err)?;
-            p.load().map_err(attach_err)?;
-        }
-        let (tp_links, raw_links) = attach_tracepoints(&mut ebpf)?;
+        let (tp_links, raw_links) = attach_tracepoints(&mut ebpf, true)?;
         let (tls_libs, tls_note) = attach_tls(&mut ebpf, tgids);
         let counters = PerCpuArray::try_from(
             ebpf.take_map("counters")
@@ -457,7 +440,7 @@ impl Probes {
             return Ok(());
         }
         if on {
-            let (tp, raw) = attach_tracepoints(&mut self.ebpf)?;
+            let (tp, raw) = attach_tracepoints(&mut self.ebpf, false)?;
             self.tp_links = tp;
             self.raw_links = raw;
             return Ok(());
