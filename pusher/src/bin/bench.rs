@@ -127,7 +127,7 @@ fn cpu_ns_exact(pid: u32) -> Result<u64> {
 /// every pair so a drift of the run favours neither side; each window
 /// starts `SETTLE` after the observer says the switch is done
 /// (`--toggle-state`: detaching waits for RCU grace periods, ~1 s).
-async fn toggled_pairs(a: &Args, observer: u32, totals: &Totals) -> Result<Vec<(f64, f64)>> {
+async fn toggled_pairs(a: &Args, observer: u32, totals: &Totals) -> Result<()> {
     const SETTLE: Duration = Duration::from_millis(200);
     let signal = |on: bool| {
         let sig = if on { libc::SIGUSR2 } else { libc::SIGUSR1 };
@@ -136,44 +136,40 @@ async fn toggled_pairs(a: &Args, observer: u32, totals: &Totals) -> Result<Vec<(
     };
     let state = a
         .toggle_state
-        .clone()
+        .as_deref()
         .ok_or_else(|| anyhow!("--toggle-observer needs --toggle-state FILE"))?;
-    let window = |on: bool| {
-        let state = state.clone();
-        async move {
-            signal(on);
-            let want = if on { "1" } else { "0" };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::fs::read_to_string(&state).ok().as_deref() != Some(want) {
-                if Instant::now() > deadline {
-                    bail!(
-                        "the observer did not switch its probes {} within 20 s",
-                        if on { "on" } else { "off" }
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+    let window = |on: bool| async move {
+        signal(on);
+        let want = if on { "1" } else { "0" };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(state).ok().as_deref() != Some(want) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the observer did not switch its probes {} within 20 s",
+                    if on { "on" } else { "off" }
+                );
             }
-            tokio::time::sleep(SETTLE).await;
-            let (f0, c0, t0) = (
-                totals.frames.load(Ordering::Relaxed),
-                cpu_ns_exact(a.pid)?,
-                Instant::now(),
-            );
-            tokio::time::sleep(Duration::from_secs_f64(a.toggle_window)).await;
-            let (f1, c1, t1) = (
-                totals.frames.load(Ordering::Relaxed),
-                cpu_ns_exact(a.pid)?,
-                Instant::now(),
-            );
-            let dps = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
-            let cpu_per = (c1 - c0) as f64 / (f1 - f0).max(1) as f64;
-            anyhow::Ok((dps, cpu_per))
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        tokio::time::sleep(SETTLE).await;
+        let (f0, c0, t0) = (
+            totals.frames.load(Ordering::Relaxed),
+            cpu_ns_exact(a.pid)?,
+            Instant::now(),
+        );
+        tokio::time::sleep(Duration::from_secs_f64(a.toggle_window)).await;
+        let (f1, c1, t1) = (
+            totals.frames.load(Ordering::Relaxed),
+            cpu_ns_exact(a.pid)?,
+            Instant::now(),
+        );
+        let dps = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
+        let cpu_per = (c1 - c0) as f64 / (f1 - f0).max(1) as f64;
+        anyhow::Ok((dps, cpu_per))
     };
     // A pair: one detach (~1 s) and one attach, two settles, two windows.
     let pair_s = 1.2 + 2.0 * (a.toggle_window + SETTLE.as_secs_f64());
     let pairs = ((a.seconds / pair_s) as usize).max(1);
-    let mut out = Vec::new();
     for i in 0..pairs {
         let (on, off) = if i % 2 == 0 {
             let on = window(true).await?;
@@ -187,10 +183,9 @@ async fn toggled_pairs(a: &Args, observer: u32, totals: &Totals) -> Result<Vec<(
             "toggle_pair={i} with_dps={:.0} without_dps={:.0} thr={:.4} cpu={:.4}",
             on.0, off.0, pair.0, pair.1
         );
-        out.push(pair);
     }
     signal(true);
-    Ok(out)
+    Ok(())
 }
 
 fn rss_kib(pid: u32) -> Result<u64> {
@@ -495,9 +490,7 @@ async fn fanout(a: Args) -> Result<()> {
         Instant::now(),
     );
     match a.toggle_observer {
-        Some(obs) => {
-            toggled_pairs(&a, obs, &totals).await?;
-        }
+        Some(obs) => toggled_pairs(&a, obs, &totals).await?,
         None => tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await,
     }
     let (f1, c1, t1) = (

@@ -754,7 +754,7 @@ impl Interleaved {
     }
 }
 
-fn fanout_cost(pairs: usize, flag: &str) -> Result<FanoutCost> {
+fn fanout_cost(seconds: &str, pairs: usize, flag: &str) -> Result<FanoutCost> {
     std::fs::write(flag, "0").context("writing kernel.bpf_stats_enabled")?;
     // Throughput at saturation, then CPU per delivery paced at 70 % of
     // it: at saturation the pusher's cost per delivery moves with how
@@ -774,7 +774,6 @@ fn fanout_cost(pairs: usize, flag: &str) -> Result<FanoutCost> {
     let runs = sat.pairs_text();
     let paced_runs = paced.pairs_text();
     let paced_dps = Interleaved::mean(&paced.dps_without);
-    let seconds = "5";
     std::fs::write(flag, "1").context("enabling kernel.bpf_stats_enabled")?;
     let (mut shares, mut shares_all) = (Vec::new(), Vec::new());
     let (mut progs, mut progs_all) = (BTreeMap::new(), BTreeMap::new());
@@ -956,7 +955,7 @@ fn measure(
     fanout_only: bool,
     flag: &str,
 ) -> Result<()> {
-    let cost = fanout_cost(pairs, flag)?;
+    let cost = fanout_cost(seconds, pairs, flag)?;
     if fanout_only {
         print_fanout_cost(&cost, pairs, seconds);
         let path = bench_dir().join("observer-fanout.json");
