@@ -100,6 +100,17 @@ pub fn skip_unless_root(test: &str) -> bool {
     true
 }
 
+/// The host-side TUN devices of process `pid`'s emulated links
+/// (`loadgen::link`: `psl<pid>h<k>`).
+pub fn link_host_devices(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with(&format!("psl{pid}h")))
+        .collect()
+}
+
 /// Serialises heavy tests inside one test binary: 2 cores cannot run two
 /// load tests at once and keep their figures meaningful.
 pub fn heavy_lock() -> MutexGuard<'static, ()> {

@@ -11,20 +11,11 @@
 //! - Nothing is left behind: devices and routes vanish with the link.
 
 use loadgen::link::{Link, NetworkSpec};
-use pushscope_tests::{heavy_lock, poll_until, skip_unless_root};
+use pushscope_tests::{heavy_lock, link_host_devices, poll_until, skip_unless_root};
 use std::{
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
-
-fn host_devices(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with(&format!("psl{pid}h")))
-        .collect()
-}
 
 fn host_routes() -> String {
     let out = std::process::Command::new("ip")
@@ -279,13 +270,13 @@ fn link_leaves_no_device_and_no_route_root() {
     let pid = std::process::id();
     let link = Link::start(NetworkSpec::parse("financial-backbone").unwrap()).expect("link");
     let addr = link.client_addr.to_string();
-    assert_eq!(host_devices(pid), vec![link.host_dev.clone()]);
+    assert_eq!(link_host_devices(pid), vec![link.host_dev.clone()]);
     assert!(host_routes().contains(&addr), "{}", host_routes());
     drop(link);
     assert!(
-        host_devices(pid).is_empty(),
+        link_host_devices(pid).is_empty(),
         "left: {:?}",
-        host_devices(pid)
+        link_host_devices(pid)
     );
     assert!(
         !host_routes().contains(&addr),

@@ -12,23 +12,14 @@
 //!   server retransmits, report section.
 
 use pushscope_tests::{
-    bin_path, heavy_lock, loadgen::pushscope, poll_until, pusher::Pusher, skip_unless_root,
-    ChildGuard,
+    bin_path, heavy_lock, link_host_devices, loadgen::pushscope, poll_until, pusher::Pusher,
+    skip_unless_root, ChildGuard,
 };
 use serde_json::Value;
 use std::{
     process::{Command, Stdio},
     time::Duration,
 };
-
-fn host_devices(pid: u32) -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with(&format!("psl{pid}h")))
-        .collect()
-}
 
 /// Host routes to the links' address block (100.64.0.0/10).
 fn link_routes() -> Vec<String> {
@@ -210,7 +201,7 @@ fn long_linked_load(url: &str) -> ChildGuard {
     };
     let pid = g.pid();
     poll_until("the link's host device", Duration::from_secs(20), || {
-        let d = host_devices(pid);
+        let d = link_host_devices(pid);
         if d.is_empty() {
             Err("none yet".into())
         } else {
@@ -232,7 +223,7 @@ fn assert_gone(pid: u32, how: &str) {
         &format!("the link of PID {pid} to vanish after {how}"),
         Duration::from_secs(10),
         || {
-            let (d, r) = (host_devices(pid), link_routes());
+            let (d, r) = (link_host_devices(pid), link_routes());
             let r: Vec<_> = r
                 .into_iter()
                 .filter(|l| l.contains(&format!("psl{pid}h")))
