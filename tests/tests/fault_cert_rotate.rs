@@ -206,9 +206,12 @@ fn client_certificates_from_an_untrusted_ca_fail_by_reason_and_the_gate_rejects_
     let c = rotated(&r);
     let during = &c["during"];
     // Every handshake with the rogue certificate fails: the new
-    // subscribers' first attempts and their retries.
+    // subscribers' first attempts and their retries. The window counts
+    // attempts by when they end: one begun with the old certificate just
+    // before the rotation may succeed inside it — at most one per lane (2),
+    // as in the pusher's twin test below (CI saw 317 of 318).
     assert!(n(&during["attempts"]) >= 40, "{c:#}");
-    assert_eq!(n(&during["failed"]), n(&during["attempts"]), "{c:#}");
+    assert!(n(&during["failed"]) + 2 >= n(&during["attempts"]), "{c:#}");
     let reasons = during["failed_by_reason"].as_object().unwrap();
     assert_eq!(
         reasons.values().map(n).sum::<u64>(),

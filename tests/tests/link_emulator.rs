@@ -2,8 +2,9 @@
 //! namespace, real TUN devices, real TCP and UDP through the forwarder to
 //! a server on the host's 127.0.0.1.
 //!
-//! - TCP connect RTT over `rtt=2ms,jitter=0.3ms` (500 connects): median
-//!   2 ms ± 10 %, standard deviation 0.3 ms ± 30 %.
+//! - TCP connect RTT over `rtt=2ms,jitter=0.3ms` (500 connects), as the
+//!   kernel sampled each handshake (TCP_INFO): median 2 ms ± 10 %,
+//!   standard deviation 0.3 ms ± 30 %.
 //! - `loss=1%` over 100,000 UDP datagrams: the loss counted by the
 //!   forwarder is inside the binomial 99 % interval, and the host received
 //!   exactly what the forwarder let through.
@@ -55,7 +56,7 @@ fn link_connect_rtt_median_and_jitter_as_asked_root() {
     let addr = l.local_addr().unwrap();
     acceptor(l);
     let ns = link.netns();
-    let mut rtts: Vec<f64> = ns
+    let (mut rtts, mut kernel): (Vec<f64>, Vec<f64>) = ns
         .run_in(move || {
             // The measuring client runs at real-time priority like the
             // forwarder: on 2 busy cores a normal thread wakes up late by
@@ -65,7 +66,7 @@ fn link_connect_rtt_median_and_jitter_as_asked_root() {
                 let p = libc::sched_param { sched_priority: 5 };
                 libc::sched_setscheduler(0, libc::SCHED_FIFO, &p);
             }
-            let mut v = Vec::new();
+            let (mut v, mut k) = (Vec::new(), Vec::new());
             // Warm-up (ARP-free TUN, but first-use costs remain).
             for _ in 0..5 {
                 TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
@@ -74,12 +75,17 @@ fn link_connect_rtt_median_and_jitter_as_asked_root() {
                 let t = Instant::now();
                 let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
                 v.push(t.elapsed().as_secs_f64() * 1e3);
+                // The kernel's own sample of the handshake (SYN → SYN-ACK).
+                let info = loadgen::net::tcp_info_of(&s).expect("TCP_INFO");
+                k.push(f64::from(info.srtt_us) / 1e3);
                 drop(s);
             }
-            Ok(v)
+            Ok((v, k))
         })
         .expect("connects from the namespace to 127.0.0.1 on the host");
     let (med, sd) = median_sd(&mut rtts);
+    let (kmed, ksd) = median_sd(&mut kernel);
+    eprintln!("kernel handshake RTT: median {kmed:.3} ms, stdev {ksd:.3} ms");
     let n = rtts.len();
     eprintln!(
         "connect RTT quantiles (ms): p1 {:.3} p10 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
@@ -107,20 +113,25 @@ fn link_connect_rtt_median_and_jitter_as_asked_root() {
         path.base_rtt_ms > 0.0 && path.compensated_ms <= 2.0,
         "{path:?}"
     );
+    // TCP's connect RTT as TCP itself measured it (the handshake's RTT
+    // sample, TCP_INFO): the wall time around connect() adds this
+    // thread's own wake-up, 0.05–0.1 ms here and 0.3 ms on a CI host
+    // (2.35 ms with the forwarder at 1.01 ms each way) — printed, not the link.
     assert!(
-        (1.8..=2.2).contains(&med),
-        "median connect RTT {med:.3} ms, asked 2 ms ± 10 %"
+        (1.8..=2.2).contains(&kmed),
+        "median TCP handshake RTT {kmed:.3} ms (kernel), asked 2 ms ± 10 %; around connect() {med:.3} ms"
     );
     // σ of the link from the interquartile range (σ = IQR / 1.349 for a
     // normal distribution): the raw standard deviation also carries the
     // host's tail (on 2 busy cores the kernel defers packet processing to
     // ksoftirqd, a normal-priority thread, for milliseconds at times),
     // which is printed above but is not the link's jitter.
-    let sigma = (rtts[n * 3 / 4] - rtts[n / 4]) / 1.349;
-    eprintln!("connect RTT σ from the IQR: {sigma:.3} ms");
+    let sigma = (kernel[n * 3 / 4] - kernel[n / 4]) / 1.349;
+    let sigma_wall = (rtts[n * 3 / 4] - rtts[n / 4]) / 1.349;
+    eprintln!("handshake RTT σ from the IQR: {sigma:.3} ms (around connect(): {sigma_wall:.3} ms)");
     assert!(
         (0.21..=0.39).contains(&sigma),
-        "connect RTT σ {sigma:.3} ms (IQR), asked 0.3 ms ± 30 %; raw stdev {sd:.3} ms"
+        "handshake RTT σ {sigma:.3} ms (IQR), asked 0.3 ms ± 30 %; raw stdev {ksd:.3} ms"
     );
     assert!(
         r.to_target.forwarded >= 1010 && r.from_target.forwarded >= 505,
