@@ -9,6 +9,7 @@
 pub mod accounting;
 pub mod client;
 pub mod clock;
+pub mod connect_floor;
 pub mod duration;
 pub mod faults;
 pub mod lane;

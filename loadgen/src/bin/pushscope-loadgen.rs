@@ -23,12 +23,18 @@ enum Cmd {
     Load(loadgen::LoadArgs),
     /// Compare publish and receive logs of a load run.
     Verify(loadgen::VerifyArgs),
+    /// The ramp's floor: connections/s this host's kernel alone sets up on
+    /// loopback (fixed upgrade request and 101, no work on either side).
+    ConnectFloor(loadgen::connect_floor::FloorArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Opts::parse().command {
         Cmd::Load(a) => loadgen::run_load(a),
         Cmd::Verify(a) => loadgen::run_verify(a),
+        Cmd::ConnectFloor(a) => {
+            loadgen::connect_floor::run(a).map(|()| loadgen::outcome::Outcome::Completed)
+        }
     };
     if let Err(e) = &result {
         eprintln!("pushscope-loadgen: {e:#}");

@@ -21,6 +21,14 @@
 //! connection; kernel TCP memory; listen-queue overflows and drops
 //! (`/proc/net/netstat` ListenOverflows / ListenDrops deltas: SYNs lost
 //! to a full accept queue). Writes target/bench/scale.json.
+//!
+//! Then the ramp's floor (`pushscope-loadgen connect-floor`, NGINX
+//! stopped): as many connections set up by servers and clients that do no
+//! work (a fixed upgrade request, a 101 with its accept key), sharded the
+//! same way. It is the most this host's kernel can set up per second on
+//! loopback; the ramp's rate is reported as a share of it, and its CPU per
+//! connection shows what is left for the server, the load generator and
+//! the observer within the target's budget.
 
 use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
@@ -225,6 +233,7 @@ pub fn run(args: &[String]) -> Result<()> {
         workers = n.div_ceil(CONNS_PER_WORKER).max(1);
     }
     util::cargo(&["build", "--release", "-p", "probe-user", "--bins"])?;
+    util::cargo(&["build", "--release", "-p", "loadgen", "--bins"])?;
     let dir = bench_dir().join("scale");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -331,6 +340,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let (overflows1, drops1) = listen_drops();
     drop(observer); // SIGINT: writes its summary
     drop(nginx);
+    let floor = connect_floor(n)?;
     let load_summary: Value = serde_json::from_slice(
         &std::fs::read(load_dir.join("summary.json")).context("reading the load's summary.json")?,
     )?;
@@ -391,6 +401,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "kernel_tcp_mem_per_connection_bytes": per(tcp_mem.saturating_sub(tcp_mem0)),
         "listen_overflows": overflows1 - overflows0,
         "listen_drops": drops1 - drops0,
+        "ramp_floor": floor,
     });
     std::fs::write(
         bench_dir().join("scale.json"),
@@ -430,6 +441,25 @@ pub fn run(args: &[String]) -> Result<()> {
         "ramp CPU per new connection: nginx / load / observer",
         format!("{ramp_nginx_us:.0} / {ramp_load_us:.0} / {ramp_observer_us:.0} µs"),
         "reported".into(),
+    );
+    let floor_rate = num(&floor, "/connections_per_s");
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+    row(
+        "ramp floor: kernel alone, no work (conns/s)",
+        format!("{floor_rate:.0}"),
+        format!("ramp = {:.0} % of it", connect_rate / floor_rate * 100.0),
+    );
+    row(
+        "floor CPU per connection: server / client",
+        format!(
+            "{:.0} / {:.0} µs",
+            num(&floor, "/server_cpu_us_per_connection"),
+            num(&floor, "/client_cpu_us_per_connection")
+        ),
+        format!(
+            "{TARGET_CONNECT_RATE:.0}/s on {cores} cores leaves {:.0} µs in all",
+            cores * 1e6 / TARGET_CONNECT_RATE
+        ),
     );
     row(
         "machine busy during the ramp (softirq apart)",
@@ -493,6 +523,20 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     println!("figures: {}", bench_dir().join("scale.json").display());
     Ok(())
+}
+
+/// `pushscope-loadgen connect-floor` of `n` connections: its JSON figures.
+fn connect_floor(n: u64) -> Result<Value> {
+    eprintln!("bench scale: the ramp's floor, {n} connections with no work on either side");
+    let out = Command::new(util::release_bin("pushscope-loadgen"))
+        .args(["connect-floor", "--connections", &n.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running pushscope-loadgen connect-floor")?;
+    if !out.status.success() {
+        bail!("pushscope-loadgen connect-floor failed ({})", out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("reading connect-floor's figures")
 }
 
 extern "C" {
