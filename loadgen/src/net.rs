@@ -389,14 +389,7 @@ pub async fn open_ws(
     timeout: Duration,
     tracer: Option<&crate::msgpath::Tracer>,
 ) -> Result<(Ws, Phases), ConnectError> {
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
-    let mut req = url
-        .into_client_request()
-        .map_err(|e| ConnectError::Upgrade(e.to_string()))?;
-    if let Some(p) = subprotocol {
-        let v = HeaderValue::from_str(p).map_err(|e| ConnectError::Upgrade(e.to_string()))?;
-        req.headers_mut().insert("sec-websocket-protocol", v);
-    }
+    let (req, key) = crate::ws::request(url, subprotocol)?;
     let fut = async {
         let mut phases = Phases::default();
         let sampling = tracer.map(|tracer| Sampling {
@@ -405,7 +398,7 @@ pub async fn open_ws(
         });
         let mut stream = open_stream(ep, source, &mut phases, sampling).await?;
         let t = Instant::now();
-        let leftover = crate::ws::upgrade(&mut stream, req, subprotocol).await?;
+        let leftover = crate::ws::upgrade(&mut stream, &req, &key, subprotocol).await?;
         phases.upgrade = t.elapsed();
         Ok((crate::ws::WsConn::new(stream, leftover), phases))
     };
