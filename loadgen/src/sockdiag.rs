@@ -1,263 +1,275 @@
-//! The target's TCP sockets as the kernel sees them, through sock_diag
-//! (`NETLINK_SOCK_DIAG`, `inet_diag_req_v2` dumps of AF_INET and AF_INET6
-//! with `INET_DIAG_SKMEMINFO`): per socket its send queue (`sk_wmem_queued`,
-//! bytes queued for sending including unacked ones), unacked/unsent bytes
-//! (`idiag_wqueue`, ss' Send-Q), receive queue and buffer sizes; and the
-//! inodes of a port's listening sockets (kill-restart finds the restarted
-//! target by them).
+//! TCP sockets of this network namespace as the kernel sees them, through
+//! sock_diag (`NETLINK_SOCK_DIAG`, what `ss` uses): `inet_diag_req_v2`
+//! dumps of AF_INET and AF_INET6, built and read with the
+//! `netlink-packet-sock-diag` / `netlink-sys` crates. One client serves
+//! three callers:
+//! - the slow-consumers fault (`tcp_sockets`): per socket of the target's
+//!   port its send queue (`sk_wmem_queued` from `INET_DIAG_SKMEMINFO`,
+//!   bytes queued for sending including unacked ones), unacked/unsent
+//!   bytes (`idiag_wqueue`, ss' Send-Q), receive queue and buffer size;
+//! - kill-restart (`listening_inodes`): the inodes of a port's listening
+//!   sockets, by which it finds the restarted target;
+//! - the observer (`listen_sockets`): every listener of the namespace with
+//!   its accept-queue depth.
 //!
-//! Why sock_diag and not the probes' send hook: a slow consumer's socket
-//! matters most once the server has *stopped* writing to it (waiting for
-//! EPOLLOUT, or keeping the backlog in its own memory): the send hook
-//! never fires then, so it cannot see the queue stay full, and the hook is
-//! the observer's hottest path. A dump every 100 ms of the sockets of the
-//! target's port costs the target nothing and needs no root.
+//! Asking for the LISTEN state only, the kernel walks its listening hash
+//! and never the established one, so the cost does not grow with the
+//! number of connections or TIME_WAIT sockets — unlike reading
+//! `/proc/net/tcp`, which prints every socket of the namespace (tens of
+//! thousands of TIME_WAIT sockets after a load made one read of it take
+//! seconds on a busy machine). A local port asked for goes into the
+//! request's `inet_diag_sockid`, where the kernel's dump skips other
+//! ports before building a message for them.
+//!
+//! Why sock_diag and not the probes' send hook for slow consumers: a slow
+//! consumer's socket matters most once the server has *stopped* writing
+//! to it (waiting for EPOLLOUT, or keeping the backlog in its own memory):
+//! the send hook never fires then, so it cannot see the queue stay full,
+//! and the hook is the observer's hottest path. A dump every 100 ms of the
+//! sockets of the target's port costs the target nothing and needs no
+//! root.
 
 use std::{
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
 };
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
 /// One TCP socket (the target's side of a connection when its local port
 /// is the target's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSock {
+    /// IPv4-mapped IPv6 addresses (a dual-stack listener's IPv4 peers)
+    /// are given as IPv4.
     pub local: SocketAddr,
     pub peer: SocketAddr,
-    /// TCP state (include/net/tcp_states.h: 1 ESTABLISHED, 4 FIN_WAIT1, …).
+    /// TCP state (include/net/tcp_states.h: 1 ESTABLISHED, 4 FIN_WAIT1,
+    /// 10 LISTEN, …).
     pub state: u8,
     /// Bytes written and not yet acknowledged by the peer (Send-Q).
     pub send_q: u32,
-    /// Bytes received and not yet read (Recv-Q).
+    /// Bytes received and not yet read (Recv-Q); for a listener, the
+    /// connections waiting in its accept queue.
     pub recv_q: u32,
-    /// `sk_wmem_queued`: bytes of the send queue's buffers (skb truesize).
+    /// `sk_wmem_queued`: bytes of the send queue's buffers (skb truesize);
+    /// 0 unless the query asked for `skmeminfo`.
     pub wmem_queued: u32,
+    /// `sk_sndbuf`; 0 unless the query asked for `skmeminfo`.
     pub sndbuf: u32,
     pub inode: u32,
 }
 
-pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_ESTABLISHED: u8 = netlink_packet_sock_diag::constants::TCP_ESTABLISHED;
+pub const TCP_LISTEN: u8 = netlink_packet_sock_diag::constants::TCP_LISTEN;
 
-const NETLINK_SOCK_DIAG: libc::c_int = 4;
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const INET_DIAG_SKMEMINFO: u16 = 7;
-const SK_MEMINFO_WMEM_QUEUED: usize = 5;
-const SK_MEMINFO_SNDBUF: usize = 3;
-const TCP_LISTEN: u32 = 10;
-
-/// `struct nlmsghdr` + `struct inet_diag_req_v2` (include/uapi/linux/inet_diag.h).
-#[repr(C)]
-struct Request {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-    family: u8,
-    protocol: u8,
-    ext: u8,
-    pad: u8,
-    states: u32,
-    // struct inet_diag_sockid: zero = every socket (a dump)
-    id: [u8; 48],
+/// What one dump asks the kernel for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Query {
+    /// TCP states to dump, a bit per state (`1 << TCP_LISTEN`, …).
+    pub states: u32,
+    /// Only sockets whose local port is this one (all when `None`).
+    pub local_port: Option<u16>,
+    /// Ask for `INET_DIAG_SKMEMINFO` (`wmem_queued`, `sndbuf`): a 36-byte
+    /// attribute more per socket, so only where it is read.
+    pub skmeminfo: bool,
 }
+
+/// Listening sockets only: the kernel walks its listening hash alone.
+pub const LISTEN_STATES: u32 = 1 << TCP_LISTEN;
+/// Every state but LISTEN: a port's connections (TIME_WAIT included).
+pub const CONNECTION_STATES: u32 = !LISTEN_STATES;
 
 /// Every TCP socket (of the caller's network namespace) whose local port
-/// is `port`, but the listener: the target's side of its connections.
+/// is `port`, but the listener: the target's side of its connections,
+/// with their send-queue memory.
 pub fn tcp_sockets(port: u16) -> io::Result<Vec<TcpSock>> {
-    let mut out = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        dump(family, !(1u32 << TCP_LISTEN), &mut |s| {
-            if s.local.port() == port {
-                out.push(s);
-            }
-        })?;
-    }
-    Ok(out)
+    dump(Query {
+        states: CONNECTION_STATES,
+        local_port: Some(port),
+        skmeminfo: true,
+    })
 }
 
-/// Inodes of the sockets listening on `port` (IPv4 and IPv6). The kernel
-/// dumps only its listening table for this query: the cost does not grow
-/// with connections or TIME_WAIT sockets, as reading /proc/net/tcp does
-/// (tens of thousands of TIME_WAIT sockets after a load made one read of
-/// it take seconds on a busy machine).
+/// Inodes of the sockets listening on `port` (IPv4 and IPv6).
 pub fn listening_inodes(port: u16) -> io::Result<Vec<u64>> {
+    let socks = dump(Query {
+        states: LISTEN_STATES,
+        local_port: Some(port),
+        skmeminfo: false,
+    })?;
+    Ok(socks.iter().map(|s| u64::from(s.inode)).collect())
+}
+
+/// Every TCP listener (IPv4 and IPv6) of the caller's network namespace:
+/// port in `local`, inode, accept-queue depth in `recv_q`.
+pub fn listen_sockets() -> io::Result<Vec<TcpSock>> {
+    dump(Query {
+        states: LISTEN_STATES,
+        local_port: None,
+        skmeminfo: false,
+    })
+}
+
+/// The TCP sockets of both families that `q` asks for.
+pub fn dump(q: Query) -> io::Result<Vec<TcpSock>> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     let mut out = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        dump(family, 1u32 << TCP_LISTEN, &mut |s| {
-            if s.local.port() == port && u32::from(s.state) == TCP_LISTEN {
-                out.push(u64::from(s.inode));
+    let mut buf = vec![0u8; RECV_BUF];
+    for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
+        send_request(&socket, seq, family, q)?;
+        // Bounded: a dump of 1M sockets with SKMEMINFO is ~7,000 reads of
+        // 32 KiB (the kernel's largest dump skb).
+        let mut done = false;
+        for _ in 0..MAX_READS {
+            let n = match socket.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n > buf.len() {
+                return Err(bad(format!(
+                    "a sock_diag read of {n} bytes does not fit the {} byte buffer",
+                    buf.len()
+                )));
             }
-        })?;
+            if parse_batch(&buf[..n], &mut |s| {
+                // The kernel filters by port already; kept as a guard.
+                if q.local_port.is_none_or(|p| p == s.local.port()) {
+                    out.push(s);
+                }
+            })? {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            return Err(bad(format!(
+                "sock_diag dump did not end after {MAX_READS} reads"
+            )));
+        }
     }
     Ok(out)
 }
 
-/// Dumps the TCP sockets of `family` in `states` (a bit per TCP state).
-fn dump(family: u8, states: u32, f: &mut dyn FnMut(TcpSock)) -> io::Result<()> {
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
+/// Larger than the kernel's largest dump skb (32 KiB).
+const RECV_BUF: usize = 64 * 1024;
+const MAX_READS: usize = 100_000;
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn send_request(socket: &Socket, seq: u32, family: u8, q: Query) -> io::Result<()> {
+    let mut socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket(2) and is not used elsewhere.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let req = Request {
-        len: std::mem::size_of::<Request>() as u32,
-        kind: SOCK_DIAG_BY_FAMILY,
-        flags: (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
-        seq: 1,
-        pid: 0,
-        family,
-        protocol: libc::IPPROTO_TCP as u8,
-        ext: 1 << (INET_DIAG_SKMEMINFO - 1),
-        pad: 0,
-        states,
-        id: [0; 48],
-    };
-    // SAFETY: a zeroed sockaddr_nl addresses the kernel.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: req and sa are valid for their sizes for the call's duration.
-    let n = unsafe {
-        libc::sendto(
-            raw,
-            (&req as *const Request).cast(),
-            std::mem::size_of::<Request>(),
-            0,
-            (&sa as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    // Bounded: a dump of 1M sockets is ~2,000 reads of 64 KiB.
-    for _ in 0..100_000 {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+    socket_id.source_port = q.local_port.unwrap_or(0);
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = seq;
+    let mut request = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: if q.skmeminfo {
+                ExtensionFlags::SKMEMINFO
+            } else {
+                ExtensionFlags::empty()
+            },
+            states: StateFlags::from_bits_retain(q.states),
+            socket_id,
+        })
+        .into(),
+    );
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    Ok(())
+}
+
+/// Parses one read of netlink messages, handing each socket to `f`; true
+/// at the dump's end.
+fn parse_batch(b: &[u8], f: &mut dyn FnMut(TcpSock)) -> io::Result<bool> {
+    let mut at = 0;
+    // Bounded: every message is at least a 16-byte header.
+    while at < b.len() {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&b[at..]).map_err(|e| {
+            bad(format!(
+                "sock_diag sent a message this client cannot read: {e}"
+            ))
+        })?;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => f(tcp_sock(&r)),
+            NetlinkPayload::Done(_) => return Ok(true),
+            // A code of 0 would be an ACK, which a dump does not ask for.
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                let os = e.to_io();
+                return Err(io::Error::new(
+                    os.kind(),
+                    format!("sock_diag refused the dump: {os}"),
+                ));
             }
-            return Err(e);
-        }
-        if parse_batch(&buf[..n as usize], f)? {
-            return Ok(());
-        }
-    }
-    Err(io::Error::other("sock_diag dump did not end"))
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// Parses one read of netlink messages; true at the dump's end.
-fn parse_batch(mut b: &[u8], f: &mut dyn FnMut(TcpSock)) -> io::Result<bool> {
-    while b.len() >= 16 {
-        let len = u32_at(b, 0) as usize;
-        let kind = u16_at(b, 4);
-        if len < 16 || len > b.len() {
-            return Err(io::Error::other("truncated sock_diag message"));
-        }
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = if len >= 20 {
-                    -(u32_at(b, 16) as i32)
-                } else {
-                    0
-                };
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-            SOCK_DIAG_BY_FAMILY => {
-                if let Some(s) = parse_msg(&b[16..len]) {
-                    f(s);
-                }
+            NetlinkPayload::Overrun(_) => {
+                return Err(bad("sock_diag reported an overrun".into()));
             }
             _ => {}
         }
-        let step = (len + 3) & !3;
-        if step >= b.len() {
-            break;
-        }
-        b = &b[step..];
+        // NLMSG_ALIGN: messages start on 4-byte boundaries.
+        at += (msg.header.length as usize + 3) & !3;
     }
     Ok(false)
 }
 
-/// `struct inet_diag_msg` (72 bytes) and its attributes.
-fn parse_msg(m: &[u8]) -> Option<TcpSock> {
-    if m.len() < 72 {
-        return None;
-    }
-    let family = m[0];
-    let state = m[1];
-    let sport = u16::from_be_bytes([m[4], m[5]]);
-    let dport = u16::from_be_bytes([m[6], m[7]]);
-    let addr = |at: usize| -> IpAddr {
-        if family == libc::AF_INET as u8 {
-            IpAddr::V4(Ipv4Addr::new(m[at], m[at + 1], m[at + 2], m[at + 3]))
-        } else {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&m[at..at + 16]);
-            let v6 = Ipv6Addr::from(a);
-            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
-        }
+fn tcp_sock(r: &InetResponse) -> TcpSock {
+    // A dual-stack listener's IPv4 peers come as ::ffff:a.b.c.d.
+    let ip = |a: IpAddr| match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
     };
+    let id = &r.header.socket_id;
     let mut s = TcpSock {
-        local: SocketAddr::new(addr(8), sport),
-        peer: SocketAddr::new(addr(24), dport),
-        state,
-        recv_q: u32_at(m, 56),
-        send_q: u32_at(m, 60),
+        local: SocketAddr::new(ip(id.source_address), id.source_port),
+        peer: SocketAddr::new(ip(id.destination_address), id.destination_port),
+        state: r.header.state,
+        send_q: r.header.send_queue,
+        recv_q: r.header.recv_queue,
         wmem_queued: 0,
         sndbuf: 0,
-        inode: u32_at(m, 68),
+        inode: r.header.inode,
     };
-    let mut a = &m[72..];
-    while a.len() >= 4 {
-        let len = u16_at(a, 0) as usize;
-        let kind = u16_at(a, 2);
-        if len < 4 || len > a.len() {
-            break;
+    for nla in &r.nlas {
+        if let Nla::MemInfo(m) = nla {
+            // The crate's names for SK_MEMINFO_WMEM_QUEUED / _SNDBUF.
+            s.wmem_queued = m.send_queue;
+            s.sndbuf = m.send_queue_max;
         }
-        if kind == INET_DIAG_SKMEMINFO && len >= 4 + 4 * (SK_MEMINFO_WMEM_QUEUED + 1) {
-            s.wmem_queued = u32_at(a, 4 + 4 * SK_MEMINFO_WMEM_QUEUED);
-            s.sndbuf = u32_at(a, 4 + 4 * SK_MEMINFO_SNDBUF);
-        }
-        let step = (len + 3) & !3;
-        if step >= a.len() {
-            break;
-        }
-        a = &a[step..];
     }
-    Some(s)
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::{
+        io::{Read, Write},
+        time::{Duration, Instant},
+    };
 
-    /// A connection whose reader never reads: the writer's socket shows
-    /// the bytes queued, as the kernel counts them.
     #[test]
     fn listening_inodes_name_the_listener_only() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -274,6 +286,8 @@ mod tests {
         assert!(listening_inodes(port).unwrap().is_empty());
     }
 
+    /// A connection whose reader never reads: the writer's socket shows
+    /// the bytes queued, as the kernel counts them.
     #[test]
     fn a_never_read_connection_shows_its_send_queue() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -313,5 +327,150 @@ mod tests {
         assert!(s.sndbuf > 0);
         let mut b = [0u8; 1];
         let _ = probe.read(&mut b);
+    }
+
+    /// A dual-stack (`[::]`) listener's connection from 127.0.0.1 is an
+    /// AF_INET6 socket: its peer is given as IPv4, and once every ACK is
+    /// in, the writer's Send-Q and the reader's Recv-Q add up to exactly
+    /// the bytes written.
+    #[test]
+    fn an_ipv6_socket_of_an_unread_connection_accounts_every_byte() {
+        let l = std::net::TcpListener::bind("[::]:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        // Write until the send queue holds bytes the client cannot take.
+        let chunk = vec![b'y'; 16 * 1024];
+        let mut written = 0u64;
+        for _ in 0..10_000 {
+            match server.write(&chunk) {
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let me = client.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (s, c) = loop {
+            let s = tcp_sockets(port)
+                .unwrap()
+                .into_iter()
+                .find(|s| s.peer == me)
+                .expect("the accepted socket, its peer as IPv4");
+            let c = tcp_sockets(me.port())
+                .unwrap()
+                .into_iter()
+                .find(|c| c.peer.port() == port)
+                .expect("the client's socket");
+            if u64::from(s.send_q) + u64::from(c.recv_q) == written || Instant::now() > deadline {
+                break (s, c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        eprintln!(
+            "written {written} B: server send_q {} wmem_queued {} sndbuf {}, client recv_q {}",
+            s.send_q, s.wmem_queued, s.sndbuf, c.recv_q
+        );
+        assert_eq!(s.local, SocketAddr::from(([127, 0, 0, 1], port)), "{s:?}");
+        assert_eq!(s.state, TCP_ESTABLISHED);
+        assert_eq!(
+            u64::from(s.send_q) + u64::from(c.recv_q),
+            written,
+            "{s:?} {c:?}"
+        );
+        assert!(s.send_q > 0, "{s:?}");
+        // skb truesize: at least the payload queued.
+        assert!(s.wmem_queued >= s.send_q, "{s:?}");
+        assert!(s.sndbuf > 0, "{s:?}");
+        // The listener is not among the port's connections, and is its
+        // only listener.
+        assert!(tcp_sockets(port)
+            .unwrap()
+            .iter()
+            .all(|x| x.state != TCP_LISTEN));
+        assert_eq!(listening_inodes(port).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn finds_a_listener_of_this_process_with_its_queue() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // Two connections wait in the accept queue: nobody accepts them.
+        let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let found = listen_sockets().unwrap();
+        let mine: Vec<_> = found.iter().filter(|x| x.local.port() == port).collect();
+        assert_eq!(mine.len(), 1, "{found:?}");
+        assert!(mine[0].inode > 0);
+        assert_eq!(mine[0].state, TCP_LISTEN);
+        assert_eq!(mine[0].recv_q, 2);
+        // Without SKMEMINFO asked, no memory figures.
+        assert_eq!((mine[0].wmem_queued, mine[0].sndbuf), (0, 0));
+    }
+
+    /// A port asked for is filtered by the kernel: a raw dump of it holds
+    /// that port's sockets only, though other ports have connections.
+    #[test]
+    fn the_kernel_filters_by_local_port() {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let pa = a.local_addr().unwrap().port();
+        let _ca = std::net::TcpStream::connect(("127.0.0.1", pa)).unwrap();
+        let _cb = std::net::TcpStream::connect(b.local_addr().unwrap()).unwrap();
+        let mut raw = Vec::new();
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).unwrap();
+        socket.bind_auto().unwrap();
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0)).unwrap();
+        let q = Query {
+            states: CONNECTION_STATES,
+            local_port: Some(pa),
+            skmeminfo: false,
+        };
+        send_request(&socket, 7, AF_INET, q).unwrap();
+        let mut buf = vec![0u8; RECV_BUF];
+        let mut done = false;
+        for _ in 0..1_000 {
+            let n = socket.recv(&mut &mut buf[..], 0).unwrap();
+            if parse_batch(&buf[..n], &mut |s| raw.push(s)).unwrap() {
+                done = true;
+                break;
+            }
+        }
+        assert!(done);
+        // The accepted (not yet accept()ed) socket of `a`, nothing else.
+        assert_eq!(raw.len(), 1, "{raw:?}");
+        assert_eq!(raw[0].local.port(), pa);
+        assert_eq!(raw[0].peer, _ca.local_addr().unwrap());
+    }
+
+    fn nlmsg(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend_from_slice(payload);
+        m
+    }
+
+    #[test]
+    fn bad_data_and_kernel_errors_are_io_errors() {
+        // NLMSG_ERROR carrying -EPERM.
+        let mut err = (-libc::EPERM).to_ne_bytes().to_vec();
+        err.extend_from_slice(&[0u8; 16]);
+        let e = parse_batch(&nlmsg(2, &err), &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        // A header claiming more bytes than were read.
+        let mut cut = nlmsg(20, &[0u8; 72]);
+        cut.truncate(40);
+        let e = parse_batch(&cut, &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // A SOCK_DIAG_BY_FAMILY answer shorter than inet_diag_msg.
+        let e = parse_batch(&nlmsg(20, &[libc::AF_INET as u8, 1, 0, 0]), &mut |_| {}).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        // NLMSG_DONE ends the dump; nothing after it is read.
+        let mut two = nlmsg(3, &[0u8; 4]);
+        two.extend_from_slice(&[0xff; 7]);
+        assert!(parse_batch(&two, &mut |_| {}).unwrap());
     }
 }

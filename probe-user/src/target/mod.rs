@@ -7,8 +7,6 @@
 //! queue depth of each listener; and the cores it may really use (CPU
 //! affinity of its tasks, cgroup v2 `cpu.max`).
 
-mod sockdiag;
-
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     fs,
@@ -136,8 +134,17 @@ fn namespace_listeners(pid: u32) -> Vec<Listener> {
     if ns("/proc/self/ns/net").is_some()
         && ns("/proc/self/ns/net") == ns(&format!("/proc/{pid}/ns/net"))
     {
-        match sockdiag::listen_sockets() {
-            Ok(l) => return l,
+        match loadgen::sockdiag::listen_sockets() {
+            Ok(l) => {
+                return l
+                    .iter()
+                    .map(|s| Listener {
+                        port: s.local.port(),
+                        inode: u64::from(s.inode),
+                        queue: u64::from(s.recv_q),
+                    })
+                    .collect()
+            }
             Err(e) => log::debug!("sock_diag failed ({e}); reading /proc/{pid}/net/tcp"),
         }
     }
