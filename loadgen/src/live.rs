@@ -70,6 +70,15 @@ impl Live {
         f.target = target;
     }
 
+    /// The endpoint's gauges between progress lines (every runner tick):
+    /// a scrape or a bench waiting for N connections sees them within ~1 s,
+    /// not one progress interval (5 s) late.
+    pub fn refresh(&mut self, snap: LiveSnap) {
+        if self.server.is_some() {
+            self.figures.lock().unwrap_or_else(|p| p.into_inner()).snap = snap;
+        }
+    }
+
     pub fn update(&mut self, snap: LiveSnap, last_report: Option<&StageReport>) {
         let now = Instant::now();
         self.next = now + self.interval;

@@ -429,6 +429,8 @@ impl Driver<'_> {
                 }
                 if self.live.due(now) {
                     self.live.update(snap, self.reports.last());
+                } else {
+                    self.live.refresh(snap);
                 }
             }
             let mut wake = deadline.min(now + Duration::from_millis(100));

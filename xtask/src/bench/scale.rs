@@ -28,7 +28,10 @@
 //! same way. It is the most this host's kernel can set up per second on
 //! loopback; the ramp's rate is reported as a share of it, and its CPU per
 //! connection shows what is left for the server, the load generator and
-//! the observer within the target's budget.
+//! the observer within the target's budget. And the load generator's own
+//! ramp: `pushscope load` (same subscribers, heartbeats, sources and
+//! connect rate, nothing published) against the floor's servers, so what
+//! it takes per connection is seen apart from NGINX's.
 
 use crate::util::{self, bench_dir, Guard};
 use anyhow::{bail, Context, Result};
@@ -232,8 +235,15 @@ pub fn run(args: &[String]) -> Result<()> {
     if workers == 0 {
         workers = n.div_ceil(CONNS_PER_WORKER).max(1);
     }
-    util::cargo(&["build", "--release", "-p", "probe-user", "--bins"])?;
-    util::cargo(&["build", "--release", "-p", "loadgen", "--bins"])?;
+    util::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "probe-user",
+        "-p",
+        "loadgen",
+        "--bins",
+    ])?;
     let dir = bench_dir().join("scale");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -341,6 +351,7 @@ pub fn run(args: &[String]) -> Result<()> {
     drop(observer); // SIGINT: writes its summary
     drop(nginx);
     let floor = connect_floor(n)?;
+    let load_on_floor = load_on_floor(n, rate, heartbeat, &dir.join("load-on-floor"))?;
     let load_summary: Value = serde_json::from_slice(
         &std::fs::read(load_dir.join("summary.json")).context("reading the load's summary.json")?,
     )?;
@@ -402,6 +413,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "listen_overflows": overflows1 - overflows0,
         "listen_drops": drops1 - drops0,
         "ramp_floor": floor,
+        "load_generator_ramp_against_floor_servers": load_on_floor,
     });
     std::fs::write(
         bench_dir().join("scale.json"),
@@ -459,6 +471,14 @@ pub fn run(args: &[String]) -> Result<()> {
         format!(
             "{TARGET_CONNECT_RATE:.0}/s on {cores} cores leaves {:.0} µs in all",
             cores * 1e6 / TARGET_CONNECT_RATE
+        ),
+    );
+    row(
+        "load generator alone: ramp against floor servers",
+        format!("{:.0}", num(&load_on_floor, "/connect_rate_per_s")),
+        format!(
+            "{:.0} µs per connection",
+            num(&load_on_floor, "/load_generator_cpu_us_per_connection")
         ),
     );
     row(
@@ -523,6 +543,85 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     println!("figures: {}", bench_dir().join("scale.json").display());
     Ok(())
+}
+
+/// `pushscope load` ramping `n` subscribers against the floor's servers
+/// (no work on the server side, nothing published): the load generator's
+/// own connect rate and CPU per connection on this host.
+fn load_on_floor(n: u64, rate: u64, heartbeat: u64, out: &Path) -> Result<Value> {
+    eprintln!("bench scale: the load generator alone, {n} subscribers against floor servers");
+    let port = util::free_port()?;
+    let mut servers = Vec::new();
+    for _ in 0..n.div_ceil(14_000).max(1) {
+        let mut s = Guard(
+            Command::new(util::release_bin("pushscope-loadgen"))
+                .args(["connect-floor", "--serve-port", &port.to_string()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting a floor server")?,
+        );
+        let mut line = String::new();
+        let stdout = s.0.stdout.take().context("floor server stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        if line.trim() != "listening" {
+            bail!("a floor server did not start (it said {line:?})");
+        }
+        servers.push(s);
+    }
+    let metrics = format!("127.0.0.1:{}", util::free_port()?);
+    let mut load = Guard(
+        Command::new(util::release_bin("pushscope"))
+            .args(["load", "--protocol", "generic"])
+            .args(["--url", &format!("ws://127.0.0.1:{port}/sub/{{channel}}")])
+            // nothing is published (rate 0): the URL is never used
+            .args(["--publish-url", "http://127.0.0.1:9/pub/{channel}"])
+            .args(["--stages", &format!("{n}:2s")])
+            .args(["--connect-rate", &format!("{rate}/s")])
+            .args(["--source-addrs", "127.0.0.1-127.0.0.8"])
+            .args(["--channels", "100", "--rate", "0", "--grace", "0s"])
+            .args(["--heartbeat", &format!("{heartbeat}s")])
+            .args(["--metrics", &metrics])
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting pushscope load against the floor servers")?,
+    );
+    let pid = load.0.id();
+    let servers_cpu = || -> u64 { servers.iter().map(|s| util::cpu_ns(s.0.id())).sum() };
+    let (load0, servers0) = (tree_cpu_ns(pid), servers_cpu());
+    let deadline = Instant::now() + Duration::from_secs(120 + n / 1000);
+    while !util::live_connections(&metrics).is_some_and(|c| c >= n) {
+        if let Ok(Some(st)) = load.0.try_wait() {
+            bail!("pushscope load against the floor servers exited ({st}) before holding {n}");
+        }
+        if Instant::now() > deadline {
+            bail!("pushscope load against the floor servers did not hold {n} in time");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (load1, servers1) = (tree_cpu_ns(pid), servers_cpu());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.0.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            bail!("pushscope load against the floor servers did not end");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(out.join("summary.json")).context("reading the load's summary.json")?,
+    )?;
+    let st = &summary["stages"][0];
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e3 / n as f64;
+    Ok(json!({
+        "upgraded": num(st, "/connections/opened"),
+        "failed": num(st, "/connections/failed"),
+        "ramp_s": num(st, "/ramp_s"),
+        "connect_rate_per_s": n as f64 / num(st, "/ramp_s"),
+        "load_generator_cpu_us_per_connection": per(load0, load1),
+        "floor_servers_cpu_us_per_connection": per(servers0, servers1),
+    }))
 }
 
 /// `pushscope-loadgen connect-floor` of `n` connections: its JSON figures.
