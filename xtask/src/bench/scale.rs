@@ -592,7 +592,7 @@ fn load_on_floor(n: u64, rate: u64, heartbeat: u64, out: &Path) -> Result<Value>
     let servers_cpu = || -> u64 { servers.iter().map(|s| util::cpu_ns(s.0.id())).sum() };
     let (load0, servers0) = (tree_cpu_ns(pid), servers_cpu());
     let deadline = Instant::now() + Duration::from_secs(120 + n / 1000);
-    while !util::live_connections(&metrics).is_some_and(|c| c >= n) {
+    while util::live_connections(&metrics).is_none_or(|c| c < n) {
         if let Ok(Some(st)) = load.0.try_wait() {
             bail!("pushscope load against the floor servers exited ({st}) before holding {n}");
         }
