@@ -32,13 +32,7 @@ pub fn random() -> Result<String> {
     // when interrupted by a signal.
     for _ in 0..16 {
         // SAFETY: writes at most `b.len() - filled` bytes into `b[filled..]`.
-        let n = unsafe {
-            libc::getrandom(
-                b[filled..].as_mut_ptr().cast(),
-                b.len() - filled,
-                0,
-            )
-        };
+        let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
