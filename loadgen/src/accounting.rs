@@ -77,6 +77,9 @@ pub struct SubAcct {
     pub last_server_seq: Option<u64>,
     /// Last server message id (resume point for protocols that use ids).
     pub last_message_id: String,
+    /// The server history id of the last upgrade (reference pusher): sent
+    /// with `last_seq`, which counts in that history only.
+    pub history: Option<u64>,
     /// Set when the subscriber was closed on purpose: nothing above this
     /// pseq is expected from it any more.
     cap: Option<u64>,
@@ -103,6 +106,7 @@ impl SubAcct {
             resumed_at_ns: None,
             last_server_seq: None,
             last_message_id: String::new(),
+            history: None,
             cap: None,
         }
     }
@@ -118,6 +122,19 @@ impl SubAcct {
     /// Records an upgrade: only the first one sets `up_ns`.
     pub fn upgraded(&mut self, now_ns: u64) {
         self.up_ns.get_or_insert(now_ns);
+    }
+
+    /// Records the server history id an upgrade named. If it differs from
+    /// the one the resume was sent with, the server (reference pusher)
+    /// replayed everything it retains and `last_server_seq` of the old
+    /// history means nothing: seqs of the new history count from 0.
+    pub fn new_history(&mut self, history: Option<u64>) {
+        if let (Some(old), Some(new)) = (self.history, history) {
+            if old != new && self.last_server_seq.is_some() {
+                self.last_server_seq = Some(0);
+            }
+        }
+        self.history = history;
     }
 
     /// The subscriber was closed on purpose: expect nothing beyond what it
@@ -577,6 +594,25 @@ mod tests {
             rate: 1000.0,
             channels: 1,
         }
+    }
+
+    /// A resume answered by another history starts the seqs over; the
+    /// same history, or none known, keeps them.
+    #[test]
+    fn a_new_history_restarts_the_resume_point() {
+        let mut a = SubAcct::new(0);
+        a.new_history(Some(7));
+        assert_eq!((a.history, a.last_server_seq), (Some(7), None));
+        a.last_server_seq = Some(40);
+        a.new_history(Some(7));
+        assert_eq!(a.last_server_seq, Some(40));
+        a.new_history(Some(8));
+        assert_eq!((a.history, a.last_server_seq), (Some(8), Some(0)));
+        a.last_server_seq = Some(3);
+        a.new_history(None);
+        assert_eq!((a.history, a.last_server_seq), (None, Some(3)));
+        a.new_history(Some(9));
+        assert_eq!((a.history, a.last_server_seq), (Some(9), Some(3)));
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
             let sub = &st.subs[local];
             let resume = match (cfg.protocol.resumes(), sub.last_server_seq) {
                 (false, _) => None,
-                (true, Some(seq)) => Some(Resume::Seq(seq)),
+                (true, Some(seq)) => Some(Resume::Seq {
+                    seq,
+                    history: sub.history,
+                }),
                 (true, None) if !sub.last_message_id.is_empty() => {
                     Some(Resume::Id(&sub.last_message_id))
                 }
@@ -115,6 +118,7 @@ pub async fn run_subscriber(lane: Rc<Lane>, ctl: Rc<SubCtl>, local: usize, id: u
                     st.connected_delta(true);
                     let now = mono_ns();
                     st.subs[local].upgraded(now);
+                    st.subs[local].new_history(phases.history);
                     st.cum.attempts += 1;
                     st.addrs[local] = ws.io.local_addr();
                     if ever_connected {

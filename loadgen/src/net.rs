@@ -217,6 +217,8 @@ pub struct Phases {
     pub connect: Duration,
     pub tls: Option<Duration>,
     pub upgrade: Duration,
+    /// The server's history id from the `101` (reference pusher only).
+    pub history: Option<u64>,
 }
 
 /// Why a connection attempt failed; `reason()` is the key it is counted under.
@@ -398,8 +400,9 @@ pub async fn open_ws(
         });
         let mut stream = open_stream(ep, source, &mut phases, sampling).await?;
         let t = Instant::now();
-        let leftover = crate::ws::upgrade(&mut stream, &req, &key, subprotocol).await?;
+        let (leftover, history) = crate::ws::upgrade(&mut stream, &req, &key, subprotocol).await?;
         phases.upgrade = t.elapsed();
+        phases.history = history;
         Ok((crate::ws::WsConn::new(stream, leftover), phases))
     };
     tokio::time::timeout(timeout, fut)

@@ -396,13 +396,14 @@ pub fn request(url: &str, subprotocol: Option<&str>) -> Result<(Vec<u8>, String)
 
 /// The WebSocket upgrade on an open stream: sends `request` (from
 /// [`request`], carrying `key`), checks the `101` response; returns the
-/// bytes read after it.
+/// bytes read after it and the server's history id (the reference
+/// pusher's `X-Pusher-History`), if it sent one.
 pub async fn upgrade(
     io: &mut Io,
     request: &[u8],
     key: &str,
     subprotocol: Option<&str>,
-) -> Result<Vec<u8>, ConnectError> {
+) -> Result<(Vec<u8>, Option<u64>), ConnectError> {
     io.write_all(request).await.map_err(io_error)?;
     io.flush().await.map_err(io_error)?;
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
@@ -425,16 +426,17 @@ pub async fn upgrade(
             Ok(httparse::Status::Complete(n)) => n,
             Err(e) => return Err(ConnectError::Upgrade(format!("bad upgrade response: {e}"))),
         };
-        check_response(&resp, key, subprotocol)?;
-        return Ok(buf.split_off(head_len));
+        let history = check_response(&resp, key, subprotocol)?;
+        return Ok((buf.split_off(head_len), history));
     }
 }
 
+/// Checks a `101`; returns the history id it carries, if any.
 fn check_response(
     resp: &httparse::Response<'_, '_>,
     key: &str,
     subprotocol: Option<&str>,
-) -> Result<(), ConnectError> {
+) -> Result<Option<u64>, ConnectError> {
     let status = resp.code.unwrap_or(0);
     if status != 101 {
         return Err(ConnectError::Http(status));
@@ -459,9 +461,11 @@ fn check_response(
     {
         return bad("Sec-WebSocket-Accept does not match the key sent");
     }
+    let history = header(crate::protocol::pushscope::HISTORY_HEADER)
+        .and_then(|v| crate::protocol::pushscope::parse_history(&v));
     match (subprotocol, header("sec-websocket-protocol")) {
-        (None, None) => Ok(()),
-        (Some(p), Some(got)) if got == p => Ok(()),
+        (None, None) => Ok(history),
+        (Some(p), Some(got)) if got == p => Ok(history),
         (Some(p), _) => bad(&format!("the server did not accept subprotocol {p}")),
         (None, Some(got)) => bad(&format!(
             "the server chose subprotocol {got}, never asked for"
@@ -630,7 +634,7 @@ mod tests {
     async fn upgrade_against(
         respond: impl Fn(&str) -> Vec<u8> + Send + 'static,
         subprotocol: Option<&str>,
-    ) -> Result<Vec<u8>, ConnectError> {
+    ) -> Result<(Vec<u8>, Option<u64>), ConnectError> {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -727,7 +731,7 @@ mod tests {
     async fn upgrade_keeps_the_frames_sent_with_the_response() {
         let first = server_frame(true, OP_TEXT, b"history");
         let f = first.clone();
-        let left = upgrade_against(
+        let (left, history) = upgrade_against(
             move |key| {
                 let mut r = accept(key, "").into_bytes();
                 r.extend_from_slice(&f);
@@ -737,19 +741,39 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(left, first);
-        let left = upgrade_against(
+        assert_eq!((left, history), (first, None));
+        let (left, history) = upgrade_against(
             |key| accept(key, "Sec-WebSocket-Protocol: ws+meta.nchan\r\n").into_bytes(),
             Some("ws+meta.nchan"),
         )
         .await
         .unwrap();
-        assert!(left.is_empty());
+        assert!(left.is_empty() && history.is_none());
+    }
+
+    /// The reference pusher's history id comes back from the 101; a
+    /// malformed one is no history (the resume carries none).
+    #[tokio::test]
+    async fn upgrade_returns_the_history_id() {
+        let (_, history) = upgrade_against(
+            |key| accept(key, "X-Pusher-History: 00ff00ff00ff00ff\r\n").into_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(history, Some(0x00ff_00ff_00ff_00ff));
+        let (_, history) = upgrade_against(
+            |key| accept(key, "x-pusher-history: zz\r\n").into_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(history, None);
     }
 
     #[tokio::test]
     async fn upgrade_failures_are_counted_by_kind() {
-        let reason = |r: Result<Vec<u8>, ConnectError>| r.unwrap_err().reason();
+        let reason = |r: Result<(Vec<u8>, Option<u64>), ConnectError>| r.unwrap_err().reason();
         assert_eq!(
             reason(
                 upgrade_against(

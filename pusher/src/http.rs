@@ -1,5 +1,5 @@
 //! HTTP/1.1 surface of protocol v1 (hyper): `POST /publish/{channel}`,
-//! `GET /ws?channel=…[&last_seq=N]` (upgrade to WebSocket), `GET /healthz`,
+//! `GET /ws?channel=…[&last_seq=N[&history=H]]` (upgrade to WebSocket), `GET /healthz`,
 //! `GET /metrics`. Bad input gets 400/404/405/413/426 with a JSON body
 //! `{"error":"…"}` saying what to do.
 
@@ -28,7 +28,12 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub writer: Writer,
     pub heartbeat: Duration,
+    /// This process's history id, sent as `X-Pusher-History`.
+    pub history: HeaderValue,
 }
+
+/// Header carrying the history id in the `101` (and `/healthz`).
+pub const HISTORY_HEADER: &str = "x-pusher-history";
 
 type Resp = Response<Full<Bytes>>;
 
@@ -61,6 +66,7 @@ where
             let mut r = Response::new(Full::new(Bytes::from_static(b"ok\n")));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r.headers_mut().insert(HISTORY_HEADER, st.history.clone());
             r
         }
         (&Method::GET, "/metrics") => {
@@ -180,10 +186,19 @@ async fn publish(req: Request<Incoming>, st: &AppState, channel: &str) -> Resp {
     }
 }
 
-/// Parses `channel` and `last_seq` from the query string.
-fn ws_query(query: Option<&str>) -> Result<(String, Option<u64>), &'static str> {
+/// A subscribe request's query: `channel`, `last_seq`, `history`.
+#[derive(Debug, PartialEq, Eq)]
+struct WsQuery {
+    channel: String,
+    last_seq: Option<u64>,
+    history: Option<String>,
+}
+
+/// Parses `channel`, `last_seq` and `history` from the query string.
+fn ws_query(query: Option<&str>) -> Result<WsQuery, &'static str> {
     let mut channel = None;
     let mut last_seq = None;
+    let mut history = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
@@ -194,16 +209,27 @@ fn ws_query(query: Option<&str>) -> Result<(String, Option<u64>), &'static str> 
                         .map_err(|_| "bad last_seq: use a non-negative integer")?,
                 )
             }
+            "history" => {
+                if !crate::history::valid(v) {
+                    return Err("bad history: use the 16 lowercase hex digits of the X-Pusher-History header of an earlier 101");
+                }
+                history = Some(v.to_string());
+            }
             _ => {}
         }
     }
-    let channel = channel.ok_or("missing channel: use /ws?channel=NAME[&last_seq=N]")?;
+    let channel =
+        channel.ok_or("missing channel: use /ws?channel=NAME[&last_seq=N[&history=H]]")?;
     if !valid_channel_name(&channel) {
         return Err(
             "bad channel name: use 1-64 characters of A-Z a-z 0-9 _ - . (not starting with .)",
         );
     }
-    Ok((channel, last_seq))
+    Ok(WsQuery {
+        channel,
+        last_seq,
+        history,
+    })
 }
 
 fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
@@ -217,7 +243,11 @@ fn upgrade<I>(mut req: Request<Incoming>, st: &Arc<AppState>) -> Resp
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (channel, last_seq) = match ws_query(req.uri().query()) {
+    let WsQuery {
+        channel,
+        mut last_seq,
+        history,
+    } = match ws_query(req.uri().query()) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -246,6 +276,12 @@ where
         return error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
     let accept = derive_accept_key(key.as_bytes());
+    // A last_seq of another history (e.g. an in-memory pusher before its
+    // restart) numbers other messages: replay everything retained instead.
+    if last_seq.is_some() && history.is_some_and(|h| h.as_bytes() != st.history.as_bytes()) {
+        last_seq = Some(0);
+        st.hub.metrics.history_mismatches.inc();
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let channel = st.hub.channel(&channel);
     // Subscribe before the 101 is sent: every message committed after the
@@ -305,6 +341,7 @@ where
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a valid header"),
     );
+    h.insert(HISTORY_HEADER, st.history.clone());
     r
 }
 
@@ -314,11 +351,24 @@ mod tests {
 
     #[test]
     fn query_parsing() {
-        assert_eq!(ws_query(Some("channel=a")), Ok(("a".into(), None)));
+        let q = |channel: &str, last_seq, history: Option<&str>| {
+            Ok(WsQuery {
+                channel: channel.into(),
+                last_seq,
+                history: history.map(Into::into),
+            })
+        };
+        assert_eq!(ws_query(Some("channel=a")), q("a", None, None));
         assert_eq!(
             ws_query(Some("last_seq=7&channel=b&x=1")),
-            Ok(("b".into(), Some(7)))
+            q("b", Some(7), None)
         );
+        assert_eq!(
+            ws_query(Some("channel=b&last_seq=7&history=00112233445566ff")),
+            q("b", Some(7), Some("00112233445566ff"))
+        );
+        assert!(ws_query(Some("channel=a&last_seq=1&history=xyz")).is_err());
+        assert!(ws_query(Some("channel=a&last_seq=1&history=")).is_err());
         assert!(ws_query(Some("channel=a&last_seq=-1")).is_err());
         assert!(ws_query(Some("channel=a/b")).is_err());
         assert!(ws_query(None).is_err());

@@ -5,6 +5,7 @@
 
 pub mod channel;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod server;

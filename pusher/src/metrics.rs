@@ -24,6 +24,10 @@ pub struct Metrics {
     pub replays: IntCounter,
     /// Subscriptions that asked for a replay (`last_seq` given).
     pub resumes: IntCounter,
+    /// Resumes naming another history: replayed from the oldest retained seq.
+    pub history_mismatches: IntCounter,
+    /// `pusher_info{history}` = 1: the history id of this process.
+    pub info: IntGaugeVec,
     /// Messages queued for subscribers but not yet written, per channel.
     pub push_queue_length: IntGaugeVec,
     /// Clients disconnected because their send queue overflowed.
@@ -75,6 +79,15 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(http_responses.clone()))
             .expect("unique metric");
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "pusher_info",
+                "Always 1; the history label is the id resumes must name (X-Pusher-History)",
+            ),
+            &["history"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(info.clone())).expect("unique metric");
         Metrics {
             connections,
             connections_total: counter(
@@ -112,6 +125,12 @@ impl Metrics {
                 "pusher_resumes_total",
                 "Subscriptions with last_seq (resume requests)",
             ),
+            history_mismatches: counter(
+                &r,
+                "pusher_history_mismatches_total",
+                "Resumes whose history differed from this pusher's: last_seq ignored, everything retained replayed",
+            ),
+            info,
             push_queue_length,
             slow_consumer_drops: counter(
                 &r,

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context, Result};
-use hyper::{server::conn::http1, service::service_fn};
+use hyper::{header::HeaderValue, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     channel::{Hub, Limits},
     config::Settings,
+    history,
     http::{handle, AppState},
     metrics::Metrics,
     tls,
@@ -70,11 +71,14 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(settings: Settings) -> Result<()> {
     let opts = &settings.opts;
-    let _lock = match &opts.data_dir {
-        Some(d) => Some(lock_data_dir(d)?),
+    let (_lock, history) = match &opts.data_dir {
+        Some(d) => {
+            let lock = lock_data_dir(d)?;
+            (Some(lock), history::load_or_create(d)?)
+        }
         None => {
             log::warn!("no --data-dir: messages are kept in memory only and lost on restart");
-            None
+            (None, history::random()?)
         }
     };
     let tls = match (&opts.tls_cert, &opts.tls_key) {
@@ -86,6 +90,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         _ => None,
     };
     let metrics = Arc::new(Metrics::new());
+    metrics.info.with_label_values(&[&history]).set(1);
     let hub = Arc::new(Hub::new(
         metrics.clone(),
         Limits {
@@ -115,7 +120,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         out.flush()?;
     }
     log::info!(
-        "listening on {}://{addr} (fsync {:?}, heartbeat {:?}, {} worker(s))",
+        "listening on {}://{addr} (history {history}, fsync {:?}, heartbeat {:?}, {} worker(s))",
         if tls.is_some() { "https" } else { "http" },
         opts.fsync,
         settings.heartbeat,
@@ -125,6 +130,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         hub,
         writer,
         heartbeat: settings.heartbeat,
+        history: HeaderValue::from_str(&history).expect("hex is a valid header value"),
     });
     let hub = state.hub.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

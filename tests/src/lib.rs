@@ -10,6 +10,7 @@ pub mod loadgen;
 pub mod nginx;
 pub mod observer;
 pub mod pusher;
+pub mod restart_model;
 pub mod tls;
 
 use std::{

@@ -467,3 +467,160 @@ async fn long_replay_in_chunks_meets_live_messages_without_gap() {
     assert_quiet(&mut ws, Duration::from_millis(100)).await;
     assert_eq!(metric(addr, "pusher_replays_total").await.unwrap(), 1000.0);
 }
+
+/// Upgrades to `url`; returns the socket and the 101's `X-Pusher-History`.
+async fn connect_history(url: &str) -> (Ws, String) {
+    let (ws, resp) = connect_async(url).await.expect("ws connect");
+    assert_eq!(resp.status().as_u16(), 101);
+    let h = resp
+        .headers()
+        .get("x-pusher-history")
+        .expect("the 101 names the pusher's history")
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        h.len() == 16
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "history id {h:?}: 16 lowercase hex digits"
+    );
+    (ws, h)
+}
+
+/// The seqs of the next `n` message frames.
+async fn seqs(ws: &mut Ws, n: usize) -> Vec<u64> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(next_pushed(ws).await.seq);
+    }
+    v
+}
+
+/// With `--data-dir` the history id survives a restart (seqs continue, a
+/// resume naming it is `last_seq` alone); in memory every start is a new
+/// history, and a resume naming the old one replays everything retained
+/// instead of skipping the new history's seqs 1..=last_seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_id_names_the_numbering_a_resume_counts_in() {
+    // Persistent: same id after a restart, on /healthz and in pusher_info.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pusher::start_in(dir.path(), &[]).unwrap();
+    let (_ws, h1) = connect_history(&p.ws_url("c")).await;
+    for i in 1..=3 {
+        publish(p.addr, "c", Some(&format!("d{i}")), b"x")
+            .await
+            .unwrap();
+    }
+    p.guard.kill();
+    let p = Pusher::start_in(dir.path(), &[]).unwrap();
+    let (mut ws, h2) = connect_history(&format!("{}&last_seq=2&history={h1}", p.ws_url("c"))).await;
+    assert_eq!(h2, h1, "a data dir keeps its history across restarts");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("HISTORY")).unwrap(),
+        format!("{h1}\n")
+    );
+    assert_eq!(
+        seqs(&mut ws, 1).await,
+        [3],
+        "matching history: last_seq alone"
+    );
+    assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    assert_eq!(
+        metric(p.addr, &format!("pusher_info{{history=\"{h1}\"}}"))
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        metric(p.addr, "pusher_history_mismatches_total")
+            .await
+            .unwrap(),
+        0.0
+    );
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).await.unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("x-pusher-history: {h1}\r\n")),
+        "{head}"
+    );
+
+    // In memory: a new history each start.
+    let mut m = Pusher::start_in_memory(&[]).unwrap();
+    let (_ws, old) = connect_history(&m.ws_url("c")).await;
+    m.guard.kill();
+    let m = Pusher::start_in_memory(&[]).unwrap();
+    let (_ws, new) = connect_history(&m.ws_url("c")).await;
+    assert_ne!(old, new, "an in-memory restart is a new history");
+    assert_ne!(new, h1);
+    for i in 1..=5 {
+        publish(m.addr, "c", Some(&format!("n{i}")), b"x")
+            .await
+            .unwrap();
+    }
+    let resume = |last_seq: u64, history: Option<&str>| {
+        let mut u = format!("{}&last_seq={last_seq}", m.ws_url("c"));
+        if let Some(h) = history {
+            u.push_str(&format!("&history={h}"));
+        }
+        u
+    };
+    // The old history's last_seq 3: everything retained, then live.
+    let (mut ws, h) = connect_history(&resume(3, Some(&old))).await;
+    assert_eq!(h, new);
+    assert_eq!(seqs(&mut ws, 5).await, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        metric(m.addr, "pusher_history_mismatches_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+    publish(m.addr, "c", Some("n6"), b"x").await.unwrap();
+    assert_eq!(seqs(&mut ws, 1).await, [6]);
+    assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    // This history's last_seq 3: exactly as last_seq alone, which is also
+    // what a client that names no history gets (backward compatible).
+    for history in [Some(new.as_str()), None] {
+        let (mut ws, _) = connect_history(&resume(3, history)).await;
+        assert_eq!(seqs(&mut ws, 3).await, [4, 5, 6], "{history:?}");
+        assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        metric(m.addr, "pusher_history_mismatches_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(metric(m.addr, "pusher_resumes_total").await.unwrap(), 3.0);
+    // A malformed history is a 400, like a bad last_seq.
+    let up = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    for bad in [
+        "",
+        "zz",
+        "0123456789ABCDEF",
+        "0123456789abcde",
+        "0123456789abcdef0",
+    ] {
+        let r = http(
+            m.addr,
+            "GET",
+            &format!("/ws?channel=c&last_seq=1&history={bad}"),
+            &up,
+            b"",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 400, "history={bad:?}");
+        assert!(r.body.contains("bad history"), "{}", r.body);
+    }
+}

@@ -17,10 +17,11 @@ pub struct AckPoint {
     pub msg_id: u64,
 }
 
-/// Where a reconnect resumes: after a server seq, or after a message id.
+/// Where a reconnect resumes: after a server seq (of the server history
+/// the last upgrade named, when it named one), or after a message id.
 #[derive(Debug, Clone, Copy)]
 pub enum Resume<'a> {
-    Seq(u64),
+    Seq { seq: u64, history: Option<u64> },
     Id(&'a str),
 }
 
@@ -29,7 +30,7 @@ impl Resume<'_> {
     /// or the id as the subscribe URL carries it (percent-encoded).
     pub fn log_token(&self) -> String {
         match self {
-            Resume::Seq(n) => n.to_string(),
+            Resume::Seq { seq, .. } => seq.to_string(),
             Resume::Id(id) => nchan::percent_encode(id),
         }
     }
@@ -68,11 +69,11 @@ impl Protocol {
     pub fn subscribe_url(&self, channel: &str, resume: Option<Resume<'_>>) -> String {
         match (self.kind, resume) {
             (ProtocolKind::Pushscope, r) => {
-                let seq = match r {
-                    Some(Resume::Seq(s)) => Some(s),
-                    _ => None,
+                let (seq, history) = match r {
+                    Some(Resume::Seq { seq, history }) => (Some(seq), history),
+                    _ => (None, None),
                 };
-                pushscope::subscribe_url(&self.url, channel, seq)
+                pushscope::subscribe_url(&self.url, channel, seq, history)
             }
             (ProtocolKind::Nchan, Some(Resume::Id(id))) => {
                 nchan::subscribe_url(&self.url, channel, Some(id))
@@ -153,6 +154,10 @@ mod tests {
         Protocol::new(&Scenario::build(ScenarioFile::default(), o).unwrap())
     }
 
+    fn seq(seq: u64, history: Option<u64>) -> Resume<'static> {
+        Resume::Seq { seq, history }
+    }
+
     #[test]
     fn templates_resume_and_acks_per_protocol() {
         let g = proto(
@@ -162,7 +167,7 @@ mod tests {
             Some(r#"{"ack":{seq},"id":{msg_id},"c":"{channel}"}"#),
         );
         assert_eq!(
-            g.subscribe_url("ch1", Some(Resume::Seq(9))),
+            g.subscribe_url("ch1", Some(seq(9, None))),
             "ws://h:1/s?c=ch1"
         );
         assert_eq!(g.subscribe_frame("ch1").unwrap(), r#"{"subscribe":"ch1"}"#);
@@ -181,11 +186,15 @@ mod tests {
 
         let p = proto(ProtocolKind::Pushscope, "ws://h:1/ws", None, None);
         assert_eq!(
-            p.subscribe_url("c", Some(Resume::Seq(9))),
+            p.subscribe_url("c", Some(seq(9, None))),
             "ws://h:1/ws?channel=c&last_seq=9"
         );
+        assert_eq!(
+            p.subscribe_url("c", Some(seq(9, Some(0xab)))),
+            "ws://h:1/ws?channel=c&last_seq=9&history=00000000000000ab"
+        );
         // The receive log's `R` token: one field whatever the id holds.
-        assert_eq!(Resume::Seq(9).log_token(), "9");
+        assert_eq!(seq(9, Some(1)).log_token(), "9");
         assert_eq!(Resume::Id("17:[3] 0").log_token(), "17%3A%5B3%5D%200");
         assert_eq!(
             p.ack_frame("c", at(Some(12))).unwrap(),
@@ -223,7 +232,7 @@ mod tests {
                     let _ = p.ack_frame(&frame, AckPoint { server_seq, pseq: seq, msg_id: seq });
                 }
                 let _ = p.subscribe_url(&frame, Some(Resume::Id(&id)));
-                let _ = p.subscribe_url(&frame, Some(Resume::Seq(seq)));
+                let _ = p.subscribe_url(&frame, Some(Resume::Seq { seq, history: Some(seq) }));
                 let _ = p.subscribe_frame(&frame);
             }
             // What nchan is sent back is exactly the id, percent-encoded.

@@ -1,5 +1,6 @@
 //! The reference pusher's protocol v1 (pusher/PROTOCOL.md): subscribe at
-//! `GET /ws?channel=C[&last_seq=N]`, frames `{"channel","seq","id","data"}`,
+//! `GET /ws?channel=C[&last_seq=N[&history=H]]` (H: the `X-Pusher-History`
+//! of the last `101`), frames `{"channel","seq","id","data"}`,
 //! cumulative `{"ack":N}`, publish with `POST /publish/{channel}` and an
 //! `X-Msg-Id` header.
 
@@ -14,8 +15,25 @@ pub fn default_publish_url(ws_url: &str) -> Option<String> {
     Some(format!("{scheme}://{authority}/publish/{{channel}}"))
 }
 
-/// `ws://host:port[/ws]` plus channel and optional resume point.
-pub fn subscribe_url(base: &str, channel: &str, last_seq: Option<u64>) -> String {
+/// Header of the `101` naming the server's history id (16 hex digits).
+pub const HISTORY_HEADER: &str = "x-pusher-history";
+
+/// The history id of an `X-Pusher-History` value: 16 hex digits, else none
+/// (the resume then carries no history, as with an older pusher).
+pub fn parse_history(v: &str) -> Option<u64> {
+    (v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| u64::from_str_radix(v, 16).ok())
+        .flatten()
+}
+
+/// `ws://host:port[/ws]` plus channel and optional resume point (with the
+/// history it counts in, when known).
+pub fn subscribe_url(
+    base: &str,
+    channel: &str,
+    last_seq: Option<u64>,
+    history: Option<u64>,
+) -> String {
     let mut url = if base.contains("{channel}") {
         base.replace("{channel}", channel)
     } else {
@@ -29,6 +47,9 @@ pub fn subscribe_url(base: &str, channel: &str, last_seq: Option<u64>) -> String
     };
     if let Some(n) = last_seq {
         url.push_str(&format!("&last_seq={n}"));
+        if let Some(h) = history {
+            url.push_str(&format!("&history={h:016x}"));
+        }
     }
     url
 }
@@ -65,15 +86,30 @@ mod tests {
             "https://h:1/publish/{channel}"
         );
         assert_eq!(
-            subscribe_url("ws://h:1", "ch0", None),
+            subscribe_url("ws://h:1", "ch0", None, Some(1)),
             "ws://h:1/ws?channel=ch0"
         );
         assert_eq!(
-            subscribe_url("ws://h:1/ws", "ch0", Some(5)),
+            subscribe_url("ws://h:1/ws", "ch0", Some(5), None),
             "ws://h:1/ws?channel=ch0&last_seq=5"
         );
         assert_eq!(
-            subscribe_url("ws://h:1/", "c", None),
+            subscribe_url("ws://h:1/ws", "ch0", Some(5), Some(0x0123_4567_89ab_cdef)),
+            "ws://h:1/ws?channel=ch0&last_seq=5&history=0123456789abcdef"
+        );
+        assert_eq!(
+            parse_history("0123456789abcdef"),
+            Some(0x0123_4567_89ab_cdef)
+        );
+        assert_eq!(
+            parse_history("0123456789ABCDEF"),
+            Some(0x0123_4567_89ab_cdef)
+        );
+        assert_eq!(parse_history("0123456789abcde"), None);
+        assert_eq!(parse_history("+123456789abcdef"), None);
+        assert_eq!(parse_history(""), None);
+        assert_eq!(
+            subscribe_url("ws://h:1/", "c", None, None),
             "ws://h:1/ws?channel=c"
         );
         let f = r#"{"channel":"ch0","seq":17,"id":"9","data":"psm1.0.1.9.0.5.xx"}"#;
