@@ -269,6 +269,12 @@ static __always_inline int ps_sock_io(struct bpf_raw_tracepoint_args *ctx, __u32
 	ps_count(PS_CNT_IO_CALLS);
 	__u8 detail = 0;
 	__u8 class_ = ps_io_class(dir, ret, &detail);
+	/* The first data frame written is the first push: nothing later
+	 * changes a connection's phases, so it cools at its next call rather
+	 * than after io_events_per_conn calls (at 100k subscribers those were
+	 * ~20 more events each, mostly heartbeats, read by the observer). */
+	if (dir == PS_DIR_WRITE && class_ == PS_CLASS_WS_FRAME && detail <= 2)
+		c->io_seq = cfg->io_events_per_conn;
 	struct ps_event *e = ps_reserve(PS_EV_IO, sk);
 	if (!e)
 		return 0;

@@ -466,7 +466,10 @@ impl Tracker {
         let Some(c) = self.conns.get_mut(&e.sk) else {
             return;
         };
-        if c.io.len() >= limit {
+        // Phases are learnt in order and count once: after the first push
+        // (or a refused upgrade) no later call can add one, so neither
+        // store nor derive again (each derive reads every stored call).
+        if c.io.len() >= limit || c.phases.first_push.is_some() || c.phases.upgrade_refused {
             return;
         }
         let first_read = e.dir == abi::DIR_READ && c.io.iter().all(|r| r.dir != abi::DIR_READ);
@@ -510,6 +513,10 @@ impl Tracker {
             }
         }
         c.phases = next;
+        if next.first_push.is_some() || next.upgrade_refused {
+            // complete: the calls kept for deriving are not needed again
+            c.io = Vec::new();
+        }
         let tls = next.tls;
         self.both(|a| {
             a.upgrade_refused += u64::from(refused_now);

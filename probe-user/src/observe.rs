@@ -926,6 +926,7 @@ fn build(
         untracked_closed: c.untracked_closed,
         socket_calls: c.sock_calls,
         socket_calls_looked_up: c.sock_lookups,
+        io_events: c.io_calls,
         hot_connections_entered: c.hot_entered,
         hot_connections_left: c.hot_left,
     };

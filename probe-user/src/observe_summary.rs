@@ -262,6 +262,10 @@ pub struct ObserverDetails {
     /// connection sharing a filter slot with a hot one. The rest cost the
     /// steady state's few instructions.
     pub socket_calls_looked_up: u64,
+    /// Classified calls sent to userspace as events: at most
+    /// `io_events_per_conn` (24) a connection, and on a plain WebSocket
+    /// connection none after its first push (the first data frame written).
+    pub io_events: u64,
     /// Connections made hot at accept (the probes classify their first
     /// calls), and those that left the hot set (classified and not traced,
     /// closed, process exited). In the whole-run report, entered - left

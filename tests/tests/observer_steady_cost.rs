@@ -10,7 +10,9 @@
 //!   connection (`io_events_per_conn` each) + the 1-in-64 send-queue
 //!   samples (binomial: 16 % margin is > 10 standard deviations at these
 //!   counts) — the rest took the fast path;
-//! * the send-queue sample is alive: the lookups beyond the first calls
+//! * a subscriber's classified calls (events) end at its first push:
+//!   ≤ 5 each, where they were `io_events_per_conn` (24);
+//! * the send-queue sample is alive: the lookups beyond the hot calls
 //!   are at least a quarter of the expected 1 in 64 of the calls (nearly
 //!   every call of the pusher here is a send; a sampled send whose queue
 //!   is empty needs no lookup: ~15 % of them here), and the max send queue
@@ -108,8 +110,22 @@ fn steady_state_calls_skip_the_connection_lookup_root() {
         "{looked_up} of {calls} calls looked their connection up, more than {bound:.0} \
          (first calls {first_calls} + 1 in {SAMPLE_ONE_IN} sends): {d:#}"
     );
+    // A subscriber's classified calls end at its first push: its GET, its
+    // 101, maybe a ping turn, the first data frame (the publishers'
+    // HTTP connections push no frame: all their first calls are events).
+    let io_events = num(d, "io_events");
+    let publishers = tracked - SUBSCRIBERS as f64;
+    let io_bound = 5.0 * SUBSCRIBERS as f64 + IO_EVENTS_PER_CONN * publishers;
     assert!(
-        looked_up - first_calls >= calls / SAMPLE_ONE_IN / 4.0,
+        io_events <= io_bound && io_events >= 3.0 * SUBSCRIBERS as f64,
+        "{io_events} classified calls sent as events, expected 3..={io_bound} \
+         (≤ 5 a subscriber, ≤ {IO_EVENTS_PER_CONN} a publisher): {d:#}"
+    );
+    // The lookups of hot connections: their events, and the call that
+    // cools each (EAGAINs while hot only add to the lookups).
+    let hot_lookups = io_events + tracked;
+    assert!(
+        looked_up - hot_lookups >= calls / SAMPLE_ONE_IN / 4.0,
         "the 1-in-{SAMPLE_ONE_IN} send-queue sample looks dead: {looked_up} lookups of {calls} calls: {d:#}"
     );
     assert!(num(d, "max_send_queue_bytes") > 0.0, "{d:#}");
