@@ -305,22 +305,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let load_pid = load.0.id();
     let ramp0 = RampCpu::now(master, load_pid, obs_pid);
     // Held: the live endpoint says every subscriber is connected.
-    let ramp_deadline = load_started + Duration::from_secs(120 + n / 1000);
-    let held_at = loop {
-        if let Ok(Some(st)) = load.0.try_wait() {
-            bail!("pushscope load exited ({st}) before holding {n} connections");
-        }
-        if util::live_connections(&metrics).is_some_and(|c| c >= n) {
-            break Instant::now();
-        }
-        if Instant::now() > ramp_deadline {
-            bail!(
-                "{n} connections were not held within {:?}",
-                ramp_deadline - load_started
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    wait_held(&mut load, &metrics, n, "pushscope load")?;
+    let held_at = Instant::now();
     // Read while held: the load's shard workers (children) still live.
     let ramp1 = RampCpu::now(master, load_pid, obs_pid);
     // NGINX's memory once every connection is up: what the connections
@@ -339,16 +325,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let tcp_mem = tcp_mem_bytes();
     let still = util::live_connections(&metrics).unwrap_or(0);
     // The load ends by itself after the hold and grace.
-    let end_deadline = Instant::now() + Duration::from_secs(hold + 120);
-    let status = loop {
-        if let Ok(Some(st)) = load.0.try_wait() {
-            break st;
-        }
-        if Instant::now() > end_deadline {
-            bail!("pushscope load did not end");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = wait_end(&mut load, Duration::from_secs(hold + 120), "pushscope load")?;
     drop(load);
     let (overflows1, drops1) = listen_drops();
     drop(observer); // SIGINT: writes its summary
@@ -557,6 +534,37 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Waits until a load's live endpoint says `n` connections are up (its
+/// ramp takes at most 120 s + 1 s per 1,000); fails if the load exits first.
+fn wait_held(load: &mut Guard, metrics: &str, n: u64, what: &str) -> Result<()> {
+    let limit = Duration::from_secs(120 + n / 1000);
+    let deadline = Instant::now() + limit;
+    while util::live_connections(metrics).is_none_or(|c| c < n) {
+        if let Some(st) = load.0.try_wait()? {
+            bail!("{what} exited ({st}) before holding {n} connections");
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: {n} connections were not held within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Waits at most `limit` for a load to end by itself; its exit status.
+fn wait_end(load: &mut Guard, limit: Duration, what: &str) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = load.0.try_wait()? {
+            return Ok(st);
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `pushscope load` ramping `n` subscribers against the floor's servers
 /// (no work on the server side, nothing published): the load generator's
 /// own connect rate and CPU per connection on this host.
@@ -603,24 +611,10 @@ fn load_on_floor(n: u64, rate: u64, heartbeat: u64, out: &Path) -> Result<Value>
     let pid = load.0.id();
     let servers_cpu = || -> u64 { servers.iter().map(|s| util::cpu_ns(s.0.id())).sum() };
     let (load0, servers0) = (tree_cpu_ns(pid), servers_cpu());
-    let deadline = Instant::now() + Duration::from_secs(120 + n / 1000);
-    while util::live_connections(&metrics).is_none_or(|c| c < n) {
-        if let Ok(Some(st)) = load.0.try_wait() {
-            bail!("pushscope load against the floor servers exited ({st}) before holding {n}");
-        }
-        if Instant::now() > deadline {
-            bail!("pushscope load against the floor servers did not hold {n} in time");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let what = "pushscope load against the floor servers";
+    wait_held(&mut load, &metrics, n, what)?;
     let (load1, servers1) = (tree_cpu_ns(pid), servers_cpu());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while load.0.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            bail!("pushscope load against the floor servers did not end");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_end(&mut load, Duration::from_secs(60), what)?;
     let summary: Value = serde_json::from_slice(
         &std::fs::read(out.join("summary.json")).context("reading the load's summary.json")?,
     )?;
