@@ -286,6 +286,22 @@ mod tests {
         assert!(listening_inodes(port).unwrap().is_empty());
     }
 
+    /// Writes `chunk`-byte blocks to a connection whose peer never reads
+    /// until the kernel takes no more (bounded): the bytes written.
+    fn fill_unread(server: &mut std::net::TcpStream, chunk: usize) -> u64 {
+        server.set_nonblocking(true).unwrap();
+        let block = vec![b'x'; chunk];
+        let mut written = 0u64;
+        for _ in 0..10_000 {
+            match server.write(&block) {
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        written
+    }
+
     /// A connection whose reader never reads: the writer's socket shows
     /// the bytes queued, as the kernel counts them.
     #[test]
@@ -294,16 +310,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (mut server, _) = l.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut written = 0usize;
-        for _ in 0..10_000 {
-            match server.write(&chunk) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let written = fill_unread(&mut server, 64 * 1024) as usize;
         let socks = tcp_sockets(port).unwrap();
         let me = client.local_addr().unwrap();
         let s = socks
@@ -339,17 +346,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (mut server, _) = l.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        // Write until the send queue holds bytes the client cannot take.
-        let chunk = vec![b'y'; 16 * 1024];
-        let mut written = 0u64;
-        for _ in 0..10_000 {
-            match server.write(&chunk) {
-                Ok(n) => written += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let written = fill_unread(&mut server, 16 * 1024);
         let me = client.local_addr().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let (s, c) = loop {
